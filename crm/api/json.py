@@ -1,0 +1,38 @@
+"""Reading JSON bodies and list parameters the same way on every endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask_babel import gettext as _
+
+from crm.errors import DomainError
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 50
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400 that says what is wrong with it."""
+    data = request.get_json(silent=True)
+    if data is None:
+        raise DomainError(_("The body must be JSON (Content-Type: application/json)."), code="invalid_json")
+    if not isinstance(data, dict):
+        raise DomainError(_("The body must be a JSON object."), code="invalid_json")
+    return data
+
+
+def page_limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise DomainError(
+            _("limit must be a whole number from 1 to %(max)d.", max=MAX_LIMIT), code="invalid_limit"
+        )
+    return limit

@@ -1,0 +1,134 @@
+"""``flask crm …``: each command prints a one-line JSON object last and exits 0; bad arguments
+exit non-zero with a one-line message on stderr and change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from crm.errors import DomainError
+from crm.extensions import db
+
+crm_cli = AppGroup("crm", help="Zapdesk commands.")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, ensure_ascii=False))
+
+
+def domain_errors_to_exit(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DomainError as exc:
+            db.session.rollback()
+            _fail(exc.message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@crm_cli.command("serve")
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="127.0.0.1")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")), show_default="5000")
+def serve_command(host: str, port: int) -> None:
+    """Run the server (HTTP + websockets); without REDIS_URL also the worker and the gateway."""
+    from flask_migrate import upgrade
+
+    from crm.server import serve
+
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    upgrade()  # pending migrations are applied before the first request
+    from crm.auth.services import has_any_user
+
+    if not has_any_user():
+        click.echo(f"No user yet: open http://{host}:{port}/setup to create the first workspace and owner,")
+        click.echo("or run: flask crm create-admin --workspace NAME --email E --password P")
+    db.session.remove()
+    _emit({"serving": f"http://{host}:{port}", "mode": "scaled" if app.config["REDIS_URL"] else "embedded"})
+    serve(app, host, port)
+
+
+@crm_cli.command("worker")
+@click.option("--threads", type=int, default=None, help="Worker threads (default WORKER_THREADS).")
+def worker_command(threads: int | None) -> None:
+    """Run the task consumer (sends, media, AI, broadcasts, periodic jobs) until stopped."""
+    from crm.worker import huey
+
+    consumer = huey.create_consumer(
+        workers=threads or current_app.config["WORKER_THREADS"], worker_type="thread", periodic=True
+    )
+    _emit({"worker": "started", "queue": "redis" if current_app.config["REDIS_URL"] else "sqlite"})
+    consumer.run()
+
+
+@crm_cli.command("gateway")
+def gateway_command() -> None:
+    """Run the WebQR gateway (owns every WhatsApp Web session) until stopped."""
+    from crm.whatsapp.gateway import run_gateway
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    _emit({"gateway": "started"})
+    run_gateway(stop)
+
+
+@crm_cli.command("create-admin")
+@click.option("--workspace", required=True)
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--name", default="")
+@click.option("--country", default="BR", show_default=True)
+@click.option("--timezone", default="America/Sao_Paulo", show_default=True)
+@domain_errors_to_exit
+def create_admin_command(
+    workspace: str, email: str, password: str, name: str, country: str, timezone: str
+) -> None:
+    """Create a workspace (if needed) and its owner."""
+    from crm.auth.services import create_admin
+
+    created = create_admin(workspace, email, password, country=country, timezone=timezone, name=name)
+    _emit({"workspace_id": created.workspace_id, "user_id": created.user_id})
+
+
+@crm_cli.command("create-token")
+@click.option("--workspace", required=True)
+@click.option("--email", required=True)
+@click.option("--name", default="", help="A label to tell tokens apart.")
+@domain_errors_to_exit
+def create_token_command(workspace: str, email: str, name: str) -> None:
+    """Create an API token for a member of a workspace (printed once; stored hashed)."""
+    from sqlalchemy import select
+
+    from crm.auth.models import User
+    from crm.auth.services import normalise_email, workspace_by_name
+    from crm.auth.team import create_api_token
+
+    ws = workspace_by_name(workspace)
+    user = db.session.scalar(select(User).where(User.email == normalise_email(email)))
+    if user is None:
+        _fail(f"unknown user: {email}")
+    created = create_api_token(ws.id, user.id, name)
+    _emit({"token": created.token})
+
+
+def setup_cli(app: Flask) -> None:
+    app.cli.add_command(crm_cli)

@@ -1,0 +1,81 @@
+"""Configuration, read from the environment in one place (see README "Configuration")."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = Path(os.environ.get("CRM_INSTANCE_PATH", ROOT / "instance"))
+
+
+def _secret_key(instance: Path) -> str:
+    """SECRET_KEY from the environment, else one generated once into instance/secret_key.
+
+    Generated once (and kept) so sessions and encrypted secrets survive restarts.
+    """
+    key = os.environ.get("SECRET_KEY")
+    if key:
+        return key
+    path = instance / "secret_key"
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def from_env() -> dict[str, Any]:
+    """The whole configuration as a dict, from environment variables with the documented defaults."""
+    instance = INSTANCE
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'crm.sqlite3'}"
+    return {
+        "INSTANCE_PATH": str(instance),
+        "SECRET_KEY": _secret_key(instance),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": os.environ.get("REDIS_URL") or None,
+        "GRAPH_API_URL": os.environ.get("GRAPH_API_URL", "https://graph.facebook.com/v23.0"),
+        "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY") or None,
+        "GEMINI_BASE_URL": os.environ.get("GEMINI_BASE_URL") or None,
+        "MEDIA_STORAGE": os.environ.get("MEDIA_STORAGE", "local"),
+        # Sessions (ASVS L2: absolute lifetime, idle timeout).
+        "SESSION_LIFETIME_HOURS": _int("SESSION_LIFETIME_HOURS", 24),
+        "SESSION_IDLE_MINUTES": _int("SESSION_IDLE_MINUTES", 30),
+        # Login throttling: failures allowed per window before 429.
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": _int("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5),
+        "LOGIN_MAX_FAILURES_PER_IP": _int("LOGIN_MAX_FAILURES_PER_IP", 20),
+        "LOGIN_FAILURE_WINDOW_SECONDS": _int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60),
+        "INVITATION_DAYS": _int("INVITATION_DAYS", 7),
+        # Number of reverse proxies in front of the app whose X-Forwarded-* headers are trusted.
+        "TRUSTED_PROXIES": _int("TRUSTED_PROXIES", 0),
+        # Huey: immediate runs tasks inline (tests); otherwise Redis or the SQLite file below.
+        "HUEY_IMMEDIATE": False,
+        "HUEY_SQLITE_PATH": os.environ.get("HUEY_SQLITE_PATH", str(instance / "queue.sqlite3")),
+        "WORKER_THREADS": _int("WORKER_THREADS", 4),
+        "WEB_THREADS": _int("WEB_THREADS", 32),
+        "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 1),
+        # Argon2id, OWASP password storage cheat sheet: m=19 MiB, t=2, p=1.
+        "ARGON2_MEMORY_KIB": 19 * 1024,
+        "ARGON2_TIME_COST": 2,
+        "ARGON2_PARALLELISM": 1,
+        "LANGUAGES": ["en", "pt_BR"],
+        "BABEL_DEFAULT_LOCALE": "en",
+        "BABEL_DEFAULT_TIMEZONE": "UTC",
+        "BABEL_TRANSLATION_DIRECTORIES": str(ROOT / "crm" / "translations"),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which has its own limits
+        "WTF_CSRF_SSL_STRICT": True,
+        "SESSION_COOKIE_NAME": "zapdesk_session",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 110 * 1024 * 1024),
+        "TESTING": False,
+    }

@@ -1,0 +1,67 @@
+"""Conversations (one per lead per number) and their messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from crm.db import UTCDateTime, utcnow
+from crm.extensions import Model
+from crm.leads.models import Lead
+
+
+class Conversation(Model):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("account_id", "lead_id"),
+        Index("ix_conversations_workspace_id_last_message_at", "workspace_id", "last_message_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    unread_count: Mapped[int] = mapped_column(Integer, default=0)
+    ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    lead: Mapped[Lead] = relationship()
+
+
+class Message(Model):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # A provider message id is stored once per number: duplicate webhook deliveries
+        # are stopped here, by the database, never by a check-then-insert.
+        UniqueConstraint("account_id", "provider_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
+    type: Mapped[str] = mapped_column(String(24), default="text")
+    text: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    author: Mapped[str] = mapped_column(String(16))  # lead | agent | ai | fallback | broadcast | api
+    author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_title: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# The thread view reads a conversation's messages newest first, keyset-paginated on (created_at, id).
+Index(
+    "ix_messages_conversation_id_created_at_id",
+    Message.conversation_id,
+    Message.created_at.desc(),
+    Message.id.desc(),
+)

@@ -1,0 +1,36 @@
+"""Leads: the people a workspace talks to, with their consent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm.db import UTCDateTime, utcnow
+from crm.extensions import Model
+
+
+class Lead(Model):
+    __tablename__ = "leads"
+    __table_args__ = (
+        # One lead per phone per workspace; NULL phones (business-scoped ids only) don't collide.
+        UniqueConstraint("workspace_id", "phone"),
+        UniqueConstraint("workspace_id", "bsuid"),
+        Index("ix_leads_workspace_id_opt_in", "workspace_id", "opt_in"),
+        Index("ix_leads_workspace_id_id", "workspace_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    phone: Mapped[str | None] = mapped_column(String(32))  # E.164
+    bsuid: Mapped[str | None] = mapped_column(String(128))  # WhatsApp business-scoped user id
+    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(254))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    opt_in: Mapped[bool] = mapped_column(Boolean, default=False)
+    opted_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,73 @@
+"""Cookies, security headers and turning a session cookie into the signed-in person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, g, request, session
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from crm.auth.models import User
+from crm.extensions import login_manager
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class CookieSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS.
+
+    The cookie only carries the CSRF secret and the random session token; who is signed in
+    is decided by the server-side ``user_sessions`` row that token points at.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    if "Cache-Control" not in headers and response.mimetype == "text/html":
+        headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _load_user_from_session(_request: Any) -> User | None:
+    from crm.auth.services import load_session
+
+    token = session.get("sid")
+    if not isinstance(token, str):
+        return None
+    live = load_session(token)
+    if live is None:
+        session.pop("sid", None)
+        return None
+    g.user_session = live.session
+    g.membership = live.membership
+    g.workspace_id = live.membership.workspace_id
+    return live.user
+
+
+def setup_security(app: Flask) -> None:
+    app.session_interface = CookieSessionInterface()
+    if app.config["TRUSTED_PROXIES"]:
+        n = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # our session rows do this job
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = None
+    login_manager.request_loader(_load_user_from_session)
+    app.after_request(_security_headers)

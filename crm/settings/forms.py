@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import EmailField, SelectField, StringField
+from wtforms.validators import DataRequired, Email, Length
+
+ROLE_CHOICES = [("agent", _l("Agent")), ("admin", _l("Admin")), ("owner", _l("Owner"))]
+
+
+class WorkspaceForm(FlaskForm):
+    name = StringField(_l("Workspace name"), validators=[DataRequired(), Length(max=120)])
+    country = StringField(_l("Default phone country"), validators=[DataRequired(), Length(2, 2)])
+    timezone = StringField(_l("Time zone"), validators=[DataRequired(), Length(max=64)])
+    locale = SelectField(
+        _l("Language for customers and dates"), choices=[("pt_BR", "Português (Brasil)"), ("en", "English")]
+    )
+
+
+class InviteForm(FlaskForm):
+    email = EmailField(_l("Email"), validators=[DataRequired(), Email(), Length(max=254)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES[:2])
+
+
+class RoleForm(FlaskForm):
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+
+
+class TokenForm(FlaskForm):
+    name = StringField(_l("Label"), validators=[Length(max=80)])

@@ -1,0 +1,153 @@
+"""Settings: the workspace, its team (members, roles, invitations) and API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import login_required
+from werkzeug.wrappers import Response
+
+from crm.auth import team
+from crm.auth.decorators import manager_required
+from crm.errors import DomainError
+from crm.settings import bp, services
+from crm.settings.forms import InviteForm, RoleForm, TokenForm, WorkspaceForm
+from crm.tenancy import current_workspace_id
+
+
+@bp.route("/", methods=["GET", "POST"])
+@login_required
+def general() -> Any:
+    workspace = services.get_workspace(current_workspace_id())
+    form = WorkspaceForm(obj=workspace)
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            try:
+                services.update_workspace(
+                    current_workspace_id(),
+                    g.membership,
+                    name=form.name.data or "",
+                    country=form.country.data or "",
+                    timezone=form.timezone.data or "",
+                    locale=form.locale.data or "",
+                )
+            except DomainError as exc:
+                form.form_errors.append(exc.message)
+                status = exc.status
+            else:
+                flash(_("Settings saved."), "success")
+                return redirect(url_for("settings.general"))
+        else:
+            status = 400
+    return render_template("settings/general.html", form=form, workspace=workspace), status
+
+
+def _team_page(invite_form: InviteForm | None = None, new_link: str | None = None, status: int = 200) -> Any:
+    workspace_id = current_workspace_id()
+    return render_template(
+        "settings/team.html",
+        members=team.list_members(workspace_id),
+        invitations=team.pending_invitations(workspace_id),
+        invite_form=invite_form or InviteForm(),
+        role_form=RoleForm(),
+        new_link=new_link,
+    ), status
+
+
+@bp.get("/team")
+@manager_required
+def team_page() -> Any:
+    return _team_page()
+
+
+@bp.post("/team/invitations")
+@manager_required
+def invite() -> Any:
+    form = InviteForm()
+    if not form.validate_on_submit():
+        return _team_page(form, status=400)
+    try:
+        created = team.create_invitation(
+            current_workspace_id(), g.membership, form.email.data or "", form.role.data or "agent"
+        )
+    except DomainError as exc:
+        form.form_errors.append(exc.message)
+        return _team_page(form, status=exc.status)
+    link = url_for("auth.accept_invitation", token=created.token, _external=True)
+    return _team_page(new_link=link)
+
+
+@bp.post("/team/invitations/<int:invitation_id>/revoke")
+@manager_required
+def revoke_invitation(invitation_id: int) -> Response:
+    team.revoke_invitation(current_workspace_id(), g.membership, invitation_id)
+    flash(_("Invitation revoked."), "info")
+    return redirect(url_for("settings.team_page"))
+
+
+@bp.post("/team/members/<int:member_id>/role")
+@manager_required
+def change_role(member_id: int) -> Response:
+    services.get_membership(current_workspace_id(), member_id)  # 404 before validating the form
+    form = RoleForm()
+    if not form.validate_on_submit():
+        raise DomainError(_("Choose a role."), code="invalid_role", status=400)
+    team.change_role(current_workspace_id(), g.membership, member_id, form.role.data or "")
+    flash(_("Role changed."), "success")
+    return redirect(url_for("settings.team_page"))
+
+
+@bp.post("/team/members/<int:member_id>/disable")
+@manager_required
+def disable_member(member_id: int) -> Response:
+    team.set_member_disabled(current_workspace_id(), g.membership, member_id, True)
+    flash(_("Access disabled and sessions ended."), "info")
+    return redirect(url_for("settings.team_page"))
+
+
+@bp.post("/team/members/<int:member_id>/enable")
+@manager_required
+def enable_member(member_id: int) -> Response:
+    team.set_member_disabled(current_workspace_id(), g.membership, member_id, False)
+    flash(_("Access restored."), "success")
+    return redirect(url_for("settings.team_page"))
+
+
+@bp.post("/team/members/<int:member_id>/sessions/end")
+@manager_required
+def end_member_sessions(member_id: int) -> Response:
+    count = team.end_member_sessions(current_workspace_id(), g.membership, member_id)
+    flash(_("%(n)d session(s) ended.", n=count), "info")
+    return redirect(url_for("settings.team_page"))
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@manager_required
+def tokens() -> Any:
+    form = TokenForm()
+    new_token = None
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            new_token = team.create_api_token(
+                current_workspace_id(), g.membership.user_id, form.name.data or ""
+            ).token
+        else:
+            status = 400
+    return render_template(
+        "settings/tokens.html",
+        form=form,
+        new_token=new_token,
+        tokens=team.list_api_tokens(current_workspace_id()),
+    ), status
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@manager_required
+def revoke_token(token_id: int) -> Response:
+    team.revoke_api_token(current_workspace_id(), g.membership, token_id)
+    flash(_("Token revoked."), "info")
+    return redirect(url_for("settings.tokens"))

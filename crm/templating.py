@@ -1,0 +1,33 @@
+"""What every template can use: the signed-in person, their workspaces, the navigation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, g
+from flask_babel import gettext as _
+from flask_login import current_user
+
+
+def _shell_context() -> dict[str, Any]:
+    if not current_user or not current_user.is_authenticated or g.get("membership") is None:
+        return {}
+    from crm.auth.services import active_memberships
+
+    return {
+        "membership": g.membership,
+        "workspace": g.membership.workspace,
+        "my_memberships": active_memberships(current_user.id),
+    }
+
+
+def _role_label(role: str) -> str:
+    labels = {"owner": _("Owner"), "admin": _("Admin"), "agent": _("Agent")}
+    return str(labels.get(role, role))
+
+
+def setup_templating(app: Flask) -> None:
+    app.context_processor(_shell_context)
+    app.add_template_filter(_role_label, "role_label")
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True

@@ -1,0 +1,33 @@
+"""Extensions that bind to the app and the blueprints, one per domain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+from crm.extensions import csrf, migrate, sock
+
+
+def setup_blueprints(app: Flask) -> None:
+    from crm import health, models  # noqa: F401  (models: the whole schema for Alembic)
+    from crm.api import bp as api_bp
+    from crm.auth import bp as auth_bp
+    from crm.broadcasts import bp as broadcasts_bp
+    from crm.extensions import db
+    from crm.inbox import bp as inbox_bp
+    from crm.leads import bp as leads_bp
+    from crm.settings import bp as settings_bp
+
+    migrate.init_app(
+        app,
+        db,
+        directory=str(Path(app.root_path).parent / "migrations"),
+        render_as_batch=True,
+        compare_type=True,
+    )
+    csrf.init_app(app)
+    csrf.exempt(api_bp)  # bearer tokens only; see crm/api/auth.py
+    sock.init_app(app)
+    for bp in (health.bp, auth_bp, inbox_bp, leads_bp, broadcasts_bp, settings_bp, api_bp):
+        app.register_blueprint(bp)

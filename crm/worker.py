@@ -1,0 +1,100 @@
+"""Background tasks with Huey: Redis when REDIS_URL is set, a SQLite file otherwise.
+
+One module-level Huey object so tasks can be declared at import time; the app factory points
+it at the right storage. Every task runs in a fresh app context (see ``in_app_context``), takes
+ids rather than ORM objects, and is enqueued only after the transaction that asked for it
+committed (``enqueue_after_commit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Flask
+from huey import Huey, crontab
+from huey.api import TaskWrapper
+from huey.consumer import Consumer
+from huey.storage import RedisStorage, SqliteStorage
+
+from crm.db import after_commit
+
+log = logging.getLogger(__name__)
+
+huey = Huey("zapdesk", storage_class=SqliteStorage, filename=":memory:", immediate=True)
+_app: dict[str, Flask] = {}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_worker(app: Flask) -> None:
+    """Point the queue at Redis, at the embedded SQLite file, or run tasks inline (tests)."""
+    cfg = app.config
+    if cfg["HUEY_IMMEDIATE"]:
+        huey.immediate = True
+    else:
+        if cfg["REDIS_URL"]:
+            huey.storage_class = RedisStorage
+            huey.storage_kwargs = {"url": cfg["REDIS_URL"]}
+        else:
+            huey.storage_class = SqliteStorage
+            huey.storage_kwargs = {"filename": cfg["HUEY_SQLITE_PATH"]}
+        huey.immediate = False
+        huey.storage = huey.create_storage()  # the storage class may have changed
+    _app["app"] = app
+
+
+def task_app() -> Flask:
+    return _app["app"]
+
+
+def in_app_context(func: F) -> F:
+    """Run a task inside its own app context, so no session leaks from one task to the next."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from crm.extensions import db
+
+        with task_app().app_context():
+            try:
+                return func(*args, **kwargs)
+            finally:
+                db.session.remove()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def enqueue_after_commit(task: TaskWrapper, *args: Any) -> None:
+    """Send ``task(*args)`` to the queue once the current transaction has committed."""
+    after_commit(lambda: task(*args))
+
+
+class InProcessConsumer(Consumer):
+    """A consumer that runs on threads inside another process (``flask crm serve``).
+
+    Huey's own consumer installs signal handlers; inside the web server those belong to the
+    server, so this one leaves them alone and is stopped explicitly.
+    """
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+def start_in_process_consumer(workers: int) -> Consumer:
+    consumer = InProcessConsumer(huey, workers=workers, worker_type="thread", periodic=True)
+    consumer.start()  # starts the scheduler and worker threads, then returns
+    log.info("in-process task consumer started with %d threads", workers)
+    return consumer
+
+
+# --- periodic housekeeping -------------------------------------------------------------------
+
+
+@huey.periodic_task(crontab(minute="17"))
+@in_app_context
+def purge_stale_auth_rows() -> int:
+    from crm.auth.services import purge_stale_auth_rows as purge
+
+    return purge()

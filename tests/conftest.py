@@ -1,0 +1,166 @@
+"""Shared fixtures: one app and schema per test session, each test isolated by emptying tables.
+
+Backends: SQLite by default; ``CRM_TEST_BACKEND=postgresql`` runs the same suite on the
+PostgreSQL server of TEST_DATABASE_URL (and Redis of TEST_REDIS_URL when set). Without a
+service, tests that need it skip with a reason; under CI (CI=true) they fail instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jinja2 import StrictUndefined
+from sqlalchemy import create_engine, text
+
+from tests import factories
+from tests.services import require_service
+
+BACKEND = os.environ.get("CRM_TEST_BACKEND", "sqlite")
+
+
+def _postgres_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        require_service("TEST_DATABASE_URL is not set (the PostgreSQL run needs it)")
+    assert url is not None
+    return url
+
+
+def _fresh_postgres(url: str) -> None:
+    try:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    except Exception as exc:
+        require_service(f"PostgreSQL at TEST_DATABASE_URL is unreachable: {exc.__class__.__name__}")
+
+
+def make_test_config(database_url: str, instance: Path, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "INSTANCE_PATH": str(instance),
+        "HUEY_IMMEDIATE": True,
+        "REDIS_URL": None,
+        "SERVER_NAME": None,
+        # Cheap hashing keeps the suite fast; a test checks the production parameters.
+        "ARGON2_MEMORY_KIB": 1024,
+        "ARGON2_TIME_COST": 1,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if BACKEND == "postgresql":
+        url = _postgres_url()
+        _fresh_postgres(url)
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
+
+
+@pytest.fixture(scope="session")
+def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    from flask_migrate import upgrade
+
+    from crm import create_app
+
+    app = create_app(make_test_config(database_url, tmp_path_factory.mktemp("instance")))
+    app.jinja_env.undefined = StrictUndefined  # a missing template variable fails the test
+    with app.app_context():
+        upgrade()  # the schema comes from the migrations, so every test exercises them
+    yield app
+    with app.app_context():
+        from crm.extensions import db
+
+        db.engine.dispose()
+
+
+def _empty_all_tables(app: Flask) -> None:
+    from crm.extensions import db
+
+    with app.app_context():
+        db.session.remove()
+        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+        with db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            else:
+                for name in tables:
+                    conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def app(_app: Flask) -> Iterator[Flask]:
+    with _app.app_context():
+        yield _app
+    _empty_all_tables(_app)
+
+
+class IsolatedClient(FlaskClient):
+    """A test client whose requests run in their own app context, as in production.
+
+    Flask reuses an app context that is already pushed (the test's), which would share ``g``
+    and the database session between the test and every request. Each request here runs in
+    an empty ``contextvars.Context``; the test's session commits before and re-reads after.
+    """
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        from crm.extensions import db
+
+        db.session.commit()
+        try:
+            return contextvars.Context().run(super().open, *args, **kwargs)
+        finally:
+            db.session.expire_all()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    app.test_client_class = IsolatedClient
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_from(client: FlaskClient, path: str) -> str:
+    """The CSRF token a page hands out, as a browser would read it."""
+    html = client.get(path).get_data(as_text=True)
+    match = CSRF_RE.search(html) or re.compile(r'"X-CSRFToken": "([^"]+)"').search(html)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def login(client: FlaskClient, email: str, password: str = factories.PASSWORD) -> Any:
+    token = csrf_from(client, "/login")
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+@pytest.fixture
+def owner(app: Flask) -> factories.Person:
+    return factories.person(workspace="Acme", email="owner@acme.example", role="owner")
+
+
+@pytest.fixture
+def logged_in(client: FlaskClient, owner: factories.Person) -> FlaskClient:
+    response = login(client, owner.email)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client

@@ -1,0 +1,61 @@
+"""Test data per domain, built through the same services the product uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from crm.auth import services, team
+from crm.auth.models import Membership, Role, User, UserSession
+from crm.extensions import db
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Person:
+    user_id: int
+    workspace_id: int
+    membership_id: int
+    email: str
+
+    @property
+    def membership(self) -> Membership:
+        m = db.session.get(Membership, self.membership_id)
+        assert m is not None
+        return m
+
+
+def person(workspace: str, email: str, role: str = "agent", password: str = PASSWORD) -> Person:
+    """A member of ``workspace`` (created if needed) with ``role``."""
+    created = services.create_admin(workspace, email, password)
+    membership = db.session.scalar(
+        select(Membership).where(
+            Membership.workspace_id == created.workspace_id, Membership.user_id == created.user_id
+        )
+    )
+    assert membership is not None
+    if role != Role.OWNER.value:
+        membership.role = role
+        db.session.commit()
+    return Person(created.user_id, created.workspace_id, membership.id, email)
+
+
+def session_for(p: Person) -> UserSession:
+    user = db.session.get(User, p.user_id)
+    assert user is not None
+    token = services.start_session(user, p.workspace_id, "127.0.0.1", "tests")
+    return db.session.scalar(select(UserSession).order_by(UserSession.id.desc()).limit(1)) or _fail(token)
+
+
+def _fail(token: str) -> UserSession:
+    raise AssertionError(f"no session row for {token[:4]}")
+
+
+def api_token(p: Person, name: str = "test") -> str:
+    return team.create_api_token(p.workspace_id, p.user_id, name).token
+
+
+def invitation(p: Person, email: str, role: str = "agent") -> team.NewInvitation:
+    return team.create_invitation(p.workspace_id, p.membership, email, role)
