@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
 from huey import Huey, crontab
 from huey.api import TaskWrapper
 from huey.consumer import Consumer
@@ -47,6 +47,9 @@ def setup_worker(app: Flask) -> None:
 
 
 def task_app() -> Flask:
+    """The app tasks run in: the current one when a task runs inline, else the worker's."""
+    if has_app_context():
+        return current_app._get_current_object()  # type: ignore[attr-defined]
     return _app["app"]
 
 

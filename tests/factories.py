@@ -59,3 +59,7 @@ def api_token(p: Person, name: str = "test") -> str:
 
 def invitation(p: Person, email: str, role: str = "agent") -> team.NewInvitation:
     return team.create_invitation(p.workspace_id, p.membership, email, role)
+
+
+def api_token_row(p: Person, name: str = "test") -> int:
+    return team.create_api_token(p.workspace_id, p.user_id, name).api_token.id

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms import EmailField, PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from crm.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -51,5 +51,9 @@ class PasswordChangeForm(FlaskForm):
 class LanguageForm(FlaskForm):
     locale = SelectField(
         _l("Language"),
-        choices=[("", _l("Browser default")), ("en", "English"), ("pt_BR", "Português (Brasil)")],
+        choices=[
+            SelectChoice("", _l("Browser default")),
+            SelectChoice("en", "English"),
+            SelectChoice("pt_BR", "Português (Brasil)"),
+        ],
     )

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, SelectField, StringField
+from wtforms import EmailField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
-ROLE_CHOICES = [("agent", _l("Agent")), ("admin", _l("Admin")), ("owner", _l("Owner"))]
+ROLE_CHOICES = [
+    SelectChoice("agent", _l("Agent")),
+    SelectChoice("admin", _l("Admin")),
+    SelectChoice("owner", _l("Owner")),
+]
 
 
 class WorkspaceForm(FlaskForm):
@@ -13,7 +17,8 @@ class WorkspaceForm(FlaskForm):
     country = StringField(_l("Default phone country"), validators=[DataRequired(), Length(2, 2)])
     timezone = StringField(_l("Time zone"), validators=[DataRequired(), Length(max=64)])
     locale = SelectField(
-        _l("Language for customers and dates"), choices=[("pt_BR", "Português (Brasil)"), ("en", "English")]
+        _l("Language for customers and dates"),
+        choices=[SelectChoice("pt_BR", "Português (Brasil)"), SelectChoice("en", "English")],
     )
 
 
