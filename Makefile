@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) translations
 
 translations: $(STAMP)
-	@$(BIN)/pybabel compile --use-fuzzy -q -d crm/translations
+	@$(BIN)/pybabel -q compile -d crm/translations
 
 run: install
 	$(BIN)/flask db upgrade
@@ -45,8 +45,8 @@ test: install lint typecheck pytest
 
 # Refresh the translation catalogues after changing user-facing strings.
 messages: $(STAMP)
-	$(BIN)/pybabel extract -q -F babel.cfg -k _l -o crm/translations/messages.pot .
-	$(BIN)/pybabel update -q -i crm/translations/messages.pot -d crm/translations --no-fuzzy-matching
+	$(BIN)/pybabel -q extract -F babel.cfg -k _l -o crm/translations/messages.pot .
+	$(BIN)/pybabel -q update -i crm/translations/messages.pot -d crm/translations --no-fuzzy-matching
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -118,14 +118,26 @@ def setup_errors(app: Flask) -> None:
     def http_error(error: HTTPException) -> Any:
         status = error.code or 500
         code = _HTTP_CODES.get(status, "error")
-        message = {
+        titles = {
+            400: _("Bad request"),
+            403: _("Not allowed"),
+            404: _("Not found"),
+            405: _("Not allowed"),
+            413: _("Too large"),
+            429: _("Too many requests"),
+        }
+        messages = {
+            400: _("The request could not be processed."),
+            403: _("You do not have permission to do this."),
             404: _("Not found."),
             405: _("This method is not allowed here."),
             413: _("The upload is too large."),
-        }.get(status, error.description or error.name)
+            429: _("Too many attempts. Wait a few minutes and try again."),
+        }
+        message = messages.get(status, error.description or error.name)
         if wants_json():
             return json_error(status, code, message)
-        return _error_page(status, error.name, message)
+        return _error_page(status, titles.get(status, error.name), message)
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Any:

@@ -18,7 +18,7 @@ def require_token() -> Any:
     header = request.headers.get("Authorization", "")
     scheme, _sep, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        return _unauthorized(_("Send an API token as 'Authorization: Bearer <token>'."))
+        return _unauthorized(_('Send an API token in the header "Authorization: Bearer <token>".'))
     api_token = authenticate_token(raw.strip())
     if api_token is None:
         return _unauthorized(_("The API token is invalid or was revoked."))

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from flask import current_app
 from flask_babel import gettext as _
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from crm.auth.models import ApiToken, Invitation, Membership, Role, User, UserSession
 from crm.auth.passwords import hash_password, new_token, token_digest, verify_password
@@ -125,6 +125,17 @@ def create_invitation(workspace_id: int, actor: Membership, email: str, role: st
     )
     if already is not None:
         raise Conflict(_("%(email)s is already a member.", email=email), code="already_member")
+    # A new link for the same person replaces any earlier one still pending.
+    db.session.execute(
+        update(Invitation)
+        .where(
+            Invitation.workspace_id == workspace_id,
+            Invitation.email == email,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
     token = new_token()
     invitation = Invitation(
         workspace_id=workspace_id,

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import login_required
 from werkzeug.wrappers import Response
 
@@ -120,7 +121,7 @@ def enable_member(member_id: int) -> Response:
 @manager_required
 def end_member_sessions(member_id: int) -> Response:
     count = team.end_member_sessions(current_workspace_id(), g.membership, member_id)
-    flash(_("%(n)d session(s) ended.", n=count), "info")
+    flash(ngettext("%(num)d session ended.", "%(num)d sessions ended.", count), "info")
     return redirect(url_for("settings.team_page"))
 
 

@@ -191,3 +191,10 @@ def test_workspace_settings_validate_before_saving(logged_in: FlaskClient, owner
     assert good.status_code == 302
     ws = owner.membership.workspace
     assert (ws.name, ws.country, ws.timezone, ws.locale) == ("Acme Ltda", "PT", "Europe/Lisbon", "en")
+
+
+def test_a_new_invitation_replaces_the_pending_one(owner: factories.Person) -> None:
+    first = factories.invitation(owner, "twice@acme.example")
+    second = factories.invitation(owner, "twice@acme.example")
+    pending = db.session.scalars(select(Invitation).where(Invitation.revoked_at.is_(None))).all()
+    assert [i.id for i in pending] == [second.invitation.id] != [first.invitation.id]

@@ -1,0 +1,151 @@
+"""Browser tests: the real app on a local port, driven by Playwright with Debian's Chromium.
+
+The server runs the session app (``_app``) in a daemon thread; each test creates its data
+through the ``app`` fixture (committed, so the server thread sees it), and ``app`` empties the
+tables afterwards. Playwright is imported lazily so the rest of the suite does not need it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from tests import factories
+from tests.services import require_service
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Error, Page, ViewportSize
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: BaseWSGIServer
+    thread: threading.Thread
+
+
+@pytest.fixture(scope="session")
+def _live_server(_app: Flask) -> Iterator[LiveServer]:
+    server = make_server("127.0.0.1", 0, _app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="e2e-live-server", daemon=True)
+    thread.start()
+    try:
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", server, thread)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(_live_server: LiveServer, app: Flask) -> str:
+    """The base URL of the running app. Depends on ``app`` so each test's rows are emptied after it."""
+    return _live_server.url
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        require_service(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_service("the playwright package is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclass
+class BrowserProblems:
+    """Console errors and uncaught page errors (a CSP violation is a console error)."""
+
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def all(self) -> list[str]:
+        return self.console_errors + self.page_errors
+
+
+_reports = pytest.StashKey[dict[str, pytest.TestReport]]()
+_problems = pytest.StashKey[BrowserProblems]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item, so ``page`` knows whether the test failed."""
+    report = yield
+    item.stash.setdefault(_reports, {})[report.when] = report
+    return report
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(locale="en-US", viewport=DESKTOP)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    problems = BrowserProblems()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.console_errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    def on_page_error(error: Error) -> None:
+        problems.page_errors.append(f"{error.name}: {error.message}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    request.node.stash[_problems] = problems
+    try:
+        yield page
+    finally:
+        call = request.node.stash.get(_reports, {}).get("call")
+        if call is not None and call.failed:
+            ARTIFACTS.mkdir(exist_ok=True)
+            name = re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+            try:
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+            except Exception as exc:  # a broken page must not hide the real failure
+                print(f"could not save a screenshot: {exc}")
+        context.close()
+
+
+@pytest.fixture
+def browser_problems(page: Page, request: pytest.FixtureRequest) -> BrowserProblems:
+    """What went wrong inside the page so far: console errors and uncaught exceptions."""
+    node: pytest.Item = request.node
+    return node.stash[_problems]
+
+
+def sign_in(page: Page, base_url: str, email: str, password: str = factories.PASSWORD) -> None:
+    """Open the app, follow the redirect to the login page and sign in through the form."""
+    page.goto(f"{base_url}/")
+    page.wait_for_url(re.compile(r"/login(\?.*)?$"))
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
