@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# Zapdesk application image: one image for every process of scaled mode (see compose.yaml):
+# web (gunicorn wsgi:app), worker (flask crm worker), gateway (flask crm gateway), migrate (flask db upgrade).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLASK_APP=app.py
+
+RUN groupadd --system --gid 10001 zapdesk \
+    && useradd --system --uid 10001 --gid zapdesk --home-dir /app --no-create-home --shell /usr/sbin/nologin zapdesk
+
+# The image keeps the repository layout under /app and runs from there. crm/config.py sets
+# ROOT = the directory above the `crm` package and reads templates/, static/, migrations/ (via
+# `flask db upgrade` from the working directory), crm/translations/ and instance/ relative to it,
+# and `flask` finds app.py in the working directory. A plain `pip install .` would put only the
+# crm/*.py modules into site-packages (the wheel holds no templates, static files, migrations or
+# catalogues) and ROOT would then point at site-packages. So the tree is copied to /app and the
+# project is installed editable (`pip install -e .`): `crm` is imported from /app/crm and ROOT is /app.
+WORKDIR /app
+
+# Dependencies first, in their own layer, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY . .
+# Code stays owned by root (the app cannot rewrite itself); only instance/ is writable by the app user.
+# Catalogues are compiled when there are any: with none yet, there is nothing to compile.
+RUN pip install --no-deps -e . \
+    && if find crm/translations -name '*.po' 2>/dev/null | grep -q .; then \
+           pybabel compile -d crm/translations; \
+       else \
+           echo "no translation catalogues to compile"; \
+       fi \
+    && mkdir -p instance/media \
+    && chown -R zapdesk:zapdesk instance
+
+USER zapdesk
+EXPOSE 5000
+
+# No HEALTHCHECK here: worker and gateway run from this image too and serve no HTTP;
+# compose.yaml gives the web service its /healthz check.
+CMD ["gunicorn", "-k", "gthread", "--threads", "32", "-w", "2", "-b", "0.0.0.0:5000", "wsgi:app"]
