@@ -130,5 +130,55 @@ def create_token_command(workspace: str, email: str, name: str) -> None:
     _emit({"token": created.token})
 
 
+@crm_cli.command("add-account")
+@click.option("--workspace", required=True)
+@click.option("--provider", required=True, help="sandbox, cloud or webqr")
+@click.option("--name", required=True, help="A label for the number.")
+@click.option("--phone-number-id", default="")
+@click.option("--access-token", default="")
+@click.option("--app-secret", default="")
+@click.option("--verify-token", default="")
+@click.option("--waba-id", default="")
+@click.option("--graph-url", default="", help="Cloud API base URL (default GRAPH_API_URL).")
+@click.option("--max-per-minute", type=int, default=None, help="Hard cap on sends over any 60 seconds.")
+@domain_errors_to_exit
+def add_account_command(
+    workspace: str,
+    provider: str,
+    name: str,
+    phone_number_id: str,
+    access_token: str,
+    app_secret: str,
+    verify_token: str,
+    waba_id: str,
+    graph_url: str,
+    max_per_minute: int | None,
+) -> None:
+    """Add a WhatsApp number to a workspace."""
+    from crm.auth.services import workspace_by_name
+    from crm.whatsapp.accounts import CloudSettings, create_account, webhook_path
+
+    ws = workspace_by_name(workspace)
+    cloud = CloudSettings(
+        phone_number_id=phone_number_id,
+        access_token=access_token,
+        app_secret=app_secret,
+        verify_token=verify_token,
+        waba_id=waba_id,
+        graph_url=graph_url,
+    )
+    account = create_account(
+        ws.id,
+        provider=provider,
+        name=name,
+        max_per_minute=max_per_minute,
+        cloud=cloud if provider == "cloud" else None,
+    )
+    payload: dict[str, Any] = {"account_id": account.id}
+    if account.provider == "cloud":
+        payload["webhook_path"] = webhook_path(account)
+    _emit(payload)
+
+
 def setup_cli(app: Flask) -> None:
     app.cli.add_command(crm_cli)

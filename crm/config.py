@@ -40,6 +40,7 @@ def from_env() -> dict[str, Any]:
     return {
         "INSTANCE_PATH": str(instance),
         "SECRET_KEY": _secret_key(instance),
+        "ENCRYPTION_KEY": os.environ.get("ENCRYPTION_KEY") or None,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         "GRAPH_API_URL": os.environ.get("GRAPH_API_URL", "https://graph.facebook.com/v23.0"),

@@ -28,6 +28,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @property
+    def python_type(self) -> type[datetime]:
+        return datetime
+
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
@@ -88,3 +92,18 @@ def _run_after_commit(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_after_rollback(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
+
+
+def insert_ignoring_conflicts(model: type[Any]) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite alike.
+
+    Uniqueness is decided by the database's constraints, never by a check-then-insert, so two
+    concurrent writers of the same row end with one row and no error.
+    """
+    if db.session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model).on_conflict_do_nothing()

@@ -2,17 +2,31 @@
 
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
 from crm.inbox.models import Conversation, Message
-from crm.leads.models import Lead
-from crm.whatsapp.models import Provider, WhatsAppAccount
+from crm.leads.models import Lead, LeadTag
+from crm.whatsapp.models import (
+    AccountEvent,
+    Health,
+    Outbox,
+    OutboxState,
+    ParkedStatus,
+    Provider,
+    WhatsAppAccount,
+)
 
 __all__ = [
+    "AccountEvent",
     "ApiToken",
     "Conversation",
+    "Health",
     "Invitation",
     "Lead",
+    "LeadTag",
     "LoginFailure",
     "Membership",
     "Message",
+    "Outbox",
+    "OutboxState",
+    "ParkedStatus",
     "Provider",
     "Role",
     "User",

@@ -63,3 +63,38 @@ def invitation(p: Person, email: str, role: str = "agent") -> team.NewInvitation
 
 def api_token_row(p: Person, name: str = "test") -> int:
     return team.create_api_token(p.workspace_id, p.user_id, name).api_token.id
+
+
+def sandbox_account(p: Person, name: str = "Sandbox") -> int:
+    from crm.whatsapp.accounts import create_account
+
+    return create_account(p.workspace_id, provider="sandbox", name=name).id
+
+
+def inbound(account_id: int, phone: str = "+5511999990000", text: str = "Olá", name: str = "Cliente") -> int:
+    """A customer's message arriving on a number, through the real ingest path; the conversation id."""
+    import uuid
+
+    from crm.db import utcnow
+    from crm.inbox.models import Message
+    from crm.whatsapp.events import InboundMessage
+    from crm.whatsapp.inbound import ingest_message
+
+    summary = ingest_message(
+        account_id,
+        InboundMessage(
+            provider_message_id=f"test.{uuid.uuid4().hex}",
+            type="text",
+            text=text,
+            timestamp=utcnow(),
+            phone=phone,
+            name=name,
+        ),
+    )
+    message = db.session.get(Message, summary.stored[0])
+    assert message is not None
+    return message.conversation_id
+
+
+def conversation(p: Person) -> int:
+    return inbound(sandbox_account(p))

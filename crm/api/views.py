@@ -1,11 +1,37 @@
+"""REST API v1 (see CONTRACT.md): thin views over the domain services."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from flask import g
+from flask import g, request
+from flask_babel import gettext as _
 
 from crm.api import bp
+from crm.api.json import json_body, page_limit
+from crm.errors import DomainError, ValidationFailed
+from crm.extensions import db
+from crm.inbox import services as inbox
+from crm.inbox.sending import reply, send_to_phone
+from crm.leads import services as leads
+from crm.pagination import keyset_page
 from crm.settings.services import get_workspace
+from crm.whatsapp.accounts import account_json, list_accounts
+
+
+def _page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"data": items, "next_cursor": next_cursor}
+
+
+def _bool_arg(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise DomainError(_("%(name)s must be true or false.", name=name), code="invalid_parameter")
 
 
 @bp.get("/workspace")
@@ -13,3 +39,108 @@ def workspace() -> Any:
     """Who the token is: its workspace and defaults (handy to check a token works)."""
     ws = get_workspace(g.workspace_id)
     return {"id": ws.id, "name": ws.name, "country": ws.country, "timezone": ws.timezone, "locale": ws.locale}
+
+
+@bp.get("/accounts")
+def accounts() -> Any:
+    return {"data": [account_json(a) for a in list_accounts(g.workspace_id)], "next_cursor": None}
+
+
+@bp.get("/conversations")
+def conversations() -> Any:
+    page = inbox.list_conversations(g.workspace_id, page_limit(), request.args.get("cursor"))
+    return _page([inbox.conversation_json(c) for c in page.items], page.next_cursor)
+
+
+@bp.patch("/conversations/<int:conversation_id>")
+def update_conversation(conversation_id: int) -> Any:
+    inbox.get_conversation(g.workspace_id, conversation_id)
+    body = json_body()
+    if "ai_enabled" not in body:
+        raise ValidationFailed(_("Nothing to change: send ai_enabled."), code="invalid_body")
+    if not isinstance(body["ai_enabled"], bool):
+        raise ValidationFailed(_("ai_enabled must be true or false."), code="invalid_body")
+    conversation = inbox.set_ai_enabled(g.workspace_id, conversation_id, body["ai_enabled"])
+    return inbox.conversation_json(conversation)
+
+
+@bp.get("/conversations/<int:conversation_id>/messages")
+def conversation_messages(conversation_id: int) -> Any:
+    page = inbox.list_messages(g.workspace_id, conversation_id, page_limit(), request.args.get("cursor"))
+    return _page([inbox.message_json(m) for m in page.items], page.next_cursor)
+
+
+@bp.post("/conversations/<int:conversation_id>/messages")
+def reply_in_conversation(conversation_id: int) -> Any:
+    inbox.get_conversation(g.workspace_id, conversation_id)
+    body = json_body()
+    queued = reply(
+        g.workspace_id,
+        conversation_id,
+        body.get("text"),
+        user_id=g.api_token.user_id,
+        idempotency_key=body.get("idempotency_key"),
+    )
+    return _queued(queued.message.id, queued.message.status, queued.message.conversation_id)
+
+
+@bp.post("/messages")
+def send_message() -> Any:
+    body = json_body()
+    account_id = body.get("account_id")
+    if account_id is not None and (not isinstance(account_id, int) or isinstance(account_id, bool)):
+        raise ValidationFailed(_("account_id must be a number."), code="invalid_account")
+    queued = send_to_phone(
+        g.workspace_id,
+        body.get("to"),
+        body.get("text"),
+        account_id=account_id,
+        idempotency_key=body.get("idempotency_key"),
+        user_id=g.api_token.user_id,
+    )
+    return _queued(queued.message.id, queued.message.status, queued.message.conversation_id)
+
+
+def _queued(message_id: int, status: str, conversation_id: int) -> tuple[dict[str, Any], int]:
+    # A repeated idempotency key answers with the message as it is now (maybe sent already).
+    return {
+        "id": message_id,
+        "status": "queued" if status in ("queued", "sending") else status,
+        "conversation_id": conversation_id,
+    }, 202
+
+
+@bp.get("/leads")
+def list_leads() -> Any:
+    filters = leads.LeadFilter(
+        q=request.args.get("q", ""), tag=request.args.get("tag", ""), opt_in=_bool_arg("opt_in")
+    )
+    from crm.leads.models import Lead
+
+    page = keyset_page(
+        leads.filtered_leads(g.workspace_id, filters), [Lead.id], page_limit(), request.args.get("cursor")
+    )
+    return _page([leads.lead_json(lead) for lead in page.items], page.next_cursor)
+
+
+@bp.post("/leads")
+def create_lead() -> Any:
+    body = json_body()
+    phone = body.get("phone")
+    if not isinstance(phone, str):
+        raise ValidationFailed(_("phone is required."), code="invalid_phone")
+    name, email, opt_in, tags = (
+        body.get("name", ""),
+        body.get("email"),
+        body.get("opt_in", False),
+        body.get("tags", []),
+    )
+    if not isinstance(name, str) or (email is not None and not isinstance(email, str)):
+        raise ValidationFailed(_("name and email must be text."), code="invalid_body")
+    if not isinstance(opt_in, bool):
+        raise ValidationFailed(_("opt_in must be true or false."), code="invalid_body")
+    if not isinstance(tags, list):
+        raise ValidationFailed(_("tags must be a list of text."), code="invalid_tags")
+    lead = leads.create_lead(g.workspace_id, phone=phone, name=name, email=email, opt_in=opt_in, tags=tags)
+    db.session.refresh(lead)
+    return leads.lead_json(lead), 201

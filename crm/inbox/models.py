@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
@@ -53,6 +54,10 @@ class Message(Model):
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
     author: Mapped[str] = mapped_column(String(16))  # lead | agent | ai | fallback | broadcast | api
     author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # What the provider needs beyond text: template name and parameters, media link or id, ...
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reply_to: Mapped[str | None] = mapped_column(String(128))  # provider id of the message answered
+    media_id: Mapped[str | None] = mapped_column(String(128))  # the provider's media id (inbound)
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_title: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
 from crm.extensions import Model
@@ -34,3 +34,29 @@ class Lead(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    tags: Mapped[list[LeadTag]] = relationship(
+        back_populates="lead", cascade="all, delete-orphan", order_by="LeadTag.name"
+    )
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.name for t in self.tags]
+
+
+class LeadTag(Model):
+    """A tag on a lead. ``key`` is the case-folded name: tags match case-insensitively."""
+
+    __tablename__ = "lead_tags"
+    __table_args__ = (
+        UniqueConstraint("lead_id", "key"),
+        Index("ix_lead_tags_workspace_id_key", "workspace_id", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(64))
+
+    lead: Mapped[Lead] = relationship(back_populates="tags")

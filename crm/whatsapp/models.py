@@ -1,4 +1,4 @@
-"""WhatsApp numbers (accounts) a workspace sends and receives through."""
+"""WhatsApp numbers (accounts), the outbox of messages to send, and statuses waiting for their message."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.db import UTCDateTime, utcnow
@@ -19,6 +19,19 @@ class Provider(enum.StrEnum):
     WEBQR = "webqr"
 
 
+class Health(enum.StrEnum):
+    """What provider signals say about a number. Only connected and degraded numbers send."""
+
+    CONNECTED = "connected"
+    DEGRADED = "degraded"  # sending, but warned: low quality, throttled, flagged
+    LOGGED_OUT = "logged_out"  # needs a person: token expired, session ended, QR needed
+    BLOCKED = "blocked"  # the provider stopped this number (policy, spam, ban)
+
+    @property
+    def can_send(self) -> bool:
+        return self in (Health.CONNECTED, Health.DEGRADED)
+
+
 class WhatsAppAccount(Model):
     __tablename__ = "whatsapp_accounts"
 
@@ -27,9 +40,13 @@ class WhatsAppAccount(Model):
     provider: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(120))
     phone: Mapped[str | None] = mapped_column(String(32))  # E.164 once known
+    # active: in use; disabled: switched off by an admin (never routed to).
     status: Mapped[str] = mapped_column(String(24), default="active")
-    health: Mapped[str] = mapped_column(String(24), default="ok")
+    health: Mapped[str] = mapped_column(String(24), default=Health.CONNECTED.value)
     health_reason: Mapped[str | None] = mapped_column(Text)
+    health_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Sends wait until then after the provider asked us to slow down (e.g. Cloud API 130429).
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Non-secret provider settings (phone_number_id, waba_id, graph_url, ...).
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Access tokens, app secrets, session keys: encrypted at rest, never rendered back.
@@ -37,4 +54,89 @@ class WhatsAppAccount(Model):
     # Random path segment of the Cloud API webhook URL (unguessable, unique).
     webhook_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     max_per_minute: Mapped[int | None] = mapped_column(Integer)
+    # Routing: lower priority first; weight splits new leads among numbers of equal priority
+    # (gradual migration); the fallback carries messages while this number can't send.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    weight: Mapped[int] = mapped_column(Integer, default=100)
+    fallback_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("whatsapp_accounts.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def health_enum(self) -> Health:
+        return Health(self.health)
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == "active" and self.health_enum.can_send
+
+
+class OutboxState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outbox(Model):
+    """One message to send. Written in the same transaction as its cause; PostgreSQL is the truth.
+
+    ``deliver_outbound`` claims a row (queued → sending, with a lease), calls the provider and
+    records the result. A reconciler re-enqueues queued rows whose job was lost and requeues
+    rows whose lease ran out.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # The same idempotency key twice in a workspace is the same send.
+        UniqueConstraint("workspace_id", "idempotency_key"),
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ParkedStatus(Model):
+    """A status that arrived before we knew its message id; applied when the message appears."""
+
+    __tablename__ = "parked_statuses"
+    __table_args__ = (
+        Index("ix_parked_statuses_account_id_provider_message_id", "account_id", "provider_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    provider_message_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_title: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AccountEvent(Model):
+    """The health history of a number: what the provider said and what we did about it."""
+
+    __tablename__ = "account_events"
+    __table_args__ = (Index("ix_account_events_account_id_id", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(64))
+    health: Mapped[str | None] = mapped_column(String(24))
+    detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -19,6 +19,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "invitation_id": lambda other: factories.invitation(other, "invitee@other.example").invitation.id,
     "token_id": lambda other: factories.api_token_row(other),
     "session_id": lambda other: factories.session_for(other).id,
+    "conversation_id": factories.conversation,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")
@@ -57,7 +58,10 @@ def test_another_workspaces_ids_answer_404(app: Flask, client: FlaskClient) -> N
         for arg in args:
             url = re.sub(rf"<(?:int:)?{arg}>", str(foreign[arg]), url)
         headers = {"Authorization": f"Bearer {my_token}"} if rule.startswith("/api/") else {}
-        kwargs = {"data": {"csrf_token": csrf, "role": "agent"}} if method != "GET" else {}
+        kwargs: dict[str, object] = {}
+        if method != "GET":
+            form = {"csrf_token": csrf, "role": "agent", "text": "hi", "ai_enabled": True}
+            kwargs = {"json": form} if rule.startswith("/api/") else {"data": form}
         response = client.open(url, method=method, headers=headers, **kwargs)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}"
         checked += 1

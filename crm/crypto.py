@@ -1,0 +1,42 @@
+"""Secrets at rest (access tokens, app secrets, WebQR session keys), encrypted with Fernet.
+
+The key is derived from ENCRYPTION_KEY when set, else from SECRET_KEY, with HKDF-SHA256, so the
+session-signing key is never used directly as an encryption key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import current_app
+
+
+class SecretUnreadable(Exception):
+    """The stored secret can't be decrypted: SECRET_KEY/ENCRYPTION_KEY changed since it was saved."""
+
+
+def _fernet() -> Fernet:
+    material = current_app.config.get("ENCRYPTION_KEY") or current_app.config["SECRET_KEY"]
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"zapdesk secrets at rest v1").derive(
+        material.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def encrypt_json(data: dict[str, Any]) -> str:
+    return _fernet().encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
+
+
+def decrypt_json(token: str | None) -> dict[str, Any]:
+    if not token:
+        return {}
+    try:
+        value = json.loads(_fernet().decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise SecretUnreadable("stored secrets cannot be decrypted with the current key") from exc
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,102 @@
+"""Conversations and messages: reading them (keyset pages) and the conversation upsert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from crm.db import insert_ignoring_conflicts, utcnow
+from crm.extensions import db
+from crm.inbox.models import Conversation, Message
+from crm.leads.services import iso
+from crm.pagination import Page, keyset_page
+from crm.tenancy import get_scoped, scoped
+
+
+def conversation_for(workspace_id: int, account_id: int, lead_id: int) -> Conversation:
+    """The lead's conversation on this number, created if needed (no commit: the caller owns it).
+
+    One conversation per (number, lead), enforced by a UNIQUE constraint: concurrent first
+    messages from the same person end in the same conversation.
+    """
+    now = utcnow()
+    db.session.execute(
+        insert_ignoring_conflicts(Conversation).values(
+            workspace_id=workspace_id,
+            account_id=account_id,
+            lead_id=lead_id,
+            status="open",
+            unread_count=0,
+            ai_enabled=True,
+            last_message_at=now,
+            created_at=now,
+        )
+    )
+    conversation = db.session.scalar(
+        select(Conversation).where(Conversation.account_id == account_id, Conversation.lead_id == lead_id)
+    )
+    assert conversation is not None and conversation.workspace_id == workspace_id
+    return conversation
+
+
+def latest_conversation_of_lead(workspace_id: int, lead_id: int) -> Conversation | None:
+    return db.session.scalar(
+        scoped(select(Conversation), Conversation, workspace_id)
+        .where(Conversation.lead_id == lead_id)
+        .order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
+        .limit(1)
+    )
+
+
+def get_conversation(workspace_id: int, conversation_id: int) -> Conversation:
+    return get_scoped(Conversation, workspace_id, conversation_id)
+
+
+def list_conversations(workspace_id: int, limit: int, cursor: str | None) -> Page[Conversation]:
+    stmt = scoped(select(Conversation), Conversation, workspace_id)
+    return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
+
+
+def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
+    get_conversation(workspace_id, conversation_id)
+    stmt = scoped(select(Message), Message, workspace_id).where(Message.conversation_id == conversation_id)
+    return keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
+
+
+def set_ai_enabled(workspace_id: int, conversation_id: int, enabled: bool) -> Conversation:
+    conversation = get_conversation(workspace_id, conversation_id)
+    conversation.ai_enabled = enabled
+    db.session.commit()
+    return conversation
+
+
+def conversation_json(conversation: Conversation) -> dict[str, Any]:
+    lead = conversation.lead
+    return {
+        "id": conversation.id,
+        "lead": {"id": lead.id, "phone": lead.phone, "name": lead.name},
+        "account_id": conversation.account_id,
+        "status": conversation.status,
+        "unread_count": conversation.unread_count,
+        "last_message_at": iso(conversation.last_message_at),
+        "ai_enabled": conversation.ai_enabled,
+    }
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "direction": message.direction,
+        "type": message.type,
+        "text": message.text,
+        "status": message.status,
+        "provider": message.provider,
+        "provider_message_id": message.provider_message_id,
+        "account_id": message.account_id,
+        "author": message.author,
+        "error_code": message.error_code,
+        "error_title": message.error_title,
+        "created_at": iso(message.created_at),
+    }

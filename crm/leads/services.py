@@ -1,0 +1,163 @@
+"""Leads: create, find and list, with phones in E.164 and case-insensitive tags."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from flask_babel import gettext as _
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from crm.auth.models import Workspace
+from crm.db import utcnow
+from crm.errors import Conflict, NotFound, ValidationFailed
+from crm.extensions import db
+from crm.leads.models import Lead, LeadTag
+from crm.leads.phones import maybe_e164, to_e164
+from crm.tenancy import get_scoped, scoped
+
+MAX_TAG_LENGTH = 64
+
+
+def clean_tags(tags: Iterable[Any]) -> list[str]:
+    """Trimmed, de-duplicated case-insensitively, first spelling kept."""
+    seen: dict[str, str] = {}
+    for raw in tags:
+        if not isinstance(raw, str):
+            raise ValidationFailed(_("Tags must be text."), code="invalid_tags")
+        name = " ".join(raw.split())
+        if not name:
+            continue
+        if len(name) > MAX_TAG_LENGTH:
+            raise ValidationFailed(
+                _("A tag can have at most %(n)d characters.", n=MAX_TAG_LENGTH), code="invalid_tags"
+            )
+        seen.setdefault(name.casefold(), name)
+    return list(seen.values())
+
+
+def set_tags(lead: Lead, tags: list[str]) -> None:
+    wanted = {t.casefold(): t for t in tags}
+    for tag in list(lead.tags):
+        if tag.key not in wanted:
+            lead.tags.remove(tag)
+    have = {t.key for t in lead.tags}
+    for key, name in wanted.items():
+        if key not in have:
+            lead.tags.append(LeadTag(workspace_id=lead.workspace_id, name=name, key=key))
+
+
+def _check_email(email: str | None) -> str | None:
+    if email is None or email.strip() == "":
+        return None
+    try:
+        return validate_email(
+            email.strip(), check_deliverability=False, globally_deliverable=False
+        ).normalized
+    except EmailNotValidError as exc:
+        raise ValidationFailed(_("Enter a valid email address."), code="invalid_email") from exc
+
+
+def workspace_country(workspace_id: int) -> str:
+    workspace = db.session.get(Workspace, workspace_id)
+    return workspace.country if workspace else "BR"
+
+
+def create_lead(
+    workspace_id: int,
+    *,
+    phone: str,
+    name: str = "",
+    email: str | None = None,
+    opt_in: bool = False,
+    tags: Iterable[Any] = (),
+) -> Lead:
+    """A new lead; the phone must parse (workspace country by default) and be new in the workspace."""
+    e164 = to_e164(phone, workspace_country(workspace_id))
+    clean_email = _check_email(email)
+    tag_names = clean_tags(tags)
+    if len(name) > 200:
+        raise ValidationFailed(_("The name is too long."), code="invalid_name")
+    now = utcnow()
+    lead = Lead(
+        workspace_id=workspace_id,
+        phone=e164,
+        name=name.strip(),
+        email=clean_email,
+        opt_in=opt_in,
+        opted_in_at=now if opt_in else None,
+    )
+    db.session.add(lead)
+    set_tags(lead, tag_names)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise Conflict(_("A lead with this phone already exists."), code="duplicate_lead") from None
+    return lead
+
+
+def get_lead(workspace_id: int, lead_id: int) -> Lead:
+    lead = get_scoped(Lead, workspace_id, lead_id)
+    if lead.deleted_at is not None:
+        raise NotFound(f"lead {lead_id}")
+    return lead
+
+
+def find_lead_by_phone(workspace_id: int, e164: str) -> Lead | None:
+    return db.session.scalar(
+        scoped(select(Lead), Lead, workspace_id).where(Lead.phone == e164, Lead.deleted_at.is_(None))
+    )
+
+
+@dataclass(frozen=True)
+class LeadFilter:
+    q: str = ""
+    tag: str = ""
+    opt_in: bool | None = None
+
+
+def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
+    stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.deleted_at.is_(None))
+    if filters.q.strip():
+        q = filters.q.strip()
+        like = f"%{q.lower()}%"
+        conditions: list[ColumnElement[bool]] = [
+            func.lower(Lead.name).like(like),
+            func.lower(Lead.email).like(like),
+            func.lower(Lead.notes).like(like),
+        ]
+        e164 = maybe_e164(q, workspace_country(workspace_id))
+        if e164:
+            conditions.append(Lead.phone == e164)
+        digits = "".join(ch for ch in q if ch.isdigit())
+        if len(digits) >= 4:
+            conditions.append(Lead.phone.like(f"%{digits}%"))
+        stmt = stmt.where(or_(*conditions))
+    if filters.tag.strip():
+        key = " ".join(filters.tag.split()).casefold()
+        stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Lead.id, LeadTag.key == key)))
+    if filters.opt_in is not None:
+        stmt = stmt.where(Lead.opt_in.is_(filters.opt_in))
+    return stmt
+
+
+def lead_json(lead: Lead) -> dict[str, Any]:
+    return {
+        "id": lead.id,
+        "phone": lead.phone,
+        "name": lead.name,
+        "email": lead.email,
+        "opt_in": lead.opt_in,
+        "opted_out_at": iso(lead.opted_out_at),
+        "tags": lead.tag_names,
+        "created_at": iso(lead.created_at),
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

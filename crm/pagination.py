@@ -1,0 +1,76 @@
+"""Keyset pagination, newest first: ``WHERE (a, b) < (cursor)`` instead of OFFSET.
+
+A cursor is the sort key of the last item of a page, encoded opaquely. It stays fast at any
+depth and never skips or repeats rows when new ones arrive at the top.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from flask_babel import gettext as _
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from crm.errors import DomainError
+from crm.extensions import db
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def _encode(values: Sequence[Any]) -> str:
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(raw, list) or len(raw) != len(kinds):
+            raise ValueError("shape")
+        values: list[Any] = []
+        for value, kind in zip(raw, kinds, strict=True):
+            if kind is datetime:
+                values.append(datetime.fromisoformat(value))
+            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+                values.append(value)
+            else:
+                raise ValueError("type")
+        return values
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise DomainError(
+            _("The cursor is not valid; start again without it."), code="invalid_cursor"
+        ) from None
+
+
+def keyset_page(
+    stmt: Select[Any], keys: Sequence[InstrumentedAttribute[Any]], limit: int, cursor: str | None
+) -> Page[Any]:
+    """One page of ``stmt`` ordered by ``keys`` descending (the last key must be unique, e.g. id)."""
+    kinds = [datetime if k.type.python_type is datetime else int for k in keys]
+    if cursor:
+        values = _decode(cursor, kinds)
+        # (k1, k2) < (v1, v2) spelled out, so SQLite and PostgreSQL plan it the same way.
+        clauses = []
+        for i, key in enumerate(keys):
+            equal_before = [keys[j] == values[j] for j in range(i)]
+            clauses.append(and_(*equal_before, key < values[i]))
+        stmt = stmt.where(or_(*clauses))
+    stmt = stmt.order_by(*[k.desc() for k in keys]).limit(limit + 1)
+    rows = list(db.session.scalars(stmt))
+    more = len(rows) > limit
+    items = rows[:limit]
+    next_cursor = _encode([getattr(items[-1], k.key) for k in keys]) if more and items else None
+    return Page(items, next_cursor)

@@ -1,0 +1,1 @@
+"""Realtime events: services publish ``(workspace_id, event)`` after their commit."""

@@ -1,0 +1,7 @@
+"""WhatsApp numbers: providers, the inbound and outbound pipeline, webhooks."""
+
+from flask import Blueprint
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+from crm.whatsapp import webhooks  # noqa: E402,F401

@@ -1,0 +1,333 @@
+"""Outbound messages, exactly once: the outbox.
+
+``queue_outbound`` writes the message and its outbox row in the caller's transaction and enqueues
+``deliver`` after the commit. ``deliver_outbound`` claims the row (queued → sending, with a
+lease), calls the provider outside any transaction, then records the provider's id. If the
+process dies between the provider accepting and our commit, the lease runs out and the row is
+sent again: the one duplicate we can't rule out, and it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from flask_babel import gettext as _
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from crm.db import utcnow
+from crm.errors import Conflict
+from crm.extensions import db
+from crm.inbox.models import Conversation, Message
+from crm.leads.models import Lead
+from crm.realtime.broker import publish_after_commit
+from crm.whatsapp import health, pacing
+from crm.whatsapp.models import Outbox, OutboxState, WhatsAppAccount
+from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError
+from crm.whatsapp.providers.registry import get_provider
+from crm.whatsapp.routing import carrier_for
+from crm.whatsapp.statuses import apply_parked
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=2)
+MAX_ATTEMPTS = 8
+STALE_QUEUED = timedelta(minutes=1)
+
+
+class OptedOut(Conflict):
+    code = "opted_out"
+
+    def default_message(self) -> str:
+        return _("This lead opted out: they get no messages until they opt in again.")
+
+
+@dataclass(frozen=True)
+class Queued:
+    message: Message
+    created: bool  # False when the idempotency key had already been used
+
+
+def queue_outbound(
+    workspace_id: int,
+    conversation: Conversation,
+    *,
+    text: str,
+    author: str,
+    author_user_id: int | None = None,
+    type: str = "text",
+    payload: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Queued:
+    """Queue a message in ``conversation`` and commit; the same idempotency key gives the same message."""
+    if idempotency_key:
+        existing = _by_key(workspace_id, idempotency_key)
+        if existing is not None:
+            return Queued(existing, False)
+    lead = db.session.get(Lead, conversation.lead_id)
+    if lead is not None and lead.opted_out_at is not None:
+        raise OptedOut()
+    now = utcnow()
+    message = Message(
+        workspace_id=workspace_id,
+        conversation_id=conversation.id,
+        account_id=conversation.account_id,
+        direction="out",
+        type=type,
+        text=text,
+        status="queued",
+        author=author,
+        author_user_id=author_user_id,
+        provider=_provider_of(conversation.account_id),
+        payload=payload,
+        created_at=now,
+    )
+    db.session.add(message)
+    db.session.flush()
+    outbox = Outbox(
+        workspace_id=workspace_id,
+        message_id=message.id,
+        idempotency_key=idempotency_key,
+        state=OutboxState.QUEUED.value,
+        next_attempt_at=now,
+    )
+    db.session.add(outbox)
+    conversation.last_message_at = now
+    conversation.status = "open"
+    if author == "agent":
+        conversation.ai_enabled = False  # a person answered: the bot stays out until re-enabled
+    message_id = message.id
+    try:
+        db.session.flush()
+    except IntegrityError:
+        return _lost_race(workspace_id, idempotency_key)
+    enqueue_delivery_after_commit(outbox.id)
+    publish_after_commit(
+        workspace_id,
+        {"type": "message.created", "message_id": message_id, "conversation_id": conversation.id},
+    )
+    try:
+        db.session.commit()
+    except IntegrityError:
+        return _lost_race(workspace_id, idempotency_key)
+    return Queued(message, True)
+
+
+def _lost_race(workspace_id: int, idempotency_key: str | None) -> Queued:
+    """The same idempotency key raced in from another request, and that one won."""
+    db.session.rollback()
+    existing = _by_key(workspace_id, idempotency_key) if idempotency_key else None
+    if existing is None:
+        raise Conflict(_("This message could not be queued; try again."), code="conflict")
+    return Queued(existing, False)
+
+
+def _by_key(workspace_id: int, key: str) -> Message | None:
+    return db.session.scalar(
+        select(Message)
+        .join(Outbox, Outbox.message_id == Message.id)
+        .where(Outbox.workspace_id == workspace_id, Outbox.idempotency_key == key)
+    )
+
+
+def _provider_of(account_id: int) -> str:
+    account = db.session.get(WhatsAppAccount, account_id)
+    return account.provider if account else ""
+
+
+def enqueue_delivery_after_commit(outbox_id: int) -> None:
+    from crm.whatsapp.tasks import deliver_task
+    from crm.worker import enqueue_after_commit
+
+    enqueue_after_commit(deliver_task, outbox_id)
+
+
+def _schedule(outbox_id: int, delay: float) -> None:
+    from crm.whatsapp.tasks import deliver_task
+    from crm.worker import huey
+
+    if huey.immediate:
+        return  # tests drive retries by hand; the reconciler also picks due rows up
+    deliver_task.schedule(args=(outbox_id,), delay=max(delay, 0.05))
+
+
+def _backoff(attempts: int, floor: float | None) -> float:
+    base = min(600.0, 2.0**attempts)
+    return max(floor or 0.0, base) * (0.75 + random.random() / 2)  # jitter: no thundering herd
+
+
+def _claim(outbox_id: int) -> Outbox | None:
+    """queued → sending, atomically; None when another worker has it or it is not due."""
+    now = utcnow()
+    claimed = db.session.execute(
+        update(Outbox)
+        .where(
+            Outbox.id == outbox_id, Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now
+        )
+        .values(
+            state=OutboxState.SENDING.value,
+            lease_until=now + LEASE,
+            attempts=Outbox.attempts + 1,
+            updated_at=now,
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    db.session.commit()
+    return db.session.get(Outbox, outbox_id) if claimed else None
+
+
+def _requeue(row: Outbox, delay: float, error: str | None = None) -> None:
+    row.state = OutboxState.QUEUED.value
+    row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    row.lease_until = None
+    if error:
+        row.last_error = error[:2000]
+    db.session.commit()
+    _schedule(row.id, delay)
+
+
+def _fail(row: Outbox, message: Message, code: str, title: str) -> None:
+    row.state = OutboxState.FAILED.value
+    row.lease_until = None
+    row.last_error = f"{code}: {title}"[:2000]
+    message.status = "failed"
+    message.error_code = code[:32]
+    message.error_title = title
+    publish_after_commit(
+        message.workspace_id,
+        {
+            "type": "message.status",
+            "message_id": message.id,
+            "conversation_id": message.conversation_id,
+            "status": "failed",
+        },
+    )
+    db.session.commit()
+
+
+def deliver_outbound(outbox_id: int) -> str:
+    """Send one outbox row. Returns what happened (for logs and tests)."""
+    row = _claim(outbox_id)
+    if row is None:
+        return "not_claimed"
+    message = db.session.get(Message, row.message_id)
+    assert message is not None
+    conversation = db.session.get(Conversation, message.conversation_id)
+    assert conversation is not None
+    lead = db.session.get(Lead, conversation.lead_id)
+    if lead is None or lead.opted_out_at is not None or lead.deleted_at is not None:
+        _fail(row, message, "opted_out", _("The lead opted out before this message was sent."))
+        row.state = OutboxState.CANCELLED.value
+        db.session.commit()
+        return "cancelled"
+    home = db.session.get(WhatsAppAccount, conversation.account_id)
+    assert home is not None
+    carrier = carrier_for(home)
+    if carrier is None:
+        _requeue(row, 60, "no number can send")
+        return "no_carrier"
+    now = utcnow()
+    if carrier.paused_until and carrier.paused_until > now:
+        _requeue(row, (carrier.paused_until - now).total_seconds())
+        return "paused"
+    wait = pacing.reserve(carrier)
+    if wait > 0:
+        _requeue(row, wait)
+        return "paced"
+    if row.attempts > 1:
+        log.warning(
+            "outbox %s attempt %d: if an earlier attempt reached the provider, this is a duplicate",
+            row.id,
+            row.attempts,
+        )
+    request = OutboundRequest(
+        to=lead.phone or lead.bsuid or "",
+        type=message.type,
+        text=message.text,
+        payload=dict(message.payload or {}),
+        recipient_bsuid=lead.bsuid,
+    )
+    db.session.commit()  # no transaction stays open across the provider call
+    try:
+        result = get_provider(carrier.provider).send(carrier, request)
+    except ProviderError as error:
+        return _handle_error(row, message, carrier, error)
+    message.provider_message_id = result.provider_message_id
+    message.provider = carrier.provider
+    message.account_id = carrier.id
+    if message.status in ("queued", "sending"):
+        message.status = result.status
+    row.state = OutboxState.SENT.value
+    row.lease_until = None
+    db.session.flush()
+    apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
+    publish_after_commit(
+        message.workspace_id,
+        {
+            "type": "message.status",
+            "message_id": message.id,
+            "conversation_id": message.conversation_id,
+            "status": message.status,
+        },
+    )
+    db.session.commit()
+    return "sent"
+
+
+def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error: ProviderError) -> str:
+    log.info("send of outbox %s via account %s failed: %s %s", row.id, carrier.id, error.code, error.title)
+    if error.pause_account_for:
+        health.pause(carrier, error.pause_account_for)
+    if error.action is ErrorAction.ACCOUNT_DOWN:
+        health.mark_health(carrier, error.health, f"send_error:{error.code}", error.title)
+        db.session.commit()
+        if carrier_for(carrier) is not None or error.health == "degraded":
+            _requeue(row, 1, f"{error.code}: {error.title}")  # another number (or later) will carry it
+            return "rerouted"
+        _fail(row, message, error.code, error.title)
+        return "failed"
+    if error.action is ErrorAction.RETRY and row.attempts < MAX_ATTEMPTS:
+        _requeue(row, _backoff(row.attempts, error.retry_after), f"{error.code}: {error.title}")
+        return "retry"
+    title = error.title
+    if error.needs_template:
+        title = _(
+            "%(title)s (the customer last wrote more than 24 hours ago: send an approved template)",
+            title=error.title,
+        )
+    _fail(row, message, error.code, title)
+    return "failed"
+
+
+def reconcile_outbox() -> dict[str, int]:
+    """Re-enqueue due rows whose job was lost (Redis flushed, worker killed) and requeue rows
+    whose lease ran out. PostgreSQL is the source of truth; the queue is only a doorbell."""
+    now = utcnow()
+    expired = list(
+        db.session.scalars(
+            select(Outbox.id).where(Outbox.state == OutboxState.SENDING.value, Outbox.lease_until < now)
+        )
+    )
+    if expired:
+        log.warning("requeueing %d outbox rows whose lease expired (possible duplicates)", len(expired))
+        db.session.execute(
+            update(Outbox)
+            .where(Outbox.id.in_(expired), Outbox.state == OutboxState.SENDING.value)
+            .values(state=OutboxState.QUEUED.value, next_attempt_at=now, lease_until=None)
+        )
+    stale = list(
+        db.session.scalars(
+            select(Outbox.id)
+            .where(Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now - STALE_QUEUED)
+            .limit(5000)
+        )
+    )
+    db.session.commit()
+    from crm.whatsapp.tasks import deliver_task
+
+    for outbox_id in [*expired, *stale]:
+        deliver_task(outbox_id)
+    return {"expired": len(expired), "requeued": len(stale)}

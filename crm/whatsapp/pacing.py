@@ -1,0 +1,92 @@
+"""One rate limiter per number: never more sends than allowed over any 1 s and any 60 s window.
+
+Sliding-window logs: in Redis (shared by every worker) in scaled mode, in memory in embedded mode
+(one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+
+from flask import current_app
+
+from crm.whatsapp.models import WhatsAppAccount
+
+_RESERVE_LUA = """
+local now = tonumber(ARGV[1])
+local n = (#ARGV - 2) / 2
+for i = 1, n do
+  local window = tonumber(ARGV[1 + i * 2])
+  local limit = tonumber(ARGV[2 + i * 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[i]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    return tostring(tonumber(oldest[2]) + window - now)
+  end
+end
+for i = 1, n do
+  local window = tonumber(ARGV[1 + i * 2])
+  redis.call('ZADD', KEYS[i], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000) + 1000)
+end
+return '0'
+"""
+
+_memory: dict[str, deque[float]] = {}
+_memory_lock = threading.Lock()
+
+
+def limits_for(account: WhatsAppAccount) -> list[tuple[float, int]]:
+    """(window seconds, max sends) pairs for this number."""
+    from crm.whatsapp.providers.registry import get_provider
+
+    per_second, per_minute = get_provider(account.provider).default_limits(account)
+    if account.max_per_minute:
+        per_minute = account.max_per_minute if per_minute is None else min(per_minute, account.max_per_minute)
+    windows: list[tuple[float, int]] = []
+    if per_second:
+        windows.append((1.0, per_second))
+    if per_minute:
+        windows.append((60.0, per_minute))
+    return windows
+
+
+def _reserve_memory(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
+    with _memory_lock:
+        logs = []
+        for window, limit in windows:
+            log = _memory.setdefault(f"{account_id}:{window}", deque())
+            while log and log[0] <= now - window:
+                log.popleft()
+            if len(log) >= limit:
+                return log[0] + window - now
+            logs.append(log)
+        for log in logs:
+            log.append(now)
+        return 0.0
+
+
+def _reserve_redis(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
+    from crm.redis import get_redis
+
+    keys = [f"zapdesk:pace:{account_id}:{window}" for window, _ in windows]
+    args: list[str | float | int] = [now, uuid.uuid4().hex]
+    for window, limit in windows:
+        args += [window, limit]
+    client = get_redis()
+    wait = client.eval(_RESERVE_LUA, len(keys), *keys, *args)
+    return float(wait)
+
+
+def reserve(account: WhatsAppAccount) -> float:
+    """Take a send slot now (0.0), or return the seconds to wait before one frees up."""
+    windows = limits_for(account)
+    if not windows:
+        return 0.0
+    now = time.time()
+    if current_app.config.get("REDIS_URL"):
+        return _reserve_redis(account.id, windows, now)
+    return _reserve_memory(account.id, windows, now)

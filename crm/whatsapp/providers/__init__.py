@@ -1,0 +1,1 @@
+"""WhatsApp providers behind one interface, found by name (see ``registry``)."""

@@ -1,0 +1,205 @@
+"""WhatsApp Cloud API: a thin httpx client over Meta's Graph API and the error mapping.
+
+The base URL comes from the account (``graph_url``) or GRAPH_API_URL, so tests point it at a
+local emulator; everything else is the real code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from flask import current_app
+
+from crm.crypto import decrypt_json
+from crm.whatsapp.models import Health, WhatsAppAccount
+from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError, SendResult
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
+
+
+@dataclass(frozen=True)
+class GraphError:
+    action: ErrorAction
+    retry_after: float | None = None
+    health: str | None = None
+    pause_account_for: float | None = None
+    needs_template: bool = False
+
+
+# Meta's error codes (developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes) and
+# what we do about each. Codes not listed: 5xx retry, 4xx fail the message.
+GRAPH_ERRORS: dict[int, GraphError] = {
+    130429: GraphError(ErrorAction.RETRY, retry_after=5, pause_account_for=5),  # throughput reached
+    131056: GraphError(ErrorAction.RETRY, retry_after=60),  # pair rate limit: this customer, later
+    80007: GraphError(ErrorAction.RETRY, retry_after=60, pause_account_for=60),  # WABA rate limit
+    4: GraphError(ErrorAction.RETRY, retry_after=60, pause_account_for=60),  # app request limit
+    131000: GraphError(ErrorAction.RETRY, retry_after=10),  # something went wrong
+    131016: GraphError(ErrorAction.RETRY, retry_after=30),  # service unavailable
+    131047: GraphError(ErrorAction.FAIL, needs_template=True),  # outside the 24 h window
+    131026: GraphError(ErrorAction.FAIL),  # undeliverable
+    131051: GraphError(ErrorAction.FAIL),  # unsupported message type
+    131053: GraphError(ErrorAction.FAIL),  # media upload error
+    131009: GraphError(ErrorAction.FAIL),  # parameter value not valid
+    132000: GraphError(ErrorAction.FAIL),  # template parameter count mismatch
+    132001: GraphError(ErrorAction.FAIL),  # template does not exist
+    100: GraphError(ErrorAction.FAIL),  # invalid parameter
+    131048: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.DEGRADED.value, pause_account_for=3600),
+    368: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.BLOCKED.value),  # policy block
+    131031: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.BLOCKED.value),  # account locked
+    190: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.LOGGED_OUT.value),  # token expired
+    133010: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.LOGGED_OUT.value),  # not registered
+    131042: GraphError(ErrorAction.ACCOUNT_DOWN, health=Health.BLOCKED.value),  # payment issue
+}
+
+
+def graph_error_from_response(response: httpx.Response) -> ProviderError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    raw_code = error.get("code")
+    code = int(raw_code) if isinstance(raw_code, int | str) and str(raw_code).isdigit() else None
+    details = (
+        (error.get("error_data") or {}).get("details") if isinstance(error.get("error_data"), dict) else None
+    )
+    title = str(details or error.get("message") or f"HTTP {response.status_code}")[:500]
+    rule = GRAPH_ERRORS.get(code) if code is not None else None
+    if rule is None:
+        transient = response.status_code >= 500 or response.status_code == 429
+        rule = GraphError(ErrorAction.RETRY, retry_after=30) if transient else GraphError(ErrorAction.FAIL)
+    return ProviderError(
+        str(code if code is not None else response.status_code),
+        title,
+        action=rule.action,
+        retry_after=rule.retry_after,
+        health=rule.health,
+        pause_account_for=rule.pause_account_for,
+        needs_template=rule.needs_template,
+    )
+
+
+def message_body(request: OutboundRequest) -> dict[str, Any]:
+    """Meta's JSON body for ``POST /<phone_number_id>/messages``."""
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": request.to}
+    if request.recipient_bsuid and not request.to.startswith("+"):
+        body.pop("to")
+        body["recipient"] = request.recipient_bsuid
+    else:
+        body["to"] = request.to.lstrip("+")
+    if request.reply_to:
+        body["context"] = {"message_id": request.reply_to}
+    kind = request.type
+    body["type"] = kind
+    payload = request.payload
+    if kind == "text":
+        body["text"] = {"body": request.text, "preview_url": bool(payload.get("preview_url", False))}
+    elif kind in MEDIA_TYPES:
+        media: dict[str, Any] = {}
+        if payload.get("media_id"):
+            media["id"] = payload["media_id"]
+        else:
+            media["link"] = payload["link"]
+        if request.text and kind in ("image", "document", "video"):
+            media["caption"] = request.text
+        if kind == "document" and payload.get("filename"):
+            media["filename"] = payload["filename"]
+        body[kind] = media
+    elif kind == "template":
+        template: dict[str, Any] = {
+            "name": payload["name"],
+            "language": {"code": payload.get("language", "pt_BR")},
+        }
+        if payload.get("components"):
+            template["components"] = payload["components"]
+        body["template"] = template
+    else:
+        raise ProviderError(
+            "unsupported_type", f"Cannot send messages of type {kind}", action=ErrorAction.FAIL
+        )
+    return body
+
+
+class CloudClient:
+    """Calls to one Cloud API number. Secrets are decrypted only here, only for the call."""
+
+    def __init__(self, account: WhatsAppAccount):
+        settings = account.settings or {}
+        self.phone_number_id = str(settings.get("phone_number_id", ""))
+        self.base_url = str(settings.get("graph_url") or current_app.config["GRAPH_API_URL"]).rstrip("/")
+        self._token = str(decrypt_json(account.secrets_encrypted).get("access_token", ""))
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(timeout=TIMEOUT, headers={"Authorization": f"Bearer {self._token}"})
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            with self._client() as client:
+                response = client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            # The request may have reached Meta: retrying risks the one allowed duplicate; say so.
+            log.warning("Cloud API timeout on %s %s: a retry may duplicate", method, url.split("?")[0])
+            raise ProviderError(
+                "timeout", "The Cloud API did not answer in time", action=ErrorAction.RETRY, retry_after=15
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                "network",
+                f"Cannot reach the Cloud API: {exc.__class__.__name__}",
+                action=ErrorAction.RETRY,
+                retry_after=30,
+            ) from exc
+        if response.status_code >= 400:
+            raise graph_error_from_response(response)
+        return response
+
+    def send(self, request: OutboundRequest) -> SendResult:
+        response = self._call(
+            "POST", f"{self.base_url}/{self.phone_number_id}/messages", json=message_body(request)
+        )
+        messages = response.json().get("messages") or []
+        if not messages or not messages[0].get("id"):
+            raise ProviderError(
+                "bad_response",
+                "The Cloud API answered without a message id",
+                action=ErrorAction.RETRY,
+                retry_after=30,
+            )
+        return SendResult(provider_message_id=str(messages[0]["id"]))
+
+    def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
+        response = self._call(
+            "POST",
+            f"{self.base_url}/{self.phone_number_id}/media",
+            data={"messaging_product": "whatsapp", "type": mime_type},
+            files={"file": (filename, data, mime_type)},
+        )
+        return str(response.json()["id"])
+
+    def media_info(self, media_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"{self.base_url}/{media_id}").json())
+
+    def download_media(self, media_id: str, max_bytes: int = 100 * 1024 * 1024) -> tuple[bytes, str]:
+        """The bytes and MIME type of an inbound media (its URL needs the same bearer token)."""
+        info = self.media_info(media_id)
+        response = self._call("GET", str(info["url"]))
+        if len(response.content) > max_bytes:
+            raise ProviderError("too_large", "The media is larger than allowed", action=ErrorAction.FAIL)
+        return response.content, str(info.get("mime_type") or response.headers.get("content-type", ""))
+
+
+class CloudProvider:
+    name = "cloud"
+
+    def send(self, account: WhatsAppAccount, request: OutboundRequest) -> SendResult:
+        return CloudClient(account).send(request)
+
+    def default_limits(self, account: WhatsAppAccount) -> tuple[int | None, int | None]:
+        return 80, None  # Meta's default throughput per number
