@@ -77,7 +77,8 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     from crm import create_app
 
-    app = create_app(make_test_config(database_url, tmp_path_factory.mktemp("instance")))
+    redis_url = os.environ.get("TEST_REDIS_URL") if BACKEND == "postgresql" else None
+    app = create_app(make_test_config(database_url, tmp_path_factory.mktemp("instance"), REDIS_URL=redis_url))
     app.jinja_env.undefined = StrictUndefined  # a missing template variable fails the test
     with app.app_context():
         upgrade()  # the schema comes from the migrations, so every test exercises them
@@ -92,6 +93,10 @@ def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
 
     with app.app_context():
+        if app.config["REDIS_URL"]:
+            from crm.redis import get_redis
+
+            get_redis().flushdb()  # rate-limit windows and the like, per test
         db.session.remove()
         tables = [t.name for t in reversed(db.metadata.sorted_tables)]
         with db.engine.begin() as conn:

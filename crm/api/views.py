@@ -81,7 +81,7 @@ def reply_in_conversation(conversation_id: int) -> Any:
         user_id=g.api_token.user_id,
         idempotency_key=body.get("idempotency_key"),
     )
-    return _queued(queued.message.id, queued.message.status, queued.message.conversation_id)
+    return _queued(queued.message.id, queued.message.conversation_id)
 
 
 @bp.post("/messages")
@@ -98,16 +98,12 @@ def send_message() -> Any:
         idempotency_key=body.get("idempotency_key"),
         user_id=g.api_token.user_id,
     )
-    return _queued(queued.message.id, queued.message.status, queued.message.conversation_id)
+    return _queued(queued.message.id, queued.message.conversation_id)
 
 
-def _queued(message_id: int, status: str, conversation_id: int) -> tuple[dict[str, Any], int]:
-    # A repeated idempotency key answers with the message as it is now (maybe sent already).
-    return {
-        "id": message_id,
-        "status": "queued" if status in ("queued", "sending") else status,
-        "conversation_id": conversation_id,
-    }, 202
+def _queued(message_id: int, conversation_id: int) -> tuple[dict[str, Any], int]:
+    # Accepted for delivery; its progress shows in the conversation's messages.
+    return {"id": message_id, "status": "queued", "conversation_id": conversation_id}, 202
 
 
 @bp.get("/leads")

@@ -39,12 +39,15 @@ def graph_api(graph: GraphEmulator) -> Iterator[GraphEmulator]:
 
 def make_cloud_account(
     person: factories.Person,
-    graph_url: str,
+    graph: GraphEmulator,
     *,
     phone_number_id: str = PHONE_NUMBER_ID,
     name: str = "Cloud",
     **kwargs: Any,
 ) -> WhatsAppAccount:
+    """A Cloud API number of ``person``'s workspace, pointed at the emulator (which learns the id)."""
+    if phone_number_id != PHONE_NUMBER_ID:
+        graph.add_phone_number(phone_number_id)
     return create_account(
         person.workspace_id,
         provider="cloud",
@@ -54,7 +57,7 @@ def make_cloud_account(
             access_token=ACCESS_TOKEN,
             app_secret=APP_SECRET,
             verify_token=VERIFY_TOKEN,
-            graph_url=graph_url,
+            graph_url=graph.base_url,
         ),
         **kwargs,
     )
@@ -62,7 +65,7 @@ def make_cloud_account(
 
 @pytest.fixture
 def cloud_account(owner: factories.Person, graph_api: GraphEmulator) -> WhatsAppAccount:
-    return make_cloud_account(owner, graph_api.base_url)
+    return make_cloud_account(owner, graph_api)
 
 
 @pytest.fixture

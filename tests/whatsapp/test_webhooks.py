@@ -160,9 +160,9 @@ def test_several_entries_and_changes_in_one_post(
 def test_a_webhook_never_writes_into_another_workspace(
     client: FlaskClient, graph_api: GraphEmulator, owner: factories.Person
 ) -> None:
-    mine = make_cloud_account(owner, graph_api.base_url, phone_number_id="111")
+    mine = make_cloud_account(owner, graph_api, phone_number_id="111")
     other = factories.person("Other", "other@other.example", role="owner")
-    theirs = make_cloud_account(other, graph_api.base_url, phone_number_id="222")
+    theirs = make_cloud_account(other, graph_api, phone_number_id="222")
     payload = graph_api.message_payload(text="aimed at 222")
     payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "222"
     assert post_webhook(client, mine, payload).status_code == 200
@@ -179,8 +179,8 @@ def test_a_webhook_never_writes_into_another_workspace(
 def test_phone_number_id_routes_between_numbers_of_one_workspace(
     client: FlaskClient, graph_api: GraphEmulator, owner: factories.Person
 ) -> None:
-    first = make_cloud_account(owner, graph_api.base_url, phone_number_id="111", name="One")
-    second = make_cloud_account(owner, graph_api.base_url, phone_number_id="222", name="Two")
+    first = make_cloud_account(owner, graph_api, phone_number_id="111", name="One")
+    second = make_cloud_account(owner, graph_api, phone_number_id="222", name="Two")
     payload = graph_api.message_payload(text="for two")
     payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "222"
     assert post_webhook(client, first, payload).status_code == 200
