@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jinja2 import StrictUndefined
 from sqlalchemy import create_engine, text
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests import factories
 from tests.services import require_service
@@ -169,3 +172,32 @@ def logged_in(client: FlaskClient, owner: factories.Person) -> FlaskClient:
     response = login(client, owner.email)
     assert response.status_code == 302, response.get_data(as_text=True)
     return client
+
+
+# --- the app on a real local port (browser tests, webhooks posted by the Graph emulator) ---------
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: BaseWSGIServer
+    thread: threading.Thread
+
+
+@pytest.fixture(scope="session")
+def _live_server(_app: Flask) -> Iterator[LiveServer]:
+    server = make_server("127.0.0.1", 0, _app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="e2e-live-server", daemon=True)
+    thread.start()
+    try:
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", server, thread)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(_live_server: LiveServer, app: Flask) -> str:
+    """The base URL of the running app. Depends on ``app`` so each test's rows are emptied after it."""
+    return _live_server.url

@@ -7,6 +7,21 @@
       el.form.requestSubmit();
     }
   });
+  // Settings → Numbers: show the Cloud API fields only for Cloud API numbers.
+  function syncProviderFields() {
+    document.querySelectorAll("select[data-provider-select]").forEach(function (select) {
+      var form = select.form;
+      if (!form) return;
+      form.querySelectorAll("fieldset[data-provider]").forEach(function (fieldset) {
+        fieldset.hidden = fieldset.getAttribute("data-provider") !== select.value;
+      });
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("select[data-provider-select]")) syncProviderFields();
+  });
+  document.addEventListener("DOMContentLoaded", syncProviderFields);
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-copy]");
     if (!button) return;

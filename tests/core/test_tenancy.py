@@ -19,6 +19,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "invitation_id": lambda other: factories.invitation(other, "invitee@other.example").invitation.id,
     "token_id": lambda other: factories.api_token_row(other),
     "session_id": lambda other: factories.session_for(other).id,
+    "account_id": factories.sandbox_account,
     "conversation_id": factories.conversation,
 }
 

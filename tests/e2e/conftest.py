@@ -8,15 +8,12 @@ tables afterwards. Playwright is imported lazily so the rest of the suite does n
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from tests import factories
 from tests.services import require_service
@@ -35,32 +32,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
-
-
-@dataclass
-class LiveServer:
-    url: str
-    server: BaseWSGIServer
-    thread: threading.Thread
-
-
-@pytest.fixture(scope="session")
-def _live_server(_app: Flask) -> Iterator[LiveServer]:
-    server = make_server("127.0.0.1", 0, _app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="e2e-live-server", daemon=True)
-    thread.start()
-    try:
-        yield LiveServer(f"http://127.0.0.1:{server.server_port}", server, thread)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def live_server(_live_server: LiveServer, app: Flask) -> str:
-    """The base URL of the running app. Depends on ``app`` so each test's rows are emptied after it."""
-    return _live_server.url
 
 
 @pytest.fixture(scope="session")
