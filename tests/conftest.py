@@ -95,6 +95,9 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
 
+    from crm.whatsapp.pacing import forget_local_windows
+
+    forget_local_windows()
     with app.app_context():
         if app.config["REDIS_URL"]:
             from crm.redis import get_redis
@@ -201,3 +204,30 @@ def _live_server(_app: Flask) -> Iterator[LiveServer]:
 def live_server(_live_server: LiveServer, app: Flask) -> str:
     """The base URL of the running app. Depends on ``app`` so each test's rows are emptied after it."""
     return _live_server.url
+
+
+@pytest.fixture
+def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Point the shared Huey at a real storage for one test, then put it back (param: sqlite|redis)."""
+    from huey.storage import RedisStorage, SqliteStorage
+
+    from crm.worker import huey
+
+    saved = (huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage)
+    if request.param == "redis":
+        url = os.environ.get("TEST_REDIS_URL")
+        if not url:
+            require_service("TEST_REDIS_URL is not set: the Redis queue is not checked")
+        huey.storage_class, huey.storage_kwargs = RedisStorage, {"url": url}
+    else:
+        huey.storage_class, huey.storage_kwargs = SqliteStorage, {"filename": str(tmp_path / "queue.sqlite3")}
+    huey.immediate = False
+    huey.storage = huey.create_storage()
+    try:
+        huey.flush()
+    except Exception as exc:
+        huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
+        require_service(f"{request.param} queue unreachable: {exc.__class__.__name__}")
+    yield request.param
+    huey.flush()
+    huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved

@@ -90,3 +90,9 @@ def reserve(account: WhatsAppAccount) -> float:
     if current_app.config.get("REDIS_URL"):
         return _reserve_redis(account.id, windows, now)
     return _reserve_memory(account.id, windows, now)
+
+
+def forget_local_windows() -> None:
+    """Drop the in-process windows (tests start each case from a clean slate)."""
+    with _memory_lock:
+        _memory.clear()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, g
 from huey.api import PeriodicTask
-from huey.storage import RedisStorage, SqliteStorage
 
 from crm.auth.models import Workspace
 from crm.extensions import db
 from crm.worker import enqueue_after_commit, huey, in_app_context
-from tests.services import require_service
 
 seen: list[dict[str, Any]] = []
 
@@ -58,29 +54,6 @@ def test_rollback_drops_the_task(app: Flask) -> None:
     db.session.rollback()
     db.session.commit()
     assert seen == []
-
-
-@pytest.fixture
-def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Point the shared Huey at a real storage for one test, then put it back."""
-    saved = (huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage)
-    if request.param == "redis":
-        url = os.environ.get("TEST_REDIS_URL")
-        if not url:
-            require_service("TEST_REDIS_URL is not set: the Redis queue is not checked")
-        huey.storage_class, huey.storage_kwargs = RedisStorage, {"url": url}
-    else:
-        huey.storage_class, huey.storage_kwargs = SqliteStorage, {"filename": str(tmp_path / "queue.sqlite3")}
-    huey.immediate = False
-    huey.storage = huey.create_storage()
-    try:
-        huey.flush()
-    except Exception as exc:
-        huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
-        require_service(f"{request.param} queue unreachable: {exc.__class__.__name__}")
-    yield request.param
-    huey.flush()
-    huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
 
 
 @pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)

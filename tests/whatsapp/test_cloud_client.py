@@ -16,23 +16,50 @@ TO = "+5511988887777"
     ("request_", "expected"),
     [
         (OutboundRequest(to=TO, text="olá"), {"type": "text", "text": {"body": "olá", "preview_url": False}}),
-        (OutboundRequest(to=TO, type="image", text="foto", payload={"link": "https://x.example/a.jpg"}),
-         {"type": "image", "image": {"link": "https://x.example/a.jpg", "caption": "foto"}}),
-        (OutboundRequest(to=TO, type="document", payload={"media_id": "777", "filename": "nota.pdf"}),
-         {"type": "document", "document": {"id": "777", "filename": "nota.pdf"}}),
-        (OutboundRequest(to=TO, type="audio", payload={"media_id": "778"}), {"type": "audio", "audio": {"id": "778"}}),
-        (OutboundRequest(to=TO, type="video", text="v", payload={"link": "https://x.example/v.mp4"}),
-         {"type": "video", "video": {"link": "https://x.example/v.mp4", "caption": "v"}}),
-        (OutboundRequest(to=TO, type="template", payload={"name": "pedido_enviado", "language": "pt_BR",
-                                                          "components": [{"type": "body", "parameters": [
-                                                              {"type": "text", "text": "Ana"}]}]}),
-         {"type": "template", "template": {"name": "pedido_enviado", "language": {"code": "pt_BR"}, "components": [
-             {"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]}}),
+        (
+            OutboundRequest(to=TO, type="image", text="foto", payload={"link": "https://x.example/a.jpg"}),
+            {"type": "image", "image": {"link": "https://x.example/a.jpg", "caption": "foto"}},
+        ),
+        (
+            OutboundRequest(to=TO, type="document", payload={"media_id": "777", "filename": "nota.pdf"}),
+            {"type": "document", "document": {"id": "777", "filename": "nota.pdf"}},
+        ),
+        (
+            OutboundRequest(to=TO, type="audio", payload={"media_id": "778"}),
+            {"type": "audio", "audio": {"id": "778"}},
+        ),
+        (
+            OutboundRequest(to=TO, type="video", text="v", payload={"link": "https://x.example/v.mp4"}),
+            {"type": "video", "video": {"link": "https://x.example/v.mp4", "caption": "v"}},
+        ),
+        (
+            OutboundRequest(
+                to=TO,
+                type="template",
+                payload={
+                    "name": "pedido_enviado",
+                    "language": "pt_BR",
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+                },
+            ),
+            {
+                "type": "template",
+                "template": {
+                    "name": "pedido_enviado",
+                    "language": {"code": "pt_BR"},
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+                },
+            },
+        ),
     ],
     ids=["text", "image-link", "document-id", "audio-id", "video-link", "template"],
 )
-def test_every_message_type_is_accepted_in_metas_shape(cloud_account: WhatsAppAccount, graph_api: GraphEmulator,
-                                                        request_: OutboundRequest, expected: dict[str, object]) -> None:
+def test_every_message_type_is_accepted_in_metas_shape(
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    request_: OutboundRequest,
+    expected: dict[str, object],
+) -> None:
     result = CloudClient(cloud_account).send(request_)
     sent = graph_api.sent[-1]
     assert result.provider_message_id == sent.wamid
@@ -46,7 +73,9 @@ def test_reply_context(cloud_account: WhatsAppAccount, graph_api: GraphEmulator)
     assert graph_api.sent[-1].json["context"] == {"message_id": "wamid.original"}
 
 
-def test_media_upload_and_download_round_trip(cloud_account: WhatsAppAccount, graph_api: GraphEmulator) -> None:
+def test_media_upload_and_download_round_trip(
+    cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
     client = CloudClient(cloud_account)
     data = b"%PDF-1.4 fake but fine"
     media_id = client.upload_media(data, "application/pdf", "nota.pdf")
@@ -69,8 +98,13 @@ def test_media_upload_and_download_round_trip(cloud_account: WhatsAppAccount, gr
         (133010, ErrorAction.ACCOUNT_DOWN, "logged_out"),
     ],
 )
-def test_graph_errors_become_typed_errors(cloud_account: WhatsAppAccount, graph_api: GraphEmulator, code: int,
-                                          action: ErrorAction, health: str | None) -> None:
+def test_graph_errors_become_typed_errors(
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    code: int,
+    action: ErrorAction,
+    health: str | None,
+) -> None:
     graph_api.fail_next(code)
     with pytest.raises(ProviderError) as caught:
         CloudClient(cloud_account).send(OutboundRequest(to=TO, text="x"))

@@ -33,35 +33,55 @@ def sent_message(api: Api, graph_api: GraphEmulator) -> tuple[Message, str]:
         (["delivered", "delivered"], "delivered"),
     ],
 )
-def test_order_does_not_matter(api: Api, cloud_account: WhatsAppAccount, graph_api: GraphEmulator,
-                               order: list[str], final: str) -> None:
+def test_order_does_not_matter(
+    api: Api, cloud_account: WhatsAppAccount, graph_api: GraphEmulator, order: list[str], final: str
+) -> None:
     message, wamid = sent_message(api, graph_api)
     for status in order:
-        assert post_webhook(api.client, cloud_account, graph_api.status_payload(wamid, status)).status_code == 200
+        assert (
+            post_webhook(api.client, cloud_account, graph_api.status_payload(wamid, status)).status_code
+            == 200
+        )
     db.session.refresh(message)
     assert message.status == final
 
 
-def test_failed_keeps_code_and_title_and_stays_failed(api: Api, cloud_account: WhatsAppAccount,
-                                                      graph_api: GraphEmulator) -> None:
+def test_failed_keeps_code_and_title_and_stays_failed(
+    api: Api, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
     message, wamid = sent_message(api, graph_api)
-    payload = graph_api.status_payload(wamid, "failed", error_code=131026, error_title="Message undeliverable")
+    payload = graph_api.status_payload(
+        wamid, "failed", error_code=131026, error_title="Message undeliverable"
+    )
     post_webhook(api.client, cloud_account, payload)
     post_webhook(api.client, cloud_account, graph_api.status_payload(wamid, "delivered"))
     db.session.refresh(message)
-    assert (message.status, message.error_code, message.error_title) == ("failed", "131026", "Message undeliverable")
+    assert (message.status, message.error_code, message.error_title) == (
+        "failed",
+        "131026",
+        "Message undeliverable",
+    )
 
 
-def test_a_status_before_its_message_is_parked_then_applied(owner: factories.Person,
-                                                            sandbox_account: WhatsAppAccount) -> None:
+def test_a_status_before_its_message_is_parked_then_applied(
+    owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
     conversation_id = factories.inbound(sandbox_account.id)
     now = utcnow()
     assert apply_status(owner.workspace_id, sandbox_account.id, "early-id", "read", now) is False
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(ParkedStatus)) == 1
-    message = Message(workspace_id=owner.workspace_id, conversation_id=conversation_id,
-                      account_id=sandbox_account.id, direction="out", text="x", status="sent",
-                      provider="sandbox", provider_message_id="early-id", author="agent")
+    message = Message(
+        workspace_id=owner.workspace_id,
+        conversation_id=conversation_id,
+        account_id=sandbox_account.id,
+        direction="out",
+        text="x",
+        status="sent",
+        provider="sandbox",
+        provider_message_id="early-id",
+        author="agent",
+    )
     db.session.add(message)
     db.session.flush()
     apply_parked(owner.workspace_id, sandbox_account.id, "early-id")
@@ -71,9 +91,9 @@ def test_a_status_before_its_message_is_parked_then_applied(owner: factories.Per
     assert db.session.scalar(select(func.count()).select_from(ParkedStatus)) == 0
 
 
-def test_statuses_fired_by_the_emulator_at_a_live_server(api: Api, live_server_url: str,
-                                                         cloud_account: WhatsAppAccount,
-                                                         graph_api: GraphEmulator) -> None:
+def test_statuses_fired_by_the_emulator_at_a_live_server(
+    api: Api, live_server_url: str, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
     """Meta's side for real: signed POSTs over HTTP, out of order, each delivered twice."""
     from crm.whatsapp.accounts import webhook_path
 
