@@ -29,6 +29,8 @@ Exit status: 0 ran and the data is intact (whether or not the latency target was
 message was lost or duplicated (or another integrity check failed), 2 setup or environment error.
 """
 
+# ruff: noqa: S603, S105  (runs the project's own tools; throwaway credentials for a throwaway database)
+
 from __future__ import annotations
 
 import argparse
@@ -191,7 +193,8 @@ def build_bodies(
         count = 1 if r >= cfg.multi_fraction else (2 if r < cfg.multi_fraction * 0.75 else 3)
         first = rnd.choice(phones)
         ts = base_ts + int(offsets[i])
-        messages, contacts = [], {}
+        messages: list[dict[str, Any]] = []
+        contacts: dict[str, dict[str, Any]] = {}
         for k in range(count):
             phone = first if k == 0 or rnd.random() < 0.6 else rnd.choice(phones)
             seq += 1
@@ -240,7 +243,7 @@ def loadgen_main(config_path: str) -> int:
     cfg = LoadConfig(**json.loads(Path(config_path).read_text()))
     rnd = random.Random(cfg.seed + 1)
     total = cfg.warmup + cfg.seconds
-    n = max(1, int(round(cfg.rate * total)))
+    n = max(1, round(cfg.rate * total))
     if cfg.poisson:
         offsets, t = [], 0.0
         for _ in range(n):
@@ -354,10 +357,20 @@ def loadgen_main(config_path: str) -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _proc_ticks(pid: int) -> int:
+def _proc_ticks(pid: int, reaped: bool = False) -> int:
+    """utime + stime of a process; with ``reaped`` also the CPU of its children that exited
+    (PostgreSQL backends that closed, counted by the postmaster that reaped them)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -403,17 +416,17 @@ def machine_busy_ticks() -> tuple[int, int]:
     return sum(parts[:8]) - idle, sum(parts[:8])
 
 
-def cpu_snapshot(web_pid: int | None, worker_pid: int | None, db_name: str) -> dict[str, int]:
-    snap = {"web": 0, "worker": 0, "pg_bench": 0, "pg_other": 0, "redis": 0}
-    if web_pid:
-        snap["web"] = _proc_ticks(web_pid) + sum(_proc_ticks(k) for k in _children(web_pid))
-    if worker_pid:
-        snap["worker"] = _proc_ticks(worker_pid) + sum(_proc_ticks(k) for k in _children(worker_pid))
+def cpu_snapshot(web_pid: int | None, worker_pid: int | None) -> dict[str, int]:
+    """CPU ticks so far of the server, the task worker, PostgreSQL (every database: backends that
+    exited are counted through the postmaster) and Redis, plus the whole machine's."""
+    snap = {"web": 0, "worker": 0, "pg": 0, "redis": 0}
+    for key, pid in (("web", web_pid), ("worker", worker_pid)):
+        if pid:
+            snap[key] = _proc_ticks(pid, reaped=True) + sum(_proc_ticks(k) for k in _children(pid))
     for pid in _all_pids():
         comm = _comm(pid)
         if comm.startswith("postgres"):
-            key = "pg_bench" if f" {db_name} " in _cmdline(pid) else "pg_other"
-            snap[key] += _proc_ticks(pid)
+            snap["pg"] += _proc_ticks(pid, reaped=not _comm(_ppid(pid)).startswith("postgres"))
         elif comm.startswith("redis-server"):
             snap["redis"] += _proc_ticks(pid)
     snap["busy"], snap["total"] = machine_busy_ticks()
@@ -430,7 +443,7 @@ def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
     return s[k]
 
 
@@ -459,6 +472,7 @@ class RunResult:
     unread_drift: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
     loadgen_cpu: float = 0.0
+    pg_sessions: int = 0  # connections opened to the bench database during the run
 
     @property
     def intact(self) -> bool:
@@ -673,6 +687,7 @@ class Bench:
                     "gunicorn did not answer /healthz within 60 s:\n" + self._log_tail("gunicorn")
                 )
             break
+        assert self.web is not None
         # all N workers up (each answers healthz once it has imported the app)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(_children(self.web.pid)) < self.args.workers:
@@ -762,15 +777,14 @@ class Bench:
         try:
             expect("READY", 120)
             expect("START", self.args.warmup + 10)
+            sessions_before = self._pg_sessions()
             before = cpu_snapshot(
-                self.web.pid if self.web else None, self.worker.pid if self.worker else None, self.db_name
+                self.web.pid if self.web else None, self.worker.pid if self.worker else None
             )
             if profile_dir is not None:
                 spies = self._start_profiles(profile_dir, seconds)
             expect("END", seconds + self.args.request_timeout + 30)
-            after = cpu_snapshot(
-                self.web.pid if self.web else None, self.worker.pid if self.worker else None, self.db_name
-            )
+            after = cpu_snapshot(self.web.pid if self.web else None, self.worker.pid if self.worker else None)
             proc.wait(60)
         finally:
             if proc.poll() is None:
@@ -787,18 +801,28 @@ class Bench:
         data = json.loads(Path(cfg.result_path).read_text())
         res = self._summarise(label, rate, data)
         wall = max(1e-9, (after["total"] - before["total"]) / CLK_TCK / (os.cpu_count() or 1))
-        for key in ("web", "worker", "pg_bench", "pg_other", "redis"):
+        for key in ("web", "worker", "pg", "redis"):
             res.cpu[key] = (after[key] - before[key]) / CLK_TCK / wall  # cores used on average
         res.cpu["machine"] = (after["busy"] - before["busy"]) / CLK_TCK / wall
+        answered = max(1, sum(1 for st in data["statuses"] if st > 0))
+        for key in ("web", "pg"):  # CPU milliseconds per answered request
+            res.cpu[f"{key}_ms_per_req"] = (after[key] - before[key]) / CLK_TCK * 1000 / answered
         res.loadgen_cpu = data["loadgen_cpu_s"] / max(1e-9, data["window_s"])
         res.cpu["other"] = max(
             0.0,
-            res.cpu["machine"]
-            - res.loadgen_cpu
-            - sum(res.cpu[k] for k in ("web", "worker", "pg_bench", "pg_other", "redis")),
+            res.cpu["machine"] - res.loadgen_cpu - sum(res.cpu[k] for k in ("web", "worker", "pg", "redis")),
         )
+        time.sleep(0.6)  # PostgreSQL flushes its session counters about once a second
+        res.pg_sessions = self._pg_sessions() - sessions_before
         self._verify(res, data)
         return res
+
+    def _pg_sessions(self) -> int:
+        with self.pg_admin() as conn:
+            row = conn.execute(
+                "SELECT coalesce(sessions, 0) FROM pg_stat_database WHERE datname = %s", (self.db_name,)
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def _start_profiles(self, out_dir: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
         spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
@@ -887,7 +911,8 @@ class Bench:
                 "GROUP BY workspace_id, phone HAVING count(*) > 1) d"
             ).fetchone()[0]
             res.dup_conversations = conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM conversations GROUP BY account_id, lead_id HAVING count(*) > 1) d"
+                "SELECT count(*) FROM (SELECT 1 FROM conversations"
+                " GROUP BY account_id, lead_id HAVING count(*) > 1) d"
             ).fetchone()[0]
             drift_sql = (
                 "SELECT (SELECT coalesce(sum(unread_count), 0) FROM conversations)"
@@ -927,7 +952,7 @@ class Bench:
                 import redis
 
                 redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=10).flushdb()
-            except Exception as exc:  # noqa: BLE001 (cleanup is best effort, and says so)
+            except Exception as exc:  # cleanup is best effort, and says so
                 log(f"cleanup: could not drop {self.db_name}: {exc}")
         if self.args.keep:
             log(f"kept: database {self.db_name}, logs in {self.tmp}")
@@ -951,7 +976,7 @@ def row(r: RunResult) -> str:
         f"{v:.2f}"
         for v in (
             c.get("web", 0),
-            c.get("pg_bench", 0) + c.get("pg_other", 0),
+            c.get("pg", 0),
             c.get("redis", 0),
             c.get("worker", 0),
             r.loadgen_cpu,
@@ -970,7 +995,9 @@ def describe(r: RunResult) -> str:
         extra.append("non-200: " + ", ".join(f"{k}={v}" for k, v in sorted(r.non200_detail.items())))
     extra.append(
         f"{r.requests} requests ({r.redeliveries} re-deliveries, {r.multi_bodies} with 2-3 messages), "
-        f"{r.messages_acked} unique wamids acked, {r.stored_unacked} stored without a 200"
+        f"{r.messages_acked} unique wamids acked, {r.stored_unacked} stored without a 200; CPU per "
+        f"request: web {r.cpu.get('web_ms_per_req', 0):.1f} ms, "
+        f"PostgreSQL {r.cpu.get('pg_ms_per_req', 0):.1f} ms; {r.pg_sessions} new PostgreSQL sessions"
     )
     if r.dup_leads or r.dup_conversations or r.unread_drift:
         extra.append(
@@ -982,7 +1009,17 @@ def describe(r: RunResult) -> str:
 
 def median_row(results: list[RunResult]) -> RunResult:
     m = RunResult(label="median", target=results[0].target)
-    for name in ("achieved_rps", "msgs_per_s", "p50", "p90", "p99", "max", "lag_p99", "loadgen_cpu"):
+    for name in (
+        "achieved_rps",
+        "msgs_per_s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "lag_p99",
+        "loadgen_cpu",
+        "pg_sessions",
+    ):
         setattr(m, name, statistics.median(getattr(r, name) for r in results))
     for name in ("non200", "lost", "duplicated", "dup_leads", "dup_conversations", "unread_drift"):
         setattr(m, name, sum(getattr(r, name) for r in results))  # totals: any is a failure
@@ -997,7 +1034,8 @@ def verdict(m: RunResult) -> str:
     else:
         ok = "MET" if m.meets and m.achieved_rps >= 0.97 * TARGET_RPS else "NOT MET"
     return (
-        f"target {TARGET_RPS:.0f} req/s sustained, ack p99 <= {P99_LIMIT_MS:.0f} ms, 0 lost / 0 duplicated: {ok} "
+        f"target {TARGET_RPS:.0f} req/s sustained, ack p99 <= {P99_LIMIT_MS:.0f} ms, "
+        f"0 lost / 0 duplicated: {ok} "
         f"(achieved {m.achieved_rps:.1f} req/s = {m.achieved_rps / TARGET_RPS:.2f}x of {TARGET_RPS:.0f}, "
         f"{m.achieved_rps / STRETCH_RPS:.2f}x of the {STRETCH_RPS:.0f} stretch; p99 {m.p99:.1f} ms; "
         f"non-200 {m.non200}; lost {m.lost}; duplicated {m.duplicated})"
@@ -1007,9 +1045,75 @@ def verdict(m: RunResult) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def find_max(bench: Bench, args: argparse.Namespace, results: list[RunResult]) -> None:
+    """Step the rate up until a step fails, then bisect ``--refine`` times between the last
+    passing and the first failing rate. A step passes with p99 <= 100 ms, every request answered
+    200, at least 97% of the target rate achieved and the data intact."""
+
+    def step(rate: float) -> tuple[RunResult, bool]:
+        runs = []
+        for k in range(args.repeat):
+            profile = args.profile if (args.profile and not results) else None
+            r = bench.run(rate, args.step_seconds, f"{rate:.0f}#{k + 1}", profile)
+            results.append(r)
+            runs.append(r)
+            log(row(r))
+            log(describe(r))
+        m = median_row(runs) if len(runs) > 1 else runs[0]
+        if len(runs) > 1:
+            log(row(m))
+        why = []
+        if not m.intact:
+            why.append("DATA INTEGRITY FAILURE")
+        if m.p99 > P99_LIMIT_MS:
+            why.append(f"p99 {m.p99:.1f} ms > {P99_LIMIT_MS:.0f}")
+        if m.non200:
+            why.append(f"{m.non200} non-200")
+        if m.achieved_rps < 0.97 * rate:
+            why.append(f"achieved {m.achieved_rps:.1f} < 97% of target")
+        log(f"step {rate:.0f}: {'fails (' + '; '.join(why) + ')' if why else 'passes'}")
+        return m, not why
+
+    best: RunResult | None = None
+    failed: float | None = None
+    rate = args.start
+    while rate <= args.max_rate:
+        m, ok = step(rate)
+        if not m.intact:
+            return
+        if not ok:
+            failed = rate
+            break
+        best = m
+        rate += args.step
+    low = best.target if best else 0.0
+    for _ in range(args.refine if failed is not None else 0):
+        mid = round((low + failed) / 2 / 10) * 10 if failed is not None else 0.0
+        if mid <= low or failed is None or mid >= failed:
+            break
+        m, ok = step(mid)
+        if not m.intact:
+            return
+        if ok:
+            best, low = m, mid
+        else:
+            failed = mid
+    log("")
+    if best is None:
+        log(f"find-max: not even {args.start:.0f} req/s met p99 <= {P99_LIMIT_MS:.0f} ms without errors")
+        return
+    log(
+        f"find-max: highest passing rate {best.target:.0f} req/s"
+        + (f" (first failing {failed:.0f})" if failed is not None else "")
+        + f": achieved {best.achieved_rps:.1f} req/s, {best.msgs_per_s:.1f} msg/s, p99 {best.p99:.1f} ms"
+        f" = {best.achieved_rps / TARGET_RPS:.2f}x the {TARGET_RPS:.0f} req/s target,"
+        f" {best.achieved_rps / STRETCH_RPS:.2f}x the {STRETCH_RPS:.0f} stretch"
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark the Cloud API webhook ingest path on the real server (see the module docstring).",
+        description="Benchmark the Cloud API webhook ingest path on the real server (see the docstring).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mode = p.add_mutually_exclusive_group()
@@ -1031,6 +1135,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start", type=float, default=200.0, help="--find-max: first rate")
     p.add_argument("--step", type=float, default=200.0, help="--find-max: rate increment")
     p.add_argument("--max-rate", type=float, default=3000.0, help="--find-max: stop here")
+    p.add_argument("--refine", type=int, default=2, help="--find-max: bisections after the first failure")
     p.add_argument("--step-seconds", type=float, default=20.0, help="--find-max: measured seconds per step")
     p.add_argument("--workers", "-w", type=int, default=2, help="gunicorn worker processes")
     p.add_argument("--threads", type=int, default=16, help="gunicorn threads per worker")
@@ -1068,6 +1173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("seconds", "warmup", "step_seconds", "request_timeout"):
         if not 0 <= getattr(args, name) <= 600:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 600")
+    if not 0 <= args.refine <= 6:
+        p.error("--refine 0..6")
     if not 1 <= args.repeat <= 20 or not 1 <= args.workers <= 32 or not 1 <= args.connections <= 1000:
         p.error("--repeat 1..20, --workers 1..32, --connections 1..1000")
     if not 0 <= args.dup_fraction < 1 or not 0 <= args.multi_fraction <= 1 or args.phones < 1:
@@ -1105,50 +1212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         log(HEADER)
         if args.find_max:
-            best: RunResult | None = None
-            rate = args.start
-            while rate <= args.max_rate:
-                step_runs = []
-                for k in range(args.repeat):
-                    r = bench.run(
-                        rate,
-                        args.step_seconds,
-                        f"{rate:.0f}#{k + 1}",
-                        args.profile if (args.profile and not results) else None,
-                    )
-                    results.append(r)
-                    step_runs.append(r)
-                    log(row(r))
-                    log(describe(r))
-                m = median_row(step_runs) if len(step_runs) > 1 else step_runs[0]
-                if len(step_runs) > 1:
-                    log(row(m))
-                if not m.intact:
-                    log(f"step {rate:.0f}: DATA INTEGRITY FAILURE; stopping")
-                    break
-                if not m.meets:
-                    why = []
-                    if m.p99 > P99_LIMIT_MS:
-                        why.append(f"p99 {m.p99:.1f} ms > {P99_LIMIT_MS:.0f}")
-                    if m.non200:
-                        why.append(f"{m.non200} non-200")
-                    if m.achieved_rps < 0.97 * rate:
-                        why.append(f"achieved {m.achieved_rps:.1f} < 97% of target")
-                    log(f"step {rate:.0f}: fails ({'; '.join(why)}); stopping")
-                    break
-                best = m
-                rate += args.step
-            log("")
-            if best is None:
-                log(
-                    f"find-max: not even {args.start:.0f} req/s met p99 <= {P99_LIMIT_MS:.0f} ms without errors"
-                )
-            else:
-                log(
-                    f"find-max: highest passing step {best.target:.0f} req/s (achieved {best.achieved_rps:.1f} req/s, "
-                    f"{best.msgs_per_s:.1f} msg/s, p99 {best.p99:.1f} ms) = {best.achieved_rps / TARGET_RPS:.2f}x the "
-                    f"{TARGET_RPS:.0f} req/s target, {best.achieved_rps / STRETCH_RPS:.2f}x the {STRETCH_RPS:.0f} stretch"
-                )
+            find_max(bench, args, results)
         else:
             for k in range(args.repeat):
                 r = bench.run(args.rate, args.seconds, f"run {k + 1}", args.profile if k == 0 else None)

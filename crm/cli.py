@@ -19,7 +19,22 @@ from flask.cli import AppGroup
 from crm.errors import DomainError
 from crm.extensions import db
 
+
+class OneLineErrors(click.Command):
+    """Usage mistakes (a missing option, a wrong type) end in one line on stderr, like every
+    other error of these commands, instead of click's usage block."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise click.ClickException(exc.format_message().replace("\n", " ")) from None
+
+
 crm_cli = AppGroup("crm", help="Zapdesk commands.")
+crm_cli.command_class = OneLineErrors
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -10,7 +10,10 @@ from crm.whatsapp.models import (
     OutboxState,
     ParkedStatus,
     Provider,
+    WebQRSession,
+    WebQRState,
     WhatsAppAccount,
+    WhatsAppGroup,
 )
 
 __all__ = [
@@ -31,6 +34,9 @@ __all__ = [
     "Role",
     "User",
     "UserSession",
+    "WebQRSession",
+    "WebQRState",
     "WhatsAppAccount",
+    "WhatsAppGroup",
     "Workspace",
 ]

@@ -43,13 +43,18 @@ def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
         values: list[Any] = []
         for value, kind in zip(raw, kinds, strict=True):
             if kind is datetime:
-                values.append(datetime.fromisoformat(value))
-            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    raise ValueError("naive")
+                values.append(moment)
+            elif (
+                kind is int and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+            ):
                 values.append(value)
             else:
                 raise ValueError("type")
         return values
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, json.JSONDecodeError):
         raise DomainError(
             _("The cursor is not valid; start again without it."), code="invalid_cursor"
         ) from None

@@ -73,7 +73,7 @@ def serve(app: Flask, host: str, port: int) -> None:
         "threads": app.config["WEB_THREADS"],
         "timeout": 120,
         "graceful_timeout": 20,
-        "accesslog": "-",
+        "accesslog": None,  # the app logs requests itself, with secrets masked (crm/logs.py)
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
     }

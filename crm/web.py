@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter, Map
 
 from crm.extensions import csrf, migrate, sock
 
 
+class DatabaseIdConverter(IntegerConverter):
+    """``<int:…>`` ids as the database stores them: 1 to 2**31-1. Anything else is a 404, never
+    an overflow error deep in the driver."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def setup_blueprints(app: Flask) -> None:
+    app.url_map.converters["int"] = DatabaseIdConverter
     from crm import health, models  # noqa: F401  (models: the whole schema for Alembic)
     from crm.api import bp as api_bp
     from crm.auth import bp as auth_bp

@@ -15,7 +15,10 @@ DEFAULT_LIMIT = 50
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 that says what is wrong with it."""
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        data = None
     if data is None:
         raise DomainError(_("The body must be JSON (Content-Type: application/json)."), code="invalid_json")
     if not isinstance(data, dict):

@@ -88,7 +88,9 @@ def reply_in_conversation(conversation_id: int) -> Any:
 def send_message() -> Any:
     body = json_body()
     account_id = body.get("account_id")
-    if account_id is not None and (not isinstance(account_id, int) or isinstance(account_id, bool)):
+    if account_id is not None and (
+        not isinstance(account_id, int) or isinstance(account_id, bool) or not 1 <= account_id < 2**31
+    ):
         raise ValidationFailed(_("account_id must be a number."), code="invalid_account")
     queued = send_to_phone(
         g.workspace_id,
@@ -124,7 +126,7 @@ def create_lead() -> Any:
     body = json_body()
     phone = body.get("phone")
     if not isinstance(phone, str):
-        raise ValidationFailed(_("phone is required."), code="invalid_phone")
+        raise ValidationFailed(_("phone is required, as text."), code="invalid_phone")
     name, email, opt_in, tags = (
         body.get("name", ""),
         body.get("email"),

@@ -128,10 +128,10 @@ def accept_invitation(token: str) -> Any:
 @bp.post("/workspaces/switch")
 @login_required
 def switch_workspace() -> Response:
-    try:
-        workspace_id = int(request.form.get("workspace_id", ""))
-    except ValueError:
+    raw = request.form.get("workspace_id", "")
+    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
         abort(404)
+    workspace_id = int(raw)
     services.switch_workspace(g.user_session, workspace_id)
     return redirect(url_for("inbox.index"))
 

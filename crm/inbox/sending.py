@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_babel import gettext as _
 from sqlalchemy import select
 
+from crm.db import insert_ignoring_conflicts, utcnow
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.services import conversation_for, get_conversation, latest_conversation_of_lead
@@ -12,8 +13,9 @@ from crm.leads.models import Lead
 from crm.leads.phones import to_e164
 from crm.leads.services import workspace_country
 from crm.tenancy import get_scoped
+from crm.textcheck import check_clean_text
 from crm.whatsapp.models import WhatsAppAccount
-from crm.whatsapp.outbox import OptedOut, Queued, queue_outbound
+from crm.whatsapp.outbox import OptedOut, Queued, find_by_idempotency_key, fingerprint_of, queue_outbound
 from crm.whatsapp.routing import account_for_new_lead
 
 MAX_TEXT = 4096  # WhatsApp's limit for a text body
@@ -26,7 +28,7 @@ def check_text(text: object) -> str:
         raise ValidationFailed(
             _("A message can have at most %(n)d characters.", n=MAX_TEXT), code="invalid_text"
         )
-    return text
+    return check_clean_text(text, code="invalid_text")
 
 
 def check_idempotency_key(key: object) -> str | None:
@@ -36,7 +38,7 @@ def check_idempotency_key(key: object) -> str | None:
         raise ValidationFailed(
             _("idempotency_key must be a string of 1 to 200 characters."), code="invalid_idempotency_key"
         )
-    return key
+    return check_clean_text(key, code="invalid_idempotency_key")
 
 
 def reply(
@@ -45,19 +47,41 @@ def reply(
     text: object,
     *,
     user_id: int | None,
-    idempotency_key: str | None = None,
+    idempotency_key: object = None,
     author: str = "agent",
 ) -> Queued:
     """An agent's reply. Like any human reply it turns the AI off for this conversation."""
     conversation = get_conversation(workspace_id, conversation_id)
+    clean = check_text(text)
     return queue_outbound(
         workspace_id,
         conversation,
-        text=check_text(text),
+        text=clean,
         author=author,
         author_user_id=user_id,
         idempotency_key=check_idempotency_key(idempotency_key),
+        fingerprint=fingerprint_of("conversation", conversation.id, clean),
     )
+
+
+def _lead_for_phone(workspace_id: int, e164: str) -> Lead:
+    """The workspace's lead for this phone, created (not opted in) if new; concurrent first sends
+    to the same new phone end with one lead."""
+    now = utcnow()
+    db.session.execute(
+        insert_ignoring_conflicts(Lead).values(
+            workspace_id=workspace_id,
+            phone=e164,
+            name="",
+            notes="",
+            opt_in=False,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.phone == e164))
+    assert lead is not None
+    return lead
 
 
 def send_to_phone(
@@ -66,7 +90,7 @@ def send_to_phone(
     text: object,
     *,
     account_id: int | None = None,
-    idempotency_key: str | None = None,
+    idempotency_key: object = None,
     author: str = "api",
     user_id: int | None = None,
 ) -> Queued:
@@ -74,28 +98,39 @@ def send_to_phone(
     carries it, else routing picks one; the lead is created if new (not opted in)."""
     if not isinstance(to, str):
         raise ValidationFailed(_("'to' must be a phone number."), code="invalid_phone")
-    text = check_text(text)
+    clean = check_text(text)
     key = check_idempotency_key(idempotency_key)
     e164 = to_e164(to, workspace_country(workspace_id))
+    fingerprint = fingerprint_of("phone", e164, account_id, clean)
+    if key:
+        # A retry of a request that already went through answers with its message, whatever
+        # happened since (an opt-out, a number going down).
+        existing = find_by_idempotency_key(workspace_id, key, fingerprint)
+        if existing is not None:
+            return Queued(existing, False)
     account = get_scoped(WhatsAppAccount, workspace_id, account_id) if account_id is not None else None
     lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.phone == e164))
     if lead is not None and lead.opted_out_at is not None:
         raise OptedOut()
     if lead is None:
-        lead = Lead(workspace_id=workspace_id, phone=e164, name="", notes="", opt_in=False)
-        db.session.add(lead)
-        db.session.flush()
+        lead = _lead_for_phone(workspace_id, e164)
     elif lead.deleted_at is not None:
         lead.deleted_at = None
     if account is None:
-        existing = latest_conversation_of_lead(workspace_id, lead.id)
+        existing_conversation = latest_conversation_of_lead(workspace_id, lead.id)
         account = (
-            db.session.get(WhatsAppAccount, existing.account_id)
-            if existing
+            db.session.get(WhatsAppAccount, existing_conversation.account_id)
+            if existing_conversation
             else account_for_new_lead(workspace_id, lead.id)
         )
     assert account is not None
     conversation = conversation_for(workspace_id, account.id, lead.id)
     return queue_outbound(
-        workspace_id, conversation, text=text, author=author, author_user_id=user_id, idempotency_key=key
+        workspace_id,
+        conversation,
+        text=clean,
+        author=author,
+        author_user_id=user_id,
+        idempotency_key=key,
+        fingerprint=fingerprint,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -14,7 +15,9 @@ from crm.pagination import Page, keyset_page
 from crm.tenancy import get_scoped, scoped
 
 
-def conversation_for(workspace_id: int, account_id: int, lead_id: int) -> Conversation:
+def conversation_for(
+    workspace_id: int, account_id: int, lead_id: int, at: datetime | None = None
+) -> Conversation:
     """The lead's conversation on this number, created if needed (no commit: the caller owns it).
 
     One conversation per (number, lead), enforced by a UNIQUE constraint: concurrent first
@@ -22,14 +25,14 @@ def conversation_for(workspace_id: int, account_id: int, lead_id: int) -> Conver
     """
     now = utcnow()
     db.session.execute(
-        insert_ignoring_conflicts(Conversation).values(
+        insert_ignoring_conflicts(Conversation).values(  # last_message_at: the first message's own time
             workspace_id=workspace_id,
             account_id=account_id,
             lead_id=lead_id,
             status="open",
             unread_count=0,
             ai_enabled=True,
-            last_message_at=now,
+            last_message_at=at or now,
             created_at=now,
         )
     )

@@ -13,7 +13,7 @@ def to_e164(raw: str, default_country: str) -> str:
 
     Accepts what people write: spaces, dashes, parentheses, a leading 00 or +.
     """
-    text = (raw or "").strip()
+    text = (raw or "").replace("\x00", "").strip()
     if text.startswith("00"):
         text = "+" + text[2:]
     try:

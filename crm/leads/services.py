@@ -19,6 +19,7 @@ from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
 from crm.leads.phones import maybe_e164, to_e164
 from crm.tenancy import get_scoped, scoped
+from crm.textcheck import check_clean_text
 
 MAX_TAG_LENGTH = 64
 
@@ -29,7 +30,7 @@ def clean_tags(tags: Iterable[Any]) -> list[str]:
     for raw in tags:
         if not isinstance(raw, str):
             raise ValidationFailed(_("Tags must be text."), code="invalid_tags")
-        name = " ".join(raw.split())
+        name = " ".join(check_clean_text(raw, code="invalid_tags").split())
         if not name:
             continue
         if len(name) > MAX_TAG_LENGTH:
@@ -54,6 +55,7 @@ def set_tags(lead: Lead, tags: list[str]) -> None:
 def _check_email(email: str | None) -> str | None:
     if email is None or email.strip() == "":
         return None
+    check_clean_text(email, code="invalid_email")
     try:
         return validate_email(
             email.strip(), check_deliverability=False, globally_deliverable=False
@@ -82,6 +84,7 @@ def create_lead(
     tag_names = clean_tags(tags)
     if len(name) > 200:
         raise ValidationFailed(_("The name is too long."), code="invalid_name")
+    check_clean_text(name, code="invalid_name")
     now = utcnow()
     lead = Lead(
         workspace_id=workspace_id,
@@ -124,7 +127,7 @@ class LeadFilter:
 def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
     stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.deleted_at.is_(None))
     if filters.q.strip():
-        q = filters.q.strip()
+        q = filters.q.strip().replace("\x00", "")
         like = f"%{q.lower()}%"
         conditions: list[ColumnElement[bool]] = [
             func.lower(Lead.name).like(like),
@@ -139,7 +142,7 @@ def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]
             conditions.append(Lead.phone.like(f"%{digits}%"))
         stmt = stmt.where(or_(*conditions))
     if filters.tag.strip():
-        key = " ".join(filters.tag.split()).casefold()
+        key = " ".join(filters.tag.replace("\x00", "").split()).casefold()
         stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Lead.id, LeadTag.key == key)))
     if filters.opt_in is not None:
         stmt = stmt.where(Lead.opt_in.is_(filters.opt_in))

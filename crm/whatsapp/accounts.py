@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -10,13 +11,15 @@ from typing import Any
 from flask_babel import gettext as _
 from sqlalchemy import select
 
-from crm.crypto import decrypt_json, encrypt_json
+from crm.crypto import SecretUnreadable, decrypt_json, encrypt_json
 from crm.errors import NotFound, ValidationFailed
 from crm.extensions import db
 from crm.leads.services import iso
 from crm.tenancy import get_scoped, scoped
 from crm.whatsapp.models import Health, WhatsAppAccount
 from crm.whatsapp.providers.registry import PROVIDER_NAMES
+
+log = logging.getLogger(__name__)
 
 CLOUD_SECRET_FIELDS = ("access_token", "app_secret", "verify_token")
 
@@ -125,7 +128,16 @@ def update_account(
     account.status = "active" if active else "disabled"
     account.priority, account.weight, account.fallback_account_id = priority, weight, fallback_account_id
     if account.provider == "cloud" and cloud is not None:
-        stored = decrypt_json(account.secrets_encrypted)
+        if all(getattr(cloud, f).strip() for f in CLOUD_SECRET_FIELDS):
+            stored: dict[str, Any] = {}  # all re-entered: the old blob needn't be readable
+        else:
+            try:
+                stored = decrypt_json(account.secrets_encrypted)
+            except SecretUnreadable:
+                raise ValidationFailed(
+                    _("The stored secrets can't be read (was SECRET_KEY changed?). Enter all of them again."),
+                    code="secrets_unreadable",
+                ) from None
         for f in CLOUD_SECRET_FIELDS:
             if getattr(cloud, f).strip():
                 stored[f] = getattr(cloud, f).strip()
@@ -167,8 +179,16 @@ def webhook_path(account: WhatsAppAccount) -> str | None:
     return f"/webhooks/cloud/{account.webhook_key}" if account.webhook_key else None
 
 
+def _secret(account: WhatsAppAccount, name: str) -> str:
+    try:
+        return str(decrypt_json(account.secrets_encrypted).get(name, ""))
+    except SecretUnreadable:
+        log.error("account %s: stored secrets can't be decrypted (SECRET_KEY changed?)", account.id)
+        return ""
+
+
 def check_verify_token(account: WhatsAppAccount, token: str) -> bool:
-    expected = str(decrypt_json(account.secrets_encrypted).get("verify_token", ""))
+    expected = _secret(account, "verify_token")
     return bool(expected) and hmac.compare_digest(expected.encode(), token.encode())
 
 
@@ -176,7 +196,7 @@ def check_signature(account: WhatsAppAccount, body: bytes, header: str | None) -
     """``X-Hub-Signature-256: sha256=<hex>``: HMAC-SHA256 of the raw body, compared in constant time."""
     if not header or not header.startswith("sha256="):
         return False
-    app_secret = str(decrypt_json(account.secrets_encrypted).get("app_secret", ""))
+    app_secret = _secret(account, "app_secret")
     if not app_secret:
         return False
     expected = hmac.new(app_secret.encode(), body, "sha256").hexdigest()

@@ -85,10 +85,40 @@ def upsert_lead(workspace_id: int, phone: str | None, bsuid: str | None, name: s
     return lead
 
 
+def clean_text(value: str | None, limit: int | None = None) -> str:
+    """Text a database will take: no NUL (PostgreSQL refuses it), no lone surrogates, bounded."""
+    if not value:
+        return ""
+    text = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return text[:limit] if limit else text
+
+
+def _identity(msg: InboundMessage) -> tuple[str | None, str | None]:
+    phone = msg.phone if msg.phone and len(msg.phone) <= 32 else None
+    bsuid = clean_text(msg.bsuid, 128) or None
+    if phone is None and msg.phone and not bsuid:
+        bsuid = clean_text(msg.phone, 128)  # too long for a phone: keep it as an opaque id
+    return phone, bsuid
+
+
 def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
-    """Insert one message and bump its conversation; None when it was already stored."""
-    lead = upsert_lead(account.workspace_id, msg.phone, msg.bsuid, msg.name)
-    conversation = conversation_for(account.workspace_id, account.id, lead.id)
+    """Insert one message and bump its conversation; None when it was already stored or has no
+    sender at all (logged: such a message can't be answered, and must not make Meta retry the
+    whole delivery forever)."""
+    phone, bsuid = _identity(msg)
+    provider_message_id = clean_text(msg.provider_message_id, 128)
+    if not phone and not bsuid:
+        log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
+        return None
+    already = db.session.scalar(
+        select(Message.id).where(
+            Message.account_id == account.id, Message.provider_message_id == provider_message_id
+        )
+    )
+    if already is not None:
+        return None  # a retried delivery: don't touch the lead (the constraint below still decides)
+    lead = upsert_lead(account.workspace_id, phone, bsuid, clean_text(msg.name, 200) or None)
+    conversation = conversation_for(account.workspace_id, account.id, lead.id, at=msg.timestamp)
     incoming = msg.direction == "in"
     inserted = db.session.execute(
         insert_ignoring_conflicts(Message)
@@ -97,17 +127,17 @@ def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
             conversation_id=conversation.id,
             account_id=account.id,
             direction=msg.direction,
-            type=msg.type[:24],
-            text=msg.text,
+            type=clean_text(msg.type, 24) or "unknown",
+            text=clean_text(msg.text, 65536),
             status="received" if incoming else "sent",
             provider=account.provider,
-            provider_message_id=msg.provider_message_id[:128],
+            provider_message_id=provider_message_id,
             author="lead" if incoming else "agent",
-            reply_to=msg.reply_to,
-            media_id=msg.media.provider_media_id if msg.media else None,
+            reply_to=clean_text(msg.reply_to, 128) or None,
+            media_id=clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
             payload={"media": vars(msg.media)} if msg.media else None,
-            error_code=msg.error_code,
-            error_title=msg.error_title,
+            error_code=clean_text(msg.error_code, 32) or None,
+            error_title=clean_text(msg.error_title, 2000) or None,
             created_at=msg.timestamp,
         )
         .returning(Message.id)

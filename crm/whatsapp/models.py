@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.db import UTCDateTime, utcnow
@@ -99,6 +99,7 @@ class Outbox(Model):
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # what the key was first used for
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -112,9 +113,7 @@ class ParkedStatus(Model):
     """A status that arrived before we knew its message id; applied when the message appears."""
 
     __tablename__ = "parked_statuses"
-    __table_args__ = (
-        Index("ix_parked_statuses_account_id_provider_message_id", "account_id", "provider_message_id"),
-    )
+    __table_args__ = (UniqueConstraint("account_id", "provider_message_id", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
@@ -140,3 +139,61 @@ class AccountEvent(Model):
     health: Mapped[str | None] = mapped_column(String(24))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebQRState(enum.StrEnum):
+    IDLE = "idle"  # nothing running (never connected, or disconnected by a person)
+    STARTING = "starting"
+    WAITING_FOR_SCAN = "waiting_for_scan"  # QR codes are being shown
+    QR_EXPIRED = "qr_expired"  # the codes ran out: offer "new QR"
+    PAIRED = "paired"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # dropped; the gateway reconnects with backoff
+    LOGGED_OUT = "logged_out"  # the phone removed this device: a new scan is needed
+    BANNED = "banned"  # temporary ban from WhatsApp
+
+
+class WebQRSession(Model):
+    """The control channel between the web process and the gateway for one WebQR number.
+
+    People set ``desired`` (connect, disconnect, logout, new pairing); the gateway, the only owner
+    of WhatsApp Web sessions, acts on it and reports ``state``, the current QR code and heartbeats.
+    """
+
+    __tablename__ = "webqr_sessions"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    desired: Mapped[str] = mapped_column(String(16), default="stopped")  # running | stopped | logout
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # bumped by "new QR": restart the session
+    pair_phone: Mapped[str | None] = mapped_column(String(32))  # pairing by phone code instead of QR
+    state: Mapped[str] = mapped_column(String(24), default=WebQRState.IDLE.value)
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    qr_code: Mapped[str | None] = mapped_column(Text)
+    qr_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    qr_count: Mapped[int] = mapped_column(Integer, default=0)
+    pair_code: Mapped[str | None] = mapped_column(String(16))
+    jid: Mapped[str | None] = mapped_column(String(128))
+    owner: Mapped[str | None] = mapped_column(String(128))  # which gateway process runs it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class WhatsAppGroup(Model):
+    """A WhatsApp group a WebQR number has joined (synced by the gateway)."""
+
+    __tablename__ = "whatsapp_groups"
+    __table_args__ = (UniqueConstraint("account_id", "jid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    jid: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    participants: Mapped[int] = mapped_column(Integer, default=0)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -9,14 +9,15 @@ sent again: the one duplicate we can't rule out, and it is logged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from flask_babel import gettext as _
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crm.db import utcnow
@@ -27,10 +28,10 @@ from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp import health, pacing
 from crm.whatsapp.models import Outbox, OutboxState, WhatsAppAccount
-from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError
+from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError, SendResult
 from crm.whatsapp.providers.registry import get_provider
 from crm.whatsapp.routing import carrier_for
-from crm.whatsapp.statuses import apply_parked
+from crm.whatsapp.statuses import apply_parked, sweep_parked
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,15 @@ def queue_outbound(
     type: str = "text",
     payload: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    fingerprint: str | None = None,
 ) -> Queued:
-    """Queue a message in ``conversation`` and commit; the same idempotency key gives the same message."""
+    """Queue a message in ``conversation`` and commit; the same idempotency key gives the same message.
+
+    ``fingerprint`` identifies the request (recipient, text, ...): a key reused for a different
+    request is refused rather than silently answered with another message.
+    """
     if idempotency_key:
-        existing = _by_key(workspace_id, idempotency_key)
+        existing = find_by_idempotency_key(workspace_id, idempotency_key, fingerprint)
         if existing is not None:
             return Queued(existing, False)
     lead = db.session.get(Lead, conversation.lead_id)
@@ -92,6 +98,7 @@ def queue_outbound(
         workspace_id=workspace_id,
         message_id=message.id,
         idempotency_key=idempotency_key,
+        request_hash=fingerprint,
         state=OutboxState.QUEUED.value,
         next_attempt_at=now,
     )
@@ -104,7 +111,7 @@ def queue_outbound(
     try:
         db.session.flush()
     except IntegrityError:
-        return _lost_race(workspace_id, idempotency_key)
+        return _lost_race(workspace_id, idempotency_key, fingerprint)
     enqueue_delivery_after_commit(outbox.id)
     publish_after_commit(
         workspace_id,
@@ -113,25 +120,45 @@ def queue_outbound(
     try:
         db.session.commit()
     except IntegrityError:
-        return _lost_race(workspace_id, idempotency_key)
+        return _lost_race(workspace_id, idempotency_key, fingerprint)
     return Queued(message, True)
 
 
-def _lost_race(workspace_id: int, idempotency_key: str | None) -> Queued:
+def _lost_race(workspace_id: int, idempotency_key: str | None, fingerprint: str | None) -> Queued:
     """The same idempotency key raced in from another request, and that one won."""
     db.session.rollback()
-    existing = _by_key(workspace_id, idempotency_key) if idempotency_key else None
+    existing = (
+        find_by_idempotency_key(workspace_id, idempotency_key, fingerprint) if idempotency_key else None
+    )
     if existing is None:
         raise Conflict(_("This message could not be queued; try again."), code="conflict")
     return Queued(existing, False)
 
 
-def _by_key(workspace_id: int, key: str) -> Message | None:
-    return db.session.scalar(
-        select(Message)
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+    def default_message(self) -> str:
+        return _("This idempotency_key was already used for a different message.")
+
+
+def find_by_idempotency_key(workspace_id: int, key: str, fingerprint: str | None) -> Message | None:
+    """The message an idempotency key already created, if any; a different request → 409."""
+    row = db.session.execute(
+        select(Message, Outbox.request_hash)
         .join(Outbox, Outbox.message_id == Message.id)
         .where(Outbox.workspace_id == workspace_id, Outbox.idempotency_key == key)
-    )
+    ).first()
+    if row is None:
+        return None
+    message, stored = row
+    if fingerprint is not None and stored is not None and stored != fingerprint:
+        raise IdempotencyKeyReused()
+    return message
+
+
+def fingerprint_of(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
 
 
 def _provider_of(account_id: int) -> str:
@@ -161,19 +188,18 @@ def _backoff(attempts: int, floor: float | None) -> float:
 
 
 def _claim(outbox_id: int) -> Outbox | None:
-    """queued → sending, atomically; None when another worker has it or it is not due."""
+    """queued → sending, atomically; None when another worker has it or it is not due.
+
+    Attempts are counted only when the provider is really called (see ``_attempt``), so waiting
+    for pacing, a pause or a carrier never uses up retries.
+    """
     now = utcnow()
     claimed = db.session.execute(
         update(Outbox)
         .where(
             Outbox.id == outbox_id, Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now
         )
-        .values(
-            state=OutboxState.SENDING.value,
-            lease_until=now + LEASE,
-            attempts=Outbox.attempts + 1,
-            updated_at=now,
-        )
+        .values(state=OutboxState.SENDING.value, lease_until=now + LEASE, updated_at=now)
     ).rowcount  # type: ignore[attr-defined]
     db.session.commit()
     return db.session.get(Outbox, outbox_id) if claimed else None
@@ -189,8 +215,10 @@ def _requeue(row: Outbox, delay: float, error: str | None = None) -> None:
     _schedule(row.id, delay)
 
 
-def _fail(row: Outbox, message: Message, code: str, title: str) -> None:
-    row.state = OutboxState.FAILED.value
+def _fail(
+    row: Outbox, message: Message, code: str, title: str, state: str = OutboxState.FAILED.value
+) -> None:
+    row.state = state
     row.lease_until = None
     row.last_error = f"{code}: {title}"[:2000]
     message.status = "failed"
@@ -208,8 +236,20 @@ def _fail(row: Outbox, message: Message, code: str, title: str) -> None:
     db.session.commit()
 
 
-def deliver_outbound(outbox_id: int) -> str:
-    """Send one outbox row. Returns what happened (for logs and tests)."""
+class GatewaySender(Protocol):
+    """What the WebQR gateway hands to ``deliver_outbound`` for the number whose session it owns."""
+
+    account_id: int
+
+    def send(self, request: OutboundRequest) -> SendResult: ...
+
+
+def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> str:
+    """Send one outbox row. Returns what happened (for logs and tests).
+
+    WebQR numbers are carried by the gateway that owns their session: a worker that finds a
+    WebQR carrier leaves the row queued for it.
+    """
     row = _claim(outbox_id)
     if row is None:
         return "not_claimed"
@@ -219,9 +259,13 @@ def deliver_outbound(outbox_id: int) -> str:
     assert conversation is not None
     lead = db.session.get(Lead, conversation.lead_id)
     if lead is None or lead.opted_out_at is not None or lead.deleted_at is not None:
-        _fail(row, message, "opted_out", _("The lead opted out before this message was sent."))
-        row.state = OutboxState.CANCELLED.value
-        db.session.commit()
+        _fail(
+            row,
+            message,
+            "opted_out",
+            _("The lead opted out before this message was sent."),
+            OutboxState.CANCELLED.value,
+        )
         return "cancelled"
     home = db.session.get(WhatsAppAccount, conversation.account_id)
     assert home is not None
@@ -229,6 +273,9 @@ def deliver_outbound(outbox_id: int) -> str:
     if carrier is None:
         _requeue(row, 60, "no number can send")
         return "no_carrier"
+    if carrier.provider == "webqr" and (gateway is None or gateway.account_id != carrier.id):
+        _release(row)
+        return "gateway"
     now = utcnow()
     if carrier.paused_until and carrier.paused_until > now:
         _requeue(row, (carrier.paused_until - now).total_seconds())
@@ -237,12 +284,6 @@ def deliver_outbound(outbox_id: int) -> str:
     if wait > 0:
         _requeue(row, wait)
         return "paced"
-    if row.attempts > 1:
-        log.warning(
-            "outbox %s attempt %d: if an earlier attempt reached the provider, this is a duplicate",
-            row.id,
-            row.attempts,
-        )
     request = OutboundRequest(
         to=lead.phone or lead.bsuid or "",
         type=message.type,
@@ -250,18 +291,69 @@ def deliver_outbound(outbox_id: int) -> str:
         payload=dict(message.payload or {}),
         recipient_bsuid=lead.bsuid,
     )
-    db.session.commit()  # no transaction stays open across the provider call
+    attempt = _attempt(row)
     try:
-        result = get_provider(carrier.provider).send(carrier, request)
+        result = (
+            gateway.send(request)
+            if gateway is not None
+            else get_provider(carrier.provider).send(carrier, request)
+        )
     except ProviderError as error:
         return _handle_error(row, message, carrier, error)
+    except Exception as exc:  # a bug or an unreadable secret: retry later, never stay stuck in "sending"
+        log.exception("send of outbox %s raised", row.id)
+        unexpected = ProviderError(
+            "internal", f"{exc.__class__.__name__}: {exc}"[:300], action=ErrorAction.RETRY, retry_after=60
+        )
+        return _handle_error(row, message, carrier, unexpected)
+    return _record_sent(row.id, attempt, message.id, carrier, result)
+
+
+def _release(row: Outbox) -> None:
+    row.state = OutboxState.QUEUED.value
+    row.lease_until = None
+    db.session.commit()
+
+
+def _attempt(row: Outbox) -> int:
+    """Count this provider call and commit, so no transaction stays open across it."""
+    row.attempts += 1
+    attempt = row.attempts
+    if attempt > 1:
+        log.warning(
+            "outbox %s attempt %d: if an earlier attempt reached the provider, this is a duplicate",
+            row.id,
+            attempt,
+        )
+    db.session.commit()
+    return attempt
+
+
+def _record_sent(
+    outbox_id: int, attempt: int, message_id: int, carrier: WhatsAppAccount, result: SendResult
+) -> str:
+    """Record the provider's id, only if this attempt still owns the row (its lease may have run
+    out and another worker may have taken it: then the send was a duplicate, and it is logged)."""
+    owned = db.session.execute(
+        update(Outbox)
+        .where(Outbox.id == outbox_id, Outbox.state == OutboxState.SENDING.value, Outbox.attempts == attempt)
+        .values(state=OutboxState.SENT.value, lease_until=None, updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    message = db.session.get(Message, message_id)
+    assert message is not None
+    if not owned:
+        log.error(
+            "outbox %s: provider accepted %s after the row was taken over: duplicate send",
+            outbox_id,
+            result.provider_message_id,
+        )
+        db.session.rollback()
+        return "duplicate"
     message.provider_message_id = result.provider_message_id
     message.provider = carrier.provider
     message.account_id = carrier.id
     if message.status in ("queued", "sending"):
         message.status = result.status
-    row.state = OutboxState.SENT.value
-    row.lease_until = None
     db.session.flush()
     apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
     publish_after_commit(
@@ -274,6 +366,10 @@ def deliver_outbound(outbox_id: int) -> str:
         },
     )
     db.session.commit()
+    # A status webhook may have parked its row while this transaction was open (READ COMMITTED:
+    # neither saw the other). Look again now that the id is committed; applying is idempotent.
+    apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
+    db.session.commit()
     return "sent"
 
 
@@ -284,7 +380,9 @@ def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error
     if error.action is ErrorAction.ACCOUNT_DOWN:
         health.mark_health(carrier, error.health, f"send_error:{error.code}", error.title)
         db.session.commit()
-        if carrier_for(carrier) is not None or error.health == "degraded":
+        conversation = db.session.get(Conversation, message.conversation_id)
+        home = db.session.get(WhatsAppAccount, conversation.account_id) if conversation else None
+        if (home is not None and carrier_for(home) is not None) or error.health == "degraded":
             _requeue(row, 1, f"{error.code}: {error.title}")  # another number (or later) will carry it
             return "rerouted"
         _fail(row, message, error.code, error.title)
@@ -303,21 +401,47 @@ def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error
 
 
 def reconcile_outbox() -> dict[str, int]:
-    """Re-enqueue due rows whose job was lost (Redis flushed, worker killed) and requeue rows
-    whose lease ran out. PostgreSQL is the source of truth; the queue is only a doorbell."""
+    """Re-enqueue due rows whose job was lost (Redis flushed, worker killed), requeue rows whose
+    lease ran out, and fail rows that keep failing. PostgreSQL is the source of truth; the queue
+    is only a doorbell. Safe to run in several processes at once: every change is a conditional
+    UPDATE that re-checks its condition, and only the rows it changed are enqueued."""
     now = utcnow()
-    expired = list(
-        db.session.scalars(
-            select(Outbox.id).where(Outbox.state == OutboxState.SENDING.value, Outbox.lease_until < now)
-        )
-    )
-    if expired:
-        log.warning("requeueing %d outbox rows whose lease expired (possible duplicates)", len(expired))
+    gave_up = (
         db.session.execute(
             update(Outbox)
-            .where(Outbox.id.in_(expired), Outbox.state == OutboxState.SENDING.value)
-            .values(state=OutboxState.QUEUED.value, next_attempt_at=now, lease_until=None)
+            .where(
+                Outbox.state.in_([OutboxState.SENDING.value, OutboxState.QUEUED.value]),
+                Outbox.attempts >= MAX_ATTEMPTS,
+                or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
+            )
+            .values(state=OutboxState.FAILED.value, lease_until=None, updated_at=now)
+            .returning(Outbox.message_id)
         )
+        .scalars()
+        .all()
+    )
+    if gave_up:
+        db.session.execute(
+            update(Message)
+            .where(Message.id.in_(gave_up), Message.status.in_(["queued", "sending"]))
+            .values(
+                status="failed",
+                error_code="retries_exhausted",
+                error_title=_("Sending kept failing; gave up after %(n)d attempts.", n=MAX_ATTEMPTS),
+            )
+        )
+    expired = (
+        db.session.execute(
+            update(Outbox)
+            .where(Outbox.state == OutboxState.SENDING.value, Outbox.lease_until < now)
+            .values(state=OutboxState.QUEUED.value, next_attempt_at=now, lease_until=None, updated_at=now)
+            .returning(Outbox.id)
+        )
+        .scalars()
+        .all()
+    )
+    if expired:
+        log.warning("requeued %d outbox rows whose lease expired (possible duplicates)", len(expired))
     stale = list(
         db.session.scalars(
             select(Outbox.id)
@@ -325,9 +449,10 @@ def reconcile_outbox() -> dict[str, int]:
             .limit(5000)
         )
     )
+    swept = sweep_parked()
     db.session.commit()
     from crm.whatsapp.tasks import deliver_task
 
-    for outbox_id in [*expired, *stale]:
+    for outbox_id in dict.fromkeys([*expired, *stale]):
         deliver_task(outbox_id)
-    return {"expired": len(expired), "requeued": len(stale)}
+    return {"expired": len(expired), "requeued": len(stale), "failed": len(gave_up), "parked_applied": swept}

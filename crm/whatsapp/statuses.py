@@ -8,10 +8,11 @@ appears (the webhook can beat our own commit of the id the provider returned).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
+from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
 from crm.inbox.models import Message
 from crm.realtime.broker import publish_after_commit
@@ -75,15 +76,16 @@ def apply_status(
         )
     )
     if known is None:
-        db.session.add(
-            ParkedStatus(
+        db.session.execute(
+            insert_ignoring_conflicts(ParkedStatus).values(  # a duplicate delivery parks nothing new
                 workspace_id=workspace_id,
                 account_id=account_id,
-                provider_message_id=provider_message_id,
+                provider_message_id=provider_message_id[:128],
                 status=status,
                 error_code=error_code,
                 error_title=error_title,
                 occurred_at=occurred_at,
+                created_at=utcnow(),
             )
         )
     return False
@@ -112,3 +114,25 @@ def apply_parked(workspace_id: int, account_id: int, provider_message_id: str) -
             p.error_title,
         )
     db.session.execute(delete(ParkedStatus).where(ParkedStatus.id.in_([p.id for p in parked])))
+
+
+PARKED_TTL = timedelta(days=7)
+
+
+def sweep_parked() -> int:
+    """Apply parked statuses whose message has appeared since, and forget old ones (statuses for
+    messages other tools sent from the same number never find a message here). No commit."""
+    matches = db.session.execute(
+        select(ParkedStatus.workspace_id, ParkedStatus.account_id, ParkedStatus.provider_message_id)
+        .join(
+            Message,
+            (Message.account_id == ParkedStatus.account_id)
+            & (Message.provider_message_id == ParkedStatus.provider_message_id),
+        )
+        .distinct()
+        .limit(1000)
+    ).all()
+    for workspace_id, account_id, provider_message_id in matches:
+        apply_parked(workspace_id, account_id, provider_message_id)
+    db.session.execute(delete(ParkedStatus).where(ParkedStatus.created_at < utcnow() - PARKED_TTL))
+    return len(matches)

@@ -38,7 +38,7 @@ def receive_cloud(key: str) -> Any:
         return json_error(401, "invalid_signature", "Missing or wrong X-Hub-Signature-256.")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return json_error(400, "invalid_json", "The body is not JSON.")
     parsed = parse_cloud_webhook(payload)
     for where, reason in parsed.ignored:

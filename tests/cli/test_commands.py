@@ -81,3 +81,59 @@ def test_create_token_refuses_unknowns(app: Flask, workspace: str, email: str, m
     code, _, stderr = run(app, "create-token", "--workspace", workspace, "--email", email)
     assert code != 0 and message in stderr
     assert db.session.scalar(select(func.count()).select_from(ApiToken)) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["create-admin", "--workspace", "Acme"],
+        [
+            "add-account",
+            "--workspace",
+            "Acme",
+            "--provider",
+            "sandbox",
+            "--name",
+            "x",
+            "--max-per-minute",
+            "abc",
+        ],
+    ],
+    ids=["missing-option", "wrong-type"],
+)
+def test_usage_mistakes_are_one_line(app: Flask, args: list[str]) -> None:
+    code, _, stderr = run(app, *args)
+    assert code != 0 and len(stderr.splitlines()) == 1 and stderr.startswith("Error:")
+
+
+def test_add_account_prints_the_webhook_path_for_cloud_numbers(app: Flask) -> None:
+    run(app, *ADMIN)
+    code, payload, _ = run(
+        app,
+        "add-account",
+        "--workspace",
+        "Acme",
+        "--provider",
+        "cloud",
+        "--name",
+        "Sales",
+        "--phone-number-id",
+        "123",
+        "--access-token",
+        "t",
+        "--app-secret",
+        "s",
+        "--verify-token",
+        "v",
+        "--max-per-minute",
+        "60",
+    )
+    assert code == 0 and payload is not None and str(payload["webhook_path"]).startswith("/webhooks/cloud/")
+    code, payload, _ = run(
+        app, "add-account", "--workspace", "Acme", "--provider", "sandbox", "--name", "Test"
+    )
+    assert code == 0 and payload is not None and set(payload) == {"account_id"}
+    code, _, stderr = run(app, "add-account", "--workspace", "Acme", "--provider", "fax", "--name", "Old")
+    assert code != 0 and "Unknown provider" in stderr
+    code, _, stderr = run(app, "add-account", "--workspace", "Acme", "--provider", "cloud", "--name", "Half")
+    assert code != 0 and "needs" in stderr

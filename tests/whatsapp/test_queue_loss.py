@@ -31,7 +31,8 @@ def test_flushed_queue_is_refilled_by_the_reconciler(
     assert row is not None and row.state == "queued"
     row.next_attempt_at = utcnow() - timedelta(minutes=2)  # a minute and more without a job
     db.session.commit()
-    assert reconcile_outbox() == {"expired": 0, "requeued": 1}
+    result = reconcile_outbox()
+    assert (result["expired"], result["requeued"]) == (0, 1)
     assert huey.pending_count() == 1
     task = huey.dequeue()
     assert task is not None
@@ -39,4 +40,5 @@ def test_flushed_queue_is_refilled_by_the_reconciler(
     message = db.session.scalar(select(Message).where(Message.direction == "out"))
     assert message is not None and message.status == "sent" and len(graph_api.sent) == 1
     # The reconciler finds nothing more to do, and nothing is sent twice.
-    assert reconcile_outbox() == {"expired": 0, "requeued": 0} and len(graph_api.sent) == 1
+    again = reconcile_outbox()
+    assert (again["expired"], again["requeued"]) == (0, 0) and len(graph_api.sent) == 1

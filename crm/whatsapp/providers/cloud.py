@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from flask import current_app
 
-from crm.crypto import decrypt_json
+from crm.crypto import SecretUnreadable, decrypt_json
 from crm.whatsapp.models import Health, WhatsAppAccount
 from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError, SendResult
 
@@ -134,7 +134,15 @@ class CloudClient:
         settings = account.settings or {}
         self.phone_number_id = str(settings.get("phone_number_id", ""))
         self.base_url = str(settings.get("graph_url") or current_app.config["GRAPH_API_URL"]).rstrip("/")
-        self._token = str(decrypt_json(account.secrets_encrypted).get("access_token", ""))
+        try:
+            self._token = str(decrypt_json(account.secrets_encrypted).get("access_token", ""))
+        except SecretUnreadable:
+            raise ProviderError(
+                "secrets_unreadable",
+                "The stored access token can't be decrypted (SECRET_KEY changed?): enter it again.",
+                action=ErrorAction.ACCOUNT_DOWN,
+                health=Health.LOGGED_OUT.value,
+            ) from None
 
     def _client(self) -> httpx.Client:
         return httpx.Client(timeout=TIMEOUT, headers={"Authorization": f"Bearer {self._token}"})
@@ -164,15 +172,21 @@ class CloudClient:
         response = self._call(
             "POST", f"{self.base_url}/{self.phone_number_id}/messages", json=message_body(request)
         )
-        messages = response.json().get("messages") or []
-        if not messages or not messages[0].get("id"):
+        try:
+            body = response.json()
+            message_id = body["messages"][0]["id"]
+            if not isinstance(message_id, str) or not message_id:
+                raise TypeError("id")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            # Meta accepted the request (2xx) but we can't read its answer: the message may well
+            # be on its way, so retrying could send it twice. Fail it, visibly, instead.
             raise ProviderError(
-                "bad_response",
-                "The Cloud API answered without a message id",
-                action=ErrorAction.RETRY,
-                retry_after=30,
-            )
-        return SendResult(provider_message_id=str(messages[0]["id"]))
+                "unconfirmed",
+                "The Cloud API accepted the message but its answer could not be read; check the "
+                "conversation on the phone before sending again.",
+                action=ErrorAction.FAIL,
+            ) from None
+        return SendResult(provider_message_id=message_id)
 
     def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
         response = self._call(
