@@ -55,9 +55,7 @@ def render_item(type_, obj, autogen_context):
 def include_object(obj, name, type_, reflected, compare_to):
     """The WhatsApp Web session store (whatsmeow_* tables, written by the gateway's library in
     scaled mode) lives in the same database but is not ours to migrate."""
-    if type_ == "table" and name and name.startswith("whatsmeow_"):
-        return False
-    return True
+    return not (type_ == "table" and name and name.startswith("whatsmeow_"))
 
 
 def run_migrations_offline():
