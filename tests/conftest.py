@@ -94,7 +94,6 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
-
     from crm.whatsapp.pacing import forget_local_windows
 
     forget_local_windows()
