@@ -30,7 +30,7 @@ class EmbeddedServices:
 
         self.consumer = start_in_process_consumer(self.app.config["WORKER_THREADS"])
         threading.Thread(
-            target=run_gateway, args=(self.stop_event,), name="webqr-gateway", daemon=True
+            target=run_gateway, args=(self.stop_event, self.app), name="webqr-gateway", daemon=True
         ).start()
 
     def stop(self) -> None:

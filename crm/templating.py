@@ -29,5 +29,8 @@ def _role_label(role: str) -> str:
 def setup_templating(app: Flask) -> None:
     app.context_processor(_shell_context)
     app.add_template_filter(_role_label, "role_label")
+    from crm.db import utcnow
+
+    app.jinja_env.globals["now"] = utcnow
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

@@ -142,3 +142,17 @@ def create_lead() -> Any:
     lead = leads.create_lead(g.workspace_id, phone=phone, name=name, email=email, opt_in=opt_in, tags=tags)
     db.session.refresh(lead)
     return leads.lead_json(lead), 201
+
+
+@bp.get("/whatsapp/groups")
+def whatsapp_groups() -> Any:
+    from crm.whatsapp.webqr import group_json, list_groups
+
+    raw = request.args.get("account_id")
+    account_id = None
+    if raw not in (None, ""):
+        if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+            raise DomainError(_("account_id must be a number."), code="invalid_account")
+        account_id = int(raw)
+    groups = list_groups(g.workspace_id, account_id)
+    return {"data": [group_json(group) for group in groups], "next_cursor": None}

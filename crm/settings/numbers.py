@@ -8,7 +8,6 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 from wtforms import (
     BooleanField,
     IntegerField,
@@ -21,14 +20,13 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from crm.auth.decorators import manager_required
+from crm.db import utcnow
 from crm.errors import DomainError
-from crm.extensions import db
 from crm.htmx import render
 from crm.leads.phones import for_humans
 from crm.settings import bp
 from crm.tenancy import current_workspace_id
 from crm.whatsapp import accounts, simulator
-from crm.whatsapp.models import AccountEvent
 
 
 class _CloudFields(FlaskForm):
@@ -166,18 +164,24 @@ def number(account_id: int) -> Any:
                 return redirect(url_for("settings.number", account_id=account_id))
         else:
             status = 400
-    events = db.session.scalars(
-        select(AccountEvent)
-        .where(AccountEvent.account_id == account.id)
-        .order_by(AccountEvent.id.desc())
-        .limit(50)
-    )
+    extra: dict[str, Any] = {}
+    if account.provider == "webqr":
+        from crm.whatsapp import webqr
+        from crm.whatsapp.webqr_pacing import WebQRPacing
+
+        extra = {
+            **webqr.pairing_view(workspace_id, account.id),
+            "pacing": WebQRPacing.of(account),
+            "groups": webqr.list_groups(workspace_id, account.id),
+        }
     return render_template(
         "settings/number.html",
         form=form,
         account=account,
-        events=list(events),
+        events=accounts.health_history(workspace_id, account.id),
         webhook_url=_webhook_url(account),
+        now_utc=utcnow(),
+        **extra,
     ), status
 
 

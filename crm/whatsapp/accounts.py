@@ -16,7 +16,7 @@ from crm.errors import NotFound, ValidationFailed
 from crm.extensions import db
 from crm.leads.services import iso
 from crm.tenancy import get_scoped, scoped
-from crm.whatsapp.models import Health, WhatsAppAccount
+from crm.whatsapp.models import AccountEvent, Health, WhatsAppAccount
 from crm.whatsapp.providers.registry import PROVIDER_NAMES
 
 log = logging.getLogger(__name__)
@@ -216,3 +216,15 @@ def account_json(account: WhatsAppAccount) -> dict[str, Any]:
         "webhook_path": webhook_path(account),
         "health_changed_at": iso(account.health_changed_at),
     }
+
+
+def health_history(workspace_id: int, account_id: int, limit: int = 50) -> list[AccountEvent]:
+    account = get_scoped(WhatsAppAccount, workspace_id, account_id)
+    return list(
+        db.session.scalars(
+            select(AccountEvent)
+            .where(AccountEvent.account_id == account.id)
+            .order_by(AccountEvent.id.desc())
+            .limit(limit)
+        )
+    )

@@ -44,6 +44,10 @@ def limits_for(account: WhatsAppAccount) -> list[tuple[float, int]]:
     from crm.whatsapp.providers.registry import get_provider
 
     per_second, per_minute = get_provider(account.provider).default_limits(account)
+    if account.provider == "webqr":
+        from crm.whatsapp.webqr_pacing import WebQRPacing
+
+        per_minute = WebQRPacing.of(account).per_minute
     if account.max_per_minute:
         per_minute = account.max_per_minute if per_minute is None else min(per_minute, account.max_per_minute)
     windows: list[tuple[float, int]] = []

@@ -22,6 +22,16 @@
   });
   document.addEventListener("DOMContentLoaded", syncProviderFields);
 
+  // QR codes: count down to the next code (the server pushes it over the websocket).
+  setInterval(function () {
+    document.querySelectorAll(".countdown[data-expires-at]").forEach(function (el) {
+      var expires = Date.parse(el.getAttribute("data-expires-at"));
+      var target = el.querySelector(".seconds");
+      if (!target || isNaN(expires)) return;
+      target.textContent = String(Math.max(0, Math.round((expires - Date.now()) / 1000)));
+    });
+  }, 1000);
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-copy]");
     if (!button) return;
