@@ -18,6 +18,7 @@ from typing import Any
 from flask import current_app, g, session
 from flask_login import current_user
 
+from crm.auth.models import Membership
 from crm.extensions import db, sock
 from crm.realtime.broker import Event, channel, subscribe_local
 from crm.realtime.fragments import render_event
@@ -53,6 +54,7 @@ def events_socket(ws: Any) -> None:
     workspace_id: int = g.workspace_id
     token = session.get("sid")
     manager = g.membership.role_enum.manages_team
+    membership_id = g.membership.id
     inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
     stop = threading.Event()
 
@@ -82,6 +84,9 @@ def events_socket(ws: Any) -> None:
             if event is None:
                 continue
             try:
+                # Fresh rows for the templates' shared context: the ones loaded at connect time
+                # were released with their database session.
+                g.membership = db.session.get(Membership, membership_id)
                 html = render_event(workspace_id, event, manager=manager)
             finally:
                 db.session.remove()

@@ -169,8 +169,10 @@ def number(account_id: int) -> Any:
         from crm.whatsapp import webqr
         from crm.whatsapp.webqr_pacing import WebQRPacing
 
+        view = webqr.pairing_view(workspace_id, account.id)
         extra = {
-            **webqr.pairing_view(workspace_id, account.id),
+            "session": view["session"],
+            "qr_svg": view["qr_svg"],
             "pacing": WebQRPacing.of(account),
             "groups": webqr.list_groups(workspace_id, account.id),
         }
