@@ -9,6 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLASK_APP=app.py
 
+# libmagic: python-magic, needed by neonize (WebQR numbers).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libmagic1 \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 zapdesk \
     && useradd --system --uid 10001 --gid zapdesk --home-dir /app --no-create-home --shell /usr/sbin/nologin zapdesk
 
