@@ -1,13 +1,18 @@
 """``flask crm serve``: gunicorn with threads (websockets need a thread each), in-process.
 
-Embedded mode (no REDIS_URL) runs a single web worker that also hosts the task consumer and
-the WebQR gateway on background threads: one process, one SQLite file, a complete product.
+Embedded mode (no REDIS_URL) runs a single web worker that also hosts the task consumer on
+background threads, and supervises the WebQR gateway as a child process: WhatsApp Web's Go
+library can abort the process it runs in, and that must never take the web server down.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 from flask import Flask
@@ -16,25 +21,67 @@ from gunicorn.app.base import BaseApplication
 log = logging.getLogger(__name__)
 
 
+def _gateway_child() -> None:
+    """The gateway in a process of its own (embedded mode): same environment, its own app."""
+    from crm import create_app
+    from crm.whatsapp.gateway import run_gateway
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    app = create_app()
+    run_gateway(stop, app)
+
+
+class GatewaySupervisor:
+    """Keeps one gateway child process alive, restarting it with backoff if it dies."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.process: multiprocessing.process.BaseProcess | None = None
+
+    def run(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        failures = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            self.process = context.Process(target=_gateway_child, name="webqr-gateway", daemon=True)
+            self.process.start()
+            self.process.join()
+            if self.stopping.is_set():
+                break
+            failures = failures + 1 if time.monotonic() - started < 60 else 1
+            delay = min(300.0, 2.0**failures)
+            log.error("gateway process exited with %s; restarting in %.0fs", self.process.exitcode, delay)
+            self.stopping.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        process = self.process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+
+
 class EmbeddedServices:
-    """The worker and gateway threads that ride along with the web process in embedded mode."""
+    """The task consumer (threads) and the gateway (a supervised child) of embedded mode."""
 
     def __init__(self, app: Flask):
         self.app = app
-        self.stop_event = threading.Event()
         self.consumer: Any = None
+        self.gateway = GatewaySupervisor()
 
     def start(self) -> None:
-        from crm.whatsapp.gateway import run_gateway
         from crm.worker import start_in_process_consumer
 
         self.consumer = start_in_process_consumer(self.app.config["WORKER_THREADS"])
-        threading.Thread(
-            target=run_gateway, args=(self.stop_event, self.app), name="webqr-gateway", daemon=True
-        ).start()
+        if os.environ.get("CRM_EMBEDDED_GATEWAY", "1") != "0":
+            threading.Thread(target=self.gateway.run, name="gateway-supervisor", daemon=True).start()
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.gateway.stop()
         if self.consumer is not None:
             self.consumer.stop(graceful=True)
 

@@ -13,20 +13,36 @@ import logging
 import queue
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 from flask import current_app, g, session
 from flask_login import current_user
+from sqlalchemy import select
 
 from crm.auth.models import Membership
+from crm.db import utcnow
 from crm.extensions import db, sock
 from crm.realtime.broker import Event, channel, subscribe_local
 from crm.realtime.fragments import render_event
+from crm.whatsapp.models import WebQRSession
 
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 30.0
-WAIT_SECONDS = 5.0
+WAIT_SECONDS = 1.0
+POLL_SECONDS = 2.0
+
+
+def changed_webqr_sessions(workspace_id: int, since: datetime) -> tuple[list[int], datetime]:
+    """WebQR sessions of the workspace whose state changed after ``since``, and the new mark."""
+    rows = db.session.execute(
+        select(WebQRSession.account_id, WebQRSession.updated_at).where(
+            WebQRSession.workspace_id == workspace_id, WebQRSession.updated_at > since
+        )
+    ).all()
+    mark = max([since, *(r.updated_at for r in rows)])
+    return [r.account_id for r in rows], mark
 
 
 def _redis_listener(workspace_id: int, inbox: queue.Queue[Event], stop: threading.Event) -> None:
@@ -67,7 +83,8 @@ def events_socket(ws: Any) -> None:
     if current_app.config.get("REDIS_URL"):
         threading.Thread(target=_redis_listener, args=(workspace_id, inbox, stop), daemon=True).start()
     db.session.remove()
-    checked = time.monotonic()
+    checked = polled = time.monotonic()
+    mark = utcnow()
     try:
         while True:
             try:
@@ -82,6 +99,14 @@ def events_socket(ws: Any) -> None:
                     return
                 checked = time.monotonic()
             if event is None:
+                if manager and time.monotonic() - polled > POLL_SECONDS:
+                    # Events from another process without Redis (the embedded gateway child), or
+                    # lost by pub/sub: the state rows are the truth, so look at what changed.
+                    polled = time.monotonic()
+                    changed, mark = changed_webqr_sessions(workspace_id, mark)
+                    db.session.remove()
+                    for account_id in changed:
+                        inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
                 continue
             try:
                 # Fresh rows for the templates' shared context: the ones loaded at connect time

@@ -73,3 +73,24 @@ def test_qr_codes_replace_each_other_then_connected_without_reload(
     assert page.evaluate("window.__notReloaded") is True  # all of it arrived without a reload
     assert webqr.MAX_QR_CODES >= 2
     assert browser_problems.all() == []
+
+
+def test_state_written_by_another_process_reaches_the_page(
+    page: Page, live_server: str, owner: factories.Person
+) -> None:
+    """Embedded mode runs the gateway in a child process with no Redis: the page still learns
+    about changes, from the session rows themselves."""
+    from crm.extensions import db
+    from crm.whatsapp.models import WebQRSession
+
+    account = create_account(owner.workspace_id, provider="webqr", name="Outro celular")
+    account_id = account.id
+    webqr.request_connect(owner.workspace_id, account_id)
+    sign_in(page, live_server, owner.email)
+    page.goto(f"{live_server}/settings/numbers/{account_id}")
+    page.wait_for_function("() => window.htmx")
+    row = db.session.get(WebQRSession, account_id)
+    assert row is not None
+    row.state, row.state_detail = "banned", "code 101"  # as the gateway process would, with no event
+    db.session.commit()
+    expect(page.locator(f"#webqr-{account_id}")).to_contain_text("Temporarily banned", timeout=10_000)
