@@ -444,13 +444,13 @@ PROFILE_BUCKETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("    upsert_lead (SELECT lead [+ INSERT + SELECT])", "upsert_lead (", ()),
     ("    conversation_for (INSERT .. ON CONFLICT + SELECT)", "conversation_for (", ()),
     (
-        "    INSERT message + 2 UPDATEs of the conversation",
+        "    _store_message: SELECT stored?, INSERT message, 2 UPDATEs",
         "_store_message (",
         ("upsert_lead (", "conversation_for ("),
     ),
     ("    commit (+ after-commit Redis publish)", "Session.commit (", ()),
     ("  account re-SELECT after commit (expired attributes)", "_load_expired (", ("ingest (crm/",)),
-    ("  logging", "Logger.info (", ()),
+    ("logging (anywhere: ingest summary + access log)", "Logger.info (", ()),
     ("pool checkout incl. pre-ping SELECT 1 (anywhere)", "_ConnectionFairy._checkout (", ()),
     ("request teardown (session.remove)", "do_teardown_appcontext (", ()),
 )
@@ -479,7 +479,7 @@ def profile_summary(files: Sequence[Path]) -> list[str]:
     if not total:
         return ["profile: no samples"]
     out = [f"profile: {total} GIL-holding samples; share of web-worker Python time"]
-    out += [f"  {label:<58}{100 * n / total:6.1f}%" for label, n in inclusive.items()]
+    out += [f"  {label:<62}{100 * n / total:6.1f}%" for label, n in inclusive.items()]
     out.append(
         "  self time by library: "
         + ", ".join(

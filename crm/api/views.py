@@ -8,7 +8,7 @@ from flask import g, request
 from flask_babel import gettext as _
 
 from crm.api import bp
-from crm.api.json import json_body, page_limit
+from crm.params import json_body, page_limit
 from crm.errors import DomainError, ValidationFailed
 from crm.extensions import db
 from crm.inbox import services as inbox

@@ -103,3 +103,70 @@ def message_json(message: Message) -> dict[str, Any]:
         "error_title": message.error_title,
         "created_at": iso(message.created_at),
     }
+
+
+def filtered_conversations(
+    workspace_id: int,
+    *,
+    user_id: int,
+    view: str = "all",
+    status: str = "open",
+    q: str = "",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Conversation]:
+    """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose."""
+    from sqlalchemy import func, or_
+
+    from crm.leads.models import Lead
+
+    stmt = scoped(select(Conversation), Conversation, workspace_id).join(
+        Lead, Lead.id == Conversation.lead_id
+    )
+    if view == "mine":
+        stmt = stmt.where(Conversation.assignee_id == user_id)
+    elif view == "unassigned":
+        stmt = stmt.where(Conversation.assignee_id.is_(None))
+    elif view == "unread":
+        stmt = stmt.where(Conversation.unread_count > 0)
+    if status in ("open", "closed"):
+        stmt = stmt.where(Conversation.status == status)
+    q = q.replace("\x00", "").strip()
+    if q:
+        like = f"%{q.lower()}%"
+        digits = "".join(ch for ch in q if ch.isdigit())
+        conditions = [func.lower(Lead.name).like(like)]
+        if len(digits) >= 3:
+            conditions.append(Lead.phone.like(f"%{digits}%"))
+        stmt = stmt.where(or_(*conditions))
+    return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
+
+
+def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
+    """The newest message of each conversation (one indexed lookup each; lists are 50 long)."""
+    result: dict[int, Message] = {}
+    for conversation_id in conversation_ids:
+        message = db.session.scalar(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(1)
+        )
+        if message is not None:
+            result[conversation_id] = message
+    return result
+
+
+def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
+    conversation = get_conversation(workspace_id, conversation_id)
+    if conversation.unread_count:
+        conversation.unread_count = 0
+        db.session.commit()
+    return conversation
+
+
+def thread_page(
+    workspace_id: int, conversation_id: int, cursor: str | None, limit: int = 50
+) -> Page[Message]:
+    """Messages newest first (the template shows them oldest at the top)."""
+    return list_messages(workspace_id, conversation_id, limit, cursor)

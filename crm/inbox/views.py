@@ -1,12 +1,108 @@
+"""The inbox: conversation list, thread, composer. Live updates arrive over the websocket."""
+
 from __future__ import annotations
 
-from flask_login import login_required
+import uuid
+from typing import Any
 
+from flask import abort, g, render_template, request
+from flask_login import current_user, login_required
+
+from crm.params import page_limit
 from crm.htmx import render
 from crm.inbox import bp
+from crm.inbox import services as inbox
+from crm.leads.phones import for_humans
+
+VIEWS = ("all", "mine", "unassigned", "unread")
+
+
+def _filters() -> dict[str, str]:
+    view = request.args.get("view", "all")
+    status = request.args.get("status", "open")
+    return {
+        "view": view if view in VIEWS else "all",
+        "status": status if status in ("open", "closed") else "open",
+        "q": request.args.get("q", "")[:100],
+    }
+
+
+def _list_context(selected: int | None = None) -> dict[str, Any]:
+    filters = _filters()
+    page = inbox.filtered_conversations(
+        g.workspace_id,
+        user_id=current_user.id,
+        limit=page_limit(),
+        cursor=request.args.get("cursor"),
+        **filters,
+    )
+    return {
+        "conversations": page.items,
+        "next_cursor": page.next_cursor,
+        "filters": filters,
+        "previews": inbox.last_messages([c.id for c in page.items]),
+        "selected": selected,
+        "for_humans": for_humans,
+    }
 
 
 @bp.get("/")
 @login_required
 def index() -> str:
-    return render("inbox/index.html", "inbox/_conversations.html", conversations=[])
+    return render("inbox/index.html", "inbox/_conversations.html", **_list_context())
+
+
+@bp.get("/conversations/<int:conversation_id>")
+@login_required
+def conversation(conversation_id: int) -> str:
+    current = inbox.mark_read(g.workspace_id, conversation_id)
+    thread = inbox.thread_page(g.workspace_id, conversation_id, None)
+    context = {
+        "conversation": current,
+        "messages": list(reversed(thread.items)),
+        "older_cursor": thread.next_cursor,
+        "send_key": uuid.uuid4().hex,
+        "for_humans": for_humans,
+    }
+    if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
+        return render_template("inbox/_thread.html", **context)
+    return render_template("inbox/index.html", **_list_context(selected=conversation_id), **context)
+
+
+@bp.get("/conversations/<int:conversation_id>/older")
+@login_required
+def older_messages(conversation_id: int) -> str:
+    inbox.get_conversation(g.workspace_id, conversation_id)  # 404 for another workspace's first
+    cursor = request.args.get("cursor")
+    if not cursor:
+        abort(400)
+    page = inbox.thread_page(g.workspace_id, conversation_id, cursor)
+    return render_template(
+        "inbox/_older.html",
+        conversation_id=conversation_id,
+        messages=list(reversed(page.items)),
+        older_cursor=page.next_cursor,
+    )
+
+
+@bp.post("/conversations/<int:conversation_id>/messages")
+@login_required
+def send(conversation_id: int) -> Any:
+    from crm.inbox.sending import reply  # not at import: crm.inbox is imported by the pipeline itself
+
+    inbox.get_conversation(g.workspace_id, conversation_id)
+    queued = reply(
+        g.workspace_id,
+        conversation_id,
+        request.form.get("text", ""),
+        user_id=current_user.id,
+        idempotency_key=request.form.get("send_key") or None,
+    )
+    # The message itself reaches every open tab, this one included, over the websocket; the
+    # answer is a fresh composer (with a new key, so the next message is a new send).
+    return render_template(
+        "inbox/_composer.html",
+        conversation_id=conversation_id,
+        send_key=uuid.uuid4().hex,
+        sent_id=queued.message.id,
+    )

@@ -12,8 +12,37 @@ from crm.realtime.broker import Event
 log = logging.getLogger(__name__)
 
 
+def _message_fragments(workspace_id: int, event: Event) -> str | None:
+    from crm.extensions import db
+    from crm.inbox import services as inbox
+    from crm.inbox.models import Message
+    from crm.leads.phones import for_humans
+
+    message = db.session.get(Message, int(event.get("message_id", 0)))
+    if message is None or message.workspace_id != workspace_id:
+        return None  # never another workspace's data, whatever the event says
+    if event["type"] == "message.status":
+        return render_template("inbox/_message.html", message=message, oob=True)
+    conversation = inbox.get_conversation(workspace_id, message.conversation_id)
+    item = render_template(
+        "inbox/_conversation_item.html", conversation=conversation, preview=message, for_humans=for_humans
+    )
+    bubble = render_template("inbox/_message.html", message=message)
+    return (
+        '<div id="conversations-empty" hx-swap-oob="delete"></div>'
+        f'<div id="conversation-{conversation.id}" hx-swap-oob="delete"></div>'
+        f'<ul hx-swap-oob="afterbegin:#conversations">{item}</ul>'
+        f'<div hx-swap-oob="beforeend:#messages-{conversation.id}">{bubble}</div>'
+    )
+
+
 def render_event(workspace_id: int, event: Event, *, manager: bool) -> str | None:
     kind = str(event.get("type", ""))
+    if kind in ("message.created", "message.status"):
+        try:
+            return _message_fragments(workspace_id, event)
+        except (DomainError, KeyError, ValueError, TypeError):
+            return None
     if kind.startswith("webqr.") and manager:
         from crm.whatsapp import webqr
 

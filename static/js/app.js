@@ -44,3 +44,50 @@
     button.classList.add("copied");
   });
 })();
+
+// The inbox: newest messages at the bottom, Enter sends, j/k move between conversations.
+(function () {
+  "use strict";
+  function scrollThreads() {
+    document.querySelectorAll(".messages").forEach(function (box) {
+      if (box.dataset.stuck !== "no") box.scrollTop = box.scrollHeight;
+    });
+  }
+  document.addEventListener("DOMContentLoaded", scrollThreads);
+  document.addEventListener("htmx:afterSettle", scrollThreads);
+  document.addEventListener("htmx:oobAfterSwap", scrollThreads);
+  document.addEventListener("scroll", function (event) {
+    var box = event.target;
+    if (box.classList && box.classList.contains("messages")) {
+      box.dataset.stuck = box.scrollHeight - box.scrollTop - box.clientHeight < 40 ? "yes" : "no";
+    }
+  }, true);
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (target.matches && target.matches("textarea[data-composer]") && event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      if (target.value.trim() && target.form) target.form.requestSubmit();
+      return;
+    }
+    if (target.closest && target.closest("input, textarea, select, [contenteditable]")) return;
+    if (event.key !== "j" && event.key !== "k") return;
+    var items = Array.prototype.slice.call(document.querySelectorAll("#conversations [data-nav-item]"));
+    if (!items.length) return;
+    var current = document.querySelector("#conversations .selected [data-nav-item]");
+    var index = items.indexOf(current);
+    var next = items[Math.min(items.length - 1, Math.max(0, index + (event.key === "j" ? 1 : -1)))];
+    if (next && next !== current) {
+      document.querySelectorAll("#conversations .selected").forEach(function (li) { li.classList.remove("selected"); });
+      next.parentElement.classList.add("selected");
+      next.click();
+    }
+  });
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest && event.target.closest("#conversations [data-nav-item]");
+    if (!link) return;
+    document.querySelectorAll("#conversations .selected").forEach(function (li) { li.classList.remove("selected"); });
+    link.parentElement.classList.add("selected");
+    var inbox = document.querySelector(".inbox");
+    if (inbox) inbox.classList.add("has-thread");
+  });
+})();

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from crm.api.json import json_body, page_limit
+from crm.params import json_body, page_limit
 from crm.errors import DomainError
 
 

@@ -1,0 +1,62 @@
+"""The live inbox with two agents in two browsers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from crm.whatsapp import simulator
+from tests import factories
+from tests.e2e.conftest import DESKTOP, sign_in
+
+pytestmark = pytest.mark.e2e
+
+
+def open_inbox(browser: Browser, live_server: str, email: str) -> Page:
+    context = browser.new_context(locale="en-US", viewport=DESKTOP)
+    page = context.new_page()
+    sign_in(page, live_server, email)
+    expect(page).to_have_title(re.compile("Inbox"))
+    page.wait_for_function("() => window.htmx && document.querySelector('[ws-connect]')")
+    page.wait_for_timeout(300)  # the websocket handshake
+    return page
+
+
+def test_two_agents_see_messages_and_replies_live(
+    browser: Browser, live_server: str, owner: factories.Person, tmp_path: object
+) -> None:
+    agent = factories.person("Acme", "agent@acme.example")
+    account_id = factories.sandbox_account(owner)
+    first = open_inbox(browser, live_server, owner.email)
+    second = open_inbox(browser, live_server, agent.email)
+
+    simulator.customer_writes(
+        owner.workspace_id, account_id, "+55 11 98888-1111", "Oi! Vocês entregam hoje?", name="Marina"
+    )
+    for page in (first, second):
+        expect(page.locator("#conversations")).to_contain_text("Marina", timeout=1_000)
+        expect(page.locator("#conversations")).to_contain_text("Vocês entregam hoje?")
+        expect(page.locator("#conversations-empty")).to_have_count(0)
+
+    first.get_by_text("Marina").click()
+    expect(first.locator(".thread .messages")).to_contain_text("Oi! Vocês entregam hoje?")
+    second.get_by_text("Marina").click()
+    expect(second.locator(".thread .messages")).to_contain_text("Oi! Vocês entregam hoje?")
+
+    composer = first.locator("textarea[data-composer]")
+    composer.fill("Entregamos sim, até as 18h!")
+    composer.press("Enter")
+    reply = second.locator(".thread .messages .bubble.from-business")
+    expect(reply).to_contain_text("Entregamos sim, até as 18h!", timeout=2_000)
+    expect(reply.locator(".tick")).to_have_attribute("title", re.compile("^delivered"))
+    expect(first.locator(".thread .messages .bubble.from-business")).to_have_count(
+        1
+    )  # a double send shows twice
+    first.screenshot(path="test-artifacts/inbox.png")
+
+    phone = simulator.thread(owner.workspace_id, account_id, "+5511988881111")
+    assert [m.text for m in phone][-1] == "Entregamos sim, até as 18h!"
+    for page in (first, second):
+        page.context.close()
