@@ -33,6 +33,15 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _engine_options(database_url: str) -> dict[str, Any]:
+    """PostgreSQL: one pooled connection per server thread, so no thread waits for a connection
+    and none are opened and closed under load. SQLite: the driver's defaults."""
+    if not database_url.startswith("postgresql"):
+        return {"pool_pre_ping": True}
+    threads = max(_int("WEB_THREADS", 32), _int("WORKER_THREADS", 4))
+    return {"pool_pre_ping": True, "pool_size": threads, "max_overflow": 8, "pool_recycle": 1800}
+
+
 def from_env() -> dict[str, Any]:
     """The whole configuration as a dict, from environment variables with the documented defaults."""
     instance = INSTANCE
@@ -71,7 +80,7 @@ def from_env() -> dict[str, Any]:
         "BABEL_DEFAULT_LOCALE": "en",
         "BABEL_DEFAULT_TIMEZONE": "UTC",
         "BABEL_TRANSLATION_DIRECTORIES": str(ROOT / "crm" / "translations"),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url),
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session, which has its own limits
         "WTF_CSRF_SSL_STRICT": True,
         "SESSION_COOKIE_NAME": "zapdesk_session",

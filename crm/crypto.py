@@ -7,6 +7,7 @@ session-signing key is never used directly as an encryption key.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
@@ -21,7 +22,12 @@ class SecretUnreadable(Exception):
 
 
 def _fernet() -> Fernet:
-    material = current_app.config.get("ENCRYPTION_KEY") or current_app.config["SECRET_KEY"]
+    return _fernet_for(current_app.config.get("ENCRYPTION_KEY") or current_app.config["SECRET_KEY"])
+
+
+@functools.lru_cache(maxsize=8)
+def _fernet_for(material: str) -> Fernet:
+    """Derived once per key (HKDF is cheap but runs on every webhook otherwise)."""
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"zapdesk secrets at rest v1").derive(
         material.encode()
     )

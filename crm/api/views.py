@@ -8,13 +8,13 @@ from flask import g, request
 from flask_babel import gettext as _
 
 from crm.api import bp
-from crm.params import json_body, page_limit
 from crm.errors import DomainError, ValidationFailed
 from crm.extensions import db
 from crm.inbox import services as inbox
 from crm.inbox.sending import reply, send_to_phone
 from crm.leads import services as leads
 from crm.pagination import keyset_page
+from crm.params import json_body, page_limit
 from crm.settings.services import get_workspace
 from crm.whatsapp.accounts import account_json, list_accounts
 

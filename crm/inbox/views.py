@@ -8,11 +8,11 @@ from typing import Any
 from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
 
-from crm.params import page_limit
 from crm.htmx import render
 from crm.inbox import bp
 from crm.inbox import services as inbox
 from crm.leads.phones import for_humans
+from crm.params import page_limit
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 

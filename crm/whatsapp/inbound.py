@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm.db import insert_ignoring_conflicts, utcnow
@@ -144,18 +144,19 @@ def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
     ).scalar()
     if inserted is None:
         return None
-    values: dict[str, object] = {"status": "open"}
+    values: dict[str, object] = {
+        "status": "open",
+        # Only ever forward: a late delivery of an old message doesn't reorder the inbox.
+        "last_message_at": case(
+            (Conversation.last_message_at < msg.timestamp, msg.timestamp), else_=Conversation.last_message_at
+        ),
+    }
     if incoming:
         values["unread_count"] = Conversation.unread_count + 1
     else:
         # The business answered from its own phone: a person is on it, so the bot steps back.
         values["ai_enabled"] = False
     db.session.execute(update(Conversation).where(Conversation.id == conversation.id).values(**values))
-    db.session.execute(
-        update(Conversation)
-        .where(Conversation.id == conversation.id, Conversation.last_message_at < msg.timestamp)
-        .values(last_message_at=msg.timestamp)
-    )
     publish_after_commit(
         account.workspace_id,
         {"type": "message.created", "message_id": inserted, "conversation_id": conversation.id},

@@ -40,13 +40,14 @@ def receive_cloud(key: str) -> Any:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return json_error(400, "invalid_json", "The body is not JSON.")
+    account_id = account.id  # after the commit the row is expired: don't load it again to log
     parsed = parse_cloud_webhook(payload)
     for where, reason in parsed.ignored:
-        log.info("webhook for account %s: ignored %s (%s)", account.id, where, reason)
-    summary = ingest(account.id, parsed)
+        log.info("webhook for account %s: ignored %s (%s)", account_id, where, reason)
+    summary = ingest(account_id, parsed)
     log.info(
         "webhook account=%s stored=%d duplicates=%d statuses=%d signals=%d in %.1f ms",
-        account.id,
+        account_id,
         len(summary.stored),
         summary.duplicates,
         summary.statuses,

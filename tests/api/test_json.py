@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from crm.params import json_body, page_limit
 from crm.errors import DomainError
+from crm.params import json_body, page_limit
 
 
 @pytest.mark.parametrize(
