@@ -29,7 +29,7 @@ Exit status: 0 ran and the data is intact (whether or not the latency target was
 message was lost or duplicated (or another integrity check failed), 2 setup or environment error.
 """
 
-# ruff: noqa: S603, S105  (runs the project's own tools; throwaway credentials for a throwaway database)
+
 
 from __future__ import annotations
 
