@@ -29,8 +29,6 @@ Exit status: 0 ran and the data is intact (whether or not the latency target was
 message was lost or duplicated (or another integrity check failed), 2 setup or environment error.
 """
 
-
-
 from __future__ import annotations
 
 import argparse

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from flask_babel import gettext as _
+from sqlalchemy import select, update
 
+from crm.auth.models import Membership, User
 from crm.db import insert_ignoring_conflicts, utcnow
+from crm.errors import Conflict, ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import Conversation, Message
 from crm.leads.services import iso
@@ -170,3 +173,81 @@ def thread_page(
 ) -> Page[Message]:
     """Messages newest first (the template shows them oldest at the top)."""
     return list_messages(workspace_id, conversation_id, limit, cursor)
+
+
+class AlreadyAssigned(Conflict):
+    code = "already_assigned"
+
+    def default_message(self) -> str:
+        return _("Someone else took this conversation a moment ago.")
+
+
+def _announce(conversation: Conversation) -> None:
+    from crm.realtime.broker import publish_after_commit
+
+    publish_after_commit(
+        conversation.workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id}
+    )
+
+
+def take(workspace_id: int, conversation_id: int, user_id: int) -> Conversation:
+    """Assign an unassigned conversation to ``user_id``: of two agents taking it at once, one wins
+    and the other is told (a conditional UPDATE, not a check-then-set)."""
+    conversation = get_conversation(workspace_id, conversation_id)
+    if conversation.assignee_id == user_id:
+        return conversation
+    taken = db.session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation.id, Conversation.assignee_id.is_(None))
+        .values(assignee_id=user_id)
+    ).rowcount  # type: ignore[attr-defined]
+    if not taken:
+        db.session.rollback()
+        raise AlreadyAssigned()
+    _announce(conversation)
+    db.session.commit()
+    db.session.refresh(conversation)
+    return conversation
+
+
+def assign(workspace_id: int, conversation_id: int, assignee_id: int | None) -> Conversation:
+    """Give the conversation to a member of the workspace (or to nobody)."""
+    conversation = get_conversation(workspace_id, conversation_id)
+    if assignee_id is not None:
+        member = db.session.scalar(
+            select(Membership).where(
+                Membership.workspace_id == workspace_id,
+                Membership.user_id == assignee_id,
+                Membership.disabled_at.is_(None),
+            )
+        )
+        if member is None:
+            raise ValidationFailed(
+                _("That person is not an active member of this workspace."), code="not_member"
+            )
+    conversation.assignee_id = assignee_id
+    _announce(conversation)
+    db.session.commit()
+    return conversation
+
+
+def set_status(workspace_id: int, conversation_id: int, status: str) -> Conversation:
+    if status not in ("open", "closed"):
+        raise ValidationFailed(_("A conversation is open or closed."), code="invalid_status")
+    conversation = get_conversation(workspace_id, conversation_id)
+    conversation.status = status
+    if status == "closed":
+        conversation.unread_count = 0
+    _announce(conversation)
+    db.session.commit()
+    return conversation
+
+
+def assignable_members(workspace_id: int) -> list[tuple[int, str]]:
+    rows = db.session.execute(
+        select(User.id, User.name, User.email)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.workspace_id == workspace_id, Membership.disabled_at.is_(None))
+        .order_by(User.name, User.email)
+    ).all()
+    return [(r.id, r.name or r.email) for r in rows]

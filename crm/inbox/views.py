@@ -63,6 +63,7 @@ def conversation(conversation_id: int) -> str:
         "older_cursor": thread.next_cursor,
         "send_key": uuid.uuid4().hex,
         "for_humans": for_humans,
+        "members": inbox.assignable_members(g.workspace_id),
     }
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
         return render_template("inbox/_thread.html", **context)
@@ -106,3 +107,39 @@ def send(conversation_id: int) -> Any:
         send_key=uuid.uuid4().hex,
         sent_id=queued.message.id,
     )
+
+
+def _thread_header(conversation_id: int) -> str:
+    current = inbox.get_conversation(g.workspace_id, conversation_id)
+    return render_template(
+        "inbox/_thread_header.html",
+        conversation=current,
+        for_humans=for_humans,
+        members=inbox.assignable_members(g.workspace_id),
+    )
+
+
+@bp.post("/conversations/<int:conversation_id>/take")
+@login_required
+def take(conversation_id: int) -> str:
+    inbox.take(g.workspace_id, conversation_id, current_user.id)
+    return _thread_header(conversation_id)
+
+
+@bp.post("/conversations/<int:conversation_id>/assign")
+@login_required
+def assign(conversation_id: int) -> str:
+    inbox.get_conversation(g.workspace_id, conversation_id)
+    raw = request.form.get("assignee_id", "")
+    if raw and (not raw.isdigit() or not 1 <= int(raw) < 2**31):
+        abort(400)
+    inbox.assign(g.workspace_id, conversation_id, int(raw) if raw else None)
+    return _thread_header(conversation_id)
+
+
+@bp.post("/conversations/<int:conversation_id>/status")
+@login_required
+def set_status(conversation_id: int) -> str:
+    inbox.get_conversation(g.workspace_id, conversation_id)
+    inbox.set_status(g.workspace_id, conversation_id, request.form.get("status", ""))
+    return _thread_header(conversation_id)

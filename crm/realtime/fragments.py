@@ -36,8 +36,36 @@ def _message_fragments(workspace_id: int, event: Event) -> str | None:
     )
 
 
+def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
+    from crm.inbox import services as inbox
+    from crm.leads.phones import for_humans
+
+    conversation = inbox.get_conversation(workspace_id, conversation_id)
+    preview = inbox.last_messages([conversation.id]).get(conversation.id)
+    item = render_template(
+        "inbox/_conversation_item.html",
+        conversation=conversation,
+        preview=preview,
+        for_humans=for_humans,
+        oob="true",
+    )
+    header = render_template(
+        "inbox/_thread_header.html",
+        conversation=conversation,
+        for_humans=for_humans,
+        members=inbox.assignable_members(workspace_id),
+        oob=True,
+    )
+    return item + header
+
+
 def render_event(workspace_id: int, event: Event, *, manager: bool) -> str | None:
     kind = str(event.get("type", ""))
+    if kind == "conversation.updated":
+        try:
+            return _conversation_fragments(workspace_id, int(event["conversation_id"]))
+        except (DomainError, KeyError, ValueError, TypeError):
+            return None
     if kind in ("message.created", "message.status"):
         try:
             return _message_fragments(workspace_id, event)

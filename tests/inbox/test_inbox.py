@@ -1,0 +1,166 @@
+"""The inbox pages: list, thread, paging, replies, assignment, status, tenancy of live events."""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import timedelta
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from crm.db import utcnow
+from crm.extensions import db
+from crm.inbox import services as inbox
+from crm.inbox.models import Conversation, Message
+from crm.realtime.fragments import render_event
+from tests import factories
+from tests.conftest import csrf_from
+
+
+def hx(client: FlaskClient, method: str, path: str, **data: str) -> object:
+    headers = {"HX-Request": "true", "X-CSRFToken": csrf_from(client, "/")}
+    return client.open(path, method=method, data=data, headers=headers)
+
+
+def test_inbox_lists_conversations_newest_first(logged_in: FlaskClient, owner: factories.Person) -> None:
+    account_id = factories.sandbox_account(owner)
+    factories.inbound(account_id, phone="+5511900000001", text="primeira", name="Ana")
+    factories.inbound(account_id, phone="+5511900000002", text="segunda", name="Bia")
+    html = logged_in.get("/").get_data(as_text=True)
+    assert html.index("Bia") < html.index("Ana") and "segunda" in html
+
+
+def test_opening_a_thread_marks_it_read_and_shows_messages(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
+    response = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"})
+    html = response.get_data(as_text=True)
+    assert html.lstrip().startswith(f'<div class="thread" id="thread-{conversation_id}"') and "Oi" in html
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None and conversation.unread_count == 0
+
+
+def test_older_messages_page_by_keyset_even_with_equal_timestamps(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="m0")
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None
+    same = utcnow() - timedelta(hours=1)
+    for i in range(1, 120):
+        db.session.add(
+            Message(
+                workspace_id=owner.workspace_id,
+                conversation_id=conversation_id,
+                account_id=conversation.account_id,
+                direction="in",
+                text=f"m{i}",
+                status="received",
+                provider="sandbox",
+                provider_message_id=f"same-{i}",
+                author="lead",
+                created_at=same,
+            )
+        )
+    db.session.commit()
+    seen: list[str] = []
+    first = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    seen += re.findall(r"<p>(m\d+)</p>", first)
+    cursor = re.search(r'/older\?cursor=([^"&]+)', first)
+    while cursor:
+        page = logged_in.get(f"/conversations/{conversation_id}/older?cursor={cursor.group(1)}").get_data(
+            as_text=True
+        )
+        seen += re.findall(r"<p>(m\d+)</p>", page)
+        cursor = re.search(r'/older\?cursor=([^"&]+)', page)
+    assert sorted(seen) == sorted(f"m{i}" for i in range(120))  # each message exactly once
+
+
+def test_reply_from_the_inbox_sends_once_per_form(logged_in: FlaskClient, owner: factories.Person) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    for _ in range(2):  # a double click posts the same form twice
+        hx(logged_in, "POST", f"/conversations/{conversation_id}/messages", text="Olá!", send_key="form-1")
+    sent = db.session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert len(sent) == 1 and sent[0].author == "agent" and sent[0].status == "delivered"
+
+
+def test_two_agents_taking_the_same_conversation(app: Flask, owner: factories.Person) -> None:
+    second = factories.person("Acme", "b@acme.example")
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def take(user_id: int) -> None:
+        with app.app_context():
+            barrier.wait(timeout=10)
+            try:
+                inbox.take(owner.workspace_id, conversation_id, user_id)
+                outcomes.append("won")
+            except inbox.AlreadyAssigned:
+                outcomes.append("lost")
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=take, args=(uid,)) for uid in (owner.user_id, second.user_id)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes) == ["lost", "won"]
+
+
+def test_assign_and_close(logged_in: FlaskClient, owner: factories.Person) -> None:
+    agent = factories.person("Acme", "agent@acme.example")
+    outsider = factories.person("Other", "x@other.example")
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    assert (
+        hx(
+            logged_in,
+            "POST",
+            f"/conversations/{conversation_id}/assign",  # type: ignore[attr-defined]
+            assignee_id=str(agent.user_id),
+        ).status_code
+        == 200
+    )
+    assert (
+        hx(
+            logged_in,
+            "POST",
+            f"/conversations/{conversation_id}/assign",  # type: ignore[attr-defined]
+            assignee_id=str(outsider.user_id),
+        ).status_code
+        == 422
+    )
+    assert (
+        hx(
+            logged_in,
+            "POST",
+            f"/conversations/{conversation_id}/status",  # type: ignore[attr-defined]
+            status="closed",
+        ).status_code
+        == 200
+    )
+    conversation = db.session.get(Conversation, conversation_id)
+    assert (
+        conversation is not None
+        and conversation.assignee_id == agent.user_id
+        and conversation.status == "closed"
+    )
+    assert f'id="conversation-{conversation_id}"' in logged_in.get("/?status=closed").get_data(as_text=True)
+    assert f'id="conversation-{conversation_id}"' not in logged_in.get("/").get_data(as_text=True)
+
+
+def test_live_events_never_render_another_workspaces_data(app: Flask, owner: factories.Person) -> None:
+    other = factories.person("Other", "o@other.example", role="owner")
+    their_conversation = factories.conversation(other)
+    message = db.session.scalar(select(Message).where(Message.conversation_id == their_conversation))
+    assert message is not None
+    with app.test_request_context("/ws"):
+        event = {"type": "message.created", "message_id": message.id, "conversation_id": their_conversation}
+        assert render_event(owner.workspace_id, event, manager=True) is None
+        assert render_event(other.workspace_id, event, manager=True)
