@@ -26,22 +26,23 @@ def conversation_for(
     One conversation per (number, lead), enforced by a UNIQUE constraint: concurrent first
     messages from the same person end in the same conversation.
     """
-    now = utcnow()
-    db.session.execute(
-        insert_ignoring_conflicts(Conversation).values(  # last_message_at: the first message's own time
-            workspace_id=workspace_id,
-            account_id=account_id,
-            lead_id=lead_id,
-            status="open",
-            unread_count=0,
-            ai_enabled=True,
-            last_message_at=at or now,
-            created_at=now,
+    key = (Conversation.account_id == account_id) & (Conversation.lead_id == lead_id)
+    conversation = db.session.scalar(select(Conversation).where(key))
+    if conversation is None:  # first contact: create it, letting the constraint settle any race
+        now = utcnow()
+        db.session.execute(
+            insert_ignoring_conflicts(Conversation).values(  # last_message_at: the first message's own time
+                workspace_id=workspace_id,
+                account_id=account_id,
+                lead_id=lead_id,
+                status="open",
+                unread_count=0,
+                ai_enabled=True,
+                last_message_at=at or now,
+                created_at=now,
+            )
         )
-    )
-    conversation = db.session.scalar(
-        select(Conversation).where(Conversation.account_id == account_id, Conversation.lead_id == lead_id)
-    )
+        conversation = db.session.scalar(select(Conversation).where(key))
     assert conversation is not None and conversation.workspace_id == workspace_id
     return conversation
 
