@@ -91,3 +91,25 @@
     if (inbox) inbox.classList.add("has-thread");
   });
 })();
+
+// Pub/sub is lossy: when the websocket comes back after a drop, refetch what the page shows.
+(function () {
+  "use strict";
+  var opened = false;
+  document.addEventListener("htmx:wsOpen", function () {
+    if (!opened) { opened = true; return; }
+    if (!window.htmx) return;
+    if (document.getElementById("conversations")) {
+      htmx.ajax("GET", window.location.pathname.indexOf("/conversations/") === 0 ? "/" + window.location.search : window.location.pathname + window.location.search,
+        { target: "#conversations", select: "#conversations", swap: "outerHTML" });
+    }
+    var thread = document.querySelector(".thread[data-conversation-id]");
+    if (thread) {
+      htmx.ajax("GET", "/conversations/" + thread.getAttribute("data-conversation-id"),
+        { target: "#thread", swap: "innerHTML" });
+    }
+    document.querySelectorAll(".webqr-panel[id^='webqr-']").forEach(function (panel) {
+      htmx.ajax("GET", window.location.pathname, { target: "#" + panel.id, select: "#" + panel.id, swap: "outerHTML" });
+    });
+  });
+})();

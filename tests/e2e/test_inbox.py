@@ -60,3 +60,23 @@ def test_two_agents_see_messages_and_replies_live(
     assert [m.text for m in phone][-1] == "Entregamos sim, até as 18h!"
     for page in (first, second):
         page.context.close()
+
+
+def test_a_page_that_reconnects_fetches_what_it_missed(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    account_id = factories.sandbox_account(owner)
+    page = open_inbox(browser, live_server, owner.email)
+    page.evaluate("window.__notReloaded = true")
+    page.context.set_offline(True)
+    page.wait_for_timeout(500)
+    # Sent while the page's websocket is down: this event never reaches it.
+    simulator.customer_writes(
+        owner.workspace_id, account_id, "+55 11 97777-2222", "Mensagem perdida?", name="Rui"
+    )
+    page.wait_for_timeout(300)
+    expect(page.locator("#conversations")).not_to_contain_text("Rui")
+    page.context.set_offline(False)
+    expect(page.locator("#conversations")).to_contain_text("Mensagem perdida?", timeout=15_000)
+    assert page.evaluate("window.__notReloaded") is True
+    page.context.close()
