@@ -1,7 +1,7 @@
 """Every model, imported once so metadata (and Alembic) sees the whole schema."""
 
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
-from crm.inbox.models import Conversation, Message
+from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.models import Lead, LeadTag
 from crm.whatsapp.models import (
     AccountEvent,
@@ -20,6 +20,7 @@ __all__ = [
     "AccountEvent",
     "ApiToken",
     "Conversation",
+    "ConversationNote",
     "Health",
     "Invitation",
     "Lead",

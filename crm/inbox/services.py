@@ -12,7 +12,7 @@ from crm.auth.models import Membership, User
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.errors import Conflict, ValidationFailed
 from crm.extensions import db
-from crm.inbox.models import Conversation, Message
+from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
 from crm.tenancy import get_scoped, scoped
@@ -252,3 +252,45 @@ def assignable_members(workspace_id: int) -> list[tuple[int, str]]:
         .order_by(User.name, User.email)
     ).all()
     return [(r.id, r.name or r.email) for r in rows]
+
+
+def add_note(workspace_id: int, conversation_id: int, user_id: int, text: object) -> ConversationNote:
+    """A note for the team; it is never sent to the customer."""
+    from crm.textcheck import check_clean_text
+
+    conversation = get_conversation(workspace_id, conversation_id)
+    if not isinstance(text, str) or not text.strip() or len(text) > 4000:
+        raise ValidationFailed(_("Write the note (up to 4000 characters)."), code="invalid_note")
+    note = ConversationNote(
+        workspace_id=workspace_id,
+        conversation_id=conversation.id,
+        author_user_id=user_id,
+        text=check_clean_text(text.strip(), code="invalid_note"),
+    )
+    db.session.add(note)
+    db.session.flush()
+    from crm.realtime.broker import publish_after_commit
+
+    publish_after_commit(
+        workspace_id, {"type": "note.created", "note_id": note.id, "conversation_id": conversation.id}
+    )
+    db.session.commit()
+    return note
+
+
+def recent_notes(workspace_id: int, conversation_id: int, limit: int = 20) -> list[ConversationNote]:
+    get_conversation(workspace_id, conversation_id)
+    notes = db.session.scalars(
+        scoped(select(ConversationNote), ConversationNote, workspace_id)
+        .where(ConversationNote.conversation_id == conversation_id)
+        .order_by(ConversationNote.created_at.desc(), ConversationNote.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(notes)))
+
+
+def note_author_names(notes: list[ConversationNote]) -> dict[int, str]:
+    ids = {n.author_user_id for n in notes if n.author_user_id}
+    if not ids:
+        return {}
+    return {u.id: (u.name or u.email) for u in db.session.scalars(select(User).where(User.id.in_(ids)))}

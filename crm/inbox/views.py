@@ -64,6 +64,8 @@ def conversation(conversation_id: int) -> str:
         "send_key": uuid.uuid4().hex,
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
+        "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
+        "note_authors": inbox.note_author_names(notes),
     }
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
         return render_template("inbox/_thread.html", **context)
@@ -143,3 +145,11 @@ def set_status(conversation_id: int) -> str:
     inbox.get_conversation(g.workspace_id, conversation_id)
     inbox.set_status(g.workspace_id, conversation_id, request.form.get("status", ""))
     return _thread_header(conversation_id)
+
+
+@bp.post("/conversations/<int:conversation_id>/notes")
+@login_required
+def add_note(conversation_id: int) -> str:
+    inbox.add_note(g.workspace_id, conversation_id, current_user.id, request.form.get("text", ""))
+    # The note itself arrives over the websocket, in every open tab; this answers a clean form.
+    return render_template("inbox/_note_form.html", conversation_id=conversation_id)

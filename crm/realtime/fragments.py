@@ -61,6 +61,16 @@ def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
 
 def render_event(workspace_id: int, event: Event, *, manager: bool) -> str | None:
     kind = str(event.get("type", ""))
+    if kind == "note.created":
+        from crm.extensions import db
+        from crm.inbox.models import ConversationNote
+        from crm.inbox.services import note_author_names
+
+        note = db.session.get(ConversationNote, int(event.get("note_id", 0)))
+        if note is None or note.workspace_id != workspace_id:
+            return None
+        html = render_template("inbox/_note.html", note=note, note_authors=note_author_names([note]))
+        return f'<div hx-swap-oob="beforeend:#notes-{note.conversation_id}">{html}</div>'
     if kind == "conversation.updated":
         try:
             return _conversation_fragments(workspace_id, int(event["conversation_id"]))

@@ -13,10 +13,10 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app, g, session
+from flask import current_app, g, request, session
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -60,6 +60,19 @@ def _redis_listener(workspace_id: int, inbox: queue.Queue[Event], stop: threadin
         pubsub.close()
 
 
+def _since(raw: str | None) -> datetime:
+    """When the page was rendered: changes after it reach the page even if they happened before
+    the socket opened. Bounded to the last minute; anything odd means now."""
+    now = utcnow()
+    try:
+        moment = datetime.fromisoformat(raw or "")
+    except ValueError:
+        return now
+    if moment.tzinfo is None or not now - timedelta(minutes=1) <= moment <= now:
+        return now
+    return moment
+
+
 @sock.route("/ws")
 def events_socket(ws: Any) -> None:
     if not current_user.is_authenticated:
@@ -84,7 +97,7 @@ def events_socket(ws: Any) -> None:
         threading.Thread(target=_redis_listener, args=(workspace_id, inbox, stop), daemon=True).start()
     db.session.remove()
     checked = polled = time.monotonic()
-    mark = utcnow()
+    mark = _since(request.args.get("since"))
     try:
         while True:
             try:

@@ -164,3 +164,21 @@ def test_live_events_never_render_another_workspaces_data(app: Flask, owner: fac
         event = {"type": "message.created", "message_id": message.id, "conversation_id": their_conversation}
         assert render_event(owner.workspace_id, event, manager=True) is None
         assert render_event(other.workspace_id, event, manager=True)
+
+
+def test_team_notes_are_internal(logged_in: FlaskClient, owner: factories.Person) -> None:
+    from crm.inbox.models import ConversationNote
+
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    response = hx(
+        logged_in, "POST", f"/conversations/{conversation_id}/notes", text="Cliente VIP, dar desconto"
+    )
+    assert response.status_code == 200  # type: ignore[attr-defined]
+    note = db.session.scalar(select(ConversationNote))
+    assert note is not None and note.author_user_id == owner.user_id
+    html = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert "Cliente VIP, dar desconto" in html
+    assert db.session.scalar(select(Message).where(Message.direction == "out")) is None  # never sent
+    assert hx(logged_in, "POST", f"/conversations/{conversation_id}/notes", text="  ").status_code == 422  # type: ignore[attr-defined]
