@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask_babel import gettext as _
@@ -294,3 +294,23 @@ def note_author_names(notes: list[ConversationNote]) -> dict[int, str]:
     if not ids:
         return {}
     return {u.id: (u.name or u.email) for u in db.session.scalars(select(User).where(User.id.in_(ids)))}
+
+
+CUSTOMER_CARE_WINDOW = timedelta(hours=24)
+
+
+def window_closed(conversation: Conversation) -> bool:
+    """Cloud API numbers may send free text only within 24 h of the customer's last message;
+    after that only approved templates go through (Meta answers 131047 otherwise)."""
+    from crm.whatsapp.models import WhatsAppAccount
+
+    account = db.session.get(WhatsAppAccount, conversation.account_id)
+    if account is None or account.provider != "cloud":
+        return False
+    last_inbound = db.session.scalar(
+        select(Message.created_at)
+        .where(Message.conversation_id == conversation.id, Message.direction == "in")
+        .order_by(Message.created_at.desc())
+        .limit(1)
+    )
+    return last_inbound is None or utcnow() - last_inbound > CUSTOMER_CARE_WINDOW

@@ -64,6 +64,7 @@ def conversation(conversation_id: int) -> str:
         "send_key": uuid.uuid4().hex,
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
+        "window_closed": inbox.window_closed(current),
         "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
         "note_authors": inbox.note_author_names(notes),
     }

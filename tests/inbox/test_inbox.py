@@ -182,3 +182,29 @@ def test_team_notes_are_internal(logged_in: FlaskClient, owner: factories.Person
     assert "Cliente VIP, dar desconto" in html
     assert db.session.scalar(select(Message).where(Message.direction == "out")) is None  # never sent
     assert hx(logged_in, "POST", f"/conversations/{conversation_id}/notes", text="  ").status_code == 422  # type: ignore[attr-defined]
+
+
+def test_cloud_composer_follows_the_24_hour_window(logged_in: FlaskClient, owner: factories.Person) -> None:
+    from crm.whatsapp.accounts import CloudSettings, create_account
+
+    account = create_account(
+        owner.workspace_id,
+        provider="cloud",
+        name="Cloud",
+        cloud=CloudSettings(phone_number_id="1", access_token="t", app_secret="s", verify_token="v"),
+    )
+    conversation_id = factories.inbound(account.id, text="recent")
+    open_thread = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"})
+    assert "data-composer" in open_thread.get_data(as_text=True)
+    message = db.session.scalar(select(Message).where(Message.conversation_id == conversation_id))
+    assert message is not None
+    message.created_at = utcnow() - timedelta(hours=25)
+    db.session.commit()
+    closed = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+    assert "24-hour window is closed" in closed and "data-composer" not in closed
+    sandbox_thread = factories.inbound(factories.sandbox_account(owner), phone="+5511911112222")
+    assert "data-composer" in logged_in.get(
+        f"/conversations/{sandbox_thread}", headers={"HX-Request": "true"}
+    ).get_data(as_text=True)
