@@ -98,3 +98,27 @@ def inbound(account_id: int, phone: str = "+5511999990000", text: str = "Olá", 
 
 def conversation(p: Person) -> int:
     return inbound(sandbox_account(p))
+
+
+def stored_message(conversation_id: int, text: str, *, direction: str = "in", **fields: object) -> int:
+    """A message row as the pipeline leaves it (no provider call), for tests about reading them."""
+    from crm.inbox.models import Conversation, Message
+
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None
+    incoming = direction == "in"
+    values: dict[str, object] = {
+        "workspace_id": conversation.workspace_id,
+        "conversation_id": conversation_id,
+        "account_id": conversation.account_id,
+        "direction": direction,
+        "text": text,
+        "status": "received" if incoming else "sent",
+        "provider": "sandbox",
+        "author": "lead" if incoming else "agent",
+        **fields,
+    }
+    message = Message(**values)
+    db.session.add(message)
+    db.session.commit()
+    return message.id

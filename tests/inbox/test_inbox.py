@@ -51,21 +51,7 @@ def test_older_messages_page_by_keyset_even_with_equal_timestamps(
     assert conversation is not None
     same = utcnow() - timedelta(hours=1)
     for i in range(1, 120):
-        db.session.add(
-            Message(
-                workspace_id=owner.workspace_id,
-                conversation_id=conversation_id,
-                account_id=conversation.account_id,
-                direction="in",
-                text=f"m{i}",
-                status="received",
-                provider="sandbox",
-                provider_message_id=f"same-{i}",
-                author="lead",
-                created_at=same,
-            )
-        )
-    db.session.commit()
+        factories.stored_message(conversation_id, f"m{i}", provider_message_id=f"same-{i}", created_at=same)
     seen: list[str] = []
     first = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"}).get_data(
         as_text=True

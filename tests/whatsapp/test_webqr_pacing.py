@@ -6,7 +6,6 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from crm.extensions import db
-from crm.inbox.models import Message
 from crm.whatsapp import pacing, webqr
 from crm.whatsapp.accounts import create_account
 from crm.whatsapp.models import WhatsAppAccount
@@ -59,21 +58,15 @@ def test_warm_up_ramp_and_daily_cap(owner: factories.Person) -> None:
     )
     conversation_id = factories.inbound(account.id)
     for i in range(2):
-        db.session.add(
-            Message(
-                workspace_id=owner.workspace_id,
-                conversation_id=conversation_id,
-                account_id=account.id,
-                direction="out",
-                text=f"m{i}",
-                status="sent",
-                provider="webqr",
-                provider_message_id=f"id{i}",
-                author="broadcast",
-                created_at=NOON - timedelta(minutes=i),
-            )
+        factories.stored_message(
+            conversation_id,
+            f"m{i}",
+            direction="out",
+            provider="webqr",
+            provider_message_id=f"id{i}",
+            author="broadcast",
+            created_at=NOON - timedelta(minutes=i),
         )
-    db.session.commit()
     wait = wait_before_next(account, TZ, NOON, None, paired_at=NOON - timedelta(hours=2))
     assert wait > 3600 * 8  # today's warm-up cap is used up: wait for tomorrow in São Paulo
 
