@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_login import login_required
 from werkzeug.wrappers import Response
 
 from crm.auth.decorators import manager_required
@@ -72,3 +73,20 @@ def sync_groups(account_id: int) -> Response:
     webqr.request_group_sync(current_workspace_id(), account_id)
     flash(_("The groups will be refreshed in a few seconds."), "info")
     return _back(account_id)
+
+
+@bp.get("/groups")
+@login_required
+def groups_page() -> str:
+    from crm.whatsapp.accounts import list_accounts
+
+    workspace_id = current_workspace_id()
+    numbers = {a.id: a for a in list_accounts(workspace_id) if a.provider == "webqr"}
+    raw = request.args.get("account_id", "")
+    account_id = int(raw) if raw.isdigit() and int(raw) in numbers else None
+    return render_template(
+        "settings/groups.html",
+        groups=webqr.list_groups(workspace_id, account_id),
+        numbers=numbers,
+        account_id=account_id,
+    )

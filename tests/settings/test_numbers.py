@@ -128,3 +128,15 @@ def test_simulator_is_only_for_sandbox_numbers(logged_in: FlaskClient, owner: fa
     account = db.session.scalar(select(WhatsAppAccount))
     assert account is not None
     assert logged_in.get(f"/settings/numbers/{account.id}/simulator").status_code == 422
+
+
+def test_groups_page_lists_synced_groups(logged_in: FlaskClient, owner: factories.Person) -> None:
+    from crm.whatsapp import webqr
+    from crm.whatsapp.accounts import create_account
+
+    account = create_account(owner.workspace_id, provider="webqr", name="Loja")
+    webqr.sync_groups(account.id, [("1203@g.us", "Clientes VIP", 42, True)])
+    html = logged_in.get("/settings/groups").get_data(as_text=True)
+    assert "Clientes VIP" in html and "42" in html
+    assert logged_in.get(f"/settings/groups?account_id={account.id}").status_code == 200
+    assert logged_in.get("/settings/groups?account_id=zzz").status_code == 200
