@@ -80,8 +80,6 @@ def upsert_lead(workspace_id: int, phone: str | None, bsuid: str | None, name: s
             lead.bsuid = bsuid
     if name and not lead.name:
         lead.name = name[:200]
-    if lead.deleted_at is not None:
-        lead.deleted_at = None  # they wrote to us again: the lead is back
     return lead
 
 
@@ -110,13 +108,6 @@ def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
     if not phone and not bsuid:
         log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
         return None
-    already = db.session.scalar(
-        select(Message.id).where(
-            Message.account_id == account.id, Message.provider_message_id == provider_message_id
-        )
-    )
-    if already is not None:
-        return None  # a retried delivery: don't touch the lead (the constraint below still decides)
     lead = upsert_lead(account.workspace_id, phone, bsuid, clean_text(msg.name, 200) or None)
     conversation = conversation_for(account.workspace_id, account.id, lead.id, at=msg.timestamp)
     incoming = msg.direction == "in"
@@ -143,7 +134,9 @@ def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
         .returning(Message.id)
     ).scalar()
     if inserted is None:
-        return None
+        return None  # a retried delivery: the UNIQUE constraint stopped it
+    if lead.deleted_at is not None:
+        lead.deleted_at = None  # they wrote to us again (a new message, not a retry): the lead is back
     values: dict[str, object] = {
         "status": "open",
         # Only ever forward: a late delivery of an old message doesn't reorder the inbox.

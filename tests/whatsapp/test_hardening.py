@@ -214,3 +214,20 @@ def test_webhook_errors_are_json(client: FlaskClient) -> None:
     assert response.status_code == 404 and response.json == {
         "error": {"code": "not_found", "message": "Not found."}
     }
+
+
+def test_a_retried_delivery_does_not_bring_a_deleted_lead_back(
+    client: FlaskClient, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
+    payload = graph_api.message_payload(text="old", wamid="wamid.old")
+    post_webhook(client, cloud_account, payload)
+    lead = db.session.scalar(select(Lead))
+    assert lead is not None
+    lead.deleted_at = utcnow()
+    db.session.commit()
+    post_webhook(client, cloud_account, payload)  # Meta retries an old delivery
+    db.session.refresh(lead)
+    assert lead.deleted_at is not None
+    post_webhook(client, cloud_account, graph_api.message_payload(text="new", wamid="wamid.new"))
+    db.session.refresh(lead)
+    assert lead.deleted_at is None  # a new message from them: the lead is back
