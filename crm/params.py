@@ -39,3 +39,15 @@ def page_limit() -> int:
             _("limit must be a whole number from 1 to %(max)d.", max=MAX_LIMIT), code="invalid_limit"
         )
     return limit
+
+
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: anything larger can't exist (and overflows drivers)
+
+
+def parse_id(raw: object) -> int | None:
+    """A database id from a form, query string or JSON value; None for anything that can't be one."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str) and raw.isdigit() and len(raw) <= 10:
+        raw = int(raw)
+    return raw if isinstance(raw, int) and 1 <= raw <= MAX_ID else None

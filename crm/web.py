@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.routing import IntegerConverter, Map
 
 from crm.extensions import csrf, migrate, sock
+from crm.params import MAX_ID
 
 
 class DatabaseIdConverter(IntegerConverter):
@@ -17,7 +18,7 @@ class DatabaseIdConverter(IntegerConverter):
 
     def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("min", 1)
-        kwargs.setdefault("max", 2**31 - 1)
+        kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
 
 

@@ -14,7 +14,7 @@ from crm.inbox import services as inbox
 from crm.inbox.sending import reply, send_to_phone
 from crm.leads import services as leads
 from crm.pagination import keyset_page
-from crm.params import json_body, page_limit
+from crm.params import json_body, page_limit, parse_id
 from crm.settings.services import get_workspace
 from crm.whatsapp.accounts import account_json, list_accounts
 
@@ -87,10 +87,9 @@ def reply_in_conversation(conversation_id: int) -> Any:
 @bp.post("/messages")
 def send_message() -> Any:
     body = json_body()
-    account_id = body.get("account_id")
-    if account_id is not None and (
-        not isinstance(account_id, int) or isinstance(account_id, bool) or not 1 <= account_id < 2**31
-    ):
+    raw_account = body.get("account_id")  # JSON numbers only: "1" is a mistake worth reporting
+    account_id = parse_id(raw_account) if isinstance(raw_account, int) else None
+    if raw_account is not None and account_id is None:
         raise ValidationFailed(_("account_id must be a number."), code="invalid_account")
     queued = send_to_phone(
         g.workspace_id,
@@ -148,11 +147,9 @@ def create_lead() -> Any:
 def whatsapp_groups() -> Any:
     from crm.whatsapp.webqr import group_json, list_groups
 
-    raw = request.args.get("account_id")
-    account_id = None
-    if raw not in (None, ""):
-        if not raw.isdigit() or not 1 <= int(raw) < 2**31:
-            raise DomainError(_("account_id must be a number."), code="invalid_account")
-        account_id = int(raw)
+    raw = request.args.get("account_id") or None
+    account_id = parse_id(raw)
+    if raw is not None and account_id is None:
+        raise DomainError(_("account_id must be a number."), code="invalid_account")
     groups = list_groups(g.workspace_id, account_id)
     return {"data": [group_json(group) for group in groups], "next_cursor": None}

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 from crm.auth import bp, services, team
 from crm.auth.forms import AcceptInvitationForm, LanguageForm, LoginForm, PasswordChangeForm, SetupForm
 from crm.errors import DomainError, TooManyRequests
+from crm.params import parse_id
 
 
 def _client_ip() -> str | None:
@@ -128,10 +129,9 @@ def accept_invitation(token: str) -> Any:
 @bp.post("/workspaces/switch")
 @login_required
 def switch_workspace() -> Response:
-    raw = request.form.get("workspace_id", "")
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+    workspace_id = parse_id(request.form.get("workspace_id"))
+    if workspace_id is None:
         abort(404)
-    workspace_id = int(raw)
     services.switch_workspace(g.user_session, workspace_id)
     return redirect(url_for("inbox.index"))
 

@@ -12,7 +12,7 @@ from crm.htmx import render
 from crm.inbox import bp
 from crm.inbox import services as inbox
 from crm.leads.phones import for_humans
-from crm.params import page_limit
+from crm.params import page_limit, parse_id
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 
@@ -133,10 +133,11 @@ def take(conversation_id: int) -> str:
 @login_required
 def assign(conversation_id: int) -> str:
     inbox.get_conversation(g.workspace_id, conversation_id)
-    raw = request.form.get("assignee_id", "")
-    if raw and (not raw.isdigit() or not 1 <= int(raw) < 2**31):
+    raw = request.form.get("assignee_id") or None
+    assignee_id = parse_id(raw)
+    if raw is not None and assignee_id is None:
         abort(400)
-    inbox.assign(g.workspace_id, conversation_id, int(raw) if raw else None)
+    inbox.assign(g.workspace_id, conversation_id, assignee_id)
     return _thread_header(conversation_id)
 
 

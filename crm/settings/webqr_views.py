@@ -9,6 +9,7 @@ from werkzeug.wrappers import Response
 
 from crm.auth.decorators import manager_required
 from crm.errors import DomainError
+from crm.params import parse_id
 from crm.settings import bp
 from crm.tenancy import current_workspace_id
 from crm.whatsapp import webqr
@@ -82,8 +83,9 @@ def groups_page() -> str:
 
     workspace_id = current_workspace_id()
     numbers = {a.id: a for a in list_accounts(workspace_id) if a.provider == "webqr"}
-    raw = request.args.get("account_id", "")
-    account_id = int(raw) if raw.isdigit() and int(raw) in numbers else None
+    account_id = parse_id(request.args.get("account_id"))
+    if account_id not in numbers:
+        account_id = None
     return render_template(
         "settings/groups.html",
         groups=webqr.list_groups(workspace_id, account_id),

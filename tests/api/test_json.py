@@ -42,3 +42,26 @@ def test_bad_limit_is_400(app: Flask, limit: str) -> None:
     with app.test_request_context(f"/api/v1/x?limit={limit}"), pytest.raises(DomainError) as caught:
         page_limit()
     assert (caught.value.status, caught.value.code) == (400, "invalid_limit")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("7", 7),
+        (7, 7),
+        ("2147483647", 2**31 - 1),
+        ("2147483648", None),
+        ("0", None),
+        ("-1", None),
+        ("7a", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (2**70, None),
+        ("9" * 40, None),
+    ],
+)
+def test_ids_from_requests(raw: object, expected: int | None) -> None:
+    from crm.params import parse_id
+
+    assert parse_id(raw) == expected

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 from crm.errors import ValidationFailed
 from crm.whatsapp.providers.base import Provider
 
+PROVIDER_NAMES = ("sandbox", "cloud", "webqr")
 
-def get_provider(name: str) -> Provider:
+
+@functools.cache
+def _providers() -> dict[str, Provider]:
+    # Imported on first use: provider modules import the models, which import this package.
     from crm.whatsapp.providers.cloud import CloudProvider
     from crm.whatsapp.providers.sandbox import SandboxProvider
     from crm.whatsapp.providers.webqr import WebQRProvider
 
-    providers: dict[str, Provider] = {
-        "sandbox": SandboxProvider(),
-        "cloud": CloudProvider(),
-        "webqr": WebQRProvider(),
-    }
+    return {"sandbox": SandboxProvider(), "cloud": CloudProvider(), "webqr": WebQRProvider()}
+
+
+def get_provider(name: str) -> Provider:
+    """The provider for ``name`` (built once per process; providers hold no per-account state)."""
     try:
-        return providers[name]
+        return _providers()[name]
     except KeyError:
         raise ValidationFailed(f"Unknown provider: {name}", code="unknown_provider") from None
-
-
-PROVIDER_NAMES = ("sandbox", "cloud", "webqr")
