@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, Table, event
+from sqlalchemy.dialects.postgresql import dml as pg_dml
+from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
@@ -94,16 +96,35 @@ def _drop_after_rollback(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 
-def insert_ignoring_conflicts(model: type[Any]) -> Any:
+class _PGDoNothing(pg_dml.OnConflictDoNothing):
+    _traverse_internals = []  # bare, with no target: nothing in it varies, so it caches
+
+
+class _PGInsertIgnoring(pg_dml.Insert):
+    inherit_cache = True  # SQLAlchemy can't cache a dialect INSERT with ON CONFLICT: this one can
+
+
+class _SQLiteDoNothing(sqlite_dml.OnConflictDoNothing):
+    _traverse_internals = []
+
+
+class _SQLiteInsertIgnoring(sqlite_dml.Insert):
+    inherit_cache = True
+
+
+def insert_ignoring_conflicts(model: type[Any] | Table) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite alike.
 
     Uniqueness is decided by the database's constraints, never by a check-then-insert, so two
-    concurrent writers of the same row end with one row and no error.
+    concurrent writers of the same row end with one row and no error. The statement is built so
+    that SQLAlchemy's compiled cache can keep it: the dialects' own ``on_conflict_do_nothing()``
+    makes every execution compile afresh (about 1 ms each on the ingest hot path).
     """
+    stmt: Any
     if db.session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(model).on_conflict_do_nothing()
+        stmt = _PGInsertIgnoring(model)
+        stmt._post_values_clause = _PGDoNothing()
+    else:
+        stmt = _SQLiteInsertIgnoring(model)
+        stmt._post_values_clause = _SQLiteDoNothing()
+    return stmt

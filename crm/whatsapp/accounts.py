@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Table, select
 
 from crm.crypto import SecretUnreadable, decrypt_json, encrypt_json
 from crm.errors import NotFound, ValidationFailed
@@ -168,6 +168,58 @@ def get_account(workspace_id: int, account_id: int) -> WhatsAppAccount:
     return get_scoped(WhatsAppAccount, workspace_id, account_id)
 
 
+class WebhookTarget(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def secrets_encrypted(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class NumberRef:
+    """What the inbound path needs of a number, read in one Core query without loading the ORM
+    object (this runs on every webhook delivery)."""
+
+    id: int
+    workspace_id: int
+    provider: str
+    phone_number_id: str
+    secrets_encrypted: str | None = field(default=None, repr=False)
+
+
+def number_refs(where: ColumnElement[bool]) -> list[NumberRef]:
+    accounts = cast(Table, WhatsAppAccount.__table__)
+    rows = db.session.connection().execute(
+        select(
+            accounts.c.id,
+            accounts.c.workspace_id,
+            accounts.c.provider,
+            accounts.c.settings,
+            accounts.c.secrets_encrypted,
+        ).where(where)
+    )
+    return [
+        NumberRef(
+            row.id,
+            row.workspace_id,
+            row.provider,
+            str((row.settings or {}).get("phone_number_id", "")),
+            row.secrets_encrypted,
+        )
+        for row in rows
+    ]
+
+
+def webhook_target(key: str) -> NumberRef:
+    """The Cloud number a webhook is addressed to, by the secret key in its URL."""
+    accounts = cast(Table, WhatsAppAccount.__table__)
+    found = number_refs((accounts.c.webhook_key == key) & (accounts.c.provider == "cloud"))
+    if not found:
+        raise NotFound("webhook")
+    return found[0]
+
+
 def account_by_webhook_key(key: str) -> WhatsAppAccount:
     account = db.session.scalar(select(WhatsAppAccount).where(WhatsAppAccount.webhook_key == key))
     if account is None or account.provider != "cloud":
@@ -179,7 +231,7 @@ def webhook_path(account: WhatsAppAccount) -> str | None:
     return f"/webhooks/cloud/{account.webhook_key}" if account.webhook_key else None
 
 
-def _secret(account: WhatsAppAccount, name: str) -> str:
+def _secret(account: WebhookTarget, name: str) -> str:
     try:
         return str(decrypt_json(account.secrets_encrypted).get(name, ""))
     except SecretUnreadable:
@@ -192,7 +244,7 @@ def check_verify_token(account: WhatsAppAccount, token: str) -> bool:
     return bool(expected) and hmac.compare_digest(expected.encode(), token.encode())
 
 
-def check_signature(account: WhatsAppAccount, body: bytes, header: str | None) -> bool:
+def check_signature(account: WebhookTarget, body: bytes, header: str | None) -> bool:
     """``X-Hub-Signature-256: sha256=<hex>``: HMAC-SHA256 of the raw body, compared in constant time."""
     if not header or not header.startswith("sha256="):
         return False

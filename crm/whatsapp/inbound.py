@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm.db import insert_ignoring_conflicts, utcnow
@@ -21,6 +23,7 @@ from crm.inbox.models import Conversation, Message
 from crm.inbox.services import conversation_for
 from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
+from crm.whatsapp.accounts import NumberRef, number_refs
 from crm.whatsapp.events import AccountSignal, InboundMessage, ParsedWebhook, StatusUpdate
 from crm.whatsapp.models import WhatsAppAccount
 from crm.whatsapp.statuses import apply_status
@@ -99,7 +102,79 @@ def _identity(msg: InboundMessage) -> tuple[str | None, str | None]:
     return phone, bsuid
 
 
-def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
+class _Statements:
+    """The hot path's statements, built once per process and dialect with bound parameters, so
+    each message costs executions, not statement construction (which is most of the CPU)."""
+
+    def __init__(self) -> None:
+        leads, conversations, messages = (cast(Table, m.__table__) for m in (Lead, Conversation, Message))
+        known = select(
+            leads.c.id,
+            leads.c.bsuid,
+            leads.c.name,
+            leads.c.deleted_at,
+            conversations.c.id.label("conversation_id"),
+        ).select_from(
+            leads.outerjoin(
+                conversations,
+                (conversations.c.lead_id == leads.c.id)
+                & (conversations.c.account_id == bindparam("account_id")),
+            )
+        )
+        self.known_by_phone = known.where(
+            leads.c.workspace_id == bindparam("workspace_id"), leads.c.phone == bindparam("phone")
+        )
+        self.known_by_bsuid = known.where(
+            leads.c.workspace_id == bindparam("workspace_id"), leads.c.bsuid == bindparam("bsuid")
+        )
+        self.insert_message = insert_ignoring_conflicts(messages).returning(messages.c.id)
+        at = bindparam("at", type_=Conversation.last_message_at.type)
+        bump = update(conversations).where(conversations.c.id == bindparam("conversation_id"))
+        forward = {
+            "status": "open",
+            # Only ever forward: a late delivery of an old message doesn't reorder the inbox.
+            "last_message_at": case(
+                (conversations.c.last_message_at < at, at), else_=conversations.c.last_message_at
+            ),
+        }
+        self.bump_inbound = bump.values(unread_count=conversations.c.unread_count + 1, **forward)
+        # The business answered from its own phone: a person is on it, so the bot steps back.
+        self.bump_outbound = bump.values(ai_enabled=False, **forward)
+        self.restore_lead = update(leads).where(leads.c.id == bindparam("lead_id")).values(deleted_at=None)
+
+
+_statements: dict[str, _Statements] = {}
+
+
+def _sql() -> _Statements:
+    dialect = db.session.get_bind().dialect.name
+    statements = _statements.get(dialect)
+    if statements is None:
+        statements = _statements[dialect] = _Statements()
+    return statements
+
+
+def _lead_and_conversation(
+    account: NumberRef, phone: str | None, bsuid: str | None, name: str | None, at: datetime
+) -> tuple[int, int, bool]:
+    """(lead id, conversation id, lead is in the trash) for the sender, in one SELECT when the
+    person is known and nothing about them needs filling in; else the full upsert."""
+    sql = _sql()
+    params = {"account_id": account.id, "workspace_id": account.workspace_id, "phone": phone, "bsuid": bsuid}
+    row = db.session.connection().execute(sql.known_by_phone if phone else sql.known_by_bsuid, params).first()
+    if (
+        row is not None
+        and row.conversation_id is not None
+        and not (bsuid and row.bsuid is None)
+        and not (name and not row.name)
+    ):
+        return row.id, row.conversation_id, row.deleted_at is not None
+    lead = upsert_lead(account.workspace_id, phone, bsuid, name)
+    conversation = conversation_for(account.workspace_id, account.id, lead.id, at=at)
+    return lead.id, conversation.id, lead.deleted_at is not None
+
+
+def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     """Insert one message and bump its conversation; None when it was already stored or has no
     sender at all (logged: such a message can't be answered, and must not make Meta retry the
     whole delivery forever)."""
@@ -108,83 +183,73 @@ def _store_message(account: WhatsAppAccount, msg: InboundMessage) -> int | None:
     if not phone and not bsuid:
         log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
         return None
-    lead = upsert_lead(account.workspace_id, phone, bsuid, clean_text(msg.name, 200) or None)
-    conversation = conversation_for(account.workspace_id, account.id, lead.id, at=msg.timestamp)
+    lead_id, conversation_id, lead_deleted = _lead_and_conversation(
+        account, phone, bsuid, clean_text(msg.name, 200) or None, msg.timestamp
+    )
     incoming = msg.direction == "in"
-    inserted = db.session.execute(
-        insert_ignoring_conflicts(Message)
-        .values(
-            workspace_id=account.workspace_id,
-            conversation_id=conversation.id,
-            account_id=account.id,
-            direction=msg.direction,
-            type=clean_text(msg.type, 24) or "unknown",
-            text=clean_text(msg.text, 65536),
-            status="received" if incoming else "sent",
-            provider=account.provider,
-            provider_message_id=provider_message_id,
-            author="lead" if incoming else "agent",
-            reply_to=clean_text(msg.reply_to, 128) or None,
-            media_id=clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
-            payload={"media": vars(msg.media)} if msg.media else None,
-            error_code=clean_text(msg.error_code, 32) or None,
-            error_title=clean_text(msg.error_title, 2000) or None,
-            created_at=msg.timestamp,
-        )
-        .returning(Message.id)
+    sql = _sql()
+    connection = db.session.connection()  # Core statements: the Session's ORM layer adds nothing here
+    inserted = connection.execute(
+        sql.insert_message,
+        {
+            "workspace_id": account.workspace_id,
+            "conversation_id": conversation_id,
+            "account_id": account.id,
+            "direction": msg.direction,
+            "type": clean_text(msg.type, 24) or "unknown",
+            "text": clean_text(msg.text, 65536),
+            "status": "received" if incoming else "sent",
+            "provider": account.provider,
+            "provider_message_id": provider_message_id,
+            "author": "lead" if incoming else "agent",
+            "author_user_id": None,
+            "reply_to": clean_text(msg.reply_to, 128) or None,
+            "media_id": clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
+            "payload": {"media": vars(msg.media)} if msg.media else None,
+            "error_code": clean_text(msg.error_code, 32) or None,
+            "error_title": clean_text(msg.error_title, 2000) or None,
+            "created_at": msg.timestamp,
+        },
     ).scalar()
     if inserted is None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
-    if lead.deleted_at is not None:
-        lead.deleted_at = None  # they wrote to us again (a new message, not a retry): the lead is back
-    values: dict[str, object] = {
-        "status": "open",
-        # Only ever forward: a late delivery of an old message doesn't reorder the inbox.
-        "last_message_at": case(
-            (Conversation.last_message_at < msg.timestamp, msg.timestamp), else_=Conversation.last_message_at
-        ),
-    }
-    if incoming:
-        values["unread_count"] = Conversation.unread_count + 1
-    else:
-        # The business answered from its own phone: a person is on it, so the bot steps back.
-        values["ai_enabled"] = False
-    db.session.execute(update(Conversation).where(Conversation.id == conversation.id).values(**values))
+    if lead_deleted:  # they wrote to us again (a new message, not a retry): the lead is back
+        connection.execute(sql.restore_lead, {"lead_id": lead_id})
+    connection.execute(
+        sql.bump_inbound if incoming else sql.bump_outbound,
+        {"conversation_id": conversation_id, "at": msg.timestamp},
+    )
     publish_after_commit(
         account.workspace_id,
-        {"type": "message.created", "message_id": inserted, "conversation_id": conversation.id},
+        {"type": "message.created", "message_id": inserted, "conversation_id": conversation_id},
     )
     return int(inserted)
 
 
-def _route_account(path_account: WhatsAppAccount, phone_number_id: str | None) -> WhatsAppAccount:
+def _route_account(path_account: NumberRef, phone_number_id: str | None) -> NumberRef:
     """Several numbers of one Meta app share its webhook URL: pick the number by its id, but only
     among the same workspace's numbers, so a webhook can never write into another workspace."""
-    if not phone_number_id or str(path_account.settings.get("phone_number_id")) == phone_number_id:
+    if not phone_number_id or path_account.phone_number_id == phone_number_id:
         return path_account
-    for candidate in db.session.scalars(
-        select(WhatsAppAccount).where(
-            WhatsAppAccount.workspace_id == path_account.workspace_id,
-            WhatsAppAccount.provider == path_account.provider,
-        )
+    accounts = WhatsAppAccount.__table__
+    for candidate in number_refs(
+        (accounts.c.workspace_id == path_account.workspace_id)
+        & (accounts.c.provider == path_account.provider)
     ):
-        if str(candidate.settings.get("phone_number_id")) == phone_number_id:
+        if candidate.phone_number_id == phone_number_id:
             return candidate
     log.info("webhook for unknown phone_number_id %s stored on account %s", phone_number_id, path_account.id)
     return path_account
 
 
-def _apply_signal(account: WhatsAppAccount, signal: AccountSignal) -> None:
+def _apply_signal(account: NumberRef, signal: AccountSignal) -> None:
     from crm.whatsapp.health import record_signal
 
-    record_signal(account, signal)
+    record_signal(db.session.get_one(WhatsAppAccount, account.id), signal)
 
 
-def _ingest_once(account_id: int, parsed: ParsedWebhook) -> IngestSummary:
+def _ingest_once(path_account: NumberRef, parsed: ParsedWebhook) -> IngestSummary:
     summary = IngestSummary()
-    path_account = db.session.get(WhatsAppAccount, account_id)
-    if path_account is None:
-        raise LookupError(f"account {account_id}")
     for msg in parsed.messages:
         account = _route_account(path_account, msg.phone_number_id)
         stored = _store_message(account, msg)
@@ -202,7 +267,7 @@ def _ingest_once(account_id: int, parsed: ParsedWebhook) -> IngestSummary:
     return summary
 
 
-def _apply_one_status(account: WhatsAppAccount, status: StatusUpdate) -> None:
+def _apply_one_status(account: NumberRef, status: StatusUpdate) -> None:
     apply_status(
         account.workspace_id,
         account.id,
@@ -214,12 +279,17 @@ def _apply_one_status(account: WhatsAppAccount, status: StatusUpdate) -> None:
     )
 
 
-def ingest(account_id: int, parsed: ParsedWebhook, attempts: int = 3) -> IngestSummary:
+def ingest(account: int | NumberRef, parsed: ParsedWebhook, attempts: int = 3) -> IngestSummary:
     """Store everything in one delivery, then commit. Retried on lock conflicts (concurrent
     deliveries of the same people on PostgreSQL, a busy SQLite file)."""
+    if isinstance(account, int):
+        found = number_refs(cast(Table, WhatsAppAccount.__table__).c.id == account)
+        if not found:
+            raise LookupError(f"account {account}")
+        account = found[0]
     for attempt in range(1, attempts + 1):
         try:
-            summary = _ingest_once(account_id, parsed)
+            summary = _ingest_once(account, parsed)
             db.session.commit()
             return summary
         except (OperationalError, IntegrityError):

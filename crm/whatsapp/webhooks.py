@@ -11,7 +11,7 @@ from flask import Response, request
 
 from crm.errors import json_error
 from crm.whatsapp import bp
-from crm.whatsapp.accounts import account_by_webhook_key, check_signature, check_verify_token
+from crm.whatsapp.accounts import account_by_webhook_key, check_signature, check_verify_token, webhook_target
 from crm.whatsapp.cloud_parser import parse_cloud_webhook
 from crm.whatsapp.inbound import ingest
 
@@ -31,7 +31,7 @@ def verify_cloud(key: str) -> Any:
 @bp.post("/cloud/<key>")
 def receive_cloud(key: str) -> Any:
     started = time.monotonic()
-    account = account_by_webhook_key(key)
+    account = webhook_target(key)
     body = request.get_data(cache=False)  # the raw bytes: the signature covers exactly these
     if not check_signature(account, body, request.headers.get("X-Hub-Signature-256")):
         log.warning("webhook for account %s: missing or wrong signature", account.id)
@@ -40,11 +40,11 @@ def receive_cloud(key: str) -> Any:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return json_error(400, "invalid_json", "The body is not JSON.")
-    account_id = account.id  # after the commit the row is expired: don't load it again to log
+    account_id = account.id
     parsed = parse_cloud_webhook(payload)
     for where, reason in parsed.ignored:
         log.info("webhook for account %s: ignored %s (%s)", account_id, where, reason)
-    summary = ingest(account_id, parsed)
+    summary = ingest(account, parsed)
     log.info(
         "webhook account=%s stored=%d duplicates=%d statuses=%d signals=%d in %.1f ms",
         account_id,
