@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
-from crm.inbox.models import Conversation, Message
 from crm.inbox.services import conversation_for
 from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp.accounts import NumberRef, number_refs
 from crm.whatsapp.events import AccountSignal, InboundMessage, ParsedWebhook, StatusUpdate
+from crm.whatsapp.ingest_sql import NewMessage, store_for
 from crm.whatsapp.models import WhatsAppAccount
 from crm.whatsapp.statuses import apply_status
 
@@ -102,78 +101,6 @@ def _identity(msg: InboundMessage) -> tuple[str | None, str | None]:
     return phone, bsuid
 
 
-class _Statements:
-    """The hot path's statements, built once per process and dialect with bound parameters, so
-    each message costs executions, not statement construction (which is most of the CPU)."""
-
-    def __init__(self) -> None:
-        leads, conversations, messages = (cast(Table, m.__table__) for m in (Lead, Conversation, Message))
-        known = select(
-            leads.c.id,
-            leads.c.bsuid,
-            leads.c.name,
-            leads.c.deleted_at,
-            conversations.c.id.label("conversation_id"),
-        ).select_from(
-            leads.outerjoin(
-                conversations,
-                (conversations.c.lead_id == leads.c.id)
-                & (conversations.c.account_id == bindparam("account_id")),
-            )
-        )
-        self.known_by_phone = known.where(
-            leads.c.workspace_id == bindparam("workspace_id"), leads.c.phone == bindparam("phone")
-        )
-        self.known_by_bsuid = known.where(
-            leads.c.workspace_id == bindparam("workspace_id"), leads.c.bsuid == bindparam("bsuid")
-        )
-        self.insert_message = insert_ignoring_conflicts(messages).returning(messages.c.id)
-        at = bindparam("at", type_=Conversation.last_message_at.type)
-        bump = update(conversations).where(conversations.c.id == bindparam("conversation_id"))
-        forward = {
-            "status": "open",
-            # Only ever forward: a late delivery of an old message doesn't reorder the inbox.
-            "last_message_at": case(
-                (conversations.c.last_message_at < at, at), else_=conversations.c.last_message_at
-            ),
-        }
-        self.bump_inbound = bump.values(unread_count=conversations.c.unread_count + 1, **forward)
-        # The business answered from its own phone: a person is on it, so the bot steps back.
-        self.bump_outbound = bump.values(ai_enabled=False, **forward)
-        self.restore_lead = update(leads).where(leads.c.id == bindparam("lead_id")).values(deleted_at=None)
-
-
-_statements: dict[str, _Statements] = {}
-
-
-def _sql() -> _Statements:
-    dialect = db.session.get_bind().dialect.name
-    statements = _statements.get(dialect)
-    if statements is None:
-        statements = _statements[dialect] = _Statements()
-    return statements
-
-
-def _lead_and_conversation(
-    account: NumberRef, phone: str | None, bsuid: str | None, name: str | None, at: datetime
-) -> tuple[int, int, bool]:
-    """(lead id, conversation id, lead is in the trash) for the sender, in one SELECT when the
-    person is known and nothing about them needs filling in; else the full upsert."""
-    sql = _sql()
-    params = {"account_id": account.id, "workspace_id": account.workspace_id, "phone": phone, "bsuid": bsuid}
-    row = db.session.connection().execute(sql.known_by_phone if phone else sql.known_by_bsuid, params).first()
-    if (
-        row is not None
-        and row.conversation_id is not None
-        and not (bsuid and row.bsuid is None)
-        and not (name and not row.name)
-    ):
-        return row.id, row.conversation_id, row.deleted_at is not None
-    lead = upsert_lead(account.workspace_id, phone, bsuid, name)
-    conversation = conversation_for(account.workspace_id, account.id, lead.id, at=at)
-    return lead.id, conversation.id, lead.deleted_at is not None
-
-
 def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     """Insert one message and bump its conversation; None when it was already stored or has no
     sender at all (logged: such a message can't be answered, and must not make Meta retry the
@@ -183,47 +110,46 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     if not phone and not bsuid:
         log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
         return None
-    lead_id, conversation_id, lead_deleted = _lead_and_conversation(
-        account, phone, bsuid, clean_text(msg.name, 200) or None, msg.timestamp
+    name = clean_text(msg.name, 200) or None
+    new = NewMessage(
+        workspace_id=account.workspace_id,
+        account_id=account.id,
+        provider=account.provider,
+        phone=phone,
+        bsuid=bsuid,
+        direction=msg.direction,
+        type=clean_text(msg.type, 24) or "unknown",
+        text=clean_text(msg.text, 65536),
+        provider_message_id=provider_message_id,
+        reply_to=clean_text(msg.reply_to, 128) or None,
+        media_id=clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
+        payload={"media": vars(msg.media)} if msg.media else None,
+        error_code=clean_text(msg.error_code, 32) or None,
+        error_title=clean_text(msg.error_title, 2000) or None,
+        created_at=msg.timestamp,
     )
-    incoming = msg.direction == "in"
-    sql = _sql()
-    connection = db.session.connection()  # Core statements: the Session's ORM layer adds nothing here
-    inserted = connection.execute(
-        sql.insert_message,
-        {
-            "workspace_id": account.workspace_id,
-            "conversation_id": conversation_id,
-            "account_id": account.id,
-            "direction": msg.direction,
-            "type": clean_text(msg.type, 24) or "unknown",
-            "text": clean_text(msg.text, 65536),
-            "status": "received" if incoming else "sent",
-            "provider": account.provider,
-            "provider_message_id": provider_message_id,
-            "author": "lead" if incoming else "agent",
-            "author_user_id": None,
-            "reply_to": clean_text(msg.reply_to, 128) or None,
-            "media_id": clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
-            "payload": {"media": vars(msg.media)} if msg.media else None,
-            "error_code": clean_text(msg.error_code, 32) or None,
-            "error_title": clean_text(msg.error_title, 2000) or None,
-            "created_at": msg.timestamp,
-        },
-    ).scalar()
-    if inserted is None:
+    connection = db.session.connection()
+    store = store_for(connection)
+    stored = store(connection, new)
+    if stored is None:  # a new person, or new on this number: create them, then store
+        lead = upsert_lead(account.workspace_id, phone, bsuid, name)
+        conversation_for(account.workspace_id, account.id, lead.id, at=msg.timestamp)
+        db.session.flush()
+        stored = store(connection, new)
+        assert stored is not None
+    elif (bsuid and stored.lead_bsuid is None) or (name and not stored.lead_name):
+        upsert_lead(account.workspace_id, phone, bsuid, name)  # fills in what we learnt about them
+    if stored.message_id is None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
-    if lead_deleted:  # they wrote to us again (a new message, not a retry): the lead is back
-        connection.execute(sql.restore_lead, {"lead_id": lead_id})
-    connection.execute(
-        sql.bump_inbound if incoming else sql.bump_outbound,
-        {"conversation_id": conversation_id, "at": msg.timestamp},
-    )
     publish_after_commit(
         account.workspace_id,
-        {"type": "message.created", "message_id": inserted, "conversation_id": conversation_id},
+        {
+            "type": "message.created",
+            "message_id": stored.message_id,
+            "conversation_id": stored.conversation_id,
+        },
     )
-    return int(inserted)
+    return stored.message_id
 
 
 def _route_account(path_account: NumberRef, phone_number_id: str | None) -> NumberRef:
