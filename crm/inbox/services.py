@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 
 from crm.auth.models import Membership, User
 from crm.db import insert_ignoring_conflicts, utcnow
@@ -16,6 +16,25 @@ from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
 from crm.tenancy import get_scoped, scoped
+
+
+def open_conversation(workspace_id: int, account_id: int, lead_id: int, at: datetime | None = None) -> None:
+    """Create the lead's conversation on this number unless it exists (no commit); its
+    ``last_message_at`` is the first message's own time."""
+    now = utcnow()
+    conversations = cast(Table, Conversation.__table__)
+    db.session.connection().execute(
+        insert_ignoring_conflicts(conversations).values(
+            workspace_id=workspace_id,
+            account_id=account_id,
+            lead_id=lead_id,
+            status="open",
+            unread_count=0,
+            ai_enabled=True,
+            last_message_at=at or now,
+            created_at=now,
+        )
+    )
 
 
 def conversation_for(
@@ -29,19 +48,7 @@ def conversation_for(
     key = (Conversation.account_id == account_id) & (Conversation.lead_id == lead_id)
     conversation = db.session.scalar(select(Conversation).where(key))
     if conversation is None:  # first contact: create it, letting the constraint settle any race
-        now = utcnow()
-        db.session.execute(
-            insert_ignoring_conflicts(Conversation).values(  # last_message_at: the first message's own time
-                workspace_id=workspace_id,
-                account_id=account_id,
-                lead_id=lead_id,
-                status="open",
-                unread_count=0,
-                ai_enabled=True,
-                last_message_at=at or now,
-                created_at=now,
-            )
-        )
+        open_conversation(workspace_id, account_id, lead_id, at)
         conversation = db.session.scalar(select(Conversation).where(key))
     assert conversation is not None and conversation.workspace_id == workspace_id
     return conversation

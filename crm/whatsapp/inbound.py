@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
-from crm.inbox.services import conversation_for
+from crm.inbox.services import open_conversation
 from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp.accounts import NumberRef, number_refs
@@ -38,6 +38,29 @@ class IngestSummary:
     signals: int = 0
 
 
+def insert_lead_if_new(
+    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None
+) -> int | None:
+    """Create a lead; its id, or None when the phone or business-scoped id is already taken."""
+    now = utcnow()
+    leads = cast(Table, Lead.__table__)
+    inserted = db.session.connection().execute(
+        insert_ignoring_conflicts(leads)
+        .values(
+            workspace_id=workspace_id,
+            phone=phone,
+            bsuid=bsuid,
+            name=(name or "")[:200],
+            notes="",
+            opt_in=False,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(leads.c.id)
+    )
+    return inserted.scalar()
+
+
 def upsert_lead(workspace_id: int, phone: str | None, bsuid: str | None, name: str | None) -> Lead:
     """The lead for this phone and/or business-scoped id, created if new (no commit).
 
@@ -52,21 +75,12 @@ def upsert_lead(workspace_id: int, phone: str | None, bsuid: str | None, name: s
     if lead is None and bsuid:
         lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.bsuid == bsuid))
     if lead is None:
-        now = utcnow()
-        db.session.execute(
-            insert_ignoring_conflicts(Lead).values(
-                workspace_id=workspace_id,
-                phone=phone,
-                bsuid=bsuid,
-                name=(name or "")[:200],
-                notes="",
-                opt_in=False,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        key = Lead.phone == phone if phone else Lead.bsuid == bsuid
-        lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, key))
+        new_id = insert_lead_if_new(workspace_id, phone, bsuid, name)
+        if new_id is not None:
+            lead = db.session.get(Lead, new_id)
+        else:  # created meanwhile by a concurrent delivery
+            key = Lead.phone == phone if phone else Lead.bsuid == bsuid
+            lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, key))
         assert lead is not None
     if phone and lead.phone is None:
         taken = db.session.scalar(
@@ -131,10 +145,12 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     connection = db.session.connection()
     store = store_for(connection)
     stored = store(connection, new)
-    if stored is None:  # a new person, or new on this number: create them, then store
-        lead = upsert_lead(account.workspace_id, phone, bsuid, name)
-        conversation_for(account.workspace_id, account.id, lead.id, at=msg.timestamp)
-        db.session.flush()
+    if stored is None:  # a new person, or new on this number: create what's missing, then store
+        lead_id = insert_lead_if_new(account.workspace_id, phone, bsuid, name)
+        if lead_id is None:  # we know them (maybe by another id, or in the trash)
+            lead_id = upsert_lead(account.workspace_id, phone, bsuid, name).id
+            db.session.flush()
+        open_conversation(account.workspace_id, account.id, lead_id, at=msg.timestamp)
         stored = store(connection, new)
         assert stored is not None
     elif (bsuid and stored.lead_bsuid is None) or (name and not stored.lead_name):
