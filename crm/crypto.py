@@ -41,8 +41,15 @@ def encrypt_json(data: dict[str, Any]) -> str:
 def decrypt_json(token: str | None) -> dict[str, Any]:
     if not token:
         return {}
+    return dict(_decrypted(_fernet(), token))
+
+
+@functools.lru_cache(maxsize=256)
+def _decrypted(fernet: Fernet, token: str) -> dict[str, Any]:
+    """Kept per ciphertext (a webhook checks the same app secret on every delivery); a changed
+    secret is a new ciphertext, so nothing stale is ever returned."""
     try:
-        value = json.loads(_fernet().decrypt(token.encode()))
+        value = json.loads(fernet.decrypt(token.encode()))
     except InvalidToken as exc:
         raise SecretUnreadable("stored secrets cannot be decrypted with the current key") from exc
     return value if isinstance(value, dict) else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy import ColumnElement, Table, bindparam, select
 
 from crm.crypto import SecretUnreadable, decrypt_json, encrypt_json
 from crm.errors import NotFound, ValidationFailed
@@ -188,17 +189,24 @@ class NumberRef:
     secrets_encrypted: str | None = field(default=None, repr=False)
 
 
-def number_refs(where: ColumnElement[bool]) -> list[NumberRef]:
+def _number_select() -> Any:
     accounts = cast(Table, WhatsAppAccount.__table__)
-    rows = db.session.connection().execute(
-        select(
-            accounts.c.id,
-            accounts.c.workspace_id,
-            accounts.c.provider,
-            accounts.c.settings,
-            accounts.c.secrets_encrypted,
-        ).where(where)
+    return select(
+        accounts.c.id,
+        accounts.c.workspace_id,
+        accounts.c.provider,
+        accounts.c.settings,
+        accounts.c.secrets_encrypted,
     )
+
+
+@functools.cache
+def _webhook_target_select() -> Any:  # built once: this runs on every delivery
+    accounts = cast(Table, WhatsAppAccount.__table__)
+    return _number_select().where(accounts.c.webhook_key == bindparam("key"), accounts.c.provider == "cloud")
+
+
+def _number_refs(statement: Any, params: dict[str, Any] | None = None) -> list[NumberRef]:
     return [
         NumberRef(
             row.id,
@@ -207,14 +215,17 @@ def number_refs(where: ColumnElement[bool]) -> list[NumberRef]:
             str((row.settings or {}).get("phone_number_id", "")),
             row.secrets_encrypted,
         )
-        for row in rows
+        for row in db.session.connection().execute(statement, params)
     ]
+
+
+def number_refs(where: ColumnElement[bool]) -> list[NumberRef]:
+    return _number_refs(_number_select().where(where))
 
 
 def webhook_target(key: str) -> NumberRef:
     """The Cloud number a webhook is addressed to, by the secret key in its URL."""
-    accounts = cast(Table, WhatsAppAccount.__table__)
-    found = number_refs((accounts.c.webhook_key == key) & (accounts.c.provider == "cloud"))
+    found = _number_refs(_webhook_target_select(), {"key": key})
     if not found:
         raise NotFound("webhook")
     return found[0]
