@@ -13,6 +13,7 @@ from crm.inbox import bp
 from crm.inbox import services as inbox
 from crm.leads.phones import for_humans
 from crm.params import page_limit, parse_id
+from crm.realtime.fragments import other_viewers
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 
@@ -67,6 +68,7 @@ def conversation(conversation_id: int) -> str:
         "window_closed": inbox.window_closed(current),
         "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
         "note_authors": inbox.note_author_names(notes),
+        "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
     }
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
         return render_template("inbox/_thread.html", **context)

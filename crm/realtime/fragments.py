@@ -59,8 +59,27 @@ def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
     return item + header
 
 
-def render_event(workspace_id: int, event: Event, *, manager: bool) -> str | None:
+def other_viewers(workspace_id: int, conversation_id: int, user_id: int) -> list[str]:
+    """The names of the other agents looking at this conversation right now."""
+    from crm.inbox.services import member_names
+    from crm.realtime import presence
+
+    others = presence.viewers(workspace_id, conversation_id) - {user_id}
+    return sorted(member_names(workspace_id, others).values(), key=str.lower)
+
+
+def viewers_fragment(workspace_id: int, conversation_id: int, user_id: int, *, oob: bool = False) -> str:
+    names = other_viewers(workspace_id, conversation_id, user_id)
+    return render_template("inbox/_viewers.html", conversation_id=conversation_id, names=names, oob=oob)
+
+
+def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int) -> str | None:
     kind = str(event.get("type", ""))
+    if kind == "presence.changed":
+        try:
+            return viewers_fragment(workspace_id, int(event["conversation_id"]), user_id, oob=True)
+        except (KeyError, ValueError, TypeError):
+            return None
     if kind == "note.created":
         from crm.extensions import db
         from crm.inbox.models import ConversationNote

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,13 +24,16 @@ from sqlalchemy import select
 from crm.auth.models import Membership
 from crm.db import utcnow
 from crm.extensions import db, sock
-from crm.realtime.broker import Event, channel, subscribe_local
+from crm.realtime import presence
+from crm.realtime.broker import Event, channel, publish, subscribe_local
 from crm.realtime.fragments import render_event
 from crm.whatsapp.models import WebQRSession
 
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 30.0
+CLIENT = "_client"  # queue entries from the page itself, never published
+CLOSED = "_closed"
 WAIT_SECONDS = 1.0
 POLL_SECONDS = 2.0
 
@@ -60,6 +64,38 @@ def _redis_listener(workspace_id: int, inbox: queue.Queue[Event], stop: threadin
         pubsub.close()
 
 
+def _reader(ws: Any, inbox: queue.Queue[Event], stop: threading.Event) -> None:
+    """What the page says (which conversation it shows) joins the event queue."""
+    while not stop.is_set():
+        try:
+            data = ws.receive()
+        except Exception:  # closed
+            break
+        if isinstance(data, str) and len(data) < 4096:
+            with contextlib.suppress(ValueError, queue.Full):
+                message = json.loads(data)
+                if isinstance(message, dict):
+                    inbox.put_nowait({"type": CLIENT, "message": message})
+    with contextlib.suppress(queue.Full):
+        inbox.put_nowait({"type": CLOSED})
+
+
+def _viewing(workspace_id: int, message: dict[str, Any]) -> int | None:
+    """The conversation a tab shows, if it is one of this workspace's."""
+    from crm.inbox.models import Conversation
+    from crm.params import parse_id
+
+    conversation_id = parse_id(message.get("viewing"))
+    if conversation_id is None:
+        return None
+    found = db.session.scalar(
+        select(Conversation.id).where(
+            Conversation.id == conversation_id, Conversation.workspace_id == workspace_id
+        )
+    )
+    return found
+
+
 def _since(raw: str | None) -> datetime:
     """When the page was rendered: changes after it reach the page even if they happened before
     the socket opened. Bounded to the last minute; anything odd means now."""
@@ -84,6 +120,9 @@ def events_socket(ws: Any) -> None:
     token = session.get("sid")
     manager = g.membership.role_enum.manages_team
     membership_id = g.membership.id
+    user_id: int = current_user.id
+    socket_id = uuid.uuid4().hex[:12]
+    viewing: int | None = None
     inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
     stop = threading.Event()
 
@@ -95,8 +134,10 @@ def events_socket(ws: Any) -> None:
     unsubscribe = subscribe_local(local)
     if current_app.config.get("REDIS_URL"):
         threading.Thread(target=_redis_listener, args=(workspace_id, inbox, stop), daemon=True).start()
+    threading.Thread(target=_reader, args=(ws, inbox, stop), daemon=True).start()
     db.session.remove()
-    checked = polled = time.monotonic()
+    presence.touch(workspace_id, user_id, socket_id, None)
+    checked = polled = touched = time.monotonic()
     mark = _since(request.args.get("since"))
     try:
         while True:
@@ -104,6 +145,23 @@ def events_socket(ws: Any) -> None:
                 event = inbox.get(timeout=WAIT_SECONDS)
             except queue.Empty:
                 event = None
+            if event is not None and event.get("type") == CLOSED:
+                return
+            if event is not None and event.get("type") == CLIENT:
+                shown = _viewing(workspace_id, event["message"])
+                db.session.remove()
+                if shown != viewing:
+                    if viewing is not None:
+                        presence.stop_viewing(workspace_id, user_id, socket_id, viewing)
+                        publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})
+                    viewing = shown
+                    presence.touch(workspace_id, user_id, socket_id, viewing)
+                    if viewing is not None:
+                        publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})
+                continue
+            if time.monotonic() - touched > presence.REFRESH_SECONDS:
+                presence.touch(workspace_id, user_id, socket_id, viewing)
+                touched = time.monotonic()
             if time.monotonic() - checked > RECHECK_SECONDS:
                 alive = isinstance(token, str) and load_session(token) is not None
                 db.session.remove()
@@ -125,7 +183,7 @@ def events_socket(ws: Any) -> None:
                 # Fresh rows for the templates' shared context: the ones loaded at connect time
                 # were released with their database session.
                 g.membership = db.session.get(Membership, membership_id)
-                html = render_event(workspace_id, event, manager=manager)
+                html = render_event(workspace_id, event, manager=manager, user_id=user_id)
             finally:
                 db.session.remove()
             if html:
@@ -133,3 +191,6 @@ def events_socket(ws: Any) -> None:
     finally:
         stop.set()
         unsubscribe()
+        presence.leave(workspace_id, user_id, socket_id, viewing)
+        if viewing is not None:
+            publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})

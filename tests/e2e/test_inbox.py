@@ -80,3 +80,22 @@ def test_a_page_that_reconnects_fetches_what_it_missed(
     expect(page.locator("#conversations")).to_contain_text("Mensagem perdida?", timeout=15_000)
     assert page.evaluate("window.__notReloaded") is True
     page.context.close()
+
+
+def test_agents_see_who_else_has_the_conversation_open(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    agent = factories.person("Acme", "agent@acme.example")
+    account_id = factories.sandbox_account(owner)
+    simulator.customer_writes(owner.workspace_id, account_id, "+55 11 96666-3333", "Alguém aí?", name="Bia")
+    first = open_inbox(browser, live_server, owner.email)
+    second = open_inbox(browser, live_server, agent.email)
+    first.get_by_text("Bia").click()
+    viewers = first.locator(".thread .viewers")
+    expect(viewers).to_be_empty()  # nobody else yet
+    second.get_by_text("Bia").click()
+    expect(viewers).to_contain_text("agent@acme.example is also viewing this conversation", timeout=2_000)
+    expect(second.locator(".thread .viewers")).to_contain_text(owner.email)
+    second.context.close()  # the other agent goes away: their socket closes
+    expect(viewers).to_be_empty(timeout=3_000)
+    first.context.close()

@@ -126,8 +126,8 @@ def test_live_events_never_render_another_workspaces_data(app: Flask, owner: fac
     assert message is not None
     with app.test_request_context("/ws"):
         event = {"type": "message.created", "message_id": message.id, "conversation_id": their_conversation}
-        assert render_event(owner.workspace_id, event, manager=True) is None
-        assert render_event(other.workspace_id, event, manager=True)
+        assert render_event(owner.workspace_id, event, manager=True, user_id=owner.user_id) is None
+        assert render_event(other.workspace_id, event, manager=True, user_id=other.user_id)
 
 
 def test_team_notes_are_internal(logged_in: FlaskClient, owner: factories.Person) -> None:
