@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -14,6 +15,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(from_env())
     if config:
         app.config.from_mapping(config)
+    # The embedded queue and database files live here: a fresh CRM_INSTANCE_PATH just works.
+    Path(app.config["INSTANCE_PATH"]).mkdir(parents=True, exist_ok=True)
 
     from crm import cli, db, errors, i18n, logs, security, templating, web, worker
 

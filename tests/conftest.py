@@ -94,11 +94,13 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
+    from crm.inbox import assignment
     from crm.realtime import presence
     from crm.whatsapp.pacing import forget_local_windows
 
     forget_local_windows()
     presence.reset_memory()
+    assignment.forget()
     with app.app_context():
         if app.config["REDIS_URL"]:
             from crm.redis import get_redis

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
@@ -31,6 +31,9 @@ class Workspace(Model):
     country: Mapped[str] = mapped_column(String(2), default="BR")
     timezone: Mapped[str] = mapped_column(String(64), default="America/Sao_Paulo")
     locale: Mapped[str] = mapped_column(String(10), default="pt_BR")
+    # New conversations go to the agents online in the inbox, in turn (round robin).
+    auto_assign: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    auto_assign_last_user_id: Mapped[int | None] = mapped_column(Integer)  # whose turn it was last
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, SelectChoice, SelectField, StringField
+from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
 ROLE_CHOICES = [
@@ -20,6 +20,7 @@ class WorkspaceForm(FlaskForm):
         _l("Language for customers and dates"),
         choices=[SelectChoice("pt_BR", "Português (Brasil)"), SelectChoice("en", "English")],
     )
+    auto_assign = BooleanField(_l("Assign new conversations automatically"))
 
 
 class InviteForm(FlaskForm):

@@ -21,9 +21,19 @@ def get_workspace(workspace_id: int) -> Workspace:
 
 
 def update_workspace(
-    workspace_id: int, actor: Membership, *, name: str, country: str, timezone: str, locale: str
+    workspace_id: int,
+    actor: Membership,
+    *,
+    name: str,
+    country: str,
+    timezone: str,
+    locale: str,
+    auto_assign: bool = False,
 ) -> Workspace:
-    """Rename and set the defaults (phone region, time zone, language); validated before writing."""
+    """Rename and set the defaults (phone region, time zone, language, automatic assignment);
+    validated before writing."""
+    from crm.inbox import assignment
+
     if not actor.role_enum.manages_team:
         raise Forbidden()
     name = check_workspace_name(name)
@@ -38,7 +48,9 @@ def update_workspace(
         raise Conflict(_("Another workspace already has this name."), code="duplicate_name")
     workspace = get_workspace(workspace_id)
     workspace.name, workspace.country, workspace.timezone, workspace.locale = name, country, timezone, locale
+    workspace.auto_assign = auto_assign
     db.session.commit()
+    assignment.forget(workspace_id)
     return workspace
 
 

@@ -34,6 +34,7 @@ def general() -> Any:
                     country=form.country.data or "",
                     timezone=form.timezone.data or "",
                     locale=form.locale.data or "",
+                    auto_assign=bool(form.auto_assign.data),
                 )
             except DomainError as exc:
                 form.form_errors.append(exc.message)

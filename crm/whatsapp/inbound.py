@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
+from crm.inbox import assignment
 from crm.inbox.services import open_conversation
 from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
@@ -26,6 +27,7 @@ from crm.whatsapp.events import AccountSignal, InboundMessage, ParsedWebhook, St
 from crm.whatsapp.ingest_sql import NewMessage, store_for
 from crm.whatsapp.models import WhatsAppAccount
 from crm.whatsapp.statuses import apply_status
+from crm.worker import enqueue_after_commit
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,10 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         upsert_lead(account.workspace_id, phone, bsuid, name)  # fills in what we learnt about them
     if stored.message_id is None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
+    if new.incoming and stored.assignee_id is None and assignment.enabled(account.workspace_id):
+        from crm.whatsapp.tasks import auto_assign_task
+
+        enqueue_after_commit(auto_assign_task, account.workspace_id, stored.conversation_id)
     publish_after_commit(
         account.workspace_id,
         {

@@ -29,6 +29,7 @@ class Stored:
     lead_bsuid: str | None
     lead_name: str
     conversation_id: int
+    assignee_id: int | None
     message_id: int | None  # None: already stored (a retried delivery)
 
 
@@ -94,6 +95,7 @@ class StepByStep:
             leads.c.name,
             leads.c.deleted_at,
             conversations.c.id.label("conversation_id"),
+            conversations.c.assignee_id,
         ).select_from(
             leads.join(
                 conversations,
@@ -137,12 +139,12 @@ class StepByStep:
                 self.bump_inbound if new.incoming else self.bump_outbound,
                 {"conversation_id": row.conversation_id, "at": new.created_at},
             )
-        return Stored(row.id, row.bsuid, row.name, row.conversation_id, message_id)
+        return Stored(row.id, row.bsuid, row.name, row.conversation_id, row.assignee_id, message_id)
 
 
 _PG_STORE = """
 WITH known AS (
-    SELECT l.id AS lead_id, l.bsuid, l.name, l.deleted_at, c.id AS conversation_id
+    SELECT l.id AS lead_id, l.bsuid, l.name, l.deleted_at, c.id AS conversation_id, c.assignee_id
     FROM leads AS l JOIN conversations AS c ON c.lead_id = l.id AND c.account_id = %(account_id)s
     WHERE l.workspace_id = %(workspace_id)s AND SENDER
 ), stored AS (
@@ -167,7 +169,8 @@ WITH known AS (
     UPDATE leads SET deleted_at = NULL
     FROM known, stored WHERE leads.id = known.lead_id AND known.deleted_at IS NOT NULL
 )
-SELECT known.lead_id, known.bsuid, known.name, known.conversation_id, stored.id AS message_id
+SELECT known.lead_id, known.bsuid, known.name, known.conversation_id, known.assignee_id,
+       stored.id AS message_id
 FROM known LEFT JOIN stored ON true
 """
 
@@ -190,7 +193,7 @@ class PostgresOneTrip:
         row = connection.exec_driver_sql(self.by_phone if new.phone else self.by_bsuid, params).first()
         if row is None:
             return None
-        return Stored(row.lead_id, row.bsuid, row.name, row.conversation_id, row.message_id)
+        return Stored(row.lead_id, row.bsuid, row.name, row.conversation_id, row.assignee_id, row.message_id)
 
 
 _stores: dict[str, Store] = {}

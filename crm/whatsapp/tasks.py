@@ -21,3 +21,11 @@ def reconcile_outbox_task() -> dict[str, int]:
     from crm.whatsapp.outbox import reconcile_outbox
 
     return reconcile_outbox()
+
+
+@huey.task()
+@in_app_context
+def auto_assign_task(workspace_id: int, conversation_id: int) -> int | None:
+    from crm.inbox.assignment import auto_assign
+
+    return auto_assign(workspace_id, conversation_id)

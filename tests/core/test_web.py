@@ -87,3 +87,14 @@ def test_config_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_factory_accepts_a_config_mapping(_app: Flask) -> None:
     assert _app.config["TESTING"] is True and _app.config["HUEY_IMMEDIATE"] is True
+
+
+def test_a_fresh_instance_directory_is_created(tmp_path: Path) -> None:
+    # The embedded queue and database open their files in there: a new path must just work.
+    instance = tmp_path / "new" / "instance"
+    app = create_app(make_test_config(f"sqlite:///{tmp_path}/x.sqlite3", instance))
+    assert instance.is_dir() and app.config["INSTANCE_PATH"] == str(instance)
+    with app.app_context():
+        from crm.extensions import db
+
+        db.engine.dispose()
