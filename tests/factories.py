@@ -122,3 +122,9 @@ def stored_message(conversation_id: int, text: str, *, direction: str = "in", **
     db.session.add(message)
     db.session.commit()
     return message.id
+
+
+def canned_reply(p: Person, shortcut: str = "hello", text: str = "Olá {{name}}!") -> int:
+    from crm.inbox.canned import create_canned
+
+    return create_canned(p.workspace_id, p.membership, shortcut, text).id

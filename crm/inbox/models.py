@@ -86,3 +86,16 @@ class ConversationNote(Model):
     author_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CannedResponse(Model):
+    """A saved reply agents insert by typing ``/shortcut`` in the composer."""
+
+    __tablename__ = "canned_responses"
+    __table_args__ = (UniqueConstraint("workspace_id", "shortcut"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    shortcut: Mapped[str] = mapped_column(String(32))  # lower-case letters, digits, - and _
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -124,6 +124,18 @@ def _thread_header(conversation_id: int) -> str:
     )
 
 
+@bp.get("/conversations/<int:conversation_id>/replies")
+@login_required
+def canned_suggestions(conversation_id: int) -> str:
+    """Saved replies matching the ``/shortcut`` being typed, filled in for this customer."""
+    from crm.inbox import canned
+
+    current = inbox.get_conversation(g.workspace_id, conversation_id)
+    found = canned.suggestions(g.workspace_id, request.args.get("text", ""))
+    filled = [(reply.shortcut, canned.fill(reply.text, current.lead.name or "")) for reply in found]
+    return render_template("inbox/_canned.html", conversation_id=conversation_id, replies=filled)
+
+
 @bp.post("/conversations/<int:conversation_id>/take")
 @login_required
 def take(conversation_id: int) -> str:

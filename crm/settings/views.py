@@ -153,3 +153,40 @@ def revoke_token(token_id: int) -> Response:
     team.revoke_api_token(current_workspace_id(), g.membership, token_id)
     flash(_("Token revoked."), "info")
     return redirect(url_for("settings.tokens"))
+
+
+@bp.route("/replies", methods=["GET", "POST"])
+@login_required
+def canned_page() -> Any:
+    from crm.inbox import canned
+
+    workspace_id = current_workspace_id()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        try:
+            created = canned.create_canned(
+                workspace_id, g.membership, request.form.get("shortcut"), request.form.get("text")
+            )
+        except DomainError as exc:
+            errors.append(exc.message)
+            status = exc.status
+        else:
+            flash(_("Saved: type /%(shortcut)s in a reply to use it.", shortcut=created.shortcut), "success")
+            return redirect(url_for("settings.canned_page"))
+    return render_template(
+        "settings/canned.html",
+        replies=canned.list_canned(workspace_id),
+        errors=errors,
+        values=request.form if errors else {},
+    ), status
+
+
+@bp.post("/replies/<int:canned_id>/delete")
+@manager_required
+def delete_canned(canned_id: int) -> Response:
+    from crm.inbox import canned
+
+    canned.delete_canned(current_workspace_id(), g.membership, canned_id)
+    flash(_("Reply deleted."), "info")
+    return redirect(url_for("settings.canned_page"))

@@ -62,10 +62,31 @@
       box.dataset.stuck = box.scrollHeight - box.scrollTop - box.clientHeight < 40 ? "yes" : "no";
     }
   }, true);
+  // Saved replies: "/shortcut" in the composer lists matches; a click (or Enter on the first) inserts it.
+  function useCanned(button) {
+    var box = document.querySelector(button.getAttribute("data-target"));
+    if (!box) return;
+    box.value = button.getAttribute("data-canned-text");
+    var list = button.closest(".canned-suggestions");
+    if (list) list.innerHTML = "";
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-canned-text]");
+    if (button) useCanned(button);
+  });
   document.addEventListener("keydown", function (event) {
     var target = event.target;
+    if (target.matches && target.matches("textarea[data-composer]") && event.key === "Escape") {
+      var open = target.form && target.form.querySelector(".canned-suggestions");
+      if (open) open.innerHTML = "";
+      return;
+    }
     if (target.matches && target.matches("textarea[data-composer]") && event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
+      var first = target.form && target.form.querySelector(".canned-suggestions [data-canned-text]");
+      if (first && /^\/\S*$/.test(target.value)) { useCanned(first); return; }
       if (target.value.trim() && target.form) target.form.requestSubmit();
       return;
     }

@@ -21,6 +21,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "session_id": lambda other: factories.session_for(other).id,
     "account_id": factories.sandbox_account,
     "conversation_id": factories.conversation,
+    "canned_id": factories.canned_reply,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

@@ -99,3 +99,26 @@ def test_agents_see_who_else_has_the_conversation_open(
     second.context.close()  # the other agent goes away: their socket closes
     expect(viewers).to_be_empty(timeout=3_000)
     first.context.close()
+
+
+def test_a_saved_reply_is_inserted_by_its_shortcut(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    account_id = factories.sandbox_account(owner)
+    factories.canned_reply(owner, "hours", "Oi {{name}}! Abrimos das 9h às 18h.")
+    simulator.customer_writes(
+        owner.workspace_id, account_id, "+55 11 95555-4444", "Que horas abrem?", name="Caio Lima"
+    )
+    page = open_inbox(browser, live_server, owner.email)
+    page.get_by_text("Caio Lima").click()
+    composer = page.locator("textarea[data-composer]")
+    composer.press_sequentially("/ho")
+    choice = page.locator(".canned-suggestions [data-canned-text]")
+    expect(choice).to_contain_text("/hours")
+    composer.press("Enter")  # picks the first suggestion instead of sending "/ho"
+    expect(composer).to_have_value("Oi Caio! Abrimos das 9h às 18h.")
+    expect(choice).to_have_count(0)
+    composer.press("Enter")
+    expect(page.locator(".thread .messages .bubble.from-business")).to_contain_text("Abrimos das 9h às 18h.")
+    page.screenshot(path="test-artifacts/inbox-saved-reply.png")
+    page.context.close()
