@@ -128,3 +128,12 @@ def insert_ignoring_conflicts(model: type[Any] | Table) -> Any:
         stmt = _SQLiteInsertIgnoring(model)
         stmt._post_values_clause = _SQLiteDoNothing()
     return stmt
+
+
+LIKE_ESCAPE = "\\"
+
+
+def like_escaped(text: str) -> str:
+    """``text`` for a LIKE pattern, matched literally (its ``%`` and ``_`` are not wildcards);
+    use with ``.like(pattern, escape=LIKE_ESCAPE)``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

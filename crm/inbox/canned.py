@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from crm.auth.models import Membership
+from crm.db import LIKE_ESCAPE, like_escaped
 from crm.errors import Conflict, Forbidden, ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import CannedResponse
@@ -71,10 +72,9 @@ def suggestions(workspace_id: int, typed: str) -> list[CannedResponse]:
     prefix = typed[1:].lower()
     if prefix and not SHORTCUT.fullmatch(prefix):
         return []
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     stmt = (
         scoped(select(CannedResponse), CannedResponse, workspace_id)
-        .where(CannedResponse.shortcut.like(f"{escaped}%", escape="\\"))
+        .where(CannedResponse.shortcut.like(f"{like_escaped(prefix)}%", escape=LIKE_ESCAPE))
         .order_by(CannedResponse.shortcut)
         .limit(SUGGESTIONS)
     )

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import Table, select, update
+from sqlalchemy import ColumnElement, Table, select, update
 
 from crm.auth.models import Membership, User
-from crm.db import insert_ignoring_conflicts, utcnow
+from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
 from crm.errors import Conflict, ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import Conversation, ConversationNote, Message
@@ -123,13 +123,16 @@ def filtered_conversations(
     view: str = "all",
     status: str = "open",
     q: str = "",
+    account_id: int | None = None,
+    tag: str = "",
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page[Conversation]:
-    """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose."""
-    from sqlalchemy import func, or_
+    """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose.
+    The search looks at the customer's name and phone and, from 3 characters, at the messages."""
+    from sqlalchemy import and_, exists, func, or_
 
-    from crm.leads.models import Lead
+    from crm.leads.models import Lead, LeadTag
 
     stmt = scoped(select(Conversation), Conversation, workspace_id).join(
         Lead, Lead.id == Conversation.lead_id
@@ -142,13 +145,25 @@ def filtered_conversations(
         stmt = stmt.where(Conversation.unread_count > 0)
     if status in ("open", "closed"):
         stmt = stmt.where(Conversation.status == status)
+    if account_id is not None:
+        stmt = stmt.where(Conversation.account_id == account_id)
+    key = " ".join(tag.replace("\x00", "").split()).casefold()
+    if key:
+        stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Conversation.lead_id, LeadTag.key == key)))
     q = q.replace("\x00", "").strip()
     if q:
-        like = f"%{q.lower()}%"
+        like = f"%{like_escaped(q.lower())}%"
         digits = "".join(ch for ch in q if ch.isdigit())
-        conditions = [func.lower(Lead.name).like(like)]
+        conditions: list[ColumnElement[bool]] = [func.lower(Lead.name).like(like, escape=LIKE_ESCAPE)]
         if len(digits) >= 3:
             conditions.append(Lead.phone.like(f"%{digits}%"))
+        if len(q) >= 3:
+            conditions.append(
+                exists().where(
+                    Message.conversation_id == Conversation.id,
+                    func.lower(Message.text).like(like, escape=LIKE_ESCAPE),
+                )
+            )
         stmt = stmt.where(or_(*conditions))
     return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
@@ -196,6 +211,49 @@ def _announce(conversation: Conversation) -> None:
     publish_after_commit(
         conversation.workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id}
     )
+
+
+def tag_lead(workspace_id: int, conversation_id: int, name: object) -> Conversation:
+    """Add a tag to the conversation's customer (tags live on the lead, shared by every number)."""
+    from crm.leads.services import clean_tags, set_tags
+
+    conversation = get_conversation(workspace_id, conversation_id)
+    wanted = clean_tags([name])
+    if not wanted:
+        raise ValidationFailed(_("Type the tag."), code="invalid_tags")
+    if len(conversation.lead.tags) >= 50:
+        raise ValidationFailed(_("A customer can have at most 50 tags."), code="invalid_tags")
+    set_tags(conversation.lead, [*conversation.lead.tag_names, *wanted])
+    _announce(conversation)
+    db.session.commit()
+    return conversation
+
+
+def untag_lead(workspace_id: int, conversation_id: int, name: object) -> Conversation:
+    from crm.leads.services import set_tags
+
+    conversation = get_conversation(workspace_id, conversation_id)
+    key = " ".join(name.split()).casefold() if isinstance(name, str) else ""
+    set_tags(conversation.lead, [t.name for t in conversation.lead.tags if t.key != key])
+    _announce(conversation)
+    db.session.commit()
+    return conversation
+
+
+def workspace_tags(workspace_id: int, limit: int = 100) -> list[str]:
+    """The workspace's most used tag names, for the filter's suggestions."""
+    from sqlalchemy import func
+
+    from crm.leads.models import LeadTag
+
+    rows = db.session.execute(
+        select(func.min(LeadTag.name), func.count())
+        .where(LeadTag.workspace_id == workspace_id)
+        .group_by(LeadTag.key)
+        .order_by(func.count().desc(), func.min(LeadTag.name))
+        .limit(limit)
+    ).all()
+    return [row[0] for row in rows]
 
 
 def take(workspace_id: int, conversation_id: int, user_id: int) -> Conversation:

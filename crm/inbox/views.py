@@ -19,23 +19,33 @@ VIEWS = ("all", "mine", "unassigned", "unread")
 
 
 def _filters() -> dict[str, str]:
+    """What the list shows, from the query string; anything odd falls back to the default."""
     view = request.args.get("view", "all")
     status = request.args.get("status", "open")
+    account = parse_id(request.args.get("account"))
     return {
         "view": view if view in VIEWS else "all",
         "status": status if status in ("open", "closed") else "open",
         "q": request.args.get("q", "")[:100],
+        "account": str(account) if account is not None else "",
+        "tag": request.args.get("tag", "")[:64],
     }
 
 
 def _list_context(selected: int | None = None) -> dict[str, Any]:
+    from crm.whatsapp.accounts import list_accounts
+
     filters = _filters()
     page = inbox.filtered_conversations(
         g.workspace_id,
         user_id=current_user.id,
+        view=filters["view"],
+        status=filters["status"],
+        q=filters["q"],
+        account_id=int(filters["account"]) if filters["account"] else None,
+        tag=filters["tag"],
         limit=page_limit(),
         cursor=request.args.get("cursor"),
-        **filters,
     )
     return {
         "conversations": page.items,
@@ -44,6 +54,8 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         "previews": inbox.last_messages([c.id for c in page.items]),
         "selected": selected,
         "for_humans": for_humans,
+        "numbers": list_accounts(g.workspace_id),
+        "tags": inbox.workspace_tags(g.workspace_id),
     }
 
 
@@ -72,7 +84,7 @@ def conversation(conversation_id: int) -> str:
     }
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
         return render_template("inbox/_thread.html", **context)
-    return render_template("inbox/index.html", **_list_context(selected=conversation_id), **context)
+    return render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})
 
 
 @bp.get("/conversations/<int:conversation_id>/older")
@@ -134,6 +146,20 @@ def canned_suggestions(conversation_id: int) -> str:
     found = canned.suggestions(g.workspace_id, request.args.get("text", ""))
     filled = [(reply.shortcut, canned.fill(reply.text, current.lead.name or "")) for reply in found]
     return render_template("inbox/_canned.html", conversation_id=conversation_id, replies=filled)
+
+
+@bp.post("/conversations/<int:conversation_id>/tags")
+@login_required
+def add_tag(conversation_id: int) -> str:
+    inbox.tag_lead(g.workspace_id, conversation_id, request.form.get("tag", ""))
+    return _thread_header(conversation_id)
+
+
+@bp.post("/conversations/<int:conversation_id>/tags/remove")
+@login_required
+def remove_tag(conversation_id: int) -> str:
+    inbox.untag_lead(g.workspace_id, conversation_id, request.form.get("tag", ""))
+    return _thread_header(conversation_id)
 
 
 @bp.post("/conversations/<int:conversation_id>/take")

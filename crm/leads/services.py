@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from crm.auth.models import Workspace
-from crm.db import utcnow
+from crm.db import LIKE_ESCAPE, like_escaped, utcnow
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
@@ -128,11 +128,11 @@ def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]
     stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.deleted_at.is_(None))
     if filters.q.strip():
         q = filters.q.strip().replace("\x00", "")
-        like = f"%{q.lower()}%"
+        like = f"%{like_escaped(q.lower())}%"
         conditions: list[ColumnElement[bool]] = [
-            func.lower(Lead.name).like(like),
-            func.lower(Lead.email).like(like),
-            func.lower(Lead.notes).like(like),
+            func.lower(Lead.name).like(like, escape=LIKE_ESCAPE),
+            func.lower(Lead.email).like(like, escape=LIKE_ESCAPE),
+            func.lower(Lead.notes).like(like, escape=LIKE_ESCAPE),
         ]
         e164 = maybe_e164(q, workspace_country(workspace_id))
         if e164:

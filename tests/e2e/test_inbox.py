@@ -96,6 +96,11 @@ def test_agents_see_who_else_has_the_conversation_open(
     second.get_by_text("Bia").click()
     expect(viewers).to_contain_text("agent@acme.example is also viewing this conversation", timeout=2_000)
     expect(second.locator(".thread .viewers")).to_contain_text(owner.email)
+    tag_input = second.locator(".tag-add input")
+    tag_input.fill("Atacado")
+    tag_input.press("Enter")
+    expect(first.locator(".thread-header .tags")).to_contain_text("Atacado", timeout=2_000)  # live, both tabs
+    first.screenshot(path="test-artifacts/inbox-presence.png")
     second.context.close()  # the other agent goes away: their socket closes
     expect(viewers).to_be_empty(timeout=3_000)
     first.context.close()

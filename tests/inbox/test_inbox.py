@@ -16,13 +16,7 @@ from crm.inbox import services as inbox
 from crm.inbox.models import Conversation, Message
 from crm.realtime.fragments import render_event
 from tests import factories
-from tests.conftest import csrf_from
-
-
-def hx(client: FlaskClient, method: str, path: str, **data: str) -> int:
-    """An HTMX request with the CSRF header, as the page sends it; the status code."""
-    headers = {"HX-Request": "true", "X-CSRFToken": csrf_from(client, "/")}
-    return client.open(path, method=method, data=data, headers=headers).status_code
+from tests.conftest import hx
 
 
 def test_inbox_lists_conversations_newest_first(logged_in: FlaskClient, owner: factories.Person) -> None:
@@ -42,6 +36,15 @@ def test_opening_a_thread_marks_it_read_and_shows_messages(
     assert html.lstrip().startswith(f'<div class="thread" id="thread-{conversation_id}"') and "Oi" in html
     conversation = db.session.get(Conversation, conversation_id)
     assert conversation is not None and conversation.unread_count == 0
+
+
+def test_a_thread_address_loads_as_a_whole_page(logged_in: FlaskClient, owner: factories.Person) -> None:
+    # The address bar shows /conversations/<id> after a click: a reload must show list and thread.
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi", name="Ana")
+    response = logged_in.get(f"/conversations/{conversation_id}")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="conversations"' in html and f'id="thread-{conversation_id}"' in html
 
 
 def test_older_messages_page_by_keyset_even_with_equal_timestamps(
