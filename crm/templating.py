@@ -32,5 +32,8 @@ def setup_templating(app: Flask) -> None:
     from crm.db import utcnow
 
     app.jinja_env.globals["now"] = utcnow
+    from crm.leads.phones import for_humans
+
+    app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

@@ -25,6 +25,9 @@ class Lead(Model):
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     phone: Mapped[str | None] = mapped_column(String(32))  # E.164
     bsuid: Mapped[str | None] = mapped_column(String(128))  # WhatsApp business-scoped user id
+    # "person", or "group": a WhatsApp group a WebQR number is in, whose conversation is the
+    # group chat (its bsuid is the group's JID). Groups never appear among the leads.
+    kind: Mapped[str] = mapped_column(String(8), default="person", server_default="person")
     name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str | None] = mapped_column(String(254))
     notes: Mapped[str] = mapped_column(Text, default="")
@@ -42,6 +45,10 @@ class Lead(Model):
     @property
     def tag_names(self) -> list[str]:
         return [t.name for t in self.tags]
+
+    @property
+    def is_group(self) -> bool:
+        return self.kind == "group"
 
 
 class LeadTag(Model):

@@ -106,7 +106,7 @@ def create_lead(
 
 def get_lead(workspace_id: int, lead_id: int) -> Lead:
     lead = get_scoped(Lead, workspace_id, lead_id)
-    if lead.deleted_at is not None:
+    if lead.deleted_at is not None or lead.is_group:
         raise NotFound(f"lead {lead_id}")
     return lead
 
@@ -125,7 +125,7 @@ class LeadFilter:
 
 
 def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
-    stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.deleted_at.is_(None))
+    stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.deleted_at.is_(None), Lead.kind == "person")
     if filters.q.strip():
         q = filters.q.strip().replace("\x00", "")
         like = f"%{like_escaped(q.lower())}%"

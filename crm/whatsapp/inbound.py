@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -41,9 +41,10 @@ class IngestSummary:
 
 
 def insert_lead_if_new(
-    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None
+    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None, kind: str = "person"
 ) -> int | None:
-    """Create a lead; its id, or None when the phone or business-scoped id is already taken."""
+    """Create a lead (or a group's stand-in); its id, or None when the phone or business-scoped
+    id is already taken."""
     now = utcnow()
     leads = cast(Table, Lead.__table__)
     inserted = db.session.connection().execute(
@@ -53,6 +54,7 @@ def insert_lead_if_new(
             phone=phone,
             bsuid=bsuid,
             name=(name or "")[:200],
+            kind=kind,
             notes="",
             opt_in=False,
             created_at=now,
@@ -117,16 +119,36 @@ def _identity(msg: InboundMessage) -> tuple[str | None, str | None]:
     return phone, bsuid
 
 
+def _group_name(account_id: int, jid: str) -> str | None:
+    from crm.whatsapp.models import WhatsAppGroup
+
+    name = db.session.scalar(
+        select(WhatsAppGroup.name).where(WhatsAppGroup.account_id == account_id, WhatsAppGroup.jid == jid)
+    )
+    return name or None
+
+
 def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     """Insert one message and bump its conversation; None when it was already stored or has no
     sender at all (logged: such a message can't be answered, and must not make Meta retry the
-    whole delivery forever)."""
+    whole delivery forever).
+
+    A group message goes to the group's conversation (its "lead" is the group, kind ``group``);
+    who wrote it is kept with the message (``payload["sender"]``), and no lead is made of them.
+    """
     phone, bsuid = _identity(msg)
     provider_message_id = clean_text(msg.provider_message_id, 128)
     if not phone and not bsuid:
         log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
         return None
     name = clean_text(msg.name, 200) or None
+    payload: dict[str, Any] = {"media": vars(msg.media)} if msg.media else {}
+    kind = "person"
+    group_jid = clean_text(msg.group_jid, 128)
+    if group_jid:
+        payload["sender"] = {"phone": phone, "id": bsuid, "name": name}
+        phone, bsuid, kind = None, group_jid, "group"
+        name = _group_name(account.id, group_jid)
     new = NewMessage(
         workspace_id=account.workspace_id,
         account_id=account.id,
@@ -139,7 +161,7 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         provider_message_id=provider_message_id,
         reply_to=clean_text(msg.reply_to, 128) or None,
         media_id=clean_text(msg.media.provider_media_id, 128) or None if msg.media else None,
-        payload={"media": vars(msg.media)} if msg.media else None,
+        payload=payload or None,
         error_code=clean_text(msg.error_code, 32) or None,
         error_title=clean_text(msg.error_title, 2000) or None,
         created_at=msg.timestamp,
@@ -148,7 +170,7 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     store = store_for(connection)
     stored = store(connection, new)
     if stored is None:  # a new person, or new on this number: create what's missing, then store
-        lead_id = insert_lead_if_new(account.workspace_id, phone, bsuid, name)
+        lead_id = insert_lead_if_new(account.workspace_id, phone, bsuid, name, kind)
         if lead_id is None:  # we know them (maybe by another id, or in the trash)
             lead_id = upsert_lead(account.workspace_id, phone, bsuid, name).id
             db.session.flush()

@@ -13,11 +13,12 @@ from typing import Any
 
 import segno
 from flask_babel import gettext as _
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.errors import ValidationFailed
 from crm.extensions import db
+from crm.leads.models import Lead
 from crm.leads.phones import to_e164
 from crm.leads.services import workspace_country
 from crm.realtime.broker import publish_after_commit
@@ -255,6 +256,13 @@ def sync_groups(account_id: int, groups: list[tuple[str, str, int, bool]]) -> in
                 is_admin,
                 now,
             )
+    # The group chats' conversations show the groups' current names.
+    for jid, name, _participants, _admin in groups:
+        db.session.execute(
+            update(Lead)
+            .where(Lead.workspace_id == account.workspace_id, Lead.bsuid == jid, Lead.kind == "group")
+            .values(name=name[:200])
+        )
     stale = delete(WhatsAppGroup).where(WhatsAppGroup.account_id == account.id)
     if seen:
         stale = stale.where(WhatsAppGroup.jid.not_in(seen))

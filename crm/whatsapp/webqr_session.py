@@ -305,8 +305,12 @@ class WebQRSessionRunner:
         db.session.commit()
 
     def send(self, request: OutboundRequest) -> SendResult:
+        build_jid = self.neonize.utils.jid.build_jid
         if request.to.startswith("+"):
-            to: Any = self.neonize.utils.jid.build_jid(request.to.lstrip("+"))
+            to: Any = build_jid(request.to.lstrip("+"))
+        elif "@" in request.to:  # a group ("<id>@g.us") or a LID-addressed person
+            user, _, server = request.to.partition("@")
+            to = build_jid(user, server)
         else:
             to = request.to
         if request.type != "text":

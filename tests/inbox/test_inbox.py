@@ -175,3 +175,24 @@ def test_cloud_composer_follows_the_24_hour_window(logged_in: FlaskClient, owner
     assert "data-composer" in logged_in.get(
         f"/conversations/{sandbox_thread}", headers={"HX-Request": "true"}
     ).get_data(as_text=True)
+
+
+def test_group_messages_show_who_wrote_them(logged_in: FlaskClient, owner: factories.Person) -> None:
+    from crm.whatsapp.events import InboundMessage
+    from crm.whatsapp.inbound import ingest_message
+
+    account_id = factories.sandbox_account(owner)
+    message = InboundMessage(
+        provider_message_id="group.1",
+        type="text",
+        text="Alguém tem o catálogo?",
+        timestamp=utcnow(),
+        phone="+5511911112222",
+        name="Ana",
+        group_jid="120363000000000009@g.us",
+    )
+    stored = ingest_message(account_id, message).stored[0]
+    conversation_id = db.session.get(Message, stored).conversation_id  # type: ignore[union-attr]
+    html = logged_in.get(f"/conversations/{conversation_id}").get_data(as_text=True)
+    assert "WhatsApp group" in html
+    assert '<small class="sender">Ana · +55 11 91111-2222</small>' in html

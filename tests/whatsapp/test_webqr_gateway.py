@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from crm.db import utcnow
 from crm.extensions import db
-from crm.inbox.models import Message
+from crm.inbox.models import Conversation, Message
 from crm.leads.models import Lead
 from crm.whatsapp import webqr
 from crm.whatsapp.accounts import create_account
@@ -297,3 +297,35 @@ def test_a_session_owned_by_another_live_gateway_is_left_alone(
         assert f"zapdesk-{number.id}" not in fake.clients  # no second owner: no StreamReplaced
     finally:
         running.shutdown()
+
+
+def test_group_messages_land_in_the_group_chat_and_replies_go_to_the_group(
+    gateway: RunningGateway, owner: factories.Person, number: WhatsAppAccount, api: Api
+) -> None:
+    group = "120363000000000009@g.us"
+    webqr.request_connect(owner.workspace_id, number.id)
+    client = gateway.client(number)
+    client.set_groups([(group, "Clientes VIP", 3, False)])
+    client.emit_qr_codes(["2@c"])
+    client.pair(PHONE)
+    wait_until(lambda: db.session.scalar(select(func.count()).select_from(WhatsAppGroup)) == 1, what="groups")
+    client.incoming_text("5511911112222", "Bom dia, grupo!", push_name="Ana", group_jid=group)
+    client.incoming_text("5511933334444", "Bom dia!", push_name="Beto", group_jid=group)
+    wait_until(lambda: db.session.scalar(select(func.count()).select_from(Message)) == 2, what="ingest")
+
+    conversations = db.session.scalars(select(Conversation)).all()
+    assert len(conversations) == 1  # one chat: the group's, not one per participant
+    chat = db.session.get(Lead, conversations[0].lead_id)
+    assert chat is not None and (chat.kind, chat.bsuid, chat.name) == ("group", group, "Clientes VIP")
+    assert db.session.scalar(select(func.count()).select_from(Lead)) == 1  # participants are not leads
+    senders = [m.payload["sender"] for m in db.session.scalars(select(Message).order_by(Message.id))]
+    assert [(s["name"], s["phone"]) for s in senders] == [
+        ("Ana", "+5511911112222"),
+        ("Beto", "+5511933334444"),
+    ]
+    assert api.get("/leads").json["data"] == []  # a group is never among the leads
+
+    response = api.post(f"/conversations/{conversations[0].id}/messages", {"text": "Bom dia a todos"})
+    assert response.status_code == 202
+    wait_until(lambda: len(client.sent) == 1, what="the gateway sends it")
+    assert client.sent[0] == (group, "Bom dia a todos")
