@@ -5,13 +5,12 @@ from __future__ import annotations
 from flask_babel import gettext as _
 from sqlalchemy import select
 
-from crm.db import insert_ignoring_conflicts, utcnow
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.services import conversation_for, get_conversation, latest_conversation_of_lead
 from crm.leads.models import Lead
 from crm.leads.phones import to_e164
-from crm.leads.services import workspace_country
+from crm.leads.services import insert_lead_if_new, workspace_country
 from crm.tenancy import get_scoped
 from crm.textcheck import check_clean_text
 from crm.whatsapp.models import WhatsAppAccount
@@ -67,18 +66,7 @@ def reply(
 def _lead_for_phone(workspace_id: int, e164: str) -> Lead:
     """The workspace's lead for this phone, created (not opted in) if new; concurrent first sends
     to the same new phone end with one lead."""
-    now = utcnow()
-    db.session.execute(
-        insert_ignoring_conflicts(Lead).values(
-            workspace_id=workspace_id,
-            phone=e164,
-            name="",
-            notes="",
-            opt_in=False,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    insert_lead_if_new(workspace_id, e164, None, None)
     lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.phone == e164))
     assert lead is not None
     return lead

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
 from flask_babel import gettext as _
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from crm.auth.models import Workspace
-from crm.db import LIKE_ESCAPE, like_escaped, utcnow
+from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
@@ -102,6 +102,31 @@ def create_lead(
         db.session.rollback()
         raise Conflict(_("A lead with this phone already exists."), code="duplicate_lead") from None
     return lead
+
+
+def insert_lead_if_new(
+    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None, kind: str = "person"
+) -> int | None:
+    """Create a lead (or a group's stand-in); its id, or None when the phone or business-scoped
+    id is already taken."""
+    now = utcnow()
+    leads = cast(Table, Lead.__table__)
+    inserted = db.session.connection().execute(
+        insert_ignoring_conflicts(leads)
+        .values(
+            workspace_id=workspace_id,
+            phone=phone,
+            bsuid=bsuid,
+            name=(name or "")[:200],
+            kind=kind,
+            notes="",
+            opt_in=False,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(leads.c.id)
+    )
+    return inserted.scalar()
 
 
 def get_lead(workspace_id: int, lead_id: int) -> Lead:

@@ -16,11 +16,11 @@ from typing import Any, cast
 from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
 from crm.inbox import assignment
 from crm.inbox.services import open_conversation
 from crm.leads.models import Lead
+from crm.leads.services import insert_lead_if_new
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp.accounts import NumberRef, number_refs
 from crm.whatsapp.events import AccountSignal, InboundMessage, ParsedWebhook, StatusUpdate
@@ -38,31 +38,6 @@ class IngestSummary:
     duplicates: int = 0
     statuses: int = 0
     signals: int = 0
-
-
-def insert_lead_if_new(
-    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None, kind: str = "person"
-) -> int | None:
-    """Create a lead (or a group's stand-in); its id, or None when the phone or business-scoped
-    id is already taken."""
-    now = utcnow()
-    leads = cast(Table, Lead.__table__)
-    inserted = db.session.connection().execute(
-        insert_ignoring_conflicts(leads)
-        .values(
-            workspace_id=workspace_id,
-            phone=phone,
-            bsuid=bsuid,
-            name=(name or "")[:200],
-            kind=kind,
-            notes="",
-            opt_in=False,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(leads.c.id)
-    )
-    return inserted.scalar()
 
 
 def upsert_lead(workspace_id: int, phone: str | None, bsuid: str | None, name: str | None) -> Lead:
