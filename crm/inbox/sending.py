@@ -122,3 +122,36 @@ def send_to_phone(
         idempotency_key=key,
         fingerprint=fingerprint,
     )
+
+
+def send_template(
+    workspace_id: int,
+    conversation_id: int,
+    template_id: int | None,
+    values: dict[str, str],
+    *,
+    user_id: int | None,
+    idempotency_key: object = None,
+) -> Queued:
+    """An approved template, filled in, to a customer whose 24-hour window is closed (or open:
+    templates are always allowed)."""
+    from crm.whatsapp import templates
+
+    conversation = get_conversation(workspace_id, conversation_id)
+    if template_id is None:
+        raise ValidationFailed(_("Choose a template."), code="invalid_template")
+    template = templates.get_template(workspace_id, template_id)
+    if template.account_id != conversation.account_id:
+        raise ValidationFailed(_("That template belongs to another number."), code="invalid_template")
+    filled = templates.fill(template, values)
+    return queue_outbound(
+        workspace_id,
+        conversation,
+        text=filled.text,
+        type="template",
+        payload=filled.payload,
+        author="agent",
+        author_user_id=user_id,
+        idempotency_key=check_idempotency_key(idempotency_key),
+        fingerprint=fingerprint_of("template", conversation.id, template.id, sorted(values.items())),
+    )

@@ -82,6 +82,10 @@ def conversation(conversation_id: int) -> str:
         "note_authors": inbox.note_author_names(notes),
         "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
     }
+    if context["window_closed"]:
+        from crm.whatsapp.templates import sendable_templates
+
+        context["templates"] = sendable_templates(g.workspace_id, current.account_id)
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
         return render_template("inbox/_thread.html", **context)
     return render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})
@@ -146,6 +150,49 @@ def canned_suggestions(conversation_id: int) -> str:
     found = canned.suggestions(g.workspace_id, request.args.get("text", ""))
     filled = [(reply.shortcut, canned.fill(reply.text, current.lead.name or "")) for reply in found]
     return render_template("inbox/_canned.html", conversation_id=conversation_id, replies=filled)
+
+
+@bp.get("/conversations/<int:conversation_id>/template")
+@login_required
+def template_fields(conversation_id: int) -> str:
+    """The chosen template's variables and a preview, for the closed-window composer."""
+    from crm.whatsapp import templates
+
+    current = inbox.get_conversation(g.workspace_id, conversation_id)
+    template_id = parse_id(request.args.get("template_id"))
+    template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
+    if template is not None and template.account_id != current.account_id:
+        abort(404)
+    return render_template(
+        "inbox/_template_fields.html",
+        template=template,
+        params=templates.body_params(template) if template else [],
+        body=templates.body_text(template) if template else "",
+    )
+
+
+@bp.post("/conversations/<int:conversation_id>/template")
+@login_required
+def send_template(conversation_id: int) -> str:
+    from crm.inbox.sending import send_template as queue_template
+    from crm.whatsapp.templates import sendable_templates
+
+    current = inbox.get_conversation(g.workspace_id, conversation_id)
+    values = {key[len("param-") :]: value for key, value in request.form.items() if key.startswith("param-")}
+    queue_template(
+        g.workspace_id,
+        conversation_id,
+        parse_id(request.form.get("template_id")),
+        values,
+        user_id=current_user.id,
+        idempotency_key=request.form.get("send_key") or None,
+    )
+    return render_template(
+        "inbox/_template_composer.html",
+        conversation=current,
+        templates=sendable_templates(g.workspace_id, current.account_id),
+        send_key=uuid.uuid4().hex,
+    )
 
 
 @bp.post("/conversations/<int:conversation_id>/tags")

@@ -7,7 +7,9 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
 from wtforms import (
     BooleanField,
     IntegerField,
@@ -176,6 +178,13 @@ def number(account_id: int) -> Any:
             "pacing": WebQRPacing.of(account),
             "groups": webqr.list_groups(workspace_id, account.id),
         }
+    if account.provider == "cloud":
+        from crm.whatsapp import templates
+
+        extra = {
+            "templates": templates.list_templates(workspace_id, account.id),
+            "sendable": templates.sendable_from_inbox,
+        }
     return render_template(
         "settings/number.html",
         form=form,
@@ -223,3 +232,21 @@ def simulator_page(account_id: int) -> Any:
         phone=phone,
         messages=messages,
     ), status
+
+
+@bp.post("/numbers/<int:account_id>/templates/sync")
+@manager_required
+def sync_templates(account_id: int) -> Response:
+    from crm.whatsapp import templates
+    from crm.whatsapp.providers.base import ProviderError
+
+    account = accounts.get_account(current_workspace_id(), account_id)
+    try:
+        count = templates.sync_templates(account)
+    except DomainError as exc:
+        flash(exc.message, "error")
+    except ProviderError as exc:
+        flash(_("WhatsApp did not give the templates: %(reason)s", reason=exc.title), "error")
+    else:
+        flash(ngettext("%(num)d template synced.", "%(num)d templates synced.", count), "success")
+    return redirect(url_for("settings.number", account_id=account_id))

@@ -197,3 +197,21 @@ class WhatsAppGroup(Model):
     participants: Mapped[int] = mapped_column(Integer, default=0)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MessageTemplate(Model):
+    """A Cloud API message template of a number's WhatsApp Business Account, as last synced."""
+
+    __tablename__ = "message_templates"
+    __table_args__ = (UniqueConstraint("account_id", "name", "language"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(512))
+    language: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(32), default="")
+    status: Mapped[str] = mapped_column(String(32), default="")  # APPROVED, PENDING, REJECTED, PAUSED…
+    parameter_format: Mapped[str] = mapped_column(String(16), default="POSITIONAL")
+    components: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

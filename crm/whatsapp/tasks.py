@@ -29,3 +29,12 @@ def auto_assign_task(workspace_id: int, conversation_id: int) -> int | None:
     from crm.inbox.assignment import auto_assign
 
     return auto_assign(workspace_id, conversation_id)
+
+
+@huey.periodic_task(crontab(minute="41"))
+@in_app_context
+def sync_templates_task() -> dict[int, int]:
+    """Every hour: each Cloud API number's templates (approvals and new ones show up)."""
+    from crm.whatsapp.templates import sync_all_templates
+
+    return sync_all_templates()

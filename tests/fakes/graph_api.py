@@ -22,6 +22,7 @@ Endpoints (Meta's documented contract; every request, good or bad, lands in ``re
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -137,6 +138,8 @@ class GraphEmulator(WebhookSide):
         self.requests: list[RecordedRequest] = []
         self.sent: list[SentMessage] = []
         self.uploads: dict[str, UploadedMedia] = {}
+        # The WABA's message templates; while empty, template sends are not checked against them.
+        self.templates: list[dict[str, Any]] = []
         self._failures: deque[_Failure] = deque()
         self._latency = 0.0
         self._lock = threading.Lock()
@@ -225,12 +228,20 @@ class GraphEmulator(WebhookSide):
             self.uploads[media_id] = UploadedMedia(data, mime_type, filename, payloads.fbtrace_id())
         return media_id
 
+    def add_template(self, name: str, body: str, **kwargs: Any) -> dict[str, Any]:
+        """A message template of the WABA (see ``payloads.template``); returns it as listed."""
+        template = payloads.template(name, body, **kwargs)
+        with self._lock:
+            self.templates.append(template)
+        return template
+
     def reset(self) -> None:
-        """Forget requests, sends, uploads, queued failures and latency."""
+        """Forget requests, sends, uploads, templates, queued failures and latency."""
         with self._lock:
             self.requests.clear()
             self.sent.clear()
             self.uploads.clear()
+            self.templates.clear()
             self._failures.clear()
             self._latency = 0.0
 
@@ -282,6 +293,10 @@ class GraphEmulator(WebhookSide):
             if parts[2] == "messages":
                 return self._send(parts[1], request, record.json)
             return self._upload(request)
+        if len(parts) == 3 and method == "GET" and parts[2] == "message_templates":
+            if parts[1] != self.waba_id:
+                return self._unsupported(method, parts[1])
+            return self._list_templates(request)
         if len(parts) == 2 and method in ("GET", "DELETE"):
             return self._object(method, parts[1])
         return self._unsupported(method, parts[-1])
@@ -299,6 +314,10 @@ class GraphEmulator(WebhookSide):
             return self._invalid(*error)
         if body.get("status") == "read":
             return self._reply(200, {"success": True})
+        if body.get("type") == "template" and self.templates:
+            problem = payloads.template_problem(self.templates, body["template"])
+            if problem is not None:
+                return self._invalid(*problem)
         with self._lock:
             failure = self._failures.popleft() if self._failures else None
         if failure is not None:
@@ -320,6 +339,31 @@ class GraphEmulator(WebhookSide):
         return self._reply(
             200, {"messaging_product": "whatsapp", "contacts": contacts, "messages": [{"id": wamid}]}
         )
+
+    def _list_templates(self, request: Request) -> _Reply:
+        """Cursor paging as the Graph API does it: ``limit`` (default 25) and ``after``."""
+        try:
+            limit = max(1, min(int(request.args.get("limit", "25")), 100))
+            start = (
+                int(base64.urlsafe_b64decode(request.args["after"]).decode())
+                if "after" in request.args
+                else 0
+            )
+        except (ValueError, UnicodeDecodeError):
+            return self._invalid(100, "Invalid cursor or limit.")
+        with self._lock:
+            page = self.templates[start : start + limit]
+            more = start + limit < len(self.templates)
+        cursors = {
+            "before": base64.urlsafe_b64encode(str(start).encode()).decode(),
+            "after": base64.urlsafe_b64encode(str(start + len(page)).encode()).decode(),
+        }
+        paging: dict[str, Any] = {"cursors": cursors}
+        if more:
+            paging["next"] = (
+                f"{self.base_url}/{self.waba_id}/message_templates?limit={limit}&after={cursors['after']}"
+            )
+        return self._reply(200, {"data": page, "paging": paging})
 
     def _upload(self, request: Request) -> _Reply:
         product = request.form.get("messaging_product")

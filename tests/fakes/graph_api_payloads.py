@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -55,6 +57,16 @@ KNOWN_ERRORS: dict[int, tuple[int, str, str]] = {
         400,
         "Business eligibility payment issue",
         "Message failed to send because there were one or more errors related to your payment method.",
+    ),
+    132000: (
+        400,
+        "Number of parameters does not match the expected number of params",
+        "body: number of localizable_params does not match the expected number of params",
+    ),
+    132001: (
+        404,
+        "Template name does not exist in the translation",
+        "template name does not exist in the translation",
     ),
     131047: (
         400,
@@ -402,4 +414,61 @@ def send_problem(body: dict[str, Any]) -> tuple[int, str] | None:
         language = obj.get("language")
         if not isinstance(language, dict) or not language.get("code"):
             return 100, "The parameter template['language']['code'] is required."
+    return None
+
+
+def template(
+    name: str,
+    body: str,
+    *,
+    language: str = "pt_BR",
+    status: str = "APPROVED",
+    category: str = "UTILITY",
+    header: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A message template as ``GET /<waba_id>/message_templates`` lists it. Placeholders in
+    ``body`` are ``{{1}}``… (POSITIONAL) or ``{{name}}`` (NAMED)."""
+    names = re.findall(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}", body)
+    named = bool(names) and not all(n.isdigit() for n in names)
+    components: list[dict[str, Any]] = []
+    if header is not None:
+        components.append({"type": "HEADER", **header})
+    body_component: dict[str, Any] = {"type": "BODY", "text": body}
+    if names and named:
+        body_component["example"] = {
+            "body_text_named_params": [{"param_name": n, "example": n} for n in names]
+        }
+    elif names:
+        body_component["example"] = {"body_text": [[f"example {n}" for n in names]]}
+    components.append(body_component)
+    return {
+        "name": name,
+        "parameter_format": "NAMED" if named else "POSITIONAL",
+        "components": components,
+        "language": language,
+        "status": status,
+        "category": category,
+        "id": str(random.randint(10**14, 10**15 - 1)),
+    }
+
+
+def template_problem(known: list[dict[str, Any]], obj: dict[str, Any]) -> tuple[int, str] | None:
+    """Meta's checks of a template send against the account's templates."""
+    language = (obj.get("language") or {}).get("code")
+    found = next((t for t in known if t["name"] == obj.get("name") and t["language"] == language), None)
+    if found is None or found["status"] != "APPROVED":
+        return 132001, f"template name ({obj.get('name')}) does not exist in {language}"
+    body = next((c for c in found["components"] if c["type"] == "BODY"), {"text": ""})
+    expected = len(re.findall(r"\{\{\s*[A-Za-z0-9_]+\s*\}\}", body.get("text", "")))
+    given = sum(
+        len(c.get("parameters", []))
+        for c in obj.get("components", [])
+        if isinstance(c, dict) and str(c.get("type", "")).lower() == "body"
+    )
+    if given != expected:
+        return (
+            132000,
+            f"body: number of localizable_params ({given}) does not match the expected number "
+            f"of params ({expected})",
+        )
     return None

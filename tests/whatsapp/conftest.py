@@ -58,6 +58,7 @@ def make_cloud_account(
             app_secret=APP_SECRET,
             verify_token=VERIFY_TOKEN,
             graph_url=graph.base_url,
+            waba_id=graph.waba_id,
         ),
         **kwargs,
     )

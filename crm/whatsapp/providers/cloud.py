@@ -188,6 +188,21 @@ class CloudClient:
             ) from None
         return SendResult(provider_message_id=message_id)
 
+    def list_templates(self, waba_id: str, max_pages: int = 50) -> list[dict[str, Any]]:
+        """Every message template of the WhatsApp Business Account, following the cursor paging."""
+        url: str | None = f"{self.base_url}/{waba_id}/message_templates?limit=100"
+        found: list[dict[str, Any]] = []
+        for _page in range(max_pages):
+            if url is None:
+                break
+            body = self._call("GET", url).json()
+            found.extend(t for t in body.get("data", []) if isinstance(t, dict))
+            url = (body.get("paging") or {}).get("next")
+            if url is not None and not str(url).startswith(self.base_url.rsplit("/", 1)[0] + "/"):
+                log.warning("template paging points elsewhere (%s): not followed", str(url).split("?")[0])
+                url = None  # the bearer token goes only to the Graph API
+        return found
+
     def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
         response = self._call(
             "POST",

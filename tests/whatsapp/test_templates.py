@@ -1,0 +1,194 @@
+"""Cloud API templates: synced from the WABA through the Graph API emulator, offered when the
+24-hour window is closed, filled in and sent through the outbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from crm.db import utcnow
+from crm.extensions import db
+from crm.inbox.models import Message
+from crm.whatsapp import templates
+from crm.whatsapp.models import MessageTemplate, WhatsAppAccount
+from tests import factories
+from tests.conftest import csrf_from
+from tests.fakes.graph_api import GraphEmulator
+from tests.whatsapp.conftest import make_cloud_account
+
+
+@pytest.fixture
+def closed_conversation(cloud_account: WhatsAppAccount) -> int:
+    """A customer who last wrote 2 days ago."""
+    conversation_id = factories.inbound(cloud_account.id, name="Marina Souza")
+    for message in db.session.scalars(select(Message).where(Message.conversation_id == conversation_id)):
+        message.created_at = utcnow() - timedelta(days=2)
+    db.session.commit()
+    return conversation_id
+
+
+def _sync(graph: GraphEmulator, account: WhatsAppAccount) -> dict[str, MessageTemplate]:
+    templates.sync_templates(account)
+    return {t.name: t for t in templates.list_templates(account.workspace_id, account.id)}
+
+
+def test_sync_follows_the_paging_and_drops_templates_that_are_gone(
+    cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
+    for n in range(130):
+        graph_api.add_template(f"aviso_{n:03d}", "Olá {{1}}, seu pedido {{2}} saiu.")
+    assert templates.sync_templates(cloud_account) == 130
+    listing = [r for r in graph_api.requests if r.path.endswith("/message_templates")]
+    assert len(listing) == 2  # 100 + 30
+    assert all(r.headers.get("Authorization") == "Bearer test-token" for r in listing)
+    del graph_api.templates[100:]
+    assert templates.sync_templates(cloud_account) == 100
+    assert db.session.scalar(select(func.count()).select_from(MessageTemplate)) == 100
+
+
+def test_which_templates_the_inbox_can_send(cloud_account: WhatsAppAccount, graph_api: GraphEmulator) -> None:
+    graph_api.add_template("pedido", "Olá {{1}}, seu pedido {{2}} saiu.")
+    graph_api.add_template("boas_vindas", "Oi {{nome}}! Bem-vindo.")
+    graph_api.add_template("pendente", "Oi", status="PENDING")
+    graph_api.add_template("com_foto", "Veja {{1}}", header={"format": "IMAGE"})
+    synced = _sync(graph_api, cloud_account)
+    assert {t.name for t in templates.sendable_templates(cloud_account.workspace_id, cloud_account.id)} == {
+        "pedido",
+        "boas_vindas",
+    }
+    assert templates.body_params(synced["pedido"]) == ["1", "2"]
+    assert templates.body_params(synced["boas_vindas"]) == ["nome"]
+
+
+def test_a_number_without_a_waba_id_says_what_is_missing(
+    logged_in: FlaskClient, owner: factories.Person, graph_api: GraphEmulator
+) -> None:
+    account = make_cloud_account(owner, graph_api)
+    account.settings = {**account.settings, "waba_id": ""}
+    db.session.commit()
+    form = {"csrf_token": csrf_from(logged_in, f"/settings/numbers/{account.id}")}
+    assert logged_in.post(f"/settings/numbers/{account.id}/templates/sync", data=form).status_code == 302
+    assert "WABA id" in logged_in.get(f"/settings/numbers/{account.id}").get_data(as_text=True)
+
+
+def test_the_number_page_syncs_and_lists_templates(
+    logged_in: FlaskClient, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
+    graph_api.add_template("pedido", "Olá {{1}}")
+    form = {"csrf_token": csrf_from(logged_in, f"/settings/numbers/{cloud_account.id}")}
+    assert (
+        logged_in.post(f"/settings/numbers/{cloud_account.id}/templates/sync", data=form).status_code == 302
+    )
+    page = logged_in.get(f"/settings/numbers/{cloud_account.id}").get_data(as_text=True)
+    assert "1 template synced." in page and "<code>pedido</code>" in page
+
+
+def test_the_closed_window_composer_sends_a_filled_template(
+    logged_in: FlaskClient,
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    closed_conversation: int,
+) -> None:
+    graph_api.add_template("pedido", "Olá {{1}}, seu pedido {{2}} saiu.")
+    template = _sync(graph_api, cloud_account)["pedido"]
+    thread = logged_in.get(f"/conversations/{closed_conversation}").get_data(as_text=True)
+    assert (
+        "24-hour window is closed" in thread and "pedido (pt_BR)" in thread and "data-composer" not in thread
+    )
+    fields = logged_in.get(
+        f"/conversations/{closed_conversation}/template", query_string={"template_id": template.id}
+    ).get_data(as_text=True)
+    assert 'name="param-1"' in fields and 'name="param-2"' in fields and "seu pedido {{2}} saiu" in fields
+
+    url = f"/conversations/{closed_conversation}/template"
+    form = {
+        "csrf_token": csrf_from(logged_in, "/"),
+        "template_id": str(template.id),
+        "param-1": "Marina",
+        "param-2": "#123",
+        "send_key": "k1",
+    }
+    assert logged_in.post(url, data=form).status_code == 200
+    assert logged_in.post(url, data=form).status_code == 200  # a double click: one message
+    sent = db.session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert [(m.type, m.text, m.status) for m in sent] == [
+        ("template", "Olá Marina, seu pedido #123 saiu.", "sent")
+    ]
+    assert len(graph_api.sent) == 1
+    assert graph_api.sent[0].json["template"] == {
+        "name": "pedido",
+        "language": {"code": "pt_BR"},
+        "components": [
+            {
+                "type": "body",
+                "parameters": [{"type": "text", "text": "Marina"}, {"type": "text", "text": "#123"}],
+            }
+        ],
+    }
+
+
+def test_named_variables_are_sent_by_name(
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    closed_conversation: int,
+    owner: factories.Person,
+) -> None:
+    from crm.inbox.sending import send_template
+
+    graph_api.add_template("boas_vindas", "Oi {{nome}}!")
+    template = _sync(graph_api, cloud_account)["boas_vindas"]
+    send_template(
+        owner.workspace_id, closed_conversation, template.id, {"nome": "Marina"}, user_id=owner.user_id
+    )
+    assert graph_api.sent[0].json["template"]["components"] == [
+        {"type": "body", "parameters": [{"type": "text", "text": "Marina", "parameter_name": "nome"}]}
+    ]
+
+
+def test_bad_template_sends_change_nothing(
+    logged_in: FlaskClient,
+    owner: factories.Person,
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    closed_conversation: int,
+) -> None:
+    graph_api.add_template("pedido", "Olá {{1}}")
+    template = _sync(graph_api, cloud_account)["pedido"]
+    other = make_cloud_account(owner, graph_api, phone_number_id="999", name="Other")
+    graph_api.templates.clear()
+    graph_api.add_template("outro", "Oi")
+    foreign = _sync(graph_api, other)["outro"]
+    url = f"/conversations/{closed_conversation}/template"
+    csrf = csrf_from(logged_in, "/")
+    cases = [
+        ({"template_id": str(template.id), "param-1": "  "}, 422),  # a variable left empty
+        ({"template_id": str(template.id), "param-1": "x" * 1025}, 422),
+        ({"template_id": ""}, 422),
+        ({"template_id": str(foreign.id)}, 422),  # another number's template
+        ({"template_id": "99999"}, 404),
+    ]
+    for fields, status in cases:
+        assert logged_in.post(url, data={"csrf_token": csrf, **fields}).status_code == status, fields
+    assert db.session.scalar(select(func.count()).select_from(Message).where(Message.direction == "out")) == 0
+
+
+def test_a_template_deleted_in_whatsapp_manager_fails_with_metas_reason(
+    owner: factories.Person,
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    closed_conversation: int,
+) -> None:
+    from crm.inbox.sending import send_template
+
+    graph_api.add_template("pedido", "Olá {{1}}")
+    graph_api.add_template("outro", "Oi")
+    template = _sync(graph_api, cloud_account)["pedido"]
+    del graph_api.templates[0]  # gone on Meta's side since the last sync
+    queued = send_template(
+        owner.workspace_id, closed_conversation, template.id, {"1": "Ana"}, user_id=owner.user_id
+    )
+    message = db.session.get(Message, queued.message.id)
+    assert message is not None and message.status == "failed" and message.error_code == "132001"
