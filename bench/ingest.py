@@ -774,6 +774,16 @@ class Bench:
             if self.worker.poll() is not None:
                 raise BenchError("flask crm worker exited:\n" + self._log_tail("worker"))
             time.sleep(0.2)
+        self.check_ready()
+        log(
+            f"server: up on {self.base} (web pid {self.web.pid}, workers {_children(self.web.pid)}; "
+            f"task worker pid {self.worker.pid})"
+        )
+
+    def check_ready(self) -> None:
+        """What this benchmark needs of the running server (here: the webhook verifies)."""
+        import httpx
+
         verify = httpx.get(
             f"{self.base}{self.webhook_path}",
             params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"},
@@ -781,10 +791,6 @@ class Bench:
         )
         if verify.status_code != 200 or verify.text != "42":
             raise BenchError(f"webhook verification failed: {verify.status_code} {verify.text[:200]}")
-        log(
-            f"server: up on {self.base} (web pid {self.web.pid}, workers {_children(self.web.pid)}; "
-            f"task worker pid {self.worker.pid})"
-        )
 
     @property
     def base(self) -> str:

@@ -76,6 +76,20 @@
     var button = event.target.closest && event.target.closest("[data-canned-text]");
     if (button) useCanned(button);
   });
+  // Emoji: inserted where the cursor is; the picker closes.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-emoji]");
+    if (!button) return;
+    var box = document.querySelector(button.getAttribute("data-target"));
+    if (!box) return;
+    var emoji = button.getAttribute("data-emoji");
+    var start = box.selectionStart || 0, end = box.selectionEnd || 0;
+    box.value = box.value.slice(0, start) + emoji + box.value.slice(end);
+    box.focus();
+    box.setSelectionRange(start + emoji.length, start + emoji.length);
+    var picker = button.closest("details");
+    if (picker) picker.open = false;
+  });
   document.addEventListener("keydown", function (event) {
     var target = event.target;
     if (target.matches && target.matches("textarea[data-composer]") && event.key === "Escape") {

@@ -123,7 +123,11 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
     composer.press("Enter")  # picks the first suggestion instead of sending "/ho"
     expect(composer).to_have_value("Oi Caio! Abrimos das 9h às 18h.")
     expect(choice).to_have_count(0)
+    page.locator(".emoji-picker summary").click()
+    page.locator(".emoji-grid [data-emoji='🙏']").click()  # lands where the cursor is: the end
+    expect(composer).to_have_value("Oi Caio! Abrimos das 9h às 18h.🙏")
+    expect(page.locator(".emoji-grid")).to_be_hidden()
     composer.press("Enter")
-    expect(page.locator(".thread .messages .bubble.from-business")).to_contain_text("Abrimos das 9h às 18h.")
+    expect(page.locator(".thread .messages .bubble.from-business")).to_contain_text("Abrimos das 9h às 18h.🙏")
     page.screenshot(path="test-artifacts/inbox-saved-reply.png")
     page.context.close()

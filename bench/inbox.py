@@ -1,0 +1,398 @@
+#!/usr/bin/env python
+"""Benchmark: the inbox's read path on a big database, under 50 agents, against the real server.
+
+    .venv/bin/python bench/inbox.py                 # seed (once, ~10 min), then 3 runs of 30 s
+    .venv/bin/python bench/inbox.py --reuse         # keep using a database seeded earlier (--keep)
+
+1. Seeds PostgreSQL (database ``zapdesk_bench_inbox``) through the product's own migrations, then
+   set-based SQL: 1,000,000 leads, 200,000 conversations on one number, 10,000,000 messages,
+   skewed: one conversation holds 100,000 of them and the rest follow a power law (most
+   conversations are short, a few are long). Statistics are refreshed (VACUUM ANALYZE).
+2. Starts the product as in scaled mode (gunicorn gthread + ``flask crm worker`` + Redis) with
+   ``log_min_duration_statement = 5`` on that database, so PostgreSQL itself logs every statement
+   that takes more than 5 ms.
+3. 50 agents (threads, each signed in with its own session) work the inbox as people do: open
+   the conversation list (the HTMX fragment), open a conversation (the thread fragment: the
+   newest 50 messages), scroll up in a long conversation (the next older page by its keyset
+   cursor), with a think time between clicks. A fifth of the conversations opened are the
+   100,000-message one; the others come from the 2,000 most recent.
+4. Prints p50/p95/p99 per kind of request, requests/s, errors, CPU use, and every statement
+   PostgreSQL logged over 5 ms during the runs. Targets: thread p95 ≤ 50 ms, list p95 ≤ 100 ms,
+   no SQL statement over 5 ms in the hot path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    CLK_TCK,
+    TEXTS,
+    WORKSPACE,
+    Bench,
+    BenchError,
+    cpu_snapshot,
+    log,
+    pct,
+)
+
+LEADS = 1_000_000
+CONVERSATIONS = 200_000
+MESSAGES = 10_000_000
+BIG_EVERY = 100  # every 100th message goes to the big conversation: 100,000 of 10,000,000
+SEED_MARK = "zapdesk inbox bench: seeded v1"
+PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")
+CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*name="csrf_token"')
+OLDER = re.compile(r'/conversations/\d+/older\?cursor=([^"&]+)')
+TARGETS = {"thread": 50.0, "list": 100.0}
+
+
+class InboxBench(Bench):
+    account_id: int
+
+    def setup(self) -> None:
+        if self.args.reuse and self._seeded():
+            log(f"setup: reusing the seeded database {self.db_name}")
+            self.db_created = True
+            with self.pg_bench() as conn:
+                self.account_id = int(conn.execute("SELECT min(id) FROM whatsapp_accounts").fetchone()[0])
+            return
+        log(f"setup: database {self.db_name} (dropped and recreated), Redis db {self.args.redis_db}")
+        with self.pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.db_created = True
+        self.run_cli("db", "upgrade", timeout=180)
+        self.run_cli(
+            "crm",
+            "create-admin",
+            "--workspace",
+            WORKSPACE,
+            "--email",
+            ADMIN_EMAIL,
+            "--password",
+            ADMIN_PASSWORD,
+        )
+        out = self.run_cli(
+            "crm", "add-account", "--workspace", WORKSPACE, "--provider", "sandbox", "--name", "Loja"
+        )
+        self.account_id = int(re.findall(r'"account_id":\s*(\d+)', out)[-1])
+        self.seed()
+
+    def _seeded(self) -> bool:
+        with self.pg_admin() as conn:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (self.db_name,),
+            ).fetchone()
+        return bool(row and row[0] == SEED_MARK)
+
+    def seed(self) -> None:
+        started = time.monotonic()
+        with self.pg_bench() as conn:
+            workspace_id = int(conn.execute("SELECT min(id) FROM workspaces").fetchone()[0])
+
+            def step(label: str, sql: str, params: dict[str, Any] | None = None) -> None:
+                t = time.monotonic()
+                conn.execute(sql, params or {})
+                log(f"seed: {label} in {time.monotonic() - t:.0f} s")
+
+            common = {"ws": workspace_id, "account": self.account_id}
+            step(
+                f"{LEADS:,} leads",
+                "INSERT INTO leads (workspace_id, phone, name, notes, opt_in, kind, created_at, updated_at) "
+                "SELECT %(ws)s, '+5511' || lpad(i::text, 9, '0'), 'Cliente ' || i, '', false, 'person', "
+                "now() - interval '400 days', now() FROM generate_series(1, %(n)s) AS i",
+                {**common, "n": LEADS},
+            )
+            step(
+                f"{CONVERSATIONS:,} conversations",
+                "INSERT INTO conversations (workspace_id, lead_id, account_id, status, unread_count, "
+                "ai_enabled, created_at) SELECT %(ws)s, id, %(account)s, "
+                "CASE WHEN id %% 5 = 0 THEN 'closed' ELSE 'open' END, id %% 3, true, "
+                "now() - interval '400 days' "
+                "FROM leads WHERE workspace_id = %(ws)s ORDER BY id LIMIT %(n)s",
+                {**common, "n": CONVERSATIONS},
+            )
+            low, high = conn.execute(
+                "SELECT min(id), max(id) FROM conversations WHERE workspace_id = %s", (workspace_id,)
+            ).fetchone()
+            chunk = 1_000_000
+            for start in range(1, MESSAGES + 1, chunk):
+                end = min(MESSAGES, start + chunk - 1)
+                # Message i is i seconds after the first; every BIG_EVERY-th goes to the big
+                # conversation, the others to conversation low+1+floor(span * r^3) (a power law).
+                step(
+                    f"messages {start:,} to {end:,}",
+                    "INSERT INTO messages (workspace_id, conversation_id, account_id, direction, type, text, "
+                    "status, provider, provider_message_id, author, created_at) "
+                    "SELECT %(ws)s, CASE WHEN i %% %(big)s = 0 THEN %(low)s "
+                    "ELSE %(low)s + 1 + floor((%(high)s - %(low)s - 1) * power(random(), 3))::int END, "
+                    "%(account)s, CASE WHEN i %% 3 = 0 THEN 'out' ELSE 'in' END, 'text', "
+                    "(%(texts)s::text[])[1 + i %% %(ntexts)s], "
+                    "CASE WHEN i %% 3 = 0 THEN 'read' ELSE 'received' END, 'sandbox', 'bench.' || i, "
+                    "CASE WHEN i %% 3 = 0 THEN 'agent' ELSE 'lead' END, "
+                    "now() - interval '1 second' * (%(total)s - i) "
+                    "FROM generate_series(%(start)s, %(end)s) AS i",
+                    {
+                        **common,
+                        "big": BIG_EVERY,
+                        "low": low,
+                        "high": high,
+                        "texts": list(TEXTS),
+                        "ntexts": len(TEXTS),
+                        "total": MESSAGES,
+                        "start": start,
+                        "end": end,
+                    },
+                )
+            step(
+                "conversations' last_message_at",
+                "UPDATE conversations AS c SET last_message_at = m.last FROM "
+                "(SELECT conversation_id, max(created_at) AS last FROM messages "
+                "GROUP BY conversation_id) AS m "
+                "WHERE c.id = m.conversation_id",
+            )
+            step(
+                "the rest",
+                "UPDATE conversations SET last_message_at = created_at WHERE last_message_at IS NULL",
+            )
+            step("VACUUM ANALYZE", "VACUUM ANALYZE")
+            conn.execute(f"COMMENT ON DATABASE \"{self.db_name}\" IS '{SEED_MARK}'")
+            size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
+        log(f"seed: done in {(time.monotonic() - started) / 60:.1f} min; database size {size}")
+
+    def start(self) -> None:
+        with self.pg_admin() as conn:
+            conn.execute(f'ALTER DATABASE "{self.db_name}" SET log_min_duration_statement = 5')
+        super().start()
+
+    def check_ready(self) -> None:
+        """/healthz answered; nothing more is needed."""
+
+    def cleanup(self) -> None:
+        try:
+            with self.pg_admin() as conn:
+                conn.execute(f'ALTER DATABASE "{self.db_name}" RESET log_min_duration_statement')
+        except Exception as exc:  # the database may be gone already
+            log(f"cleanup: log_min_duration_statement not reset: {exc}")
+        super().cleanup()
+
+
+@dataclass
+class Sample:
+    kind: str  # list | thread | older
+    ms: float
+    ok: bool
+
+
+@dataclass
+class Run:
+    label: str
+    samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    slow: list[tuple[float, str]] = field(default_factory=list)
+
+    def ms(self, kind: str) -> list[float]:
+        return [s.ms for s in self.samples if s.kind == kind and s.ok]
+
+
+def sign_in(base: str) -> Any:
+    import httpx
+
+    client = httpx.Client(base_url=base, timeout=30, follow_redirects=False)
+    page = client.get("/login").text
+    match = CSRF.search(page)
+    if not match:
+        raise BenchError("no CSRF token on the login page")
+    token = match.group(1) or match.group(2)
+    response = client.post(
+        "/login", data={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "csrf_token": token}
+    )
+    if response.status_code != 302:
+        raise BenchError(f"sign-in failed: {response.status_code}")
+    return client
+
+
+def agent(
+    client: Any,
+    rnd: random.Random,
+    recent: list[int],
+    big: int,
+    think: float,
+    until: float,
+    out: list[Sample],
+) -> None:
+    hx = {"HX-Request": "true"}
+    older_cursor: str | None = None
+    while time.monotonic() < until:
+        r = rnd.random()
+        if r < 0.4:
+            kind, path = "list", "/?view=all&status=open"
+        elif r < 0.55 and older_cursor:
+            kind, path = "older", f"/conversations/{big}/older?cursor={older_cursor}"
+        else:
+            kind = "thread"
+            conversation = big if rnd.random() < 0.2 else rnd.choice(recent)
+            path = f"/conversations/{conversation}"
+        t = time.perf_counter()
+        try:
+            response = client.get(path, headers=hx)
+            ok = response.status_code == 200
+        except Exception:
+            ok, response = False, None
+        out.append(Sample(kind, (time.perf_counter() - t) * 1000, ok))
+        if ok and response is not None and (kind == "older" or path == f"/conversations/{big}"):
+            found = OLDER.search(response.text)
+            older_cursor = found.group(1) if found else None  # scroll up further next time
+        time.sleep(rnd.expovariate(1 / think) if think > 0 else 0)
+
+
+def slow_statements(offset: int, db_name: str) -> list[tuple[float, str]]:
+    """(ms, statement) that PostgreSQL logged over 5 ms for the bench database since ``offset``."""
+    found: list[tuple[float, str]] = []
+    try:
+        with PG_LOG.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return [(-1.0, f"(cannot read {PG_LOG})")]
+    for line in text.splitlines():
+        if f"@{db_name} " not in line:
+            continue
+        match = re.search(r"duration: ([\d.]+) ms\s+(?:statement|execute [^:]*): (.*)", line)
+        if match:
+            found.append((float(match.group(1)), match.group(2)[:160]))
+    return found
+
+
+def run_once(bench: InboxBench, label: str, agents: int, seconds: float, think: float, seed: int) -> Run:
+    with bench.pg_bench() as conn:
+        recent = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT id FROM conversations WHERE status = 'open' "
+                "ORDER BY last_message_at DESC, id DESC LIMIT 2000"
+            )
+        ]
+        # The seed gives the first conversation every BIG_EVERY-th message.
+        big = int(conn.execute("SELECT min(id) FROM conversations").fetchone()[0])
+    clients = [sign_in(bench.base) for _ in range(agents)]
+    run = Run(label)
+    offset = PG_LOG.stat().st_size if PG_LOG.exists() else 0
+    before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    started = time.monotonic()
+    until = started + seconds
+    threads = [
+        threading.Thread(
+            target=agent,
+            args=(c, random.Random(seed + k), recent, big, think, until, run.samples),
+            daemon=True,
+        )
+        for k, c in enumerate(clients)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(seconds + 60)
+    run.seconds = time.monotonic() - started
+    after = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    for client in clients:
+        client.close()
+    span = run.seconds * CLK_TCK
+    run.cpu = {k: (after[k] - before[k]) / span for k in ("web", "pg", "redis", "worker")}
+    run.cpu["machine"] = (after["busy"] - before["busy"]) / max(1, after["total"] - before["total"]) * 2
+    time.sleep(1.0)  # the log collector writes a moment later
+    run.slow = slow_statements(offset, bench.db_name)
+    return run
+
+
+def report(runs: list[Run]) -> int:
+    log("")
+    log(
+        f"{'run':<8}{'req/s':>8}  {'list p50/p95/p99':>20}  {'thread p50/p95/p99':>20}  "
+        f"{'older p50/p95/p99':>20}  errors  slow SQL  cpu web/pg (cores)"
+    )
+    for run in runs:
+        cells = []
+        for kind in ("list", "thread", "older"):
+            values = run.ms(kind)
+            cells.append(f"{pct(values, 50):6.1f}/{pct(values, 95):5.1f}/{pct(values, 99):5.1f}")
+        errors = sum(1 for s in run.samples if not s.ok)
+        log(
+            f"{run.label:<8}{len(run.samples) / run.seconds:8.1f}  "
+            f"{cells[0]:>20}  {cells[1]:>20}  {cells[2]:>20}"
+            f"  {errors:>6}  {len(run.slow):>8}  {run.cpu['web']:.2f}/{run.cpu['pg']:.2f}"
+        )
+    med = {kind: statistics.median(pct(r.ms(kind), 95) for r in runs) for kind in ("list", "thread", "older")}
+    slow = [s for r in runs for s in r.slow]
+    log("")
+    log(
+        f"medians of {len(runs)} runs: list p95 {med['list']:.1f} ms (target ≤ {TARGETS['list']:.0f}), "
+        f"thread p95 {med['thread']:.1f} ms (target ≤ {TARGETS['thread']:.0f}), "
+        f"older page p95 {med['older']:.1f} ms; "
+        f"statements over 5 ms: {len(slow)}"
+    )
+    for ms, statement in sorted(slow, reverse=True)[:15]:
+        log(f"  {ms:8.1f} ms  {statement}")
+    met = med["list"] <= TARGETS["list"] and med["thread"] <= TARGETS["thread"] and not slow
+    log("targets: " + ("MET" if met else "NOT MET"))
+    errors = sum(1 for r in runs for s in r.samples if not s.ok)
+    return 1 if errors else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--agents", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--think", type=float, default=1.0, help="mean seconds between an agent's clicks (0: none)"
+    )
+    p.add_argument("--reuse", action="store_true", help="use the database a previous --keep run seeded")
+    p.add_argument("--keep", action="store_true", help="keep the seeded database for --reuse")
+    p.add_argument("--workers", "-w", type=int, default=2)
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--db-name", default="zapdesk_bench_inbox")
+    p.add_argument("--redis-db", type=int, default=13)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    args.app, args.pythonpath, args.log_level = "wsgi:app", None, "WARNING"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = InboxBench(args)
+    try:
+        bench.preflight()
+        bench.setup()
+        bench.start()
+        runs = [
+            run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, args.seed + 1000 * k)
+            for k in range(args.repeat)
+        ]
+        return report(runs)
+    except BenchError as exc:
+        print(f"bench/inbox.py: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
