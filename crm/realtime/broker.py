@@ -1,5 +1,10 @@
 """Publishing events to open pages: Redis pub/sub across processes, in-process otherwise.
 
+Every event reaches this process's listeners (the open websockets) directly. With Redis it is
+also published on the workspace's channel, and each web process runs one relay thread that
+subscribes to every workspace channel and hands other processes' events to its own listeners:
+one Redis connection per process, however many sockets are open.
+
 Pub/sub is lossy by design; pages that reconnect fetch what they missed from the database.
 Events are published only after the commit that made them true (see ``publish_after_commit``).
 """
@@ -9,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +30,76 @@ Listener = Callable[[int, Event], None]
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()
+ORIGIN = uuid.uuid4().hex  # this process: its own events come back from Redis and are skipped
+CHANNEL_PREFIX = "zapdesk:workspace:"
+_relay: threading.Thread | None = None
 
 
 def channel(workspace_id: int) -> str:
-    return f"zapdesk:workspace:{workspace_id}"
+    return f"{CHANNEL_PREFIX}{workspace_id}"
+
+
+def _deliver(workspace_id: int, event: Event) -> None:
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(workspace_id, event)
+        except Exception:
+            log.exception("realtime listener failed")
+
+
+def relayed(message: dict[str, Any]) -> tuple[int, Event] | None:
+    """A pub/sub message from another process as (workspace id, event); None for anything else."""
+    name = message.get("channel")
+    name = name.decode() if isinstance(name, bytes) else str(name or "")
+    workspace = name.removeprefix(CHANNEL_PREFIX)
+    try:
+        body = json.loads(message.get("data") or b"")
+    except (TypeError, ValueError):
+        return None
+    if not workspace.isdigit() or not isinstance(body, dict) or body.get("origin") == ORIGIN:
+        return None
+    event = body.get("event")
+    return (int(workspace), event) if isinstance(event, dict) else None
+
+
+def _relay_loop(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, health_check_interval=30)
+    pause = 1.0
+    while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+            pause = 1.0
+            while True:
+                message = pubsub.get_message(timeout=5.0)
+                if message:
+                    found = relayed(message)
+                    if found is not None:
+                        _deliver(*found)
+        except Exception:  # Redis went away: pages catch up when it is back (they refetch)
+            log.warning("realtime relay lost Redis; retrying in %.0f s", pause, exc_info=True)
+            time.sleep(pause)
+            pause = min(pause * 2, 30.0)
+        finally:
+            pubsub.close()
+
+
+def ensure_relay() -> None:
+    """Start this process's Redis relay once (no-op without Redis)."""
+    global _relay
+    redis_url = current_app.config.get("REDIS_URL")
+    if not redis_url:
+        return
+    with _lock:
+        if _relay is None or not _relay.is_alive():
+            _relay = threading.Thread(
+                target=_relay_loop, args=(redis_url,), name="realtime-relay", daemon=True
+            )
+            _relay.start()
 
 
 def subscribe_local(listener: Listener) -> Callable[[], None]:
@@ -43,19 +116,14 @@ def subscribe_local(listener: Listener) -> Callable[[], None]:
 
 
 def publish(workspace_id: int, event: Event) -> None:
-    with _lock:
-        listeners = list(_listeners)
-    for listener in listeners:
-        try:
-            listener(workspace_id, event)
-        except Exception:
-            log.exception("realtime listener failed")
+    _deliver(workspace_id, event)
     redis_url = current_app.config.get("REDIS_URL")
     if redis_url:
         from crm.redis import get_redis
 
         try:
-            get_redis().publish(channel(workspace_id), json.dumps(event, default=str))
+            body = json.dumps({"origin": ORIGIN, "event": event}, default=str)
+            get_redis().publish(channel(workspace_id), body)
         except Exception:  # lossy by design: pages catch up from the database
             log.warning("realtime publish to Redis failed", exc_info=True)
 

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app, g, request, session
+from flask import g, request, session
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -25,7 +25,7 @@ from crm.auth.models import Membership
 from crm.db import utcnow
 from crm.extensions import db, sock
 from crm.realtime import presence
-from crm.realtime.broker import Event, channel, publish, subscribe_local
+from crm.realtime.broker import Event, ensure_relay, publish, subscribe_local
 from crm.realtime.fragments import render_event
 from crm.whatsapp.models import WebQRSession
 
@@ -47,21 +47,6 @@ def changed_webqr_sessions(workspace_id: int, since: datetime) -> tuple[list[int
     ).all()
     mark = max([since, *(r.updated_at for r in rows)])
     return [r.account_id for r in rows], mark
-
-
-def _redis_listener(workspace_id: int, inbox: queue.Queue[Event], stop: threading.Event) -> None:
-    from crm.redis import get_redis
-
-    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel(workspace_id))
-    try:
-        while not stop.is_set():
-            message = pubsub.get_message(timeout=1.0)
-            if message and isinstance(message.get("data"), bytes | str):
-                with contextlib.suppress(ValueError, queue.Full):  # lossy by design
-                    inbox.put_nowait(json.loads(message["data"]))
-    finally:
-        pubsub.close()
 
 
 def _reader(ws: Any, inbox: queue.Queue[Event], stop: threading.Event) -> None:
@@ -132,8 +117,7 @@ def events_socket(ws: Any) -> None:
                 inbox.put_nowait(event)
 
     unsubscribe = subscribe_local(local)
-    if current_app.config.get("REDIS_URL"):
-        threading.Thread(target=_redis_listener, args=(workspace_id, inbox, stop), daemon=True).start()
+    ensure_relay()  # events of the other web processes (scaled mode)
     threading.Thread(target=_reader, args=(ws, inbox, stop), daemon=True).start()
     db.session.remove()
     presence.touch(workspace_id, user_id, socket_id, None)

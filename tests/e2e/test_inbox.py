@@ -128,6 +128,8 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
     expect(composer).to_have_value("Oi Caio! Abrimos das 9h às 18h.🙏")
     expect(page.locator(".emoji-grid")).to_be_hidden()
     composer.press("Enter")
-    expect(page.locator(".thread .messages .bubble.from-business")).to_contain_text("Abrimos das 9h às 18h.🙏")
+    expect(page.locator(".thread .messages .bubble.from-business")).to_contain_text(
+        "Abrimos das 9h às 18h.🙏"
+    )
     page.screenshot(path="test-artifacts/inbox-saved-reply.png")
     page.context.close()

@@ -1,0 +1,63 @@
+"""The realtime broker: one Redis relay per process carries other processes' events."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+
+import pytest
+import redis
+from flask import Flask
+
+from crm.realtime import broker
+from tests.services import require_service
+
+
+def test_relayed_reads_other_processes_events_and_skips_its_own() -> None:
+    event = {"type": "message.created", "message_id": 5}
+    theirs = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "elsewhere", "event": event})}
+    assert broker.relayed(theirs) == (7, event)
+    mine = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": broker.ORIGIN, "event": event})}
+    assert broker.relayed(mine) is None  # delivered locally already, when it was published
+    for junk in (
+        {"channel": b"zapdesk:workspace:x", "data": theirs["data"]},
+        {"channel": b"zapdesk:workspace:7", "data": b"not json"},
+        {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "o", "event": [1]})},
+        {"channel": None, "data": None},
+    ):
+        assert broker.relayed(junk) is None
+
+
+def test_the_relay_hands_other_processes_events_to_this_process(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        require_service("TEST_REDIS_URL is not set: the Redis relay is not checked")
+    monkeypatch.setitem(app.config, "REDIS_URL", url)
+    received: queue.Queue[tuple[int, dict[str, object]]] = queue.Queue()
+    unsubscribe = broker.subscribe_local(lambda ws, event: received.put((ws, event)))
+    try:
+        broker.ensure_relay()
+        client = redis.Redis.from_url(url)
+        event = {"type": "conversation.updated", "conversation_id": 3}
+        deadline = time.monotonic() + 5
+        got = None
+        while got is None and time.monotonic() < deadline:  # the relay subscribes asynchronously
+            client.publish(broker.channel(42), json.dumps({"origin": "another-process", "event": event}))
+            try:
+                got = received.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        assert got == (42, event)
+        broker.publish(42, {"type": "note.created", "note_id": 1})  # ours: delivered exactly once
+        assert received.get(timeout=1) == (42, {"type": "note.created", "note_id": 1})
+        time.sleep(0.3)
+        leftovers = []
+        while not received.empty():
+            leftovers.append(received.get())
+        assert {"type": "note.created", "note_id": 1} not in [e for _ws, e in leftovers]
+    finally:
+        unsubscribe()
