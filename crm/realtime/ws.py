@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import queue
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -32,8 +31,6 @@ from crm.whatsapp.models import WebQRSession
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 30.0
-CLIENT = "_client"  # queue entries from the page itself, never published
-CLOSED = "_closed"
 WAIT_SECONDS = 1.0
 POLL_SECONDS = 2.0
 
@@ -49,20 +46,22 @@ def changed_webqr_sessions(workspace_id: int, since: datetime) -> tuple[list[int
     return [r.account_id for r in rows], mark
 
 
-def _reader(ws: Any, inbox: queue.Queue[Event], stop: threading.Event) -> None:
-    """What the page says (which conversation it shows) joins the event queue."""
-    while not stop.is_set():
+def _from_page(ws: Any) -> list[dict[str, Any]] | None:
+    """What the page said since the last look (which conversation it shows), without waiting:
+    the websocket library buffers it. None when the socket is closed."""
+    said: list[dict[str, Any]] = []
+    while True:
         try:
-            data = ws.receive()
+            data = ws.receive(timeout=0)
         except Exception:  # closed
-            break
+            return None
+        if data is None:
+            return said
         if isinstance(data, str) and len(data) < 4096:
-            with contextlib.suppress(ValueError, queue.Full):
+            with contextlib.suppress(ValueError):
                 message = json.loads(data)
                 if isinstance(message, dict):
-                    inbox.put_nowait({"type": CLIENT, "message": message})
-    with contextlib.suppress(queue.Full):
-        inbox.put_nowait({"type": CLOSED})
+                    said.append(message)
 
 
 def _viewing(workspace_id: int, message: dict[str, Any]) -> int | None:
@@ -109,7 +108,6 @@ def events_socket(ws: Any) -> None:
     socket_id = uuid.uuid4().hex[:12]
     viewing: int | None = None
     inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
-    stop = threading.Event()
 
     def local(ws_id: int, event: Event) -> None:
         if ws_id == workspace_id:
@@ -118,7 +116,6 @@ def events_socket(ws: Any) -> None:
 
     unsubscribe = subscribe_local(local)
     ensure_relay()  # events of the other web processes (scaled mode)
-    threading.Thread(target=_reader, args=(ws, inbox, stop), daemon=True).start()
     db.session.remove()
     presence.touch(workspace_id, user_id, socket_id, None)
     checked = polled = touched = time.monotonic()
@@ -129,10 +126,11 @@ def events_socket(ws: Any) -> None:
                 event = inbox.get(timeout=WAIT_SECONDS)
             except queue.Empty:
                 event = None
-            if event is not None and event.get("type") == CLOSED:
+            said = _from_page(ws)
+            if said is None:
                 return
-            if event is not None and event.get("type") == CLIENT:
-                shown = _viewing(workspace_id, event["message"])
+            for message in said:
+                shown = _viewing(workspace_id, message)
                 db.session.remove()
                 if shown != viewing:
                     if viewing is not None:
@@ -142,7 +140,6 @@ def events_socket(ws: Any) -> None:
                     presence.touch(workspace_id, user_id, socket_id, viewing)
                     if viewing is not None:
                         publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})
-                continue
             if time.monotonic() - touched > presence.REFRESH_SECONDS:
                 presence.touch(workspace_id, user_id, socket_id, viewing)
                 touched = time.monotonic()
@@ -173,7 +170,6 @@ def events_socket(ws: Any) -> None:
             if html:
                 ws.send(html)
     finally:
-        stop.set()
         unsubscribe()
         presence.leave(workspace_id, user_id, socket_id, viewing)
         if viewing is not None:
