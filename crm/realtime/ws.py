@@ -15,6 +15,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import g, request, session
 from flask_login import current_user
@@ -95,6 +96,12 @@ def _since(raw: str | None) -> datetime:
 
 @sock.route("/ws")
 def events_socket(ws: Any) -> None:
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).hostname != urlsplit(f"//{request.host}").hostname:
+        # Another site's page opening a socket with our cookies (cross-site websocket hijacking).
+        # Host names are compared: cookies are not kept apart by port either.
+        ws.close(reason=1008, message="cross-site")
+        return
     if not current_user.is_authenticated:
         ws.close(reason=1008, message="sign in first")
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import redis
 from flask import Flask
 
 from crm.realtime import broker
+from tests import factories
 from tests.services import require_service
 
 
@@ -61,3 +63,27 @@ def test_the_relay_hands_other_processes_events_to_this_process(
         assert {"type": "note.created", "note_id": 1} not in [e for _ws, e in leftovers]
     finally:
         unsubscribe()
+
+
+def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
+    live_server: str, owner: factories.Person
+) -> None:
+    import httpx
+    import simple_websocket
+
+    with httpx.Client(base_url=live_server) as browser:
+        page = browser.get("/login").text
+        token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+        assert token is not None
+        form = {"email": owner.email, "password": factories.PASSWORD, "csrf_token": token.group(1)}
+        assert browser.post("/login", data=form).status_code == 302
+        cookie = "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+    url = live_server.replace("http://", "ws://") + "/ws"
+    same = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
+    try:
+        assert same.receive(timeout=1.5) is None  # open and quiet: nothing happened yet
+    finally:
+        same.close()
+    foreign = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    with pytest.raises(simple_websocket.ConnectionClosed):
+        foreign.receive(timeout=3)
