@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, Table, select, update
+from sqlalchemy.orm import contains_eager
 
 from crm.auth.models import Membership, User
 from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
@@ -165,22 +166,25 @@ def filtered_conversations(
                 )
             )
         stmt = stmt.where(or_(*conditions))
+    stmt = stmt.options(contains_eager(Conversation.lead))  # the join above loads each customer
     return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
 
 def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
-    """The newest message of each conversation (one indexed lookup each; lists are 50 long)."""
-    result: dict[int, Message] = {}
-    for conversation_id in conversation_ids:
-        message = db.session.scalar(
-            select(Message)
-            .where(Message.conversation_id == conversation_id)
-            .order_by(Message.created_at.desc(), Message.id.desc())
-            .limit(1)
-        )
-        if message is not None:
-            result[conversation_id] = message
-    return result
+    """The newest message of each conversation, in one statement: for each conversation an
+    indexed "newest first, LIMIT 1" subquery picks the id, then the rows are read by key."""
+    if not conversation_ids:
+        return {}
+    newest = (
+        select(Message.id)
+        .where(Message.conversation_id == Conversation.id)
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(1)
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+    ids = select(newest).where(Conversation.id.in_(conversation_ids))
+    return {m.conversation_id: m for m in db.session.scalars(select(Message).where(Message.id.in_(ids)))}
 
 
 def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
