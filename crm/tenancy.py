@@ -22,11 +22,11 @@ def scoped(stmt: Select[Any], model: type[Any], workspace_id: int) -> Select[Any
 
 
 def get_scoped(model: type[T], workspace_id: int, object_id: int) -> T:
-    """The row of ``model`` with this id in this workspace, or NotFound (missing or other tenant)."""
-    obj = db.session.scalar(
-        scoped(db.select(model), model, workspace_id).where(model.id == object_id)  # type: ignore[attr-defined]
-    )
-    if obj is None:
+    """The row of ``model`` with this id in this workspace, or NotFound (missing or other tenant).
+
+    By primary key, so a row this request already loaded costs no second query."""
+    obj = db.session.get(model, object_id)
+    if obj is None or obj.workspace_id != workspace_id:  # type: ignore[attr-defined]
         raise NotFound(f"{model.__name__} {object_id}")
     return obj
 
