@@ -116,6 +116,8 @@ def subscribe_local(listener: Listener) -> Callable[[], None]:
 
 
 def publish(workspace_id: int, event: Event) -> None:
+    # Each event gets its own id, so the fragment rendered for it can be shared by every socket.
+    event = {**event, "eid": event.get("eid") or uuid.uuid4().hex}
     _deliver(workspace_id, event)
     redis_url = current_app.config.get("REDIS_URL")
     if redis_url:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from flask import render_template
 
@@ -109,3 +111,41 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
             return None
         return render_template("settings/_webqr_panel.html", oob=True, **view)
     return None
+
+
+# Fragments that are the same for everyone in the workspace (per language) are rendered once per
+# process and event, however many sockets are open: 1,000 tabs must not mean 1,000 renders.
+SHARED_KINDS = frozenset({"message.created", "message.status", "conversation.updated", "note.created"})
+SHARED_SECONDS = 30.0
+_shared: dict[tuple[str, ...], tuple[float, threading.Event, list[str | None]]] = {}
+_shared_lock = threading.Lock()
+
+
+def render_for_socket(workspace_id: int, event: Event, *, manager: bool, user_id: int) -> str | None:
+    from flask_babel import get_locale
+
+    kind, eid = str(event.get("type", "")), event.get("eid")
+    if not isinstance(eid, str) or not (kind in SHARED_KINDS or kind.startswith("webqr.")):
+        return render_event(workspace_id, event, manager=manager, user_id=user_id)
+    key = (str(workspace_id), eid, str(get_locale()), str(manager) if kind.startswith("webqr.") else "")
+    now = time.monotonic()
+    with _shared_lock:
+        entry = _shared.get(key)
+        mine = entry is None
+        if mine:
+            entry = _shared[key] = (now + SHARED_SECONDS, threading.Event(), [])
+            if len(_shared) > 2000:
+                for stale in [
+                    k for k, (expires, done, _) in _shared.items() if expires < now and done.is_set()
+                ]:
+                    del _shared[stale]
+    assert entry is not None
+    _expires, done, result = entry
+    if mine:
+        try:
+            result.append(render_event(workspace_id, event, manager=manager, user_id=user_id))
+        finally:
+            done.set()
+    elif not done.wait(5.0) or not result:
+        return render_event(workspace_id, event, manager=manager, user_id=user_id)
+    return result[0]

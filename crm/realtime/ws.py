@@ -26,7 +26,7 @@ from crm.db import utcnow
 from crm.extensions import db, sock
 from crm.realtime import presence
 from crm.realtime.broker import Event, ensure_relay, publish, subscribe_local
-from crm.realtime.fragments import render_event
+from crm.realtime.fragments import render_for_socket
 from crm.whatsapp.models import WebQRSession
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def events_socket(ws: Any) -> None:
                 # Fresh rows for the templates' shared context: the ones loaded at connect time
                 # were released with their database session.
                 g.membership = db.session.get(Membership, membership_id)
-                html = render_event(workspace_id, event, manager=manager, user_id=user_id)
+                html = render_for_socket(workspace_id, event, manager=manager, user_id=user_id)
             finally:
                 db.session.remove()
             if html:

@@ -55,12 +55,13 @@ def test_the_relay_hands_other_processes_events_to_this_process(
                 continue
         assert got == (42, event)
         broker.publish(42, {"type": "note.created", "note_id": 1})  # ours: delivered exactly once
-        assert received.get(timeout=1) == (42, {"type": "note.created", "note_id": 1})
+        workspace, ours = received.get(timeout=1)
+        assert workspace == 42 and ours["note_id"] == 1 and ours["eid"]
         time.sleep(0.3)
         leftovers = []
         while not received.empty():
             leftovers.append(received.get())
-        assert {"type": "note.created", "note_id": 1} not in [e for _ws, e in leftovers]
+        assert ours not in [e for _ws, e in leftovers]
     finally:
         unsubscribe()
 
@@ -87,3 +88,27 @@ def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
     foreign = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
     with pytest.raises(simple_websocket.ConnectionClosed):
         foreign.receive(timeout=3)
+
+
+def test_a_shared_fragment_is_rendered_once_per_event_and_language(
+    app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.realtime import fragments
+
+    conversation_id = factories.conversation(owner)
+    calls: list[str] = []
+    real = fragments.render_event
+
+    def counting(*args: object, **kwargs: object) -> str | None:
+        calls.append("render")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fragments, "render_event", counting)
+    event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "e1"}
+    with app.test_request_context("/ws"):
+        first = fragments.render_for_socket(owner.workspace_id, event, manager=True, user_id=owner.user_id)
+        for _ in range(50):  # 50 more open tabs
+            assert fragments.render_for_socket(owner.workspace_id, event, manager=False, user_id=1) == first
+        assert first and len(calls) == 1
+        fragments.render_for_socket(owner.workspace_id, {**event, "eid": "e2"}, manager=True, user_id=1)
+        assert len(calls) == 2  # a later event, even about the same conversation, is rendered anew
