@@ -39,7 +39,8 @@ def channel(workspace_id: int) -> str:
     return f"{CHANNEL_PREFIX}{workspace_id}"
 
 
-def _deliver(workspace_id: int, event: Event) -> None:
+def deliver_local(workspace_id: int, event: Event) -> None:
+    """To this process's listeners only (what other processes learn by themselves)."""
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
@@ -79,7 +80,7 @@ def _relay_loop(redis_url: str) -> None:
                 if message:
                     found = relayed(message)
                     if found is not None:
-                        _deliver(*found)
+                        deliver_local(*found)
         except Exception:  # Redis went away: pages catch up when it is back (they refetch)
             log.warning("realtime relay lost Redis; retrying in %.0f s", pause, exc_info=True)
             time.sleep(pause)
@@ -118,7 +119,7 @@ def subscribe_local(listener: Listener) -> Callable[[], None]:
 def publish(workspace_id: int, event: Event) -> None:
     # Each event gets its own id, so the fragment rendered for it can be shared by every socket.
     event = {**event, "eid": event.get("eid") or uuid.uuid4().hex}
-    _deliver(workspace_id, event)
+    deliver_local(workspace_id, event)
     redis_url = current_app.config.get("REDIS_URL")
     if redis_url:
         from crm.redis import get_redis

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from flask import render_template
 
@@ -121,12 +122,25 @@ _shared: dict[tuple[str, ...], tuple[float, threading.Event, list[str | None]]] 
 _shared_lock = threading.Lock()
 
 
-def render_for_socket(workspace_id: int, event: Event, *, manager: bool, user_id: int) -> str | None:
+def render_for_socket(
+    workspace_id: int,
+    event: Event,
+    *,
+    manager: bool,
+    user_id: int,
+    prepare: Callable[[], None] = lambda: None,
+) -> str | None:
+    """The fragment for one socket; ``prepare`` (loading what the templates' context needs) runs
+    only when this socket really renders, not when it reuses another's rendering."""
     from flask_babel import get_locale
+
+    def render() -> str | None:
+        prepare()
+        return render_event(workspace_id, event, manager=manager, user_id=user_id)
 
     kind, eid = str(event.get("type", "")), event.get("eid")
     if not isinstance(eid, str) or not (kind in SHARED_KINDS or kind.startswith("webqr.")):
-        return render_event(workspace_id, event, manager=manager, user_id=user_id)
+        return render()
     key = (str(workspace_id), eid, str(get_locale()), str(manager) if kind.startswith("webqr.") else "")
     now = time.monotonic()
     with _shared_lock:
@@ -143,9 +157,9 @@ def render_for_socket(workspace_id: int, event: Event, *, manager: bool, user_id
     _expires, done, result = entry
     if mine:
         try:
-            result.append(render_event(workspace_id, event, manager=manager, user_id=user_id))
+            result.append(render())
         finally:
             done.set()
     elif not done.wait(5.0) or not result:
-        return render_event(workspace_id, event, manager=manager, user_id=user_id)
+        return render()
     return result[0]

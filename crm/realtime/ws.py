@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import queue
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from crm.auth.models import Membership
 from crm.db import utcnow
 from crm.extensions import db, sock
 from crm.realtime import presence
-from crm.realtime.broker import Event, ensure_relay, publish, subscribe_local
+from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, subscribe_local
 from crm.realtime.fragments import render_for_socket
 from crm.whatsapp.models import WebQRSession
 
@@ -81,6 +82,32 @@ def _viewing(workspace_id: int, message: dict[str, Any]) -> int | None:
     return found
 
 
+_webqr_lock = threading.Lock()
+_webqr_marks: dict[int, tuple[float, datetime]] = {}  # workspace: (last poll, changes seen up to)
+
+
+def poll_webqr_states(workspace_id: int) -> None:
+    """WebQR state written by another process without Redis (the embedded gateway child), or
+    lost by pub/sub: the state rows are the truth. At most one query per workspace every
+    ``POLL_SECONDS`` in this process, whatever the number of open tabs; what changed reaches
+    every tab of the workspace here."""
+    now = time.monotonic()
+    with _webqr_lock:
+        last, mark = _webqr_marks.get(workspace_id, (0.0, utcnow()))
+        if now - last < POLL_SECONDS:
+            return
+        _webqr_marks[workspace_id] = (now, mark)
+    changed, new_mark = changed_webqr_sessions(workspace_id, mark)
+    db.session.remove()
+    with _webqr_lock:
+        _, current = _webqr_marks[workspace_id]
+        _webqr_marks[workspace_id] = (now, max(current, new_mark))
+    for account_id in changed:
+        deliver_local(
+            workspace_id, {"type": "webqr.state", "account_id": account_id, "eid": uuid.uuid4().hex}
+        )
+
+
 def _since(raw: str | None) -> datetime:
     """When the page was rendered: changes after it reach the page even if they happened before
     the socket opened. Bounded to the last minute; anything odd means now."""
@@ -123,10 +150,13 @@ def events_socket(ws: Any) -> None:
 
     unsubscribe = subscribe_local(local)
     ensure_relay()  # events of the other web processes (scaled mode)
+    if manager:  # what changed between the page's rendering and now
+        missed, _mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
+        for account_id in missed:
+            inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
     db.session.remove()
     presence.touch(workspace_id, user_id, socket_id, None)
-    checked = polled = touched = time.monotonic()
-    mark = _since(request.args.get("since"))
+    checked = touched = time.monotonic()
     try:
         while True:
             try:
@@ -158,20 +188,19 @@ def events_socket(ws: Any) -> None:
                     return
                 checked = time.monotonic()
             if event is None:
-                if manager and time.monotonic() - polled > POLL_SECONDS:
-                    # Events from another process without Redis (the embedded gateway child), or
-                    # lost by pub/sub: the state rows are the truth, so look at what changed.
-                    polled = time.monotonic()
-                    changed, mark = changed_webqr_sessions(workspace_id, mark)
-                    db.session.remove()
-                    for account_id in changed:
-                        inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
+                if manager:
+                    poll_webqr_states(workspace_id)
                 continue
-            try:
+
+            def fresh_context() -> None:
                 # Fresh rows for the templates' shared context: the ones loaded at connect time
                 # were released with their database session.
                 g.membership = db.session.get(Membership, membership_id)
-                html = render_for_socket(workspace_id, event, manager=manager, user_id=user_id)
+
+            try:
+                html = render_for_socket(
+                    workspace_id, event, manager=manager, user_id=user_id, prepare=fresh_context
+                )
             finally:
                 db.session.remove()
             if html:

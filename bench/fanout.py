@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Benchmark: live updates to 1,000 open inbox tabs, against the real server.
+
+    .venv/bin/python bench/fanout.py                        # 1,000 sockets, 40 events
+    .venv/bin/python bench/fanout.py --clients 200 --threads 120
+
+1. A fresh database (``zapdesk_bench_fanout``): a workspace, a sandbox number, an API token.
+2. The product as in scaled mode (gunicorn ``gthread``, ``flask crm worker``, Redis). Each open
+   websocket holds one of gunicorn's threads, so ``--threads`` defaults to what the clients need.
+3. ``--clients`` websockets (asyncio + wsproto, in this process), spread over ``--sessions``
+   signed-in sessions as browsers with many tabs would be. Measured: how long until every
+   socket is open.
+4. ``--events`` messages sent through the REST API, one every ``--interval`` seconds; for each,
+   every socket's delay from the API's 202 (the commit is done by then) to the first frame that
+   carries that message. Meanwhile a probe calls ``GET /api/v1/conversations`` 10 times a second.
+5. Prints connect time, delivery p50/p95/p99/max, missed deliveries, the probe's p50/p99, CPU.
+   Targets: all connected ≤ 5 s, delivery p99 ≤ 100 ms, plain HTTP p99 ≤ 50 ms meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import re
+import sys
+import threading
+import time
+
+from inbox import sign_in
+from ingest import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    CLK_TCK,
+    HOST,
+    WORKSPACE,
+    Bench,
+    BenchError,
+    cpu_snapshot,
+    log,
+    pct,
+)
+
+MARK = re.compile(r"fanout-(\d+)-end")
+
+
+class FanoutBench(Bench):
+    token = ""
+
+    def setup(self) -> None:
+        log(f"setup: database {self.db_name} (dropped and recreated), Redis db {self.args.redis_db}")
+        with self.pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        self.db_created = True
+        self.run_cli("db", "upgrade", timeout=180)
+        self.run_cli(
+            "crm",
+            "create-admin",
+            "--workspace",
+            WORKSPACE,
+            "--email",
+            ADMIN_EMAIL,
+            "--password",
+            ADMIN_PASSWORD,
+        )
+        self.run_cli(
+            "crm", "add-account", "--workspace", WORKSPACE, "--provider", "sandbox", "--name", "Loja"
+        )
+        out = self.run_cli("crm", "create-token", "--workspace", WORKSPACE, "--email", ADMIN_EMAIL)
+        found = re.findall(r'"token":\s*"([^"]+)"', out) or re.findall(r"(\S{30,})", out)
+        if not found:
+            raise BenchError(f"create-token printed no token: {out!r}")
+        self.token = found[-1]
+
+    def check_ready(self) -> None:
+        """/healthz answered; nothing more is needed."""
+
+
+class Socket:
+    """One open inbox tab: the websocket, and when each message's fragment arrived."""
+
+    def __init__(self) -> None:
+        self.opened = 0.0
+        self.arrived: dict[int, float] = {}
+        self.error = ""
+
+
+async def open_socket(port: int, cookie: str, sock: Socket, stop: asyncio.Event) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError as exc:
+        sock.error = f"connect: {exc}"
+        return
+    ws = WSConnection(ConnectionType.CLIENT)
+    origin = f"http://{HOST}:{port}"
+    writer.write(
+        ws.send(
+            Request(
+                host=f"{HOST}:{port}",
+                target="/ws",
+                extra_headers=[(b"cookie", cookie.encode()), (b"origin", origin.encode())],
+            )
+        )
+    )
+    buffer = ""
+    try:
+        while not stop.is_set():
+            try:
+                data = await asyncio.wait_for(reader.read(65536), timeout=0.5)
+            except TimeoutError:
+                continue
+            if not data:
+                sock.error = sock.error or "closed by the server"
+                return
+            ws.receive_data(data)
+            now = time.perf_counter()
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    sock.opened = now
+                elif isinstance(event, TextMessage):
+                    buffer += event.data
+                    if event.message_finished:
+                        for number in MARK.findall(buffer):
+                            sock.arrived.setdefault(int(number), now)
+                        buffer = ""
+                elif isinstance(event, Ping):
+                    writer.write(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    sock.error = f"closed: {event.code} {event.reason}"
+                    return
+    finally:
+        writer.close()
+
+
+def probe(base: str, token: str, stop: threading.Event, out: list[float]) -> None:
+    import httpx
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
+        while not stop.is_set():
+            t = time.perf_counter()
+            ok = client.get("/api/v1/conversations?limit=20").status_code == 200
+            if ok:
+                out.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.1)
+
+
+def run(bench: FanoutBench, args: argparse.Namespace) -> int:
+    import httpx
+
+    cookies = []
+    for _ in range(args.sessions):
+        client = sign_in(bench.base)
+        cookies.append("; ".join(f"{k}={v}" for k, v in client.cookies.items()))
+        client.close()
+    log(f"load: {args.sessions} sessions signed in; opening {args.clients} sockets")
+    sockets = [Socket() for _ in range(args.clients)]
+    sent: dict[int, float] = {}
+    probe_ms: list[float] = []
+    probe_stop = threading.Event()
+    api = httpx.Client(base_url=bench.base, headers={"Authorization": f"Bearer {bench.token}"}, timeout=30)
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(open_socket(bench.port, cookies[k % len(cookies)], s, stop))
+            for k, s in enumerate(sockets)
+        ]
+        deadline = started + 60
+        while time.perf_counter() < deadline and sum(1 for s in sockets if s.opened or s.error) < len(
+            sockets
+        ):
+            await asyncio.sleep(0.05)
+        opened = [s.opened for s in sockets if s.opened]
+        connect_s = (max(opened) - started) if len(opened) == len(sockets) else math.inf
+        log(
+            f"sockets: {len(opened)} of {len(sockets)} open in {max(opened, default=started) - started:.2f} s"
+            + (
+                f"; {sum(1 for s in sockets if s.error)} failed: {next(s.error for s in sockets if s.error)}"
+                if any(s.error for s in sockets)
+                else ""
+            )
+        )
+        await asyncio.sleep(1.0)  # every socket subscribed before the first event
+        threading.Thread(
+            target=probe, args=(bench.base, bench.token, probe_stop, probe_ms), daemon=True
+        ).start()
+        for k in range(args.events):
+            body = {"to": "+5511988880000", "text": f"fanout-{k}-end", "idempotency_key": f"fanout-{k}"}
+            response = await asyncio.to_thread(api.post, "/api/v1/messages", json=body)
+            if response.status_code != 202:
+                raise BenchError(f"API send answered {response.status_code}: {response.text[:200]}")
+            sent[k] = time.perf_counter()
+            await asyncio.sleep(args.interval)
+        await asyncio.sleep(3.0)  # stragglers
+        probe_stop.set()
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return connect_s
+
+    before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    wall = time.monotonic()
+    connect_s = asyncio.run(main())
+    span = (time.monotonic() - wall) * CLK_TCK
+    after = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    api.close()
+    delays = [(s.arrived[k] - sent[k]) * 1000 for s in sockets if s.opened for k in sent if k in s.arrived]
+    expected = sum(1 for s in sockets if s.opened) * len(sent)
+    missed = expected - len(delays)
+    if missed:
+        by_event = {k: sum(1 for s in sockets if s.opened and k not in s.arrived) for k in sent}
+        by_socket = sorted(len(sent) - len(s.arrived) for s in sockets if s.opened)
+        log(f"missed by event: {by_event}")
+        log(f"missed per socket: median {by_socket[len(by_socket) // 2]}, max {by_socket[-1]}")
+    log("")
+    log(
+        f"connected: {connect_s:.2f} s (target ≤ 5); "
+        f"delivery ms p50 {pct(delays, 50):.1f} p95 {pct(delays, 95):.1f} "
+        f"p99 {pct(delays, 99):.1f} max {max(delays, default=math.nan):.1f} (target p99 ≤ 100); "
+        f"missed {missed} of {expected}"
+    )
+    log(
+        "plain HTTP meanwhile (GET /api/v1/conversations): "
+        f"p50 {pct(probe_ms, 50):.1f} p99 {pct(probe_ms, 99):.1f} ms"
+        f" over {len(probe_ms)} requests (target p99 ≤ 50)"
+    )
+    log(
+        "cpu (cores): "
+        + ", ".join(f"{k} {(after[k] - before[k]) / span:.2f}" for k in ("web", "worker", "pg", "redis"))
+    )
+    met = connect_s <= 5 and pct(delays, 99) <= 100 and pct(probe_ms, 99) <= 50 and missed == 0
+    log("targets: " + ("MET" if met else "NOT MET"))
+    return 0 if missed == 0 else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--sessions", type=int, default=50)
+    p.add_argument("--events", type=int, default=40)
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between sends")
+    p.add_argument("--workers", "-w", type=int, default=2)
+    p.add_argument(
+        "--threads", type=int, default=0, help="gunicorn threads per worker (0: enough for the sockets)"
+    )
+    p.add_argument("--db-name", default="zapdesk_bench_fanout")
+    p.add_argument("--redis-db", type=int, default=12)
+    p.add_argument("--keep", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads <= 0:
+        args.threads = math.ceil(args.clients / args.workers) + 32
+    args.app, args.pythonpath, args.log_level = "wsgi:app", None, "WARNING"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = FanoutBench(args)
+    try:
+        bench.preflight()
+        bench.setup()
+        bench.start()
+        return run(bench, args)
+    except BenchError as exc:
+        print(f"bench/fanout.py: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
