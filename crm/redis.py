@@ -18,5 +18,13 @@ def get_redis() -> redis.Redis:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = redis.Redis.from_url(url, health_check_interval=30)
+            # A blocking pool: with more threads than connections (every open websocket is a
+            # thread), a thread waits its turn instead of failing with "Too many connections".
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=current_app.config.get("REDIS_MAX_CONNECTIONS", 200),
+                timeout=10,
+                health_check_interval=30,
+            )
+            client = _clients[url] = redis.Redis(connection_pool=pool)
     return client
