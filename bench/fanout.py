@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import re
 import sys
@@ -30,7 +31,6 @@ import time
 from inbox import sign_in
 from ingest import (
     ADMIN_EMAIL,
-    ADMIN_PASSWORD,
     CLK_TCK,
     HOST,
     WORKSPACE,
@@ -48,30 +48,13 @@ class FanoutBench(Bench):
     token = ""
 
     def setup(self) -> None:
-        log(f"setup: database {self.db_name} (dropped and recreated), Redis db {self.args.redis_db}")
-        with self.pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.db_created = True
-        self.run_cli("db", "upgrade", timeout=180)
-        self.run_cli(
-            "crm",
-            "create-admin",
-            "--workspace",
-            WORKSPACE,
-            "--email",
-            ADMIN_EMAIL,
-            "--password",
-            ADMIN_PASSWORD,
-        )
-        self.run_cli(
-            "crm", "add-account", "--workspace", WORKSPACE, "--provider", "sandbox", "--name", "Loja"
-        )
+        self.fresh_workspace()
+        self.account_id = self.add_number("--provider", "sandbox", "--name", "Loja")
         out = self.run_cli("crm", "create-token", "--workspace", WORKSPACE, "--email", ADMIN_EMAIL)
-        found = re.findall(r'"token":\s*"([^"]+)"', out) or re.findall(r"(\S{30,})", out)
-        if not found:
-            raise BenchError(f"create-token printed no token: {out!r}")
-        self.token = found[-1]
+        try:
+            self.token = str(json.loads(out.strip().splitlines()[-1])["token"])
+        except (ValueError, KeyError, IndexError) as exc:
+            raise BenchError(f"create-token printed no token: {out!r}") from exc
 
     def check_ready(self) -> None:
         """/healthz answered; nothing more is needed."""

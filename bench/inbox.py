@@ -39,7 +39,6 @@ from ingest import (
     ADMIN_PASSWORD,
     CLK_TCK,
     TEXTS,
-    WORKSPACE,
     Bench,
     BenchError,
     cpu_snapshot,
@@ -68,26 +67,8 @@ class InboxBench(Bench):
             with self.pg_bench() as conn:
                 self.account_id = int(conn.execute("SELECT min(id) FROM whatsapp_accounts").fetchone()[0])
             return
-        log(f"setup: database {self.db_name} (dropped and recreated), Redis db {self.args.redis_db}")
-        with self.pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.db_created = True
-        self.run_cli("db", "upgrade", timeout=180)
-        self.run_cli(
-            "crm",
-            "create-admin",
-            "--workspace",
-            WORKSPACE,
-            "--email",
-            ADMIN_EMAIL,
-            "--password",
-            ADMIN_PASSWORD,
-        )
-        out = self.run_cli(
-            "crm", "add-account", "--workspace", WORKSPACE, "--provider", "sandbox", "--name", "Loja"
-        )
-        self.account_id = int(re.findall(r'"account_id":\s*(\d+)', out)[-1])
+        self.fresh_workspace()
+        self.account_id = self.add_number("--provider", "sandbox", "--name", "Loja")
         self.seed()
 
     def _seeded(self) -> bool:

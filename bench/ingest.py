@@ -660,7 +660,8 @@ class Bench:
         return done.stdout
 
     # -- setup ---------------------------------------------------------------------------------
-    def setup(self) -> None:
+    def fresh_workspace(self) -> None:
+        """A new, migrated database with the bench workspace and its owner; Redis db flushed."""
         import redis
 
         log(f"setup: database {self.db_name}, Redis db {self.args.redis_db}, instance {self.instance}")
@@ -680,6 +681,16 @@ class Bench:
             "--password",
             ADMIN_PASSWORD,
         )
+
+    def add_number(self, *options: str) -> int:
+        out = self.run_cli("crm", "add-account", "--workspace", WORKSPACE, *options)
+        try:
+            return int(json.loads(out.strip().splitlines()[-1])["account_id"])
+        except (ValueError, KeyError, IndexError) as exc:
+            raise BenchError(f"add-account printed no account id: {out!r}") from exc
+
+    def setup(self) -> None:
+        self.fresh_workspace()
         out = self.run_cli(
             "crm",
             "add-account",
