@@ -245,16 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = FanoutBench(args)
-    try:
-        bench.preflight()
-        bench.setup()
-        bench.start()
-        return run(bench, args)
-    except BenchError as exc:
-        print(f"bench/fanout.py: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        bench.cleanup()
+    return bench.drive("bench/fanout.py", lambda: run(bench, args))
 
 
 if __name__ == "__main__":

@@ -359,20 +359,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = InboxBench(args)
-    try:
-        bench.preflight()
-        bench.setup()
-        bench.start()
-        runs = [
-            run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, args.seed + 1000 * k)
-            for k in range(args.repeat)
-        ]
-        return report(runs)
-    except BenchError as exc:
-        print(f"bench/inbox.py: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        bench.cleanup()
+
+    def runs() -> int:
+        seeds = [args.seed + 1000 * k for k in range(args.repeat)]
+        return report(
+            [
+                run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, s)
+                for k, s in enumerate(seeds)
+            ]
+        )
+
+    return bench.drive("bench/inbox.py", runs)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1031,6 +1031,20 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: the process and its children only
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
+
+    def drive(self, script: str, body: Callable[[], int]) -> int:
+        """Set up, start the server, run ``body`` (its exit status), always clean up; a
+        ``BenchError`` is one clear line and status 2."""
+        try:
+            self.preflight()
+            self.setup()
+            self.start()
+            return body()
+        except BenchError as exc:
+            print(f"{script}: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            self.cleanup()
 
     def cleanup(self) -> None:
         self._stop(self.web, "gunicorn", 35)
