@@ -1,0 +1,59 @@
+"""The inbox's pages cost a fixed number of SQL statements, however many rows they show (no N+1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask.testing import FlaskClient
+from sqlalchemy import event
+
+from crm.extensions import db
+from tests import factories
+
+
+@contextmanager
+def counted() -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _statements(client: FlaskClient, path: str) -> int:
+    with counted() as statements:
+        assert client.get(path, headers={"HX-Request": "true"}).status_code == 200
+    return len(statements)
+
+
+def test_the_list_costs_the_same_for_5_or_40_conversations(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    account_id = factories.sandbox_account(owner)
+    for n in range(5):
+        factories.inbound(account_id, phone=f"+55119000000{n:02d}", name=f"Cliente {n}")
+    few = _statements(logged_in, "/")
+    for n in range(5, 40):
+        factories.inbound(account_id, phone=f"+55119000000{n:02d}", name=f"Cliente {n}")
+    assert _statements(logged_in, "/") == few <= 10
+
+
+def test_a_thread_costs_the_same_for_3_or_60_messages(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    for n in range(2):
+        factories.stored_message(conversation_id, f"m{n}")
+    _statements(logged_in, f"/conversations/{conversation_id}")  # marks it read
+    few = _statements(logged_in, f"/conversations/{conversation_id}")
+    for n in range(57):
+        factories.stored_message(conversation_id, f"m{n}", direction="out")
+    _statements(logged_in, f"/conversations/{conversation_id}")
+    assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 12
