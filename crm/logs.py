@@ -27,6 +27,8 @@ def setup_logging(app: Flask) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("crm").setLevel(level)
+    for chatty in ("httpx", "httpcore"):  # they log whole URLs, query strings (tokens) included
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
     @app.before_request
     def _start_timer() -> None:

@@ -9,6 +9,7 @@ import re
 
 from flask_babel import gettext as _
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from crm.auth.models import Membership
 from crm.db import LIKE_ESCAPE, like_escaped
@@ -44,16 +45,21 @@ def create_canned(workspace_id: int, actor: Membership, shortcut: object, text: 
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
         raise ValidationFailed(_("Write the reply (up to 4096 characters)."), code="invalid_text")
     check_clean_text(text)
+    duplicate = Conflict(
+        _("There is already a reply with the shortcut /%(shortcut)s.", shortcut=key), code="duplicate"
+    )
     taken = db.session.scalar(
         scoped(select(CannedResponse.id), CannedResponse, workspace_id).where(CannedResponse.shortcut == key)
     )
     if taken is not None:
-        raise Conflict(
-            _("There is already a reply with the shortcut /%(shortcut)s.", shortcut=key), code="duplicate"
-        )
+        raise duplicate
     canned = CannedResponse(workspace_id=workspace_id, shortcut=key, text=text.strip())
     db.session.add(canned)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # saved at the same moment by someone else
+        db.session.rollback()
+        raise duplicate from None
     return canned
 
 
@@ -83,4 +89,4 @@ def suggestions(workspace_id: int, typed: str) -> list[CannedResponse]:
 
 def fill(text: str, lead_name: str) -> str:
     first = lead_name.split()[0] if lead_name.split() else ""
-    return re.sub(r"\{\{\s*name\s*\}\}", first, text)
+    return re.sub(r"\{\{\s*name\s*\}\}", lambda _match: first, text)  # a name is text, not a pattern

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -30,7 +31,15 @@ Listener = Callable[[int, Event], None]
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()
-ORIGIN = uuid.uuid4().hex  # this process: its own events come back from Redis and are skipped
+_ORIGIN_BASE = uuid.uuid4().hex
+
+
+def origin() -> str:
+    """This process (its own events come back from Redis and are skipped); by pid too, so
+    processes forked after import (gunicorn --preload) don't share it."""
+    return f"{_ORIGIN_BASE}-{os.getpid()}"
+
+
 CHANNEL_PREFIX = "zapdesk:workspace:"
 _relay: threading.Thread | None = None
 
@@ -59,7 +68,7 @@ def relayed(message: dict[str, Any]) -> tuple[int, Event] | None:
         body = json.loads(message.get("data") or b"")
     except (TypeError, ValueError):
         return None
-    if not workspace.isdigit() or not isinstance(body, dict) or body.get("origin") == ORIGIN:
+    if not workspace.isdigit() or not isinstance(body, dict) or body.get("origin") == origin():
         return None
     event = body.get("event")
     return (int(workspace), event) if isinstance(event, dict) else None
@@ -125,7 +134,7 @@ def publish(workspace_id: int, event: Event) -> None:
         from crm.redis import get_redis
 
         try:
-            body = json.dumps({"origin": ORIGIN, "event": event}, default=str)
+            body = json.dumps({"origin": origin(), "event": event}, default=str)
             get_redis().publish(channel(workspace_id), body)
         except Exception:  # lossy by design: pages catch up from the database
             log.warning("realtime publish to Redis failed", exc_info=True)

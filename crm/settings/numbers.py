@@ -7,7 +7,6 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_babel import ngettext
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import (
@@ -237,16 +236,16 @@ def simulator_page(account_id: int) -> Any:
 @bp.post("/numbers/<int:account_id>/templates/sync")
 @manager_required
 def sync_templates(account_id: int) -> Response:
+    """Queues the sync (the web process never calls WhatsApp itself)."""
     from crm.whatsapp import templates
-    from crm.whatsapp.providers.base import ProviderError
+    from crm.whatsapp.tasks import sync_account_templates_task
 
     account = accounts.get_account(current_workspace_id(), account_id)
     try:
-        count = templates.sync_templates(account)
+        templates.check_can_sync(account)
     except DomainError as exc:
         flash(exc.message, "error")
-    except ProviderError as exc:
-        flash(_("WhatsApp did not give the templates: %(reason)s", reason=exc.title), "error")
     else:
-        flash(ngettext("%(num)d template synced.", "%(num)d templates synced.", count), "success")
+        sync_account_templates_task(account.id)
+        flash(_("Templates are being synced: reload this page in a few seconds."), "info")
     return redirect(url_for("settings.number", account_id=account_id))

@@ -10,7 +10,7 @@ are announced only after the commit.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from sqlalchemy import Table, select
@@ -146,12 +146,24 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
     stored = store(connection, new)
     if stored is None:  # a new person, or new on this number: create what's missing, then store
         lead_id = insert_lead_if_new(account.workspace_id, phone, bsuid, name, kind)
+        known_bsuid = bsuid
         if lead_id is None:  # we know them (maybe by another id, or in the trash)
-            lead_id = upsert_lead(account.workspace_id, phone, bsuid, name).id
+            lead = upsert_lead(account.workspace_id, phone, bsuid, name)
+            lead_id, known_bsuid = lead.id, lead.bsuid
             db.session.flush()
         open_conversation(account.workspace_id, account.id, lead_id, at=msg.timestamp)
         stored = store(connection, new)
-        assert stored is not None
+        if stored is None and known_bsuid:
+            # Found by their business-scoped id while their stored phone is another one (a new
+            # SIM): the message belongs to that lead all the same.
+            stored = store(connection, replace(new, phone=None, bsuid=known_bsuid))
+        if stored is None:
+            log.error(
+                "account %s: message %s could not be matched to its lead; not stored",
+                account.id,
+                provider_message_id,
+            )
+            return None
     elif (bsuid and stored.lead_bsuid is None) or (name and not stored.lead_name):
         upsert_lead(account.workspace_id, phone, bsuid, name)  # fills in what we learnt about them
     if stored.message_id is None:

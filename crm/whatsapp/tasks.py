@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from huey import crontab
 
+from crm.extensions import db
 from crm.worker import huey, in_app_context
+
+log = logging.getLogger(__name__)
 
 
 @huey.task()
@@ -38,3 +43,21 @@ def sync_templates_task() -> dict[int, int]:
     from crm.whatsapp.templates import sync_all_templates
 
     return sync_all_templates()
+
+
+@huey.task()
+@in_app_context
+def sync_account_templates_task(account_id: int) -> int | None:
+    """One number's templates, asked for from its settings page."""
+    from crm.whatsapp.models import WhatsAppAccount
+    from crm.whatsapp.providers.base import ProviderError
+    from crm.whatsapp.templates import sync_templates
+
+    account = db.session.get(WhatsAppAccount, account_id)
+    if account is None:
+        return None
+    try:
+        return sync_templates(account)
+    except ProviderError as exc:
+        log.warning("account %s: templates not synced: %s", account_id, exc)
+        return None

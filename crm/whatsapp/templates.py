@@ -63,17 +63,22 @@ def sendable_from_inbox(template: MessageTemplate) -> bool:
     return bool(_component(template, "BODY"))
 
 
-def sync_templates(account: WhatsAppAccount) -> int:
-    """Replace the number's templates with its WABA's; how many there are now."""
-    from crm.whatsapp.providers.cloud import CloudClient
-
+def check_can_sync(account: WhatsAppAccount) -> str:
+    """The number's WABA id, or a 422 saying what is missing."""
     waba_id = str((account.settings or {}).get("waba_id") or "")
     if account.provider != "cloud" or not waba_id:
         raise ValidationFailed(
             _("Templates come from the WhatsApp Business Account: enter its id (WABA id) first."),
             code="no_waba_id",
         )
-    listed = CloudClient(account).list_templates(waba_id)
+    return waba_id
+
+
+def sync_templates(account: WhatsAppAccount) -> int:
+    """Replace the number's templates with its WABA's; how many there are now."""
+    from crm.whatsapp.providers.cloud import CloudClient
+
+    listed = CloudClient(account).list_templates(check_can_sync(account))
     now, kept = utcnow(), set()
     for item in listed:
         name, language = str(item.get("name", ""))[:512], str(item.get("language", ""))[:16]
@@ -119,6 +124,9 @@ def sync_all_templates() -> dict[int, int]:
         except (ProviderError, ValidationFailed) as exc:
             db.session.rollback()
             log.warning("account %s: templates not synced: %s", account.id, exc)
+        except Exception:  # one number's surprise must not stop the others' sync
+            db.session.rollback()
+            log.exception("account %s: templates not synced", account.id)
     return done
 
 

@@ -6,6 +6,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from crm.extensions import db
+from crm.inbox import canned
 from crm.inbox.models import CannedResponse
 from tests import factories
 from tests.conftest import csrf_from, login
@@ -58,7 +59,10 @@ def test_typing_a_slash_suggests_replies_filled_for_the_customer(
     assert "Oi Marina, abrimos às 9h." in suggested("/ho") and "/price" not in suggested("/ho")
     everything = suggested("/")
     assert "/hours" in everything and "/price" in everything
-    assert suggested("hello").strip() == ""  # not a shortcut: nothing
+    assert suggested("hello").strip() == ""
+    assert (
+        canned.fill("Oi {{name}}!", "Jo\\q \\1") == "Oi Jo\\q!"
+    )  # a name is text, never a pattern  # not a shortcut: nothing
     assert suggested("/h%").strip() == "" and suggested("/_").strip() == ""
 
 

@@ -21,7 +21,10 @@ def test_relayed_reads_other_processes_events_and_skips_its_own() -> None:
     event = {"type": "message.created", "message_id": 5}
     theirs = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "elsewhere", "event": event})}
     assert broker.relayed(theirs) == (7, event)
-    mine = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": broker.ORIGIN, "event": event})}
+    mine = {
+        "channel": b"zapdesk:workspace:7",
+        "data": json.dumps({"origin": broker.origin(), "event": event}),
+    }
     assert broker.relayed(mine) is None  # delivered locally already, when it was published
     for junk in (
         {"channel": b"zapdesk:workspace:x", "data": theirs["data"]},

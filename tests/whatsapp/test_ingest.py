@@ -125,3 +125,11 @@ def test_media_details_are_kept_with_the_message(number: int) -> None:
     assert message is not None
     assert (message.type, message.media_id) == ("image", "media-1")
     assert message.payload == {"media": vars(media)}
+
+
+def test_a_known_customer_writing_from_a_new_phone_is_stored_with_them(number: int) -> None:
+    _receive(number, phone="+5511911110000", bsuid="BR.same-person", name="Rita")
+    summary = _receive(number, phone="+5511922220000", bsuid="BR.same-person", text="Troquei de chip")
+    assert len(summary.stored) == 1
+    assert db.session.scalar(select(db.func.count()).select_from(Lead)) == 1
+    assert _conversation(number).unread_count == 2

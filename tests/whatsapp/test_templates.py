@@ -44,6 +44,8 @@ def test_sync_follows_the_paging_and_drops_templates_that_are_gone(
     listing = [r for r in graph_api.requests if r.path.endswith("/message_templates")]
     assert len(listing) == 2  # 100 + 30
     assert all(r.headers.get("Authorization") == "Bearer test-token" for r in listing)
+    assert all("access_token" not in r.query for r in listing)  # never in a URL that could be logged
+    assert listing[1].query.get("after")
     del graph_api.templates[100:]
     assert templates.sync_templates(cloud_account) == 100
     assert db.session.scalar(select(func.count()).select_from(MessageTemplate)) == 100
@@ -83,7 +85,7 @@ def test_the_number_page_syncs_and_lists_templates(
         logged_in.post(f"/settings/numbers/{cloud_account.id}/templates/sync", data=form).status_code == 302
     )
     page = logged_in.get(f"/settings/numbers/{cloud_account.id}").get_data(as_text=True)
-    assert "1 template synced." in page and "<code>pedido</code>" in page
+    assert "Templates are being synced" in page and "<code>pedido</code>" in page
 
 
 def test_the_closed_window_composer_sends_a_filled_template(
@@ -192,3 +194,14 @@ def test_a_template_deleted_in_whatsapp_manager_fails_with_metas_reason(
     )
     message = db.session.get(Message, queued.message.id)
     assert message is not None and message.status == "failed" and message.error_code == "132001"
+
+
+def test_an_unreadable_template_list_is_a_clear_error(
+    cloud_account: WhatsAppAccount, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.whatsapp.providers.base import ProviderError
+
+    monkeypatch.setattr(graph_api, "_list_templates", lambda request: (200, {}, b"<html>oops</html>"))
+    with pytest.raises(ProviderError) as raised:
+        templates.sync_templates(cloud_account)
+    assert raised.value.code == "bad_response"

@@ -189,18 +189,30 @@ class CloudClient:
         return SendResult(provider_message_id=message_id)
 
     def list_templates(self, waba_id: str, max_pages: int = 50) -> list[dict[str, Any]]:
-        """Every message template of the WhatsApp Business Account, following the cursor paging."""
-        url: str | None = f"{self.base_url}/{waba_id}/message_templates?limit=100"
+        """Every message template of the WhatsApp Business Account, page by page. The next page is
+        asked for with the ``after`` cursor on our own URL: Meta's ``paging.next`` URL carries the
+        access token in its query string, which must never reach a log."""
+        url = f"{self.base_url}/{waba_id}/message_templates"
         found: list[dict[str, Any]] = []
+        after: str | None = None
         for _page in range(max_pages):
-            if url is None:
-                break
-            body = self._call("GET", url).json()
+            params = {"limit": "100", **({"after": after} if after else {})}
+            try:
+                body = self._call("GET", url, params=params).json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
+                raise ProviderError(
+                    "bad_response", "The Cloud API's template list could not be read", action=ErrorAction.FAIL
+                )
             found.extend(t for t in body.get("data", []) if isinstance(t, dict))
-            url = (body.get("paging") or {}).get("next")
-            if url is not None and not str(url).startswith(self.base_url.rsplit("/", 1)[0] + "/"):
-                log.warning("template paging points elsewhere (%s): not followed", str(url).split("?")[0])
-                url = None  # the bearer token goes only to the Graph API
+            paging = body.get("paging")
+            paging = paging if isinstance(paging, dict) else {}
+            cursors = paging.get("cursors")
+            cursors = cursors if isinstance(cursors, dict) else {}
+            after = cursors.get("after") if paging.get("next") else None
+            if not isinstance(after, str) or not after:
+                break
         return found
 
     def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
