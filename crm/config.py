@@ -52,6 +52,8 @@ def from_env() -> dict[str, Any]:
         "ENCRYPTION_KEY": os.environ.get("ENCRYPTION_KEY") or None,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
+        # Connections per process; threads beyond it wait for one (every open websocket is a thread).
+        "REDIS_MAX_CONNECTIONS": _int("REDIS_MAX_CONNECTIONS", 200),
         "GRAPH_API_URL": os.environ.get("GRAPH_API_URL", "https://graph.facebook.com/v23.0"),
         "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY") or None,
         "GEMINI_BASE_URL": os.environ.get("GEMINI_BASE_URL") or None,

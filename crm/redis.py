@@ -22,7 +22,7 @@ def get_redis() -> redis.Redis:
             # thread), a thread waits its turn instead of failing with "Too many connections".
             pool = redis.BlockingConnectionPool.from_url(
                 url,
-                max_connections=current_app.config.get("REDIS_MAX_CONNECTIONS", 200),
+                max_connections=current_app.config["REDIS_MAX_CONNECTIONS"],
                 timeout=10,
                 health_check_interval=30,
             )

@@ -117,6 +117,8 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Caio Lima").click()
     composer = page.locator("textarea[data-composer]")
+    # Type only once htmx has wired the new thread's composer (as a person would, after it shows).
+    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
     composer.press_sequentially("/ho")
     choice = page.locator(".canned-suggestions [data-canned-text]")
     expect(choice).to_contain_text("/hours")
