@@ -166,7 +166,8 @@ def filtered_conversations(
                 )
             )
         stmt = stmt.where(or_(*conditions))
-    stmt = stmt.options(contains_eager(Conversation.lead))  # the join above loads each customer
+    # The join above loads each customer; their tags come in one more statement.
+    stmt = stmt.options(contains_eager(Conversation.lead).selectinload(Lead.tags))
     return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
 

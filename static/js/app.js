@@ -148,3 +148,35 @@
     });
   });
 })();
+
+// Live items follow the list's filters: a conversation pushed over the websocket that the chosen
+// filters would not show (another number, closed, someone else's, without the tag) is hidden.
+(function () {
+  "use strict";
+  function value(form, name) {
+    var field = form && form.elements[name];
+    return field ? String(field.value || "").trim() : "";
+  }
+  function shown(item, list, form) {
+    var view = value(form, "view") || "all";
+    var status = value(form, "status") || "open";
+    var account = value(form, "account");
+    var tag = value(form, "tag").toLowerCase().replace(/\s+/g, " ");
+    var assignee = item.getAttribute("data-assignee") || "";
+    if (item.getAttribute("data-status") && item.getAttribute("data-status") !== status) return false;
+    if (account && item.getAttribute("data-account") !== account) return false;
+    if (view === "mine" && assignee !== list.getAttribute("data-me")) return false;
+    if (view === "unassigned" && assignee !== "") return false;
+    if (view === "unread" && item.getAttribute("data-unread") === "0") return false;
+    if (tag && (item.getAttribute("data-tags") || "").split("|").indexOf(tag) < 0) return false;
+    return true;
+  }
+  document.addEventListener("htmx:oobAfterSwap", function () {
+    var list = document.getElementById("conversations");
+    var form = document.querySelector("form.inbox-filters");
+    if (!list || !form) return;
+    list.querySelectorAll("li.conversation-item").forEach(function (item) {
+      item.hidden = !shown(item, list, form);
+    });
+  });
+})();

@@ -135,3 +135,20 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
     )
     page.screenshot(path="test-artifacts/inbox-saved-reply.png")
     page.context.close()
+
+
+def test_live_conversations_respect_the_lists_filters(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    shop = factories.sandbox_account(owner, name="Loja")
+    support = factories.sandbox_account(owner, name="Suporte")
+    page = open_inbox(browser, live_server, owner.email)
+    page.select_option("#inbox-account", str(shop))
+    expect(page.locator("#conversations-empty")).to_be_visible()
+    simulator.customer_writes(owner.workspace_id, support, "+55 11 94444-1111", "Suporte?", name="Davi")
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-2222", "Loja?", name="Eva")
+    expect(page.locator("#conversations")).to_contain_text("Eva", timeout=2_000)
+    other_number = page.locator("#conversations li.conversation-item", has_text="Davi")
+    expect(other_number).to_have_count(1)  # it arrived over the websocket…
+    expect(other_number).to_be_hidden()  # …and the filter keeps it out of sight
+    page.context.close()
