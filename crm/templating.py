@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import Flask, g
 from flask_babel import gettext as _
 from flask_login import current_user
+from werkzeug.local import LocalProxy
 
 
 def _shell_context() -> dict[str, Any]:
@@ -14,10 +16,14 @@ def _shell_context() -> dict[str, Any]:
         return {}
     from crm.auth.services import active_memberships
 
+    user_id, membership = current_user.id, g.membership
+    # Read by the page shell only: loaded when a template uses them, so fragments (and every
+    # websocket push) skip these queries.
+    memberships = functools.cache(lambda: active_memberships(user_id))
     return {
-        "membership": g.membership,
-        "workspace": g.membership.workspace,
-        "my_memberships": active_memberships(current_user.id),
+        "membership": membership,
+        "workspace": LocalProxy(lambda: membership.workspace),
+        "my_memberships": LocalProxy(memberships),
     }
 
 
