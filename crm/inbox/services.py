@@ -328,16 +328,7 @@ def member_names(workspace_id: int, user_ids: set[int]) -> dict[int, str]:
     """Display names of these users, only those who are active members of the workspace."""
     if not user_ids:
         return {}
-    rows = db.session.execute(
-        select(User.id, User.name, User.email)
-        .join(Membership, Membership.user_id == User.id)
-        .where(
-            Membership.workspace_id == workspace_id,
-            Membership.disabled_at.is_(None),
-            User.id.in_(sorted(user_ids)),
-        )
-    ).all()
-    return {r.id: r.name or r.email for r in rows}
+    return {user_id: name for user_id, name in assignable_members(workspace_id) if user_id in user_ids}
 
 
 def add_note(workspace_id: int, conversation_id: int, user_id: int, text: object) -> ConversationNote:

@@ -231,13 +231,6 @@ def webhook_target(key: str) -> NumberRef:
     return found[0]
 
 
-def account_by_webhook_key(key: str) -> WhatsAppAccount:
-    account = db.session.scalar(select(WhatsAppAccount).where(WhatsAppAccount.webhook_key == key))
-    if account is None or account.provider != "cloud":
-        raise NotFound("webhook")
-    return account
-
-
 def webhook_path(account: WhatsAppAccount) -> str | None:
     return f"/webhooks/cloud/{account.webhook_key}" if account.webhook_key else None
 
@@ -250,7 +243,7 @@ def _secret(account: WebhookTarget, name: str) -> str:
         return ""
 
 
-def check_verify_token(account: WhatsAppAccount, token: str) -> bool:
+def check_verify_token(account: WebhookTarget, token: str) -> bool:
     expected = _secret(account, "verify_token")
     return bool(expected) and hmac.compare_digest(expected.encode(), token.encode())
 

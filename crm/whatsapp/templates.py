@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask_babel import gettext as _
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from crm.db import utcnow
 from crm.errors import ValidationFailed
@@ -177,7 +177,3 @@ def fill(template: MessageTemplate, values: dict[str, str]) -> FilledTemplate:
 
 def get_template(workspace_id: int, template_id: int) -> MessageTemplate:
     return get_scoped(MessageTemplate, workspace_id, template_id)
-
-
-def forget_templates(account_id: int) -> None:
-    db.session.execute(delete(MessageTemplate).where(MessageTemplate.account_id == account_id))

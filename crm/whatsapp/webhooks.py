@@ -11,7 +11,7 @@ from flask import Response, request
 
 from crm.errors import json_error
 from crm.whatsapp import bp
-from crm.whatsapp.accounts import account_by_webhook_key, check_signature, check_verify_token, webhook_target
+from crm.whatsapp.accounts import check_signature, check_verify_token, webhook_target
 from crm.whatsapp.cloud_parser import parse_cloud_webhook
 from crm.whatsapp.inbound import ingest
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @bp.get("/cloud/<key>")
 def verify_cloud(key: str) -> Any:
-    account = account_by_webhook_key(key)
+    account = webhook_target(key)
     if request.args.get("hub.mode") != "subscribe" or not check_verify_token(
         account, request.args.get("hub.verify_token", "")
     ):
