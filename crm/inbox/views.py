@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
+from werkzeug.local import LocalProxy
 
 from crm.htmx import render
 from crm.inbox import bp
@@ -35,6 +36,7 @@ def _filters() -> dict[str, str]:
 def _list_context(selected: int | None = None) -> dict[str, Any]:
     from crm.whatsapp.accounts import list_accounts
 
+    workspace_id = g.workspace_id
     filters = _filters()
     page = inbox.filtered_conversations(
         g.workspace_id,
@@ -54,8 +56,9 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         "previews": inbox.last_messages([c.id for c in page.items]),
         "selected": selected,
         "for_humans": for_humans,
-        "numbers": list_accounts(g.workspace_id),
-        "tags": inbox.workspace_tags(g.workspace_id),
+        # For the filter form of the whole page only: a list fragment never loads them.
+        "numbers": LocalProxy(lambda: list_accounts(workspace_id)),
+        "tags": LocalProxy(lambda: inbox.workspace_tags(workspace_id)),
     }
 
 

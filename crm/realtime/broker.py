@@ -48,6 +48,11 @@ def channel(workspace_id: int) -> str:
     return f"{CHANNEL_PREFIX}{workspace_id}"
 
 
+def with_id(event: Event) -> Event:
+    """Each event has its own id, so the fragment rendered for it can be shared by every socket."""
+    return event if event.get("eid") else {**event, "eid": uuid.uuid4().hex}
+
+
 def deliver_local(workspace_id: int, event: Event) -> None:
     """To this process's listeners only (what other processes learn by themselves)."""
     with _lock:
@@ -126,8 +131,7 @@ def subscribe_local(listener: Listener) -> Callable[[], None]:
 
 
 def publish(workspace_id: int, event: Event) -> None:
-    # Each event gets its own id, so the fragment rendered for it can be shared by every socket.
-    event = {**event, "eid": event.get("eid") or uuid.uuid4().hex}
+    event = with_id(event)
     deliver_local(workspace_id, event)
     redis_url = current_app.config.get("REDIS_URL")
     if redis_url:

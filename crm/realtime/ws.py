@@ -24,10 +24,12 @@ from sqlalchemy import select
 
 from crm.auth.models import Membership
 from crm.db import utcnow
+from crm.errors import NotFound
 from crm.extensions import db, sock
 from crm.realtime import presence
-from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, subscribe_local
+from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, subscribe_local, with_id
 from crm.realtime.fragments import render_for_socket
+from crm.tenancy import get_scoped
 from crm.whatsapp.models import WebQRSession
 
 log = logging.getLogger(__name__)
@@ -74,12 +76,10 @@ def _viewing(workspace_id: int, message: dict[str, Any]) -> int | None:
     conversation_id = parse_id(message.get("viewing"))
     if conversation_id is None:
         return None
-    found = db.session.scalar(
-        select(Conversation.id).where(
-            Conversation.id == conversation_id, Conversation.workspace_id == workspace_id
-        )
-    )
-    return found
+    try:
+        return get_scoped(Conversation, workspace_id, conversation_id).id
+    except NotFound:
+        return None
 
 
 _webqr_lock = threading.Lock()
@@ -103,9 +103,7 @@ def poll_webqr_states(workspace_id: int) -> None:
         _, current = _webqr_marks[workspace_id]
         _webqr_marks[workspace_id] = (now, max(current, new_mark))
     for account_id in changed:
-        deliver_local(
-            workspace_id, {"type": "webqr.state", "account_id": account_id, "eid": uuid.uuid4().hex}
-        )
+        deliver_local(workspace_id, with_id({"type": "webqr.state", "account_id": account_id}))
 
 
 def _since(raw: str | None) -> datetime:
@@ -157,6 +155,12 @@ def events_socket(ws: Any) -> None:
     db.session.remove()
     presence.touch(workspace_id, user_id, socket_id, None)
     checked = touched = time.monotonic()
+
+    def fresh_context() -> None:
+        # Fresh rows for the templates' shared context: the ones loaded at connect time were
+        # released with their database session.
+        g.membership = db.session.get(Membership, membership_id)
+
     try:
         while True:
             try:
@@ -191,11 +195,6 @@ def events_socket(ws: Any) -> None:
                 if manager:
                     poll_webqr_states(workspace_id)
                 continue
-
-            def fresh_context() -> None:
-                # Fresh rows for the templates' shared context: the ones loaded at connect time
-                # were released with their database session.
-                g.membership = db.session.get(Membership, membership_id)
 
             try:
                 html = render_for_socket(
