@@ -80,18 +80,16 @@ def sync_templates(account: WhatsAppAccount) -> int:
 
     listed = CloudClient(account).list_templates(check_can_sync(account))
     now, kept = utcnow(), set()
+    stored = {
+        (row.name, row.language): row
+        for row in db.session.scalars(select(MessageTemplate).where(MessageTemplate.account_id == account.id))
+    }
     for item in listed:
         name, language = str(item.get("name", ""))[:512], str(item.get("language", ""))[:16]
         if not name or not language or (name, language) in kept:
             continue
         kept.add((name, language))
-        row = db.session.scalar(
-            select(MessageTemplate).where(
-                MessageTemplate.account_id == account.id,
-                MessageTemplate.name == name,
-                MessageTemplate.language == language,
-            )
-        )
+        row = stored.get((name, language))
         if row is None:
             row = MessageTemplate(
                 workspace_id=account.workspace_id, account_id=account.id, name=name, language=language
@@ -103,8 +101,8 @@ def sync_templates(account: WhatsAppAccount) -> int:
         components = item.get("components")
         row.components = components if isinstance(components, list) else []
         row.synced_at = now
-    for row in db.session.scalars(select(MessageTemplate).where(MessageTemplate.account_id == account.id)):
-        if (row.name, row.language) not in kept:
+    for key, row in stored.items():
+        if key not in kept:
             db.session.delete(row)
     db.session.commit()
     log.info("account %s: %d message templates synced", account.id, len(kept))
