@@ -58,6 +58,16 @@ def from_env() -> dict[str, Any]:
         "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY") or None,
         "GEMINI_BASE_URL": os.environ.get("GEMINI_BASE_URL") or None,
         "MEDIA_STORAGE": os.environ.get("MEDIA_STORAGE", "local"),
+        "MEDIA_ROOT": os.environ.get("MEDIA_ROOT") or None,  # default: <instance>/media
+        "S3_BUCKET": os.environ.get("S3_BUCKET") or None,
+        "S3_PREFIX": os.environ.get("S3_PREFIX", ""),
+        "S3_ENDPOINT_URL": os.environ.get("S3_ENDPOINT_URL") or None,
+        "S3_REGION": os.environ.get("S3_REGION") or None,
+        # Unset: boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, instance roles...).
+        "S3_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY_ID") or None,
+        "S3_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_ACCESS_KEY") or None,
+        # Audio to voice notes and video to MP4 need ffmpeg (and ffprobe beside it).
+        "FFMPEG_BINARY": os.environ.get("FFMPEG_BINARY", "ffmpeg"),
         # Sessions (ASVS L2: absolute lifetime, idle timeout).
         "SESSION_LIFETIME_HOURS": _int("SESSION_LIFETIME_HOURS", 24),
         "SESSION_IDLE_MINUTES": _int("SESSION_IDLE_MINUTES", 30),

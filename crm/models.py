@@ -3,6 +3,7 @@
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.models import Lead, LeadTag
+from crm.media.models import MediaFile, MediaStatus
 from crm.whatsapp.models import (
     AccountEvent,
     Health,
@@ -26,6 +27,8 @@ __all__ = [
     "Lead",
     "LeadTag",
     "LoginFailure",
+    "MediaFile",
+    "MediaStatus",
     "Membership",
     "Message",
     "Outbox",

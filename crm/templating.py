@@ -39,7 +39,9 @@ def setup_templating(app: Flask) -> None:
 
     app.jinja_env.globals["now"] = utcnow
     from crm.leads.phones import for_humans
+    from crm.media.limits import human_size
 
+    app.jinja_env.filters["media_size"] = human_size
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

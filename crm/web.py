@@ -31,6 +31,8 @@ def setup_blueprints(app: Flask) -> None:
     from crm.extensions import db
     from crm.inbox import bp as inbox_bp
     from crm.leads import bp as leads_bp
+    from crm.media import bp as media_bp
+    from crm.media import tasks as media_tasks  # noqa: F401
     from crm.realtime import ws  # noqa: F401  (the /ws route)
     from crm.settings import bp as settings_bp
     from crm.whatsapp import bp as webhooks_bp
@@ -48,5 +50,15 @@ def setup_blueprints(app: Flask) -> None:
     csrf.exempt(webhooks_bp)  # signed by the provider instead; see crm/whatsapp/webhooks.py
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
     sock.init_app(app)
-    for bp in (health.bp, auth_bp, inbox_bp, leads_bp, broadcasts_bp, settings_bp, api_bp, webhooks_bp):
+    for bp in (
+        health.bp,
+        auth_bp,
+        inbox_bp,
+        leads_bp,
+        broadcasts_bp,
+        settings_bp,
+        media_bp,
+        api_bp,
+        webhooks_bp,
+    ):
         app.register_blueprint(bp)

@@ -128,3 +128,39 @@ def canned_reply(p: Person, shortcut: str = "hello", text: str = "Olá {{name}}!
     from crm.inbox.canned import create_canned
 
     return create_canned(p.workspace_id, p.membership, shortcut, text).id
+
+
+def inbound_file(
+    account_id: int, data: bytes, filename: str, caption: str = "", phone: str = "+5511999990000"
+) -> int:
+    """A customer's file arriving on a sandbox number (stored at once); the message id."""
+    import tempfile
+    from pathlib import Path
+
+    from crm.media.services import Spooled
+    from crm.whatsapp.models import WhatsAppAccount
+    from crm.whatsapp.simulator import customer_sends_file
+
+    account = db.session.get(WhatsAppAccount, account_id)
+    assert account is not None
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(data)
+        spool = Spooled(path, len(data), "", filename)
+        _phone, message_id = customer_sends_file(account.workspace_id, account_id, phone, spool, caption)
+    return message_id
+
+
+def media_file(p: Person) -> int:
+    """A customer's photo, stored and ready; its media id."""
+    import io
+
+    from PIL import Image
+
+    from crm.inbox.models import Message
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(out, "PNG")
+    message = db.session.get(Message, inbound_file(sandbox_account(p), out.getvalue(), "foto.png"))
+    assert message is not None and message.media_file_id is not None
+    return message.media_file_id

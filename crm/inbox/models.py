@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from crm.db import UTCDateTime, utcnow
 from crm.extensions import Model
 from crm.leads.models import Lead
+from crm.media.models import MediaFile
 
 
 class Conversation(Model):
@@ -58,9 +59,12 @@ class Message(Model):
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     reply_to: Mapped[str | None] = mapped_column(String(128))  # provider id of the message answered
     media_id: Mapped[str | None] = mapped_column(String(128))  # the provider's media id (inbound)
+    media_file_id: Mapped[int | None] = mapped_column(ForeignKey("media_files.id", ondelete="SET NULL"))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_title: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    media_file: Mapped[MediaFile | None] = relationship()
 
 
 # The thread view reads a conversation's messages newest first, keyset-paginated on (created_at, id).
@@ -69,6 +73,13 @@ Index(
     Message.conversation_id,
     Message.created_at.desc(),
     Message.id.desc(),
+)
+# Which messages carry a file (cleanup and orphan sweeps); most messages carry none.
+Index(
+    "ix_messages_media_file_id",
+    Message.media_file_id,
+    postgresql_where=Message.media_file_id.isnot(None),
+    sqlite_where=Message.media_file_id.isnot(None),
 )
 
 

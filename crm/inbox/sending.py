@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask_babel import gettext as _
 from sqlalchemy import select
+from werkzeug.datastructures import FileStorage
 
 from crm.errors import ValidationFailed
 from crm.extensions import db
@@ -154,4 +155,59 @@ def send_template(
         author_user_id=user_id,
         idempotency_key=check_idempotency_key(idempotency_key),
         fingerprint=fingerprint_of("template", conversation.id, template.id, sorted(values.items())),
+    )
+
+
+def reply_with_file(
+    workspace_id: int,
+    conversation_id: int,
+    upload: FileStorage,
+    caption: object,
+    *,
+    user_id: int | None,
+    idempotency_key: object = None,
+    author: str = "agent",
+) -> Queued:
+    """An agent's file (with an optional caption). The file is checked and stored now; it is
+    compressed or converted by a task, and the message is sent once that is done. Audio carries
+    no caption on WhatsApp, so a caption typed with it goes first as its own message."""
+    from crm.media.limits import request_cap
+    from crm.media.services import accept_upload, check_caption, spooled
+
+    conversation = get_conversation(workspace_id, conversation_id)
+    account = db.session.get(WhatsAppAccount, conversation.account_id)
+    assert account is not None
+    clean_caption = check_caption(caption)
+    key = check_idempotency_key(idempotency_key)
+    lead = db.session.get(Lead, conversation.lead_id)
+    with spooled(upload, request_cap(account.provider)) as spool:
+        fingerprint = fingerprint_of("file", conversation.id, spool.sha256, clean_caption)
+        if key:
+            existing = find_by_idempotency_key(workspace_id, key, fingerprint)
+            if existing is not None:
+                return Queued(existing, False)
+        if lead is not None and lead.opted_out_at is not None:
+            raise OptedOut()
+        media = accept_upload(workspace_id, account.id, account.provider, spool)
+    text = clean_caption if media.kind in ("image", "video", "document") else ""
+    if clean_caption and not text:
+        queue_outbound(
+            workspace_id,
+            conversation,
+            text=clean_caption,
+            author=author,
+            author_user_id=user_id,
+            idempotency_key=f"{key}:caption" if key else None,
+            fingerprint=fingerprint_of("caption", fingerprint),
+        )
+    return queue_outbound(
+        workspace_id,
+        conversation,
+        text=text,
+        type=media.kind,
+        author=author,
+        author_user_id=user_id,
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        media_file_id=media.id,
     )

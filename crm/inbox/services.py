@@ -199,8 +199,20 @@ def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
 def thread_page(
     workspace_id: int, conversation_id: int, cursor: str | None, limit: int = 50
 ) -> Page[Message]:
-    """Messages newest first (the template shows them oldest at the top)."""
-    return list_messages(workspace_id, conversation_id, limit, cursor)
+    """Messages newest first (the template shows them oldest at the top), with their files."""
+    page = list_messages(workspace_id, conversation_id, limit, cursor)
+    load_media(page.items)
+    return page
+
+
+def load_media(messages: list[Message]) -> None:
+    """Read the files of these messages in one statement (the bubbles use ``message.media_file``,
+    which then finds them in the session without a query each)."""
+    from crm.media.models import MediaFile
+
+    ids = {m.media_file_id for m in messages if m.media_file_id is not None}
+    if ids:
+        db.session.scalars(select(MediaFile).where(MediaFile.id.in_(ids))).all()
 
 
 class AlreadyAssigned(Conflict):

@@ -9,6 +9,8 @@ from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
 from werkzeug.local import LocalProxy
 
+from crm.errors import DomainError
+from crm.extensions import db
 from crm.htmx import render
 from crm.inbox import bp
 from crm.inbox import services as inbox
@@ -78,6 +80,7 @@ def conversation(conversation_id: int) -> str:
         "messages": list(reversed(thread.items)),
         "older_cursor": thread.next_cursor,
         "send_key": uuid.uuid4().hex,
+        "upload_limits": upload_limits(current.account_id),
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
         "window_closed": inbox.window_closed(current),
@@ -113,24 +116,64 @@ def older_messages(conversation_id: int) -> str:
 @bp.post("/conversations/<int:conversation_id>/messages")
 @login_required
 def send(conversation_id: int) -> Any:
-    from crm.inbox.sending import reply  # not at import: crm.inbox is imported by the pipeline itself
+    """Text, or a file with an optional caption. Mistakes (a file WhatsApp won't take, too large)
+    come back in the composer, with what was typed kept."""
+    from crm.inbox.sending import reply, reply_with_file  # not at import: the pipeline imports crm.inbox
 
-    inbox.get_conversation(g.workspace_id, conversation_id)
-    queued = reply(
-        g.workspace_id,
-        conversation_id,
-        request.form.get("text", ""),
-        user_id=current_user.id,
-        idempotency_key=request.form.get("send_key") or None,
-    )
+    conversation = inbox.get_conversation(g.workspace_id, conversation_id)
+    upload = request.files.get("file")
+    try:
+        if upload is not None and upload.filename:
+            queued = reply_with_file(
+                g.workspace_id,
+                conversation_id,
+                upload,
+                request.form.get("text", ""),
+                user_id=current_user.id,
+                idempotency_key=request.form.get("send_key") or None,
+            )
+        else:
+            queued = reply(
+                g.workspace_id,
+                conversation_id,
+                request.form.get("text", ""),
+                user_id=current_user.id,
+                idempotency_key=request.form.get("send_key") or None,
+            )
+    except DomainError as error:
+        if request.headers.get("HX-Request") != "true":
+            raise
+        composer = _composer(conversation.account_id, conversation_id, error=error.message)
+        return composer, error.status
     # The message itself reaches every open tab, this one included, over the websocket; the
     # answer is a fresh composer (with a new key, so the next message is a new send).
+    return _composer(conversation.account_id, conversation_id, sent_id=queued.message.id)
+
+
+def _composer(account_id: int, conversation_id: int, **context: Any) -> str:
     return render_template(
         "inbox/_composer.html",
         conversation_id=conversation_id,
         send_key=uuid.uuid4().hex,
-        sent_id=queued.message.id,
+        upload_limits=upload_limits(account_id),
+        **context,
     )
+
+
+def upload_limits(account_id: int) -> dict[str, int]:
+    """The most each kind of file can weigh when attached on this number (shown, and checked by
+    the page before uploading)."""
+    from crm.media import av
+    from crm.media.limits import upload_max
+    from crm.whatsapp.models import WhatsAppAccount
+
+    account = db.session.get(WhatsAppAccount, account_id)
+    provider = account.provider if account else "cloud"
+    ffmpeg = av.available()
+    return {
+        kind: upload_max(provider, kind, convertible=ffmpeg)
+        for kind in ("image", "video", "audio", "document")
+    }
 
 
 def _thread_header(conversation_id: int) -> str:

@@ -8,6 +8,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
 from werkzeug.wrappers import Response
 from wtforms import (
     BooleanField,
@@ -18,13 +19,14 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
 from crm.auth.decorators import manager_required
 from crm.db import utcnow
 from crm.errors import DomainError
 from crm.htmx import render
 from crm.leads.phones import for_humans
+from crm.media.services import spooled
 from crm.settings import bp
 from crm.tenancy import current_workspace_id
 from crm.whatsapp import accounts, simulator
@@ -82,7 +84,13 @@ class SimulatorForm(FlaskForm):
         _l("Customer phone"), default="+55 11 99999-0000", validators=[DataRequired(), Length(max=40)]
     )
     name = StringField(_l("Customer name"), default="Cliente Teste", validators=[Length(max=120)])
-    text = TextAreaField(_l("Message"), validators=[DataRequired(), Length(max=4096)])
+    text = TextAreaField(_l("Message"), validators=[Length(max=4096)])
+    file = FileField(_l("File (optional)"))
+
+    def validate_text(self, field: Any) -> None:
+        upload = self.file.data
+        if not (field.data or "").strip() and not (upload and upload.filename):
+            raise ValidationError(_("Write a message or choose a file."))
 
 
 def _webhook_url(account: Any) -> str | None:
@@ -206,13 +214,25 @@ def simulator_page(account_id: int) -> Any:
     if request.method == "POST":
         if form.validate_on_submit():
             try:
-                phone = simulator.customer_writes(
-                    workspace_id,
-                    account_id,
-                    form.phone.data or "",
-                    form.text.data or "",
-                    form.name.data or "",
-                )
+                upload = form.file.data
+                if upload and upload.filename:
+                    with spooled(upload, 100 * 1024 * 1024) as spool:
+                        phone, _message_id = simulator.customer_sends_file(
+                            workspace_id,
+                            account_id,
+                            form.phone.data or "",
+                            spool,
+                            form.text.data or "",
+                            form.name.data or "",
+                        )
+                else:
+                    phone = simulator.customer_writes(
+                        workspace_id,
+                        account_id,
+                        form.phone.data or "",
+                        form.text.data or "",
+                        form.name.data or "",
+                    )
             except DomainError as exc:
                 form.form_errors.append(exc.message)
                 status = exc.status

@@ -24,6 +24,13 @@ class MediaRef:
     url: str | None = None
     voice: bool = False
     animated: bool = False
+    # WebQR: the media message itself (base64 protobuf), whose keys download and decrypt the file.
+    # Never stored in clear: ingest keeps it encrypted with the media row.
+    wire: str | None = dataclasses.field(default=None, repr=False)
+
+    def described(self) -> dict[str, Any]:
+        """What the message row keeps about its media (no keys)."""
+        return {k: v for k, v in vars(self).items() if k != "wire"}
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         log.warning("account %s: message %s has no sender; not stored", account.id, provider_message_id)
         return None
     name = clean_text(msg.name, 200) or None
-    payload: dict[str, Any] = {"media": vars(msg.media)} if msg.media else {}
+    payload: dict[str, Any] = {"media": msg.media.described()} if msg.media else {}
     kind = "person"
     group_jid = clean_text(msg.group_jid, 128)
     if group_jid:
@@ -168,6 +168,8 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         upsert_lead(account.workspace_id, phone, bsuid, name)  # fills in what we learnt about them
     if stored.message_id is None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
+    if msg.media is not None:
+        _register_media(account, stored.message_id, new.type, msg)
     if new.incoming and stored.assignee_id is None and assignment.enabled(account.workspace_id):
         from crm.whatsapp.tasks import auto_assign_task
 
@@ -181,6 +183,21 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         },
     )
     return stored.message_id
+
+
+def _register_media(account: NumberRef, message_id: int, kind: str, msg: InboundMessage) -> None:
+    """The message's file, to download after the commit (Cloud API: a worker; WebQR: the gateway
+    that owns the session; the sandbox's simulator stores its files itself)."""
+    from crm.media.services import register_inbound
+
+    assert msg.media is not None
+    media_id = register_inbound(
+        account.workspace_id, account.id, message_id, kind, msg.media, encrypt=account.provider == "webqr"
+    )
+    if account.provider == "cloud":
+        from crm.media.tasks import download_media_task
+
+        enqueue_after_commit(download_media_task, media_id)
 
 
 def _route_account(path_account: NumberRef, phone_number_id: str | None) -> NumberRef:

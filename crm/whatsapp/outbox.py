@@ -28,7 +28,13 @@ from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp import health, pacing
 from crm.whatsapp.models import Outbox, OutboxState, WhatsAppAccount
-from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError, SendResult
+from crm.whatsapp.providers.base import (
+    ErrorAction,
+    OutboundMedia,
+    OutboundRequest,
+    ProviderError,
+    SendResult,
+)
 from crm.whatsapp.providers.registry import get_provider
 from crm.whatsapp.routing import carrier_for
 from crm.whatsapp.statuses import apply_parked, sweep_parked
@@ -64,11 +70,13 @@ def queue_outbound(
     payload: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     fingerprint: str | None = None,
+    media_file_id: int | None = None,
 ) -> Queued:
     """Queue a message in ``conversation`` and commit; the same idempotency key gives the same message.
 
     ``fingerprint`` identifies the request (recipient, text, ...): a key reused for a different
-    request is refused rather than silently answered with another message.
+    request is refused rather than silently answered with another message. A message with a file
+    that is not ready yet waits for it: preparing the file releases the delivery.
     """
     if idempotency_key:
         existing = find_by_idempotency_key(workspace_id, idempotency_key, fingerprint)
@@ -90,6 +98,7 @@ def queue_outbound(
         author_user_id=author_user_id,
         provider=_provider_of(conversation.account_id),
         payload=payload,
+        media_file_id=media_file_id,
         created_at=now,
     )
     db.session.add(message)
@@ -112,7 +121,10 @@ def queue_outbound(
         db.session.flush()
     except IntegrityError:
         return _lost_race(workspace_id, idempotency_key, fingerprint)
-    enqueue_delivery_after_commit(outbox.id)
+    if media_file_id is None or _media_ready(media_file_id):
+        enqueue_delivery_after_commit(outbox.id)
+    else:
+        _enqueue_prepare_after_commit(media_file_id)
     publish_after_commit(
         workspace_id,
         {"type": "message.created", "message_id": message_id, "conversation_id": conversation.id},
@@ -159,6 +171,20 @@ def find_by_idempotency_key(workspace_id: int, key: str, fingerprint: str | None
 
 def fingerprint_of(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+
+
+def _media_ready(media_file_id: int) -> bool:
+    from crm.media.models import MediaFile
+
+    media = db.session.get(MediaFile, media_file_id)
+    return media is not None and media.is_ready
+
+
+def _enqueue_prepare_after_commit(media_file_id: int) -> None:
+    from crm.media.tasks import prepare_media_task
+    from crm.worker import enqueue_after_commit
+
+    enqueue_after_commit(prepare_media_task, media_file_id)
 
 
 def _provider_of(account_id: int) -> str:
@@ -284,12 +310,19 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     if wait > 0:
         _requeue(row, wait)
         return "paced"
+    media: OutboundMedia | None = None
+    if message.media_file_id is not None:
+        waiting = _media_for(row, message, carrier)
+        if isinstance(waiting, str):
+            return waiting
+        media = waiting
     request = OutboundRequest(
         to=lead.phone or lead.bsuid or "",
         type=message.type,
         text=message.text,
         payload=dict(message.payload or {}),
         recipient_bsuid=lead.bsuid,
+        media=media,
     )
     attempt = _attempt(row)
     try:
@@ -307,6 +340,49 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
         )
         return _handle_error(row, message, carrier, unexpected)
     return _record_sent(row.id, attempt, message.id, carrier, result)
+
+
+def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> OutboundMedia | str:
+    """The message's file, ready to send; or what happened instead (still being prepared: wait
+    for it; could not be prepared, or too large for the number that carries it: fail)."""
+    from crm.media.limits import human_size, limit_for
+    from crm.media.models import MediaFile, MediaStatus
+    from crm.media.services import read_bytes
+
+    file = db.session.get(MediaFile, message.media_file_id)
+    if file is None:
+        _fail(row, message, "media_missing", _("The attached file was deleted before it was sent."))
+        return "failed"
+    if file.status == MediaStatus.FAILED.value:
+        _fail(
+            row, message, file.error_code or "media_invalid", file.error_title or _("The file can't be sent.")
+        )
+        return "failed"
+    if not file.is_ready:
+        if file.status == MediaStatus.PENDING.value:
+            _enqueue_prepare_after_commit(file.id)  # in case its job was lost; preparing is claimed once
+        _release(row)  # preparing the file hands the row to the queue again when it is done
+        return "media_pending"
+    limit = limit_for(carrier.provider, file.kind).max_bytes
+    if (file.size or 0) > limit:
+        _fail(
+            row,
+            message,
+            "media_too_large",
+            _("The file (%(size)s) is larger than this number can send (%(limit)s).",
+              size=human_size(file.size or 0), limit=human_size(limit)),
+        )  # fmt: skip
+        return "failed"
+    return OutboundMedia(
+        kind=file.kind,
+        mime_type=file.mime_type,
+        filename=file.filename,
+        size=file.size or 0,
+        load=lambda: read_bytes(file),
+        voice=file.voice,
+        width=file.width,
+        height=file.height,
+    )
 
 
 def _release(row: Outbox) -> None:

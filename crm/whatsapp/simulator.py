@@ -13,11 +13,13 @@ from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import Conversation, Message
 from crm.inbox.sending import check_text
+from crm.inbox.services import load_media
 from crm.leads.models import Lead
 from crm.leads.phones import to_e164
 from crm.leads.services import workspace_country
+from crm.media.services import Spooled
 from crm.tenancy import get_scoped
-from crm.whatsapp.events import InboundMessage
+from crm.whatsapp.events import InboundMessage, MediaRef
 from crm.whatsapp.inbound import ingest_message
 from crm.whatsapp.models import WhatsAppAccount
 from crm.whatsapp.providers.sandbox import new_inbound_id
@@ -46,6 +48,31 @@ def customer_writes(workspace_id: int, account_id: int, phone: str, text: str, n
     return e164
 
 
+def customer_sends_file(
+    workspace_id: int, account_id: int, phone: str, upload: Spooled, caption: str = "", name: str = ""
+) -> tuple[str, int]:
+    """A simulated customer sends a file (with an optional caption): it arrives like a customer's
+    file from a real number, already downloaded. Returns their E.164 phone and the message id."""
+    from crm.media.services import check_caption, store_simulated
+    from crm.media.sniff import sniff
+
+    account = sandbox_account(workspace_id, account_id)
+    e164 = to_e164(phone, workspace_country(workspace_id))
+    found = sniff(upload.path)
+    message = InboundMessage(
+        provider_message_id=new_inbound_id(),
+        type=found.kind,
+        text=check_caption(caption),
+        timestamp=utcnow(),
+        phone=e164,
+        name=name.strip()[:200] or None,
+        media=MediaRef(mime_type=found.mime, filename=upload.filename, voice=found.kind == "audio"),
+    )
+    summary = ingest_message(account.id, message)
+    store_simulated(workspace_id, summary.stored[0], upload)
+    return e164, summary.stored[0]
+
+
 def thread(workspace_id: int, account_id: int, phone: str, limit: int = 100) -> list[Message]:
     """The simulated customer's conversation with the sandbox number, oldest first."""
     account = sandbox_account(workspace_id, account_id)
@@ -63,4 +90,6 @@ def thread(workspace_id: int, account_id: int, phone: str, limit: int = 100) -> 
         .order_by(Message.created_at.desc(), Message.id.desc())
         .limit(limit)
     )
-    return list(reversed(list(messages)))
+    found = list(reversed(list(messages)))
+    load_media(found)
+    return found

@@ -3,6 +3,7 @@ protobuf objects, so a neonize upgrade that renames something fails the adapter 
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -39,6 +40,8 @@ def load_neonize() -> Any:
             import neonize.client
             import neonize.events
             import neonize.exc
+            import neonize.proto.waE2E.WAWebProtobufsE2E_pb2
+            import neonize.utils.enum
             import neonize.utils.jid
         finally:
             os.popen = original
@@ -70,10 +73,13 @@ def _text_and_type(message: Any) -> tuple[str, str, MediaRef | None]:
         if message.HasField(field):
             media = getattr(message, field)
             caption = getattr(media, "caption", "") or ""
+            only_media = type(message)()
+            getattr(only_media, field).CopyFrom(media)
             ref = MediaRef(
                 mime_type=getattr(media, "mimetype", None) or None,
                 filename=getattr(media, "fileName", None) or None,
                 voice=bool(getattr(media, "PTT", False)),
+                wire=base64.b64encode(only_media.SerializeToString()).decode(),
             )
             return caption, kind, ref
     if message.HasField("locationMessage"):

@@ -27,6 +27,7 @@ from crm.whatsapp.webqr_adapter import group_rows, inbound_from_message_event, l
 log = logging.getLogger(__name__)
 
 SEND_POLL_SECONDS = 1.0
+DOWNLOAD_POLL_SECONDS = 10.0  # also picks up "try again" requests and downloads missed by a crash
 
 
 class WebQRSessionRunner:
@@ -43,6 +44,7 @@ class WebQRSessionRunner:
         self.pair_phone: str | None = None
         self._pair_requested = False
         self.neonize = load_neonize()
+        self.downloads_wanted = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -67,6 +69,7 @@ class WebQRSessionRunner:
         workers = [
             threading.Thread(target=self._send_loop, name=f"webqr-send-{self.account_id}", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name=f"webqr-beat-{self.account_id}", daemon=True),
+            threading.Thread(target=self._download_loop, name=f"webqr-media-{self.account_id}", daemon=True),
         ]
         self.pair_phone = pair_phone
         for worker in workers:
@@ -202,6 +205,8 @@ class WebQRSessionRunner:
                     log.exception("WebQR session %s: ingest failed", self.account_id)
                 finally:
                     db.session.remove()
+            if message.media is not None:
+                self.downloads_wanted.set()  # not on neonize's thread: the download loop fetches it
 
     def _on_receipt(self, client: Any, event: Any) -> None:
         from crm.whatsapp.statuses import apply_status
@@ -239,6 +244,37 @@ class WebQRSessionRunner:
             self._call(webqr.report_warning, "pair_code_error", f"{exc.__class__.__name__}: {exc}"[:300])
             return
         self._call(webqr.report_pair_code, str(code))
+
+    # --- customers' files ------------------------------------------------------------------------
+
+    def _download_loop(self) -> None:
+        """Download the files customers send (and those an agent asked to try again), one at a
+        time, on this thread: neonize's event threads never wait for a download."""
+        while not self.stopping.is_set():
+            self.downloads_wanted.wait(DOWNLOAD_POLL_SECONDS)
+            self.downloads_wanted.clear()
+            if self.stopping.is_set() or not self.connected.is_set():
+                continue
+            with self.app.app_context():
+                try:
+                    self._download_pending()
+                except Exception:
+                    db.session.rollback()
+                    log.exception("WebQR session %s: media download failed", self.account_id)
+                finally:
+                    db.session.remove()
+
+    def _download_pending(self) -> None:
+        from crm.media.services import download_inbound, pending_downloads
+        from crm.whatsapp.webqr_media import download
+
+        def fetch(media: Any, dest: Any, limit: int) -> str:
+            return download(self.neonize, self.client, media, dest, limit)
+
+        for media_id in pending_downloads(self.account_id):
+            if self.stopping.is_set():
+                return
+            download_inbound(media_id, fetch)
 
     # --- heartbeats and sends -------------------------------------------------------------------
 
@@ -313,12 +349,18 @@ class WebQRSessionRunner:
             to = build_jid(user, server)
         else:
             to = request.to
-        if request.type != "text":
+        if request.media is not None:
+            from crm.whatsapp.webqr_media import media_message
+
+            content: Any = media_message(self.neonize, self.client, request)
+        elif request.type == "text":
+            content = request.text
+        else:
             raise ProviderError(
-                "unsupported_type", f"WebQR cannot send {request.type} yet", action=ErrorAction.FAIL
+                "unsupported_type", f"WebQR cannot send {request.type} messages", action=ErrorAction.FAIL
             )
         try:
-            response = self.client.send_message(to, request.text)
+            response = self.client.send_message(to, content)
         except self.neonize.exc.SendMessageError as exc:
             raise ProviderError(
                 "send_failed", str(exc)[:300], action=ErrorAction.RETRY, retry_after=30

@@ -101,7 +101,8 @@
       event.preventDefault();
       var first = target.form && target.form.querySelector(".canned-suggestions [data-canned-text]");
       if (first && /^\/\S*$/.test(target.value)) { useCanned(first); return; }
-      if (target.value.trim() && target.form) target.form.requestSubmit();
+      var file = target.form && target.form.querySelector("[data-attachment-input]");
+      if ((target.value.trim() || (file && file.files.length)) && target.form) target.form.requestSubmit();
       return;
     }
     if (target.closest && target.closest("input, textarea, select, [contenteditable]")) return;
@@ -124,6 +125,59 @@
     link.parentElement.classList.add("selected");
     var inbox = document.querySelector(".inbox");
     if (inbox) inbox.classList.add("has-thread");
+  });
+})();
+
+// Attachments: the number's limit for that kind of file is checked before anything is uploaded
+// (the server checks again, by the file's real content); the chosen file is shown and removable.
+(function () {
+  "use strict";
+  function kindOf(file) {
+    var type = (file.type || "").split("/")[0];
+    return ["image", "video", "audio"].indexOf(type) >= 0 ? type : "document";
+  }
+  function sizeLabel(bytes) {
+    return bytes >= 1048576 ? Math.round(bytes / 1048576) + " MB" : Math.round(bytes / 1024) + " KB";
+  }
+  function show(form, file, message) {
+    var box = form.querySelector("[data-attachment]");
+    var error = form.querySelector("[data-attachment-error]");
+    var text = form.querySelector("textarea[data-composer]");
+    if (error) { error.textContent = message || ""; error.hidden = !message; }
+    if (box) {
+      box.hidden = !file;
+      box.querySelector("[data-attachment-name]").textContent = file ? file.name + " (" + sizeLabel(file.size) + ")" : "";
+    }
+    if (text) text.required = !file;
+  }
+  document.addEventListener("change", function (event) {
+    var input = event.target;
+    if (!input.matches || !input.matches("[data-attachment-input]")) return;
+    var file = input.files && input.files[0];
+    if (!file) { show(input.form, null, ""); return; }
+    var limit = parseInt(input.getAttribute("data-limit-" + kindOf(file)) || "0", 10);
+    if (limit && file.size > limit) {
+      input.value = "";
+      show(input.form, null, (input.getAttribute("data-too-large") || "").replace("{size}", sizeLabel(limit)));
+      return;
+    }
+    show(input.form, file, "");
+  });
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-attachment-clear]");
+    if (!button) return;
+    var input = button.form.querySelector("[data-attachment-input]");
+    if (input) input.value = "";
+    show(button.form, null, "");
+  });
+  // A form that answers a mistake with itself (status 413/422/409) is swapped like a success.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var status = event.detail.xhr.status;
+    var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("[data-swap-errors]");
+    if (form && (status === 413 || status === 422 || status === 409)) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
   });
 })();
 

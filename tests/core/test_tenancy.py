@@ -22,6 +22,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "account_id": factories.sandbox_account,
     "conversation_id": factories.conversation,
     "canned_id": factories.canned_reply,
+    "media_id": factories.media_file,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

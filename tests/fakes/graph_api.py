@@ -314,6 +314,9 @@ class GraphEmulator(WebhookSide):
             return self._invalid(*error)
         if body.get("status") == "read":
             return self._reply(200, {"success": True})
+        media = body.get(str(body.get("type")))
+        if isinstance(media, dict) and media.get("id") and str(media["id"]) not in self.uploads:
+            return self._invalid(131053, f"Media upload error: media id {media['id']} is not valid")
         if body.get("type") == "template" and self.templates:
             problem = payloads.template_problem(self.templates, body["template"])
             if problem is not None:
@@ -377,7 +380,11 @@ class GraphEmulator(WebhookSide):
             return self._invalid(100, "The parameter file is required.")
         if not mime_type:
             return self._invalid(100, "The parameter type is required.")
-        media_id = self.add_media(upload.read(), mime_type, upload.filename)
+        data = upload.read()
+        problem = payloads.upload_problem(mime_type, len(data))
+        if problem is not None:
+            return self._invalid(*problem)
+        media_id = self.add_media(data, mime_type, upload.filename)
         return self._reply(200, {"id": media_id})
 
     def _object(self, method: str, object_id: str) -> _Reply:

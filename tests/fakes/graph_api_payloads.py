@@ -472,3 +472,36 @@ def template_problem(known: list[dict[str, Any]], obj: dict[str, Any]) -> tuple[
             f"of params ({expected})",
         )
     return None
+
+
+# Meta's supported media (cloud-api/reference/media#supported-media-types): type → largest size.
+MB = 1024 * 1024
+UPLOAD_LIMITS = {
+    **dict.fromkeys(("image/jpeg", "image/png"), 5 * MB),
+    **dict.fromkeys(("audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"), 16 * MB),
+    **dict.fromkeys(("video/mp4", "video/3gpp"), 16 * MB),
+    "image/webp": 500 * 1024,
+    **dict.fromkeys(
+        (
+            "text/plain",
+            "application/pdf",
+            "application/msword",
+            "application/vnd.ms-excel",
+            "application/vnd.ms-powerpoint",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        ),
+        100 * MB,
+    ),
+}
+
+
+def upload_problem(mime_type: str, size: int) -> tuple[int, str] | None:
+    """Why Meta refuses a media upload (error 131053), or None."""
+    limit = UPLOAD_LIMITS.get(mime_type.split(";")[0].strip())
+    if limit is None:
+        return 131053, f"Media upload error: Unsupported file type {mime_type}"
+    if size > limit:
+        return 131053, f"Media upload error: {size} bytes is over the {limit} bytes limit for {mime_type}"
+    return None

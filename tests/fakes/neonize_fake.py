@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import hashlib
 import os
 import re
 import secrets
@@ -53,7 +54,7 @@ with warnings.catch_warnings():
     from neonize.events import event as neonize_stop_event
     from neonize.proto import Neonize_pb2 as pb
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
-    from neonize.utils.enum import ClientName, ClientType, ReceiptType
+    from neonize.utils.enum import ClientName, ClientType, MediaType, ReceiptType
     from neonize.utils.jid import Jid2String
     from neonize.utils.message import extract_text
 
@@ -64,7 +65,7 @@ _EVENT_NAMES = "QREv PairStatusEv ConnectedEv DisconnectedEv LoggedOutEv StreamR
 _EVENT_NAMES += " ConnectFailureEv ClientOutdatedEv MessageEv ReceiptEv JoinedGroupEv GroupInfoEv"
 EMITTED_EVENTS = tuple(getattr(ne, name) for name in _EVENT_NAMES.split())
 PRODUCTION_METHODS = ("connect", "disconnect", "logout", "stop", "get_me", "send_message")
-PRODUCTION_METHODS += ("get_joined_groups", "PairPhone", "mark_read")
+PRODUCTION_METHODS += ("get_joined_groups", "PairPhone", "mark_read", "upload", "download_any")
 PRODUCTION_PROPERTIES = ("is_connected", "is_logged_in")
 USER_SERVER, GROUP_SERVER, LID_SERVER = "s.whatsapp.net", "g.us", "lid"
 LINKING_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow pair-code.go linkingBase32
@@ -77,6 +78,14 @@ _INCOMING_OPTIONS["sender_lid"] = None
 EMPTY_JID = pb.JID(User="", RawAgent=0, Device=0, Integrator=0, Server="", IsEmpty=True)
 _IMAGE_FIELDS = {"URL": "https://mmg.whatsapp.net/v/t62.7118-24/x.enc", "directPath": "/v/t62.7118-24/x.enc"}
 _IMAGE_FIELDS |= {"fileLength": 48213, "height": 1280, "width": 960}
+_MEDIA_KINDS = {
+    "image": ("imageMessage", "ImageMessage"),
+    "video": ("videoMessage", "VideoMessage"),
+    "audio": ("audioMessage", "AudioMessage"),
+    "document": ("documentMessage", "DocumentMessage"),
+    "sticker": ("stickerMessage", "StickerMessage"),
+}
+_MEDIA_MESSAGE_FIELDS = tuple(field for field, _cls in _MEDIA_KINDS.values())
 
 
 class FakeGoError(exc.NeonizeError, RuntimeError):
@@ -145,6 +154,9 @@ class FakeNeonize:
         self.clock = clock
         self.clients: dict[str, FakeClient] = {}  # by uuid, as str
         self.sessions: dict[str, pb.Device] = {}  # by name (the session database): what connect restores
+        # WhatsApp's media servers: encrypted files by direct path, with the key that opens them.
+        self.media: dict[str, tuple[bytes, bytes]] = {}
+        self.media_lost: set[str] = set()  # direct paths whose download fails (expired on the server)
         self._cond = threading.Condition()
 
     def __call__(
@@ -170,6 +182,13 @@ class FakeNeonize:
     def add_session(self, name: str, phone: str, platform: str = "android", business_name: str = "") -> None:
         """A stored (already paired) session: connect() on a client with this name restores it."""
         self.sessions[name] = _device(_digits(phone), platform, business_name)
+
+    def store_media(self, data: bytes) -> tuple[str, bytes]:
+        """Keep a file as WhatsApp's media servers do; its direct path and the key that opens it."""
+        media_key, token = os.urandom(32), os.urandom(16).hex()
+        path = f"/v/t62.7118-24/{token}.enc?ccb=11-4&oh=01_{token[:12]}&oe=6800AAAA&_nc_sid=5e03e0"
+        self.media[path] = (data, media_key)
+        return path, media_key
 
     @property
     def hazards(self) -> list[str]:
@@ -342,6 +361,47 @@ class FakeClient:
         self._check(exc.MarkReadError)
         self.read_marks.append((list(message_ids), Jid2String(chat), Jid2String(sender), receipt, timestamp))
 
+    def upload(self, binary: bytes, media_type: MediaType | None = None) -> pb.UploadResponse:
+        self._check(exc.UploadError)
+        if not binary:
+            raise exc.UploadError("fake: nothing to upload")
+        path, media_key = self._factory.store_media(binary)
+        encrypted_hash = hashlib.sha256(media_key + binary).digest()  # stands in for AES-CBC + HMAC
+        response = pb.UploadResponse(
+            url=f"https://mmg.whatsapp.net{path}&mms3=true",
+            DirectPath=path,
+            MediaKey=media_key,
+            FileEncSHA256=encrypted_hash,
+            FileSHA256=hashlib.sha256(binary).digest(),
+            FileLength=len(binary),
+        )
+        wire = pb.UploadReturnFunction(UploadResponse=response).SerializeToString()
+        return pb.UploadReturnFunction.FromString(wire).UploadResponse
+
+    def download_any(self, message: e2e.Message, path: str | None = None) -> bytes | None:
+        self._check(exc.DownloadError)
+        media = next(
+            (getattr(message, f) for f in _MEDIA_MESSAGE_FIELDS if message.HasField(f)),  # type: ignore[arg-type]
+            None,
+        )
+        if media is None:
+            raise exc.DownloadError("fake: the message has no downloadable media")
+        stored = self._factory.media.get(media.directPath)
+        if stored is None or media.directPath in self._factory.media_lost:
+            raise exc.DownloadError(
+                "download failed with status code 404"
+            )  # whatsmeow's ErrMediaDownloadFailedWith404
+        data, key = stored
+        if media.mediaKey != key:
+            raise exc.DownloadError(
+                "failed to decrypt file: invalid media hmac"
+            )  # whatsmeow's ErrInvalidMediaHMAC
+        if path:
+            with open(path, "wb") as out:
+                out.write(data)
+            return None
+        return data
+
     # --- test controls -----------------------------------------------------------------------
     def wait_connected(self, timeout: float = 5.0) -> None:
         """Until connect() is blocking."""
@@ -401,6 +461,36 @@ class FakeClient:
         image.mediaKey, image.fileSHA256, image.fileEncSHA256 = (os.urandom(32) for _ in range(3))
         image.mediaKeyTimestamp = int(self._factory.clock())
         return self._incoming(from_phone, e2e.Message(imageMessage=image), "media", "image", **kw)
+
+    def incoming_media(
+        self,
+        from_phone: str,
+        kind: str,
+        data: bytes,
+        mimetype: str,
+        caption: str = "",
+        filename: str = "",
+        ptt: bool = False,
+        **kw: Any,
+    ) -> str:
+        """A customer's file: uploaded to the (fake) media servers as their phone would, then a
+        MessageEv whose media message can be downloaded with ``download_any``; ``kw`` as
+        incoming_text. ``kind``: image | video | audio | document | sticker."""
+        field, cls = _MEDIA_KINDS[kind]
+        path, media_key = self._factory.store_media(data)
+        fields: dict[str, Any] = {"URL": f"https://mmg.whatsapp.net{path}", "directPath": path}
+        fields |= {"mimetype": mimetype, "mediaKey": media_key, "fileLength": len(data)}
+        fields["fileSHA256"] = hashlib.sha256(data).digest()
+        fields["fileEncSHA256"] = hashlib.sha256(media_key + data).digest()
+        fields["mediaKeyTimestamp"] = int(self._factory.clock())
+        if caption and kind in ("image", "video", "document"):
+            fields["caption"] = caption
+        if kind == "document":
+            fields["fileName"] = filename or "file"
+        if kind == "audio":
+            fields["PTT"] = ptt
+        message = e2e.Message(**{field: getattr(e2e, cls)(**fields)})
+        return self._incoming(from_phone, message, "media", "ptt" if ptt else kind, **kw)
 
     def receipt(self, message_ids: list[str], kind: str, chat_phone: str) -> None:
         """ReceiptEv from the contact for our messages; kind: delivered | read | played."""

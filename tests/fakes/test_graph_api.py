@@ -103,9 +103,9 @@ def test_ids_are_unique_under_concurrency_and_across_emulators(graph: GraphEmula
 @pytest.mark.parametrize(
     "body",
     [
-        {"type": "image", "image": {"id": "1234"}},
+        {"type": "image", "image": {"id": "uploaded"}},
         {"type": "document", "document": {"link": "https://example.com/a.pdf", "filename": "a.pdf"}},
-        {"type": "audio", "audio": {"id": "1234"}},
+        {"type": "audio", "audio": {"id": "uploaded"}},
         {"type": "video", "video": {"link": "https://example.com/v.mp4", "caption": "v"}},
         {"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}},
         {"text": {"body": "type defaults to text"}},
@@ -115,10 +115,33 @@ def test_other_message_types_are_accepted(
     graph: GraphEmulator, client: httpx.Client, body: dict[str, Any]
 ) -> None:
     full = {"messaging_product": "whatsapp", "to": "5511999990000", **body}
+    media = full.get(str(full.get("type")))
+    if isinstance(media, dict) and media.get("id") == "uploaded":
+        media["id"] = graph.add_media(b"\xff\xd8\xff\xe0", "image/jpeg")
     response = client.post("/1234567890/messages", json=full)
 
     assert response.status_code == 200, response.text
     assert graph.sent[0].json == full
+
+
+def test_a_send_naming_an_unknown_media_id_is_refused(graph: GraphEmulator, client: httpx.Client) -> None:
+    body = {"messaging_product": "whatsapp", "to": "5511999990000", "type": "image", "image": {"id": "404"}}
+    assert_graph_error(client.post("/1234567890/messages", json=body), 400, 131053)
+    assert not graph.sent
+
+
+@pytest.mark.parametrize(
+    ("mime", "size"), [("image/svg+xml", 100), ("image/jpeg", 5 * 1024 * 1024 + 1), ("video/webm", 10)]
+)
+def test_uploads_meta_does_not_take_are_refused(
+    graph: GraphEmulator, client: httpx.Client, mime: str, size: int
+) -> None:
+    files = {"file": ("f", b"x" * size, mime)}
+    response = client.post(
+        "/1234567890/media", data={"messaging_product": "whatsapp", "type": mime}, files=files
+    )
+    assert_graph_error(response, 400, 131053)
+    assert not graph.uploads
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])

@@ -7,11 +7,26 @@ Errors say what to do, not only what happened: retry later (and when), fail this
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from crm.whatsapp.models import WhatsAppAccount
+
+
+@dataclass(frozen=True)
+class OutboundMedia:
+    """A prepared file to send: its bytes are read only when the provider needs them."""
+
+    kind: str  # image | audio | video | document | sticker
+    mime_type: str
+    filename: str | None
+    size: int
+    load: Callable[[], bytes] = field(repr=False, compare=False)
+    voice: bool = False
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,7 @@ class OutboundRequest:
     payload: dict[str, Any] = field(default_factory=dict)  # media link/id, caption, filename, template...
     reply_to: str | None = None
     recipient_bsuid: str | None = None
+    media: OutboundMedia | None = None
 
 
 @dataclass(frozen=True)

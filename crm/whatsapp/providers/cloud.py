@@ -6,9 +6,10 @@ local emulator; everything else is the real code path.
 
 from __future__ import annotations
 
+import io
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 import httpx
 from flask import current_app
@@ -109,8 +110,9 @@ def message_body(request: OutboundRequest) -> dict[str, Any]:
             media["link"] = payload["link"]
         if request.text and kind in ("image", "document", "video"):
             media["caption"] = request.text
-        if kind == "document" and payload.get("filename"):
-            media["filename"] = payload["filename"]
+        filename = payload.get("filename") or (request.media.filename if request.media else None)
+        if kind == "document" and filename:
+            media["filename"] = filename
         body[kind] = media
     elif kind == "template":
         template: dict[str, Any] = {
@@ -169,6 +171,13 @@ class CloudClient:
         return response
 
     def send(self, request: OutboundRequest) -> SendResult:
+        if request.media is not None and not request.payload.get("media_id"):
+            # Our file goes to Meta first (POST /<phone_number_id>/media), then the message names it.
+            media = request.media
+            media_id = self.upload_media(
+                media.load(), media.mime_type.split(";")[0], media.filename or "file"
+            )
+            request = replace(request, payload={**request.payload, "media_id": media_id})
         response = self._call(
             "POST", f"{self.base_url}/{self.phone_number_id}/messages", json=message_body(request)
         )
@@ -222,18 +231,63 @@ class CloudClient:
             data={"messaging_product": "whatsapp", "type": mime_type},
             files={"file": (filename, data, mime_type)},
         )
-        return str(response.json()["id"])
+        try:
+            media_id = response.json()["id"]
+        except (ValueError, KeyError, TypeError):
+            media_id = None
+        if not isinstance(media_id, str) or not media_id:
+            raise ProviderError(
+                "bad_response", "The Cloud API's answer to a media upload could not be read",
+                action=ErrorAction.RETRY, retry_after=30,
+            )  # fmt: skip
+        return media_id
 
     def media_info(self, media_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"{self.base_url}/{media_id}").json())
 
-    def download_media(self, media_id: str, max_bytes: int = 100 * 1024 * 1024) -> tuple[bytes, str]:
-        """The bytes and MIME type of an inbound media (its URL needs the same bearer token)."""
-        info = self.media_info(media_id)
-        response = self._call("GET", str(info["url"]))
-        if len(response.content) > max_bytes:
+    def download_media_to(self, media_id: str, out: IO[bytes], max_bytes: int) -> str:
+        """Stream an inbound media into ``out`` (refused past ``max_bytes``); its MIME type.
+
+        ``GET /<media_id>`` gives a short-lived URL that needs the same bearer token."""
+        try:
+            info = self.media_info(media_id)
+        except ProviderError as exc:
+            if exc.code == "100":  # unknown or expired id: asking again won't help
+                raise ProviderError(exc.code, exc.title, action=ErrorAction.FAIL) from None
+            raise
+        url = info.get("url")
+        declared = info.get("file_size")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ProviderError(
+                "bad_response", "The Cloud API gave no download URL", action=ErrorAction.RETRY
+            )
+        if isinstance(declared, int) and declared > max_bytes:
             raise ProviderError("too_large", "The media is larger than allowed", action=ErrorAction.FAIL)
-        return response.content, str(info.get("mime_type") or response.headers.get("content-type", ""))
+        try:
+            with self._client() as client, client.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise graph_error_from_response(response)
+                size = 0
+                for chunk in response.iter_bytes(1024 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ProviderError(
+                            "too_large", "The media is larger than allowed", action=ErrorAction.FAIL
+                        )
+                    out.write(chunk)
+                return str(info.get("mime_type") or response.headers.get("content-type", ""))
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                "network", f"Cannot download the media: {exc.__class__.__name__}",
+                action=ErrorAction.RETRY, retry_after=30,
+            ) from exc  # fmt: skip
+
+    def download_media(self, media_id: str, max_bytes: int = 100 * 1024 * 1024) -> tuple[bytes, str]:
+        """The bytes and MIME type of an inbound media, in memory (small files, tests)."""
+        out = io.BytesIO()
+        mime = self.download_media_to(media_id, out, max_bytes)
+        return out.getvalue(), mime
 
 
 class CloudProvider:

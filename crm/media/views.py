@@ -1,0 +1,62 @@
+"""Files reach browsers only through here, after the workspace check: another workspace's file
+answers 404 like a missing one. Only types that can't carry script are ever shown inline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, g, render_template
+from flask_login import login_required
+
+from crm.media import bp
+from crm.media.models import MediaFile
+from crm.media.storage import get_storage
+from crm.tenancy import get_scoped
+
+# No page, script or plugin may run from a served file, even if a browser guessed it was HTML.
+FILE_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+
+
+def _served(key: str, content_type: str, filename: str | None, inline: bool) -> Any:
+    response = get_storage().serve(key, content_type, filename, as_attachment=not inline)
+    response.headers["Content-Security-Policy"] = FILE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.get("/media/<int:media_id>")
+@login_required
+def file(media_id: int) -> Any:
+    media = get_scoped(MediaFile, g.workspace_id, media_id)
+    if not media.is_ready or not media.storage_key:
+        abort(404)
+    inline = bool(media.inline_type)
+    # Anything that is not a known-safe inline type is a download, typed as plain bytes.
+    content_type = (
+        media.mime_type
+        if inline or media.mime_type.startswith("application/")
+        else "application/octet-stream"
+    )
+    if media.mime_type.split(";")[0] in ("text/html", "image/svg+xml", "text/xml", "application/xml"):
+        content_type = "application/octet-stream"
+    return _served(media.storage_key, content_type, media.filename or f"file-{media.id}", inline)
+
+
+@bp.get("/media/<int:media_id>/thumbnail")
+@login_required
+def thumbnail(media_id: int) -> Any:
+    media = get_scoped(MediaFile, g.workspace_id, media_id)
+    if not media.thumbnail_key:
+        abort(404)
+    return _served(media.thumbnail_key, "image/jpeg", None, True)
+
+
+@bp.post("/media/<int:media_id>/retry")
+@login_required
+def retry(media_id: int) -> str:
+    """Download a failed file again; answers the message's bubble (now "downloading")."""
+    from crm.media.services import message_of, request_retry
+
+    media = request_retry(g.workspace_id, media_id)
+    return render_template("inbox/_message.html", message=message_of(media))
