@@ -29,9 +29,24 @@ class CookieSessionInterface(SecureCookieSessionInterface):
         return bool(app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure
 
 
+def content_security_policy() -> str:
+    """The page CSP; with S3 media, images and players may load from the bucket's origin (where
+    the app redirects them with a short-lived signed URL)."""
+    from flask import current_app
+
+    from crm.media.storage import media_origin
+
+    origin = media_origin(current_app)
+    if not origin:
+        return CSP
+    return CSP.replace("img-src 'self'", f"img-src 'self' {origin}").replace(
+        "media-src 'self'", f"media-src 'self' {origin}"
+    )
+
+
 def _security_headers(response: Response) -> Response:
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Content-Security-Policy", content_security_policy())
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "same-origin")

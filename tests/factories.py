@@ -164,3 +164,13 @@ def media_file(p: Person) -> int:
     message = db.session.get(Message, inbound_file(sandbox_account(p), out.getvalue(), "foto.png"))
     assert message is not None and message.media_file_id is not None
     return message.media_file_id
+
+
+def message(p: Person) -> int:
+    """A customer's text message in a new conversation; its id."""
+    from crm.inbox.models import Message
+
+    conversation_id = conversation(p)
+    found = db.session.scalar(select(Message.id).where(Message.conversation_id == conversation_id))
+    assert found is not None
+    return found

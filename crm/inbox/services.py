@@ -403,3 +403,30 @@ def window_closed(conversation: Conversation) -> bool:
         .limit(1)
     )
     return last_inbound is None or utcnow() - last_inbound > CUSTOMER_CARE_WINDOW
+
+
+class MessageBeingSent(Conflict):
+    code = "message_being_sent"
+
+    def default_message(self) -> str:
+        return _("This message is being sent right now; try again in a moment.")
+
+
+def delete_message(workspace_id: int, message_id: int) -> None:
+    """Remove a message from Zapdesk (not from the customer's phone), with its file. A queued
+    message is cancelled with it; one in the middle of being sent can't be deleted."""
+    from crm.media.services import delete_unreferenced
+    from crm.realtime.broker import publish_after_commit
+
+    message = get_scoped(Message, workspace_id, message_id)
+    if message.status == "sending":
+        raise MessageBeingSent()
+    media_id, conversation_id = message.media_file_id, message.conversation_id
+    db.session.delete(message)  # its outbox row goes with it (ON DELETE CASCADE)
+    publish_after_commit(
+        workspace_id,
+        {"type": "message.deleted", "message_id": message_id, "conversation_id": conversation_id},
+    )
+    db.session.commit()
+    if media_id is not None:
+        delete_unreferenced([media_id])

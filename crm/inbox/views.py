@@ -9,6 +9,7 @@ from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
 from werkzeug.local import LocalProxy
 
+from crm.auth.decorators import manager_required
 from crm.errors import DomainError
 from crm.extensions import db
 from crm.htmx import render
@@ -288,3 +289,11 @@ def add_note(conversation_id: int) -> str:
     inbox.add_note(g.workspace_id, conversation_id, current_user.id, request.form.get("text", ""))
     # The note itself arrives over the websocket, in every open tab; this answers a clean form.
     return render_template("inbox/_note_form.html", conversation_id=conversation_id)
+
+
+@bp.post("/messages/<int:message_id>/delete")
+@manager_required
+def delete_message(message_id: int) -> str:
+    """Owners and admins remove a message (and its file) from Zapdesk; every open tab drops it."""
+    inbox.delete_message(g.workspace_id, message_id)
+    return ""

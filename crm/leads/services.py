@@ -189,3 +189,22 @@ def lead_json(lead: Lead) -> dict[str, Any]:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def purge_lead(workspace_id: int, lead_id: int) -> int:
+    """Delete a lead for good: their conversations, messages and the files those carried (the
+    trash's purge). Returns how many files were removed."""
+    from crm.inbox.models import Conversation, Message
+    from crm.media.services import delete_unreferenced
+
+    lead = get_scoped(Lead, workspace_id, lead_id)
+    media_ids = list(
+        db.session.scalars(
+            select(Message.media_file_id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.lead_id == lead.id, Message.media_file_id.isnot(None))
+        )
+    )
+    db.session.delete(lead)  # conversations, messages and notes go with it: ON DELETE CASCADE
+    db.session.commit()
+    return delete_unreferenced([m for m in media_ids if m is not None])

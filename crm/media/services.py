@@ -14,7 +14,7 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,6 +135,8 @@ def accept_upload(workspace_id: int, account_id: int, provider: str, upload: Spo
             ),
             code="needs_ffmpeg",
         )
+    if ffmpeg and found.kind == "video":
+        found = _video_or_voice(upload.path, found)
     largest = upload_max(provider, found.kind, convertible=ffmpeg)
     if upload.size > largest:
         raise MediaTooLarge(
@@ -168,6 +170,17 @@ def accept_upload(workspace_id: int, account_id: int, provider: str, upload: Spo
     db.session.add(media)
     db.session.flush()
     return media
+
+
+def _video_or_voice(path: Path, found: Detected) -> Detected:
+    """A WebM/MP4 with no picture is a sound recording (browsers record voice as WebM): it goes as
+    audio. A file ffprobe can't read is refused now, not after it was queued."""
+    probed = av.probe(path)
+    if probed.video_codec is not None:
+        return found
+    if probed.audio_codec is None:
+        raise MediaRejected(_("The file has neither picture nor sound."))
+    return replace(found, kind="audio", convert=True)
 
 
 def kind_label(kind: str) -> str:
@@ -656,7 +669,7 @@ def sweep_orphans(grace: timedelta = timedelta(hours=6)) -> dict[str, int]:
         known.update(k for k in keys if k)
     storage = get_storage()
     files = 0
-    for key, modified in list(storage.keys()):
+    for key, modified in list(storage.stored_keys()):
         if key not in known and modified < cutoff:
             storage.delete(key)
             files += 1

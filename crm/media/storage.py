@@ -33,7 +33,7 @@ class MediaStorage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def keys(self) -> Iterator[tuple[str, datetime]]:
+    def stored_keys(self) -> Iterator[tuple[str, datetime]]:
         """Every stored key with its last modification time (for the orphan sweep)."""
         ...
 
@@ -75,7 +75,7 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def keys(self) -> Iterator[tuple[str, datetime]]:
+    def stored_keys(self) -> Iterator[tuple[str, datetime]]:
         if not self.root.is_dir():
             return
         for path in self.root.rglob("*"):
@@ -103,10 +103,16 @@ class S3Storage:
 
     def __init__(self, bucket: str, prefix: str = "", **client_options: Any):
         import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client("s3", **{k: v for k, v in client_options.items() if v})
+        options = {k: v for k, v in client_options.items() if v}
+        # SigV4 everywhere (presigned URLs too); path-style addressing for S3-compatible servers
+        # (MinIO and the like) named by an endpoint URL.
+        style = "path" if options.get("endpoint_url") else "auto"
+        config = Config(signature_version="s3v4", s3={"addressing_style": style})
+        self.client = boto3.client("s3", config=config, **options)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -131,7 +137,7 @@ class S3Storage:
             return False
         return True
 
-    def keys(self) -> Iterator[tuple[str, datetime]]:
+    def stored_keys(self) -> Iterator[tuple[str, datetime]]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
@@ -174,6 +180,25 @@ def build_storage(app: Flask) -> MediaStorage:
     if cfg["MEDIA_STORAGE"] != "local":
         raise RuntimeError(f"MEDIA_STORAGE must be local or s3, not {cfg['MEDIA_STORAGE']!r}")
     return LocalStorage(Path(cfg.get("MEDIA_ROOT") or Path(cfg["INSTANCE_PATH"]) / "media"))
+
+
+def media_origin(app: Flask) -> str | None:
+    """Where browsers fetch media from when it is not this app (S3's presigned URLs), for the CSP."""
+    if app.config.get("MEDIA_STORAGE") != "s3":
+        return None
+    cached = app.extensions.get("media_origin")
+    if cached is None:
+        from urllib.parse import urlsplit
+
+        with app.app_context():
+            storage = get_storage()
+        assert isinstance(storage, S3Storage)
+        url = storage.client.generate_presigned_url(
+            "get_object", Params={"Bucket": storage.bucket, "Key": "probe"}, ExpiresIn=60
+        )  # computed locally: no request is made
+        parts = urlsplit(url)
+        cached = app.extensions["media_origin"] = f"{parts.scheme}://{parts.netloc}"
+    return str(cached)
 
 
 def get_storage() -> MediaStorage:

@@ -98,6 +98,11 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
             return _conversation_fragments(workspace_id, int(event["conversation_id"]))
         except (DomainError, KeyError, ValueError, TypeError):
             return None
+    if kind == "message.deleted":
+        try:
+            return f'<div id="message-{int(event["message_id"])}" hx-swap-oob="delete"></div>'
+        except (KeyError, ValueError, TypeError):
+            return None
     if kind in ("message.created", "message.status"):
         try:
             return _message_fragments(workspace_id, event)
@@ -116,7 +121,9 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
 
 # Fragments that are the same for everyone in the workspace (per language) are rendered once per
 # process and event, however many sockets are open: 1,000 tabs must not mean 1,000 renders.
-SHARED_KINDS = frozenset({"message.created", "message.status", "conversation.updated", "note.created"})
+SHARED_KINDS = frozenset(
+    {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created"}
+)
 SHARED_SECONDS = 30.0
 _shared: dict[tuple[str, ...], tuple[float, threading.Event, list[str | None]]] = {}
 _shared_lock = threading.Lock()

@@ -23,6 +23,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "conversation_id": factories.conversation,
     "canned_id": factories.canned_reply,
     "media_id": factories.media_file,
+    "message_id": factories.message,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

@@ -367,13 +367,15 @@ class FakeClient:
             raise exc.UploadError("fake: nothing to upload")
         path, media_key = self._factory.store_media(binary)
         encrypted_hash = hashlib.sha256(media_key + binary).digest()  # stands in for AES-CBC + HMAC
-        response = pb.UploadResponse(
-            url=f"https://mmg.whatsapp.net{path}&mms3=true",
-            DirectPath=path,
-            MediaKey=media_key,
-            FileEncSHA256=encrypted_hash,
-            FileSHA256=hashlib.sha256(binary).digest(),
-            FileLength=len(binary),
+        response = _zero_fill(
+            pb.UploadResponse(
+                url=f"https://mmg.whatsapp.net{path}&mms3=true",
+                DirectPath=path,
+                MediaKey=media_key,
+                FileEncSHA256=encrypted_hash,
+                FileSHA256=hashlib.sha256(binary).digest(),
+                FileLength=len(binary),
+            )
         )
         wire = pb.UploadReturnFunction(UploadResponse=response).SerializeToString()
         return pb.UploadReturnFunction.FromString(wire).UploadResponse

@@ -100,7 +100,7 @@ def test_refused_files_answer_in_the_composer_and_store_nothing(
     assert response.status_code == 422
     assert 'class="composer"' in html and reason in html
     assert message_count() == before and not media_rows()
-    assert all("-original" not in key for key, _modified in get_storage().keys())  # noqa: SIM118
+    assert all("-original" not in key for key, _modified in get_storage().stored_keys())
 
 
 def test_size_limit_per_kind_at_the_boundary(
@@ -195,7 +195,7 @@ def test_a_file_that_cannot_be_prepared_fails_its_message_with_the_reason(
 
     services._prepare_file = broken  # type: ignore[assignment]
     try:
-        attach(logged_in, sandbox_chat.conversation_id, files.mp4_header(), "v.mp4")
+        attach(logged_in, sandbox_chat.conversation_id, files.pdf(), "v.pdf")
     finally:
         services._prepare_file = real  # type: ignore[assignment]
     [message] = _outbound()
