@@ -9,9 +9,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLASK_APP=app.py
 
-# libmagic: python-magic, needed by neonize (WebQR numbers).
+# libmagic: python-magic, needed by neonize (WebQR numbers). ffmpeg: voice notes and MP4 video.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libmagic1 \
+    && apt-get install -y --no-install-recommends libmagic1 ffmpeg \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 zapdesk \

@@ -32,6 +32,18 @@ def _role_label(role: str) -> str:
     return str(labels.get(role, role))
 
 
+def message_summary(message: Any) -> str:
+    """What a message says in one line: its text, else what it carries."""
+    if message.text:
+        return str(message.text)
+    from crm.media.services import kind_label
+
+    if message.type in ("image", "video", "audio", "document", "sticker"):
+        return kind_label(message.type)
+    labels = {"location": _("Location"), "contacts": _("Contact"), "reaction": _("Reaction")}
+    return str(labels.get(message.type, f"[{message.type}]"))
+
+
 def setup_templating(app: Flask) -> None:
     app.context_processor(_shell_context)
     app.add_template_filter(_role_label, "role_label")
@@ -42,6 +54,7 @@ def setup_templating(app: Flask) -> None:
     from crm.media.limits import human_size
 
     app.jinja_env.filters["media_size"] = human_size
+    app.jinja_env.filters["message_summary"] = message_summary
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

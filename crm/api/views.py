@@ -72,7 +72,23 @@ def conversation_messages(conversation_id: int) -> Any:
 
 @bp.post("/conversations/<int:conversation_id>/messages")
 def reply_in_conversation(conversation_id: int) -> Any:
+    """JSON ``{"text"}``, or multipart with ``file`` (and optional ``text`` as its caption)."""
     inbox.get_conversation(g.workspace_id, conversation_id)
+    if request.mimetype == "multipart/form-data":
+        from crm.inbox.sending import reply_with_file
+
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            raise ValidationFailed(_("Send the file in the 'file' field."), code="invalid_file")
+        queued = reply_with_file(
+            g.workspace_id,
+            conversation_id,
+            upload,
+            request.form.get("text"),
+            user_id=g.api_token.user_id,
+            idempotency_key=request.form.get("idempotency_key"),
+        )
+        return _queued(queued.message.id, queued.message.conversation_id)
     body = json_body()
     queued = reply(
         g.workspace_id,
@@ -153,3 +169,11 @@ def whatsapp_groups() -> Any:
         raise DomainError(_("account_id must be a number."), code="invalid_account")
     groups = list_groups(g.workspace_id, account_id)
     return {"data": [group_json(group) for group in groups], "next_cursor": None}
+
+
+@bp.get("/media/<int:media_id>")
+def media_file(media_id: int) -> Any:
+    """A message's file (``media.url`` in the messages list)."""
+    from crm.media.views import serve_media
+
+    return serve_media(g.workspace_id, media_id)

@@ -76,7 +76,9 @@ def list_conversations(workspace_id: int, limit: int, cursor: str | None) -> Pag
 def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
     get_conversation(workspace_id, conversation_id)
     stmt = scoped(select(Message), Message, workspace_id).where(Message.conversation_id == conversation_id)
-    return keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
+    page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
+    load_media(page.items)
+    return page
 
 
 def set_ai_enabled(workspace_id: int, conversation_id: int, enabled: bool) -> Conversation:
@@ -114,6 +116,24 @@ def message_json(message: Message) -> dict[str, Any]:
         "error_code": message.error_code,
         "error_title": message.error_title,
         "created_at": iso(message.created_at),
+        "media": media_json(message),
+    }
+
+
+def media_json(message: Message) -> dict[str, Any] | None:
+    media = message.media_file if message.media_file_id is not None else None
+    if media is None:
+        return None
+    return {
+        "id": media.id,
+        "kind": media.kind,
+        "status": media.status,
+        "mime_type": media.mime_type,
+        "filename": media.filename,
+        "size": media.size,
+        "voice": media.voice,
+        "error": media.error_title if media.status == "failed" else None,
+        "url": f"/api/v1/media/{media.id}" if media.is_ready else None,
     }
 
 
@@ -200,9 +220,7 @@ def thread_page(
     workspace_id: int, conversation_id: int, cursor: str | None, limit: int = 50
 ) -> Page[Message]:
     """Messages newest first (the template shows them oldest at the top), with their files."""
-    page = list_messages(workspace_id, conversation_id, limit, cursor)
-    load_media(page.items)
-    return page
+    return list_messages(workspace_id, conversation_id, limit, cursor)
 
 
 def load_media(messages: list[Message]) -> None:

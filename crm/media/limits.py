@@ -89,4 +89,4 @@ def request_cap(provider: str) -> int:
 def human_size(size: int) -> str:
     if size >= MB:
         return f"{size / MB:.0f} MB" if size % MB == 0 else f"{size / MB:.1f} MB"
-    return f"{size // KB} KB"
+    return f"{max(1, round(size / KB))} KB"

@@ -25,31 +25,38 @@ def _served(key: str, content_type: str, filename: str | None, inline: bool) -> 
     return response
 
 
-@bp.get("/media/<int:media_id>")
-@login_required
-def file(media_id: int) -> Any:
-    media = get_scoped(MediaFile, g.workspace_id, media_id)
+def serve_media(workspace_id: int, media_id: int, *, thumbnail: bool = False) -> Any:
+    """A file of this workspace, for the inbox (session) and the API (token) alike."""
+    media = get_scoped(MediaFile, workspace_id, media_id)
+    if thumbnail:
+        if not media.thumbnail_key:
+            abort(404)
+        return _served(media.thumbnail_key, "image/jpeg", None, True)
     if not media.is_ready or not media.storage_key:
         abort(404)
     inline = bool(media.inline_type)
-    # Anything that is not a known-safe inline type is a download, typed as plain bytes.
-    content_type = (
-        media.mime_type
-        if inline or media.mime_type.startswith("application/")
-        else "application/octet-stream"
+    mime = media.mime_type.split(";")[0].strip().lower()
+    # Anything that is not a known-safe inline type is a download; markup is never served as such.
+    risky = mime in ("text/html", "image/svg+xml", "text/xml", "application/xml", "application/xhtml+xml")
+    content_type = media.mime_type if inline or (mime.startswith("application/") and not risky) else None
+    return _served(
+        media.storage_key,
+        content_type or "application/octet-stream",
+        media.filename or f"file-{media.id}",
+        inline,
     )
-    if media.mime_type.split(";")[0] in ("text/html", "image/svg+xml", "text/xml", "application/xml"):
-        content_type = "application/octet-stream"
-    return _served(media.storage_key, content_type, media.filename or f"file-{media.id}", inline)
+
+
+@bp.get("/media/<int:media_id>")
+@login_required
+def file(media_id: int) -> Any:
+    return serve_media(g.workspace_id, media_id)
 
 
 @bp.get("/media/<int:media_id>/thumbnail")
 @login_required
 def thumbnail(media_id: int) -> Any:
-    media = get_scoped(MediaFile, g.workspace_id, media_id)
-    if not media.thumbnail_key:
-        abort(404)
-    return _served(media.thumbnail_key, "image/jpeg", None, True)
+    return serve_media(g.workspace_id, media_id, thumbnail=True)
 
 
 @bp.post("/media/<int:media_id>/retry")

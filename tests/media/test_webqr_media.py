@@ -51,6 +51,7 @@ def test_a_photo_goes_out_as_an_image_message(
     assert (image.width, image.height) == (1600, 1200)
     data, key = fake.media[image.directPath]
     assert image.mediaKey == key and data.startswith(b"\xff\xd8\xff") and len(data) == image.fileLength
+
     def outbound() -> Message | None:
         return db.session.scalar(select(Message).where(Message.direction == "out"))
 
