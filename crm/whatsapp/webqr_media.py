@@ -7,6 +7,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from flask_babel import gettext as _
+
 from crm.crypto import decrypt_json
 from crm.media.models import MediaFile
 from crm.media.sniff import MediaRejected
@@ -59,7 +61,7 @@ def download(neonize: Any, client: Any, media: MediaFile, dest: Path, limit: int
     """Download a customer's file into ``dest``; its MIME type as the message stated it."""
     wire = decrypt_json(media.source_encrypted).get("wire") if media.source_encrypted else None
     if not isinstance(wire, str):
-        raise MediaRejected("WhatsApp gave no keys for this file.", code="media_unavailable")
+        raise MediaRejected(_("WhatsApp gave no keys for this file."), code="media_unavailable")
     e2e = neonize.proto.waE2E.WAWebProtobufsE2E_pb2
     message = e2e.Message.FromString(base64.b64decode(wire))
     try:
