@@ -96,6 +96,15 @@ _HTTP_CODES = {
 }
 
 
+def _max_upload() -> str:
+    from flask import current_app
+
+    from crm.media.limits import LARGEST_UPLOAD, human_size
+
+    limit = int(current_app.config.get("MAX_CONTENT_LENGTH") or 0)
+    return human_size(min(limit, LARGEST_UPLOAD) if limit else LARGEST_UPLOAD)
+
+
 def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("errors/error.html", status=status, title=title, message=message), status
 
@@ -131,7 +140,7 @@ def setup_errors(app: Flask) -> None:
             403: _("You do not have permission to do this."),
             404: _("Not found."),
             405: _("This method is not allowed here."),
-            413: _("The upload is too large."),
+            413: _("The upload is too large: files can be at most %(size)s.", size=_max_upload()),
             429: _("Too many attempts. Wait a few minutes and try again."),
         }
         message = messages.get(status, error.description or error.name)

@@ -64,6 +64,10 @@ IMAGE_UPLOAD_MAX = 30 * MB
 CONVERTIBLE_UPLOAD_MAX = 100 * MB
 
 
+# The largest file any number takes (documents); a request may be this plus its form fields.
+LARGEST_UPLOAD = 100 * MB
+
+
 def limit_for(provider: str, kind: str) -> Limit:
     table = LIMITS.get(provider, _CLOUD)
     return table.get(kind, table["document"])

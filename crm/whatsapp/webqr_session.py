@@ -81,6 +81,7 @@ class WebQRSessionRunner:
             self._call(webqr.report_warning, "connect_error", f"{exc.__class__.__name__}: {exc}"[:500])
         finally:
             self.stopping.set()
+            self.downloads_wanted.set()  # wakes the download loop so it sees the stop
             self.connected.clear()
             self._call(webqr.report_disconnected)
             for worker in workers:
@@ -90,6 +91,7 @@ class WebQRSessionRunner:
         """End the session: disconnect, then cancel the Go side so ``connect()`` returns (in
         neonize 0.5.2 a disconnect alone leaves it blocked)."""
         self.stopping.set()
+        self.downloads_wanted.set()
         if self.client is not None:
             for step in ("disconnect", "stop"):
                 try:

@@ -170,12 +170,23 @@
     if (input) input.value = "";
     show(button.form, null, "");
   });
-  // A form that answers a mistake with itself (status 413/422/409) is swapped like a success.
+  // A form that answers a mistake with itself (status 413/422/409) is swapped like a success; an
+  // error page instead (an upload refused before the form was read) only lends its message.
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
     var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("[data-swap-errors]");
-    if (form && (status === 413 || status === 422 || status === 409)) {
+    if (!form || [409, 413, 422].indexOf(status) < 0) return;
+    var doc = new DOMParser().parseFromString(event.detail.xhr.responseText || "", "text/html");
+    if (doc.querySelector("form[data-swap-errors]")) {
       event.detail.shouldSwap = true;
+      event.detail.isError = false;
+      return;
+    }
+    var said = doc.querySelector("[data-error-message]");
+    var error = form.querySelector("[data-attachment-error]");
+    if (said && error) {
+      error.textContent = said.textContent;
+      error.hidden = false;
       event.detail.isError = false;
     }
   });

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from flask import Flask
 from playwright.sync_api import Browser, Page, expect
 
 from tests import factories
@@ -72,8 +73,9 @@ def test_photos_and_documents_in_the_live_inbox(
 
 
 def test_mistakes_are_explained_in_the_composer(
-    browser: Browser, live_server: str, owner: factories.Person
+    app: Flask, browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
+    saved = app.config["MAX_CONTENT_LENGTH"]
     account_id = factories.sandbox_account(owner)
     factories.inbound(account_id, phone="+5511977772222", text="Oi", name="Rui")
     page = open_inbox(browser, live_server, owner.email)
@@ -95,5 +97,20 @@ def test_mistakes_are_explained_in_the_composer(
     )
     page.locator("form.composer button[type=submit]").click()
     expect(page.locator("form.composer .composer-error").first).to_contain_text("SVG", timeout=3_000)
+    # Refused before the form is even read (over the server's request size): the message shows too.
+    app.config["MAX_CONTENT_LENGTH"] = 50_000
+    try:
+        page.locator("form.composer input[type=file]").set_input_files(
+            files=[
+                {"name": "grande.pdf", "mimeType": "application/pdf", "buffer": files.pdf() + b"%" * 60_000}
+            ]
+        )
+        page.locator("form.composer button[type=submit]").click()
+        expect(page.locator("form.composer [data-attachment-error]")).to_contain_text(
+            "too large", timeout=3_000
+        )
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = saved
+    expect(page.locator("form.composer")).to_have_count(1)
     expect(page.locator(".thread .bubble.from-business")).to_have_count(0)
     page.context.close()

@@ -7,7 +7,7 @@ import pytest
 from crm.whatsapp.models import WhatsAppAccount
 from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError
 from crm.whatsapp.providers.cloud import CloudClient
-from tests.fakes.graph_api import GraphEmulator
+from tests.fakes.graph_api import GraphEmulator, UploadedMedia
 
 TO = "+5511988887777"
 
@@ -60,6 +60,8 @@ def test_every_message_type_is_accepted_in_metas_shape(
     request_: OutboundRequest,
     expected: dict[str, object],
 ) -> None:
+    for media_id in ("777", "778"):  # uploaded earlier (Meta refuses a send naming an unknown id)
+        graph_api.uploads[media_id] = UploadedMedia(b"%PDF-1.4", "application/pdf")
     result = CloudClient(cloud_account).send(request_)
     sent = graph_api.sent[-1]
     assert result.provider_message_id == sent.wamid
