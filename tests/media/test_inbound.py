@@ -195,3 +195,21 @@ def test_reconciler_hands_lost_jobs_back(
     db.session.commit()
     assert reconcile_media() == {"prepare": 0, "download": 1}
     assert media_rows()[0].status == "ready"
+
+
+def test_a_customers_svg_is_only_ever_a_download(
+    logged_in: FlaskClient, owner: factories.Person, graph_api: GraphEmulator
+) -> None:
+    account = make_cloud_account(owner, graph_api)
+    media_id = graph_api.add_media(files.svg_with_script(), "image/svg+xml", "logo.svg")
+    message = _customer_sends(logged_in, account, graph_api, media_id, kind="document")
+    [media] = media_rows()
+    assert media.status == "ready" and media.inline_type == ""
+    response = fetch(logged_in, f"/media/{media.id}")
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in response.headers["Content-Security-Policy"]
+    html = logged_in.get(f"/conversations/{message.conversation_id}", headers={"HX-Request": "true"})
+    thread = html.get_data(as_text=True)
+    assert f'<a class="document" href="/media/{media.id}" download>' in thread
+    assert "<img" not in thread.split(f'id="media-{media.id}"')[1].split("</div>")[0]
