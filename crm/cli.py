@@ -68,7 +68,10 @@ def serve_command(host: str, port: int) -> None:
     from flask_migrate import upgrade
 
     from crm.server import serve
+    from crm.worker import limit_malloc_arenas
 
+    if not current_app.config["REDIS_URL"]:
+        limit_malloc_arenas()  # the embedded worker prepares photos in this process
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     upgrade()  # pending migrations are applied before the first request
     from crm.auth.services import has_any_user
@@ -85,8 +88,9 @@ def serve_command(host: str, port: int) -> None:
 @click.option("--threads", type=int, default=None, help="Worker threads (default WORKER_THREADS).")
 def worker_command(threads: int | None) -> None:
     """Run the task consumer (sends, media, AI, broadcasts, periodic jobs) until stopped."""
-    from crm.worker import huey
+    from crm.worker import huey, limit_malloc_arenas
 
+    limit_malloc_arenas()
     consumer = huey.create_consumer(
         workers=threads or current_app.config["WORKER_THREADS"], worker_type="thread", periodic=True
     )
