@@ -137,3 +137,15 @@ def like_escaped(text: str) -> str:
     """``text`` for a LIKE pattern, matched literally (its ``%`` and ``_`` are not wildcards);
     use with ``.like(pattern, escape=LIKE_ESCAPE)``."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def commit_without_waiting_for_disk() -> None:
+    """Commit without waiting for the WAL flush (PostgreSQL ``synchronous_commit = off`` for this
+    transaction only): for bookkeeping a crash may lose without harm, such as an unread counter
+    reset when a conversation is opened. Never for messages, sends or anything a client was told
+    is stored. A busy disk otherwise makes each such click wait for an fsync."""
+    from sqlalchemy import text
+
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    db.session.commit()

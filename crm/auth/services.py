@@ -254,8 +254,10 @@ def load_session(token: str) -> LiveSession | None:
         revoke_sessions_where(UserSession.id == row.id, reason="disabled")
         return None
     if now - row.last_seen_at > timedelta(seconds=60):  # don't write on every request
+        from crm.db import commit_without_waiting_for_disk
+
         row.last_seen_at = now
-        db.session.commit()
+        commit_without_waiting_for_disk()  # a lost update only ends the session a minute early
     return LiveSession(row, row.user, membership)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, Table, select, update
@@ -17,6 +17,9 @@ from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
 from crm.tenancy import get_scoped, scoped
+
+if TYPE_CHECKING:
+    from crm.whatsapp.models import WhatsAppAccount
 
 
 def open_conversation(workspace_id: int, account_id: int, lead_id: int, at: datetime | None = None) -> None:
@@ -209,10 +212,12 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
 
 
 def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
+    from crm.db import commit_without_waiting_for_disk
+
     conversation = get_conversation(workspace_id, conversation_id)
     if conversation.unread_count:
         conversation.unread_count = 0
-        db.session.commit()
+        commit_without_waiting_for_disk()  # a lost reset only shows the count again
     return conversation
 
 
@@ -406,12 +411,12 @@ def note_author_names(notes: list[ConversationNote]) -> dict[int, str]:
 CUSTOMER_CARE_WINDOW = timedelta(hours=24)
 
 
-def window_closed(conversation: Conversation) -> bool:
+def window_closed(conversation: Conversation, account: WhatsAppAccount | None = None) -> bool:
     """Cloud API numbers may send free text only within 24 h of the customer's last message;
     after that only approved templates go through (Meta answers 131047 otherwise)."""
     from crm.whatsapp.models import WhatsAppAccount
 
-    account = db.session.get(WhatsAppAccount, conversation.account_id)
+    account = account or db.session.get(WhatsAppAccount, conversation.account_id)
     if account is None or account.provider != "cloud":
         return False
     last_inbound = db.session.scalar(

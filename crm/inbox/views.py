@@ -18,6 +18,7 @@ from crm.inbox import services as inbox
 from crm.leads.phones import for_humans
 from crm.params import page_limit, parse_id
 from crm.realtime.fragments import other_viewers
+from crm.whatsapp.models import WhatsAppAccount
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 
@@ -76,15 +77,16 @@ def index() -> str:
 def conversation(conversation_id: int) -> str:
     current = inbox.mark_read(g.workspace_id, conversation_id)
     thread = inbox.thread_page(g.workspace_id, conversation_id, None)
+    number = db.session.get(WhatsAppAccount, current.account_id)  # held: used twice below
     context = {
         "conversation": current,
         "messages": list(reversed(thread.items)),
         "older_cursor": thread.next_cursor,
         "send_key": uuid.uuid4().hex,
-        "upload_limits": upload_limits(current.account_id),
+        "upload_limits": upload_limits(current.account_id, number),
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
-        "window_closed": inbox.window_closed(current),
+        "window_closed": inbox.window_closed(current, number),
         "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
         "note_authors": inbox.note_author_names(notes),
         "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
@@ -161,14 +163,13 @@ def _composer(account_id: int, conversation_id: int, **context: Any) -> str:
     )
 
 
-def upload_limits(account_id: int) -> dict[str, int]:
+def upload_limits(account_id: int, account: WhatsAppAccount | None = None) -> dict[str, int]:
     """The most each kind of file can weigh when attached on this number (shown, and checked by
     the page before uploading)."""
     from crm.media import av
     from crm.media.limits import upload_max
-    from crm.whatsapp.models import WhatsAppAccount
 
-    account = db.session.get(WhatsAppAccount, account_id)
+    account = account or db.session.get(WhatsAppAccount, account_id)
     provider = account.provider if account else "cloud"
     ffmpeg = av.available()
     return {

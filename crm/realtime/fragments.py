@@ -11,6 +11,7 @@ from flask import render_template
 
 from crm.errors import DomainError
 from crm.realtime.broker import Event
+from crm.realtime.fanout import SHARED_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,6 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
 
 # Fragments that are the same for everyone in the workspace (per language) are rendered once per
 # process and event, however many sockets are open: 1,000 tabs must not mean 1,000 renders.
-SHARED_KINDS = frozenset(
-    {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created"}
-)
 SHARED_SECONDS = 30.0
 _shared: dict[tuple[str, ...], tuple[float, threading.Event, list[str | None]]] = {}
 _shared_lock = threading.Lock()

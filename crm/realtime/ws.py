@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import g, request, session
+from flask import current_app, g, request, session
+from flask_babel import get_locale
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -26,7 +27,7 @@ from crm.auth.models import Membership
 from crm.db import utcnow
 from crm.errors import NotFound
 from crm.extensions import db, sock
-from crm.realtime import presence
+from crm.realtime import fanout, presence
 from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, subscribe_local, with_id
 from crm.realtime.fragments import render_for_socket
 from crm.tenancy import get_scoped
@@ -141,12 +142,19 @@ def events_socket(ws: Any) -> None:
     viewing: int | None = None
     inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
 
-    def local(ws_id: int, event: Event) -> None:
-        if ws_id == workspace_id:
-            with contextlib.suppress(queue.Full):  # lossy by design: pages catch up on reconnect
-                inbox.put_nowait(event)
+    def to_this_thread(event: Event) -> None:
+        with contextlib.suppress(queue.Full):  # lossy by design: pages catch up on reconnect
+            inbox.put_nowait(event)
 
+    def local(ws_id: int, event: Event) -> None:
+        # Events every tab sees alike come from the process's fan-out thread instead.
+        if ws_id == workspace_id and str(event.get("type", "")) not in fanout.SHARED_KINDS:
+            to_this_thread(event)
+
+    tab = fanout.Tab(workspace_id, str(get_locale() or "en"), ws, slow=to_this_thread)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     unsubscribe = subscribe_local(local)
+    unregister = fanout.register(app, tab)
     ensure_relay()  # events of the other web processes (scaled mode)
     if manager:  # what changed between the page's rendering and now
         missed, _mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
@@ -203,8 +211,9 @@ def events_socket(ws: Any) -> None:
             finally:
                 db.session.remove()
             if html:
-                ws.send(html)
+                tab.send(html)
     finally:
+        unregister()
         unsubscribe()
         presence.leave(workspace_id, user_id, socket_id, viewing)
         if viewing is not None:

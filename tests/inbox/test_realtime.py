@@ -115,3 +115,69 @@ def test_a_shared_fragment_is_rendered_once_per_event_and_language(
         assert first and len(calls) == 1
         fragments.render_for_socket(owner.workspace_id, {**event, "eid": "e2"}, manager=True, user_id=1)
         assert len(calls) == 2  # a later event, even about the same conversation, is rendered anew
+
+
+class FakeSocket:
+    """What the fan-out thread uses of a simple-websocket connection: ``sock`` and ``send``."""
+
+    def __init__(self, *, stalled: bool = False) -> None:
+        import socket
+
+        self.sock, self.peer = socket.socketpair()
+        self.sent: list[str] = []
+        if stalled:  # the client stopped reading: the send buffer is full
+            self.sock.setblocking(False)
+            try:
+                while True:
+                    self.sock.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+
+    def send(self, html: str) -> None:
+        self.sent.append(html)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.peer.close()
+
+
+def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
+    app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.realtime import fanout, fragments
+
+    conversation_id = factories.conversation(owner)
+    renders: list[str] = []
+    real = fragments.render_event
+
+    def counting(*args: object, **kwargs: object) -> str | None:
+        from flask_babel import get_locale
+
+        renders.append(str(get_locale()))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fragments, "render_event", counting)
+    sockets = [FakeSocket() for _ in range(4)] + [FakeSocket(stalled=True)]
+    slow: list[dict[str, object]] = []
+    locales = ["en", "pt_BR", "en", "pt_BR", "en"]
+    tabs = [
+        fanout.Tab(owner.workspace_id, locale, ws, slow=slow.append)
+        for locale, ws in zip(locales, sockets, strict=True)
+    ]
+    other = FakeSocket()
+    elsewhere = fanout.Tab(owner.workspace_id + 1, "en", other, slow=slow.append)
+    stops = [fanout.register(app, tab) for tab in [*tabs, elsewhere]]
+    try:
+        event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "x1"}
+        assert fanout.deliver(app, owner.workspace_id, event) == 4
+        assert sorted(renders) == ["en", "pt_BR"]  # once per language, not once per tab
+        english, portuguese = sockets[0].sent[0], sockets[1].sent[0]
+        assert sockets[2].sent == [english] and sockets[3].sent == [portuguese] and english != portuguese
+        assert f"conversation-{conversation_id}" in english
+        assert sockets[4].sent == [] and slow == [event]  # the stalled tab's own thread takes it
+        assert other.sent == []  # another workspace's tab hears nothing
+    finally:
+        for stop in stops:
+            stop()
+        for ws in [*sockets, other]:
+            ws.close()

@@ -1,0 +1,146 @@
+"""Events every tab of a workspace sees alike reach a process's open sockets from one thread.
+
+Waking one server thread per open socket for each event (1,000 threads taking the GIL in turn to
+send the same frame) delayed delivery and every other request of the process. Instead, each
+process has one fan-out thread: it renders the event's fragment once per language and writes it
+to each socket of the workspace itself. A socket whose send buffer is full (a stalled client)
+is not waited for: the event goes to that socket's own thread, which may block on it alone.
+Per-tab events (presence, WebQR panels for managers) still go through the socket's own thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, g
+
+from crm.realtime.broker import Event, subscribe_local
+
+log = logging.getLogger(__name__)
+
+SHARED_KINDS = frozenset(
+    {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created"}
+)
+
+
+@dataclass(eq=False)
+class Tab:
+    """One open socket, as the fan-out thread sees it."""
+
+    workspace_id: int
+    locale: str
+    ws: Any  # simple_websocket.Server
+    slow: Callable[[Event], None]  # hands an event to the socket's own thread instead
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, html: str) -> None:
+        """Frames from two threads must never interleave: every send to this socket holds its lock."""
+        with self.lock:
+            self.ws.send(html)
+
+    def writable(self) -> bool:
+        try:
+            _r, ready, _x = select.select([], [self.ws.sock], [], 0)
+        except (OSError, ValueError):  # closed meanwhile: its own thread ends it
+            return False
+        return bool(ready)
+
+
+_tabs: dict[int, set[Tab]] = defaultdict(set)
+_lock = threading.Lock()
+_events: queue.Queue[tuple[int, Event]] = queue.Queue(maxsize=10_000)
+_thread: threading.Thread | None = None
+
+
+def register(app: Flask, tab: Tab) -> Callable[[], None]:
+    """Start receiving shared events on this tab; returns the function that stops it."""
+    _ensure_thread(app)
+    with _lock:
+        _tabs[tab.workspace_id].add(tab)
+
+    def unregister() -> None:
+        with _lock:
+            found = _tabs.get(tab.workspace_id)
+            if found is not None:
+                found.discard(tab)
+                if not found:
+                    del _tabs[tab.workspace_id]
+
+    return unregister
+
+
+def _listener(workspace_id: int, event: Event) -> None:
+    if str(event.get("type", "")) not in SHARED_KINDS:
+        return
+    with _lock:
+        wanted = workspace_id in _tabs
+    if wanted:
+        with contextlib.suppress(queue.Full):  # lossy like pub/sub: pages catch up on reconnect
+            _events.put_nowait((workspace_id, event))
+
+
+def _ensure_thread(app: Flask) -> None:
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            if _thread is None:
+                subscribe_local(_listener)
+            _thread = threading.Thread(target=_run, args=(app,), name="realtime-fanout", daemon=True)
+            _thread.start()
+
+
+def _run(app: Flask) -> None:
+    while True:
+        workspace_id, event = _events.get()
+        try:
+            deliver(app, workspace_id, event)
+        except Exception:
+            log.exception("fan-out of a %s event failed", event.get("type"))
+
+
+def deliver(app: Flask, workspace_id: int, event: Event) -> int:
+    """Render ``event`` once per language and write it to every tab of the workspace; returns how
+    many tabs got it from here (the others got it through their own thread)."""
+    with _lock:
+        tabs = list(_tabs.get(workspace_id, ()))
+    by_locale: dict[str, list[Tab]] = defaultdict(list)
+    for tab in tabs:
+        by_locale[tab.locale].append(tab)
+    sent = 0
+    for locale, group in by_locale.items():
+        html = render(app, workspace_id, event, locale)
+        if not html:
+            continue
+        for tab in group:
+            if not tab.writable():
+                tab.slow(event)
+                continue
+            try:
+                tab.send(html)
+                sent += 1
+            except Exception:  # closed under us: its own thread sees it and cleans up
+                log.debug("fan-out to a closing socket failed", exc_info=True)
+    return sent
+
+
+def render(app: Flask, workspace_id: int, event: Event, locale: str) -> str | None:
+    """The event's fragment in ``locale`` and the workspace's time zone."""
+    from flask_babel import force_locale
+
+    from crm.extensions import db
+    from crm.realtime.fragments import render_event
+
+    with app.test_request_context("/ws"), force_locale(locale):
+        g.workspace_id = workspace_id
+        try:
+            return render_event(workspace_id, event, manager=False, user_id=0)
+        finally:
+            db.session.remove()
