@@ -15,7 +15,7 @@ What it does, all locally, with no server, database or network:
    landscape and shown portrait, for 50 of the first 200) and a GPS IFD.
 2. A worker process (this script again with ``--_worker``, a fresh interpreter) creates the app
    as ``flask crm worker`` has it loaded, then does for each photo what
-   ``crm.media.services._prepare_file`` does for an image sent on the Cloud API:
+   ``crm.media.outbound.prepare_file`` does for an image sent on the Cloud API:
    ``images.compress(photo, 5 MB)``, writes ``final.jpg``, ``images.thumbnail(final)``. Those
    three steps are timed with ``perf_counter`` (and the thread's CPU time), after one untimed warm-up
    photo. At the end the worker reads its own peak RSS (``ru_maxrss``) and reports it, with the

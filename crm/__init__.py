@@ -19,6 +19,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     Path(app.config["INSTANCE_PATH"]).mkdir(parents=True, exist_ok=True)
 
     from crm import cli, db, errors, i18n, logs, security, templating, web, worker
+    from crm.media import storage
 
     logs.setup_logging(app)
     db.setup_db(app)
@@ -27,6 +28,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     i18n.setup_i18n(app)
     templating.setup_templating(app)
     web.setup_blueprints(app)
+    storage.setup_storage(app)
     errors.setup_errors(app)
     cli.setup_cli(app)
     return app

@@ -172,23 +172,27 @@ def reply_with_file(
     compressed or converted by a task, and the message is sent once that is done. Audio carries
     no caption on WhatsApp, so a caption typed with it goes first as its own message."""
     from crm.media.limits import request_cap
-    from crm.media.services import accept_upload, check_caption, spooled
+    from crm.media.outbound import accept_upload
+    from crm.media.services import check_caption, spooled
 
     conversation = get_conversation(workspace_id, conversation_id)
     account = db.session.get(WhatsAppAccount, conversation.account_id)
     assert account is not None
+    account_id, provider = account.id, account.provider
     clean_caption = check_caption(caption)
     key = check_idempotency_key(idempotency_key)
     lead = db.session.get(Lead, conversation.lead_id)
-    with spooled(upload, request_cap(account.provider)) as spool:
-        fingerprint = fingerprint_of("file", conversation.id, spool.sha256, clean_caption)
+    opted_out = lead is not None and lead.opted_out_at is not None
+    with spooled(upload, request_cap(provider)) as spool:
+        fingerprint = fingerprint_of("file", conversation_id, spool.sha256, clean_caption)
         if key:
             existing = find_by_idempotency_key(workspace_id, key, fingerprint)
             if existing is not None:
                 return Queued(existing, False)
-        if lead is not None and lead.opted_out_at is not None:
+        if opted_out:
             raise OptedOut()
-        media = accept_upload(workspace_id, account.id, account.provider, spool)
+        db.session.commit()  # no transaction stays open while the file is checked and stored
+        media = accept_upload(workspace_id, account_id, provider, spool)
     text = clean_caption if media.kind in ("image", "video", "document") else ""
     if clean_caption and not text:
         queue_outbound(

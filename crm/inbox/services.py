@@ -438,12 +438,22 @@ class MessageBeingSent(Conflict):
 def delete_message(workspace_id: int, message_id: int) -> None:
     """Remove a message from Zapdesk (not from the customer's phone), with its file. A queued
     message is cancelled with it; one in the middle of being sent can't be deleted."""
-    from crm.media.services import delete_unreferenced
+    from crm.media.cleanup import delete_unreferenced
     from crm.realtime.broker import publish_after_commit
+    from crm.whatsapp.models import Outbox, OutboxState
 
     message = get_scoped(Message, workspace_id, message_id)
-    if message.status == "sending":
-        raise MessageBeingSent()
+    outbox = db.session.scalar(select(Outbox).where(Outbox.message_id == message.id))
+    if outbox is not None:
+        # Cancelled only if no sender has it: a send under way can't be taken back.
+        cancelled = db.session.execute(
+            update(Outbox)
+            .where(Outbox.id == outbox.id, Outbox.state != OutboxState.SENDING.value)
+            .values(state=OutboxState.CANCELLED.value)
+        ).rowcount  # type: ignore[attr-defined]
+        if not cancelled:
+            db.session.rollback()
+            raise MessageBeingSent()
     media_id, conversation_id = message.media_file_id, message.conversation_id
     db.session.delete(message)  # its outbox row goes with it (ON DELETE CASCADE)
     publish_after_commit(

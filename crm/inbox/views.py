@@ -146,7 +146,8 @@ def send(conversation_id: int) -> Any:
     except DomainError as error:
         if request.headers.get("HX-Request") != "true":
             raise
-        composer = _composer(conversation.account_id, conversation_id, error=error.message)
+        typed = request.form.get("text", "")[:4096]
+        composer = _composer(conversation.account_id, conversation_id, error=error.message, text=typed)
         return composer, error.status
     # The message itself reaches every open tab, this one included, over the websocket; the
     # answer is a fresh composer (with a new key, so the next message is a new send).

@@ -195,7 +195,7 @@ def purge_lead(workspace_id: int, lead_id: int) -> int:
     """Delete a lead for good: their conversations, messages and the files those carried (the
     trash's purge). Returns how many files were removed."""
     from crm.inbox.models import Conversation, Message
-    from crm.media.services import delete_unreferenced
+    from crm.media.cleanup import delete_unreferenced
 
     lead = get_scoped(Lead, workspace_id, lead_id)
     media_ids = list(

@@ -20,6 +20,9 @@ MAX_SIDE = 1600  # what WhatsApp itself sends at standard quality
 THUMB_SIDE = 320
 QUALITY_STEPS = (85, 78, 70, 62, 54, 46, 40)
 PARALLEL = 2
+# Pillow's own bomb check warns past MAX_IMAGE_PIXELS: an error instead, set once for the process
+# (warnings.catch_warnings around each open would not be thread-safe).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 _slots = threading.BoundedSemaphore(PARALLEL)
 
 
@@ -34,14 +37,12 @@ class Encoded:
 
 def open_checked(path: Path | io.BytesIO) -> Image.Image:
     """Open an image and refuse decompression bombs before any pixel is decoded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _bomb() from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise MediaRejected(_("The image can't be read: the file is damaged or not an image.")) from None
+    try:
+        image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb() from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise MediaRejected(_("The image can't be read: the file is damaged or not an image.")) from None
     width, height = image.size
     if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
         image.close()
@@ -68,10 +69,8 @@ def _decoded(path: Path | io.BytesIO, side: int) -> Image.Image:
             width, height = image.size
             scale = side / max(width, height)
             image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         image.close()
         raise MediaRejected(_("The image is damaged or incomplete (truncated): it can't be sent.")) from None
@@ -79,12 +78,25 @@ def _decoded(path: Path | io.BytesIO, side: int) -> Image.Image:
 
 
 def check_image(path: Path) -> tuple[int, int]:
-    """Refuse bombs and damaged files now (the upload's answer), cheaply: decoded at 1/8 scale."""
-    image = _decoded(path, 64)
+    """Refuse bombs and damaged files now (the upload's answer), cheaply and without holding a
+    whole photo in memory: a JPEG is decoded at 1/8 scale; other formats have their structure
+    checked (PNG: every chunk and its checksum) without decoding pixels. The full decode is the
+    task's, which does it a few at a time."""
+    image = open_checked(path)
     try:
-        return image.size
+        size = image.size
+        if image.format == "JPEG":
+            image.close()
+            image = _decoded(path, 64)
+        else:
+            image.verify()
+    except MediaRejected:
+        raise
+    except Exception:
+        raise MediaRejected(_("The image is damaged or incomplete (truncated): it can't be sent.")) from None
     finally:
         image.close()
+    return size
 
 
 def _has_transparency(image: Image.Image) -> bool:

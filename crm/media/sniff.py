@@ -160,7 +160,7 @@ def _text(head: bytes) -> Detected:
         # A character cut at the end of the sample is still UTF-8; anything else reads as Latin-1.
         text = head.decode("latin-1") if exc.start < len(head) - 4 else head[: exc.start].decode("utf-8")
     lowered = text.lstrip("\ufeff \t\r\n").lower()
-    if any(marker.decode() in lowered[:2048] for marker in _MARKUP):
+    if any(marker.decode() in lowered for marker in _MARKUP):
         raise MediaRejected(
             _(
                 "SVG, HTML and XML files are not sent (they can carry scripts). "

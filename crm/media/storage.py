@@ -182,6 +182,11 @@ def build_storage(app: Flask) -> MediaStorage:
     return LocalStorage(Path(cfg.get("MEDIA_ROOT") or Path(cfg["INSTANCE_PATH"]) / "media"))
 
 
+def setup_storage(app: Flask) -> None:
+    """Built once at startup: boto3 makes clients safely from one thread, not from many at once."""
+    app.extensions["media_storage"] = build_storage(app)
+
+
 def media_origin(app: Flask) -> str | None:
     """Where browsers fetch media from when it is not this app (S3's presigned URLs), for the CSP."""
     if app.config.get("MEDIA_STORAGE") != "s3":

@@ -10,7 +10,7 @@ from crm.worker import huey, in_app_context
 @huey.task()
 @in_app_context
 def prepare_media_task(media_id: int) -> str:
-    from crm.media.services import prepare_outbound
+    from crm.media.outbound import prepare_outbound
 
     return prepare_outbound(media_id)
 
@@ -18,20 +18,15 @@ def prepare_media_task(media_id: int) -> str:
 @huey.task()
 @in_app_context
 def download_media_task(media_id: int) -> str:
-    from crm.extensions import db
-    from crm.media.models import MediaFile
-    from crm.media.services import download_inbound, fetch_for
+    from crm.media.inbound import download_from_cloud
 
-    media = db.session.get(MediaFile, media_id)
-    if media is None:
-        return "gone"
-    return download_inbound(media_id, fetch_for(media), retrying=False)
+    return download_from_cloud(media_id)
 
 
 @huey.periodic_task(crontab(minute="*/5"))
 @in_app_context
 def reconcile_media_task() -> dict[str, int]:
-    from crm.media.services import reconcile_media
+    from crm.media.cleanup import reconcile_media
 
     return reconcile_media()
 
@@ -39,6 +34,6 @@ def reconcile_media_task() -> dict[str, int]:
 @huey.periodic_task(crontab(hour="3", minute="23"))
 @in_app_context
 def sweep_media_orphans_task() -> dict[str, int]:
-    from crm.media.services import sweep_orphans
+    from crm.media.cleanup import sweep_orphans
 
     return sweep_orphans()

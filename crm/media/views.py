@@ -21,7 +21,9 @@ def _served(key: str, content_type: str, filename: str | None, inline: bool) -> 
     response = get_storage().serve(key, content_type, filename, as_attachment=not inline)
     response.headers["Content-Security-Policy"] = FILE_CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "private, max-age=3600"
+    if response.status_code == 200 or response.status_code == 206:
+        # Kept briefly by the browser only; a redirect to a signed URL keeps its own no-store.
+        response.headers["Cache-Control"] = "private, max-age=300"
     return response
 
 
@@ -63,7 +65,7 @@ def thumbnail(media_id: int) -> Any:
 @login_required
 def retry(media_id: int) -> str:
     """Download a failed file again; answers the message's bubble (now "downloading")."""
-    from crm.media.services import message_of, request_retry
+    from crm.media.inbound import message_of, request_retry
 
     media = request_retry(g.workspace_id, media_id)
     return render_template("inbox/_message.html", message=message_of(media))

@@ -188,7 +188,7 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
 def _register_media(account: NumberRef, message_id: int, kind: str, msg: InboundMessage) -> None:
     """The message's file, to download after the commit (Cloud API: a worker; WebQR: the gateway
     that owns the session; the sandbox's simulator stores its files itself)."""
-    from crm.media.services import register_inbound
+    from crm.media.inbound import register_inbound
 
     assert msg.media is not None
     media_id = register_inbound(

@@ -124,6 +124,7 @@ def queue_outbound(
     if media_file_id is None or _media_ready(media_file_id):
         enqueue_delivery_after_commit(outbox.id)
     else:
+        outbox.next_attempt_at = now + MEDIA_WAIT  # parked until its file is ready
         _enqueue_prepare_after_commit(media_file_id)
     publish_after_commit(
         workspace_id,
@@ -302,6 +303,12 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     if carrier.provider == "webqr" and (gateway is None or gateway.account_id != carrier.id):
         _release(row)
         return "gateway"
+    media: OutboundMedia | None = None
+    if message.media_file_id is not None:  # before pacing: a file still being prepared takes no slot
+        waiting = _media_for(row, message, carrier)
+        if isinstance(waiting, str):
+            return waiting
+        media = waiting
     now = utcnow()
     if carrier.paused_until and carrier.paused_until > now:
         _requeue(row, (carrier.paused_until - now).total_seconds())
@@ -310,12 +317,6 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     if wait > 0:
         _requeue(row, wait)
         return "paced"
-    media: OutboundMedia | None = None
-    if message.media_file_id is not None:
-        waiting = _media_for(row, message, carrier)
-        if isinstance(waiting, str):
-            return waiting
-        media = waiting
     request = OutboundRequest(
         to=lead.phone or lead.bsuid or "",
         type=message.type,
@@ -361,7 +362,7 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
     if not file.is_ready:
         if file.status == MediaStatus.PENDING.value:
             _enqueue_prepare_after_commit(file.id)  # in case its job was lost; preparing is claimed once
-        _release(row)  # preparing the file hands the row to the queue again when it is done
+        _park(row)  # preparing the file makes the row due again when it is done
         return "media_pending"
     limit = limit_for(carrier.provider, file.kind).max_bytes
     if (file.size or 0) > limit:
@@ -373,16 +374,46 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
               size=human_size(file.size or 0), limit=human_size(limit)),
         )  # fmt: skip
         return "failed"
+    storage_key = file.storage_key or ""  # read now: no query (and no transaction) inside the send
     return OutboundMedia(
         kind=file.kind,
         mime_type=file.mime_type,
         filename=file.filename,
         size=file.size or 0,
-        load=lambda: read_bytes(file),
+        load=lambda: read_bytes(storage_key),
         voice=file.voice,
         width=file.width,
         height=file.height,
     )
+
+
+MEDIA_WAIT = timedelta(hours=1)
+
+
+def _park(row: Outbox) -> None:
+    """Out of the way while its file is prepared (so no sender, the WebQR gateway's included, keeps
+    picking it up); ``release_for_media`` makes it due again. Parked rows that outlive this are
+    looked at again by the reconciler."""
+    row.state = OutboxState.QUEUED.value
+    row.lease_until = None
+    row.next_attempt_at = utcnow() + MEDIA_WAIT
+    db.session.commit()
+
+
+def release_for_media(outbox_ids: list[int]) -> None:
+    """The file of these rows is ready: due now, and handed to the queue."""
+    if not outbox_ids:
+        return
+    db.session.execute(
+        update(Outbox)
+        .where(Outbox.id.in_(outbox_ids), Outbox.state == OutboxState.QUEUED.value)
+        .values(next_attempt_at=utcnow())
+    )
+    db.session.commit()
+    from crm.whatsapp.tasks import deliver_task
+
+    for outbox_id in outbox_ids:
+        deliver_task(outbox_id)
 
 
 def _release(row: Outbox) -> None:

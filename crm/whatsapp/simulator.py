@@ -53,7 +53,8 @@ def customer_sends_file(
 ) -> tuple[str, int]:
     """A simulated customer sends a file (with an optional caption): it arrives like a customer's
     file from a real number, already downloaded. Returns their E.164 phone and the message id."""
-    from crm.media.services import check_caption, store_simulated
+    from crm.media.inbound import store_simulated
+    from crm.media.services import check_caption
     from crm.media.sniff import sniff
 
     account = sandbox_account(workspace_id, account_id)
@@ -69,7 +70,7 @@ def customer_sends_file(
         media=MediaRef(mime_type=found.mime, filename=upload.filename, voice=found.kind == "audio"),
     )
     summary = ingest_message(account.id, message)
-    store_simulated(workspace_id, summary.stored[0], upload)
+    store_simulated(summary.stored[0], upload)
     return e164, summary.stored[0]
 
 

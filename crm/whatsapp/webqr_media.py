@@ -10,7 +10,7 @@ from typing import Any
 from flask_babel import gettext as _
 
 from crm.crypto import decrypt_json
-from crm.media.models import MediaFile
+from crm.media.services import Job
 from crm.media.sniff import MediaRejected
 from crm.whatsapp.providers.base import ErrorAction, OutboundRequest, ProviderError
 
@@ -57,13 +57,24 @@ def media_message(neonize: Any, client: Any, request: OutboundRequest) -> Any:
     return e2e.Message(**{field: getattr(e2e, class_name)(**fields)})
 
 
-def download(neonize: Any, client: Any, media: MediaFile, dest: Path, limit: int) -> str:
-    """Download a customer's file into ``dest``; its MIME type as the message stated it."""
+def download(neonize: Any, client: Any, media: Job, dest: Path, limit: int) -> str:
+    """Download a customer's file into ``dest``; its MIME type as the message stated it. A file
+    over ``limit`` is refused from its stated length, before anything is downloaded."""
     wire = decrypt_json(media.source_encrypted).get("wire") if media.source_encrypted else None
     if not isinstance(wire, str):
         raise MediaRejected(_("WhatsApp gave no keys for this file."), code="media_unavailable")
     e2e = neonize.proto.waE2E.WAWebProtobufsE2E_pb2
     message = e2e.Message.FromString(base64.b64decode(wire))
+    stated = next(
+        (
+            getattr(message, field).fileLength
+            for field, *_ in _MESSAGE_FIELDS.values()
+            if message.HasField(field)
+        ),
+        0,
+    )
+    if stated > limit:
+        raise ProviderError("too_large", "The media is larger than allowed", action=ErrorAction.FAIL)
     try:
         data = client.download_any(message)
     except neonize.exc.DownloadError as exc:

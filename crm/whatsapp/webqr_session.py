@@ -267,7 +267,7 @@ class WebQRSessionRunner:
                     db.session.remove()
 
     def _download_pending(self) -> None:
-        from crm.media.services import download_inbound, pending_downloads
+        from crm.media.inbound import download_inbound, pending_downloads
         from crm.whatsapp.webqr_media import download
 
         def fetch(media: Any, dest: Any, limit: int) -> str:

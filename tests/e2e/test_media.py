@@ -95,8 +95,10 @@ def test_mistakes_are_explained_in_the_composer(
     composer.locator("input[type=file]").set_input_files(
         files=[{"name": "logo.png", "mimeType": "image/png", "buffer": files.svg_with_script()}]
     )
+    page.locator("textarea[data-composer]").fill("Nosso logo")
     page.locator("form.composer button[type=submit]").click()
     expect(page.locator("form.composer .composer-error").first).to_contain_text("SVG", timeout=3_000)
+    expect(page.locator("textarea[data-composer]")).to_have_value("Nosso logo")
     # Refused before the form is even read (over the server's request size): the message shows too.
     app.config["MAX_CONTENT_LENGTH"] = 50_000
     try:

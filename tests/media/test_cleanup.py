@@ -15,14 +15,17 @@ from crm.extensions import db
 from crm.inbox.models import Message
 from crm.leads.models import Lead
 from crm.leads.services import purge_lead
+from crm.media.cleanup import sweep_orphans
 from crm.media.models import MediaFile
-from crm.media.services import sweep_orphans
 from crm.media.storage import get_storage
 from crm.realtime.fragments import render_event
 from tests import factories
 from tests.conftest import csrf_from, login
 from tests.media import files
 from tests.media.conftest import media_rows
+
+STRAY = "w1/2020/01/0123456789abcdef01234567.jpg"
+UNSENT = "w1/2020/01/89abcdef0123456789abcdef-original.pdf"
 
 
 def _keys() -> set[str]:
@@ -70,20 +73,22 @@ def test_purging_a_lead_removes_the_files_of_their_conversations(app: Flask, own
 def test_the_sweep_removes_orphans_and_keeps_what_is_in_use(app: Flask, owner: factories.Person) -> None:
     _message_id, used = _customer_photo(owner)
     storage = get_storage()
-    storage.save("w1/2020/01/stray.jpg", io.BytesIO(b"left by a crash"), "image/jpeg")  # no row names it
+    storage.save(STRAY, io.BytesIO(b"left by a crash"), "image/jpeg")  # no row names it
+    storage.save("backups/notes.txt", io.BytesIO(b"someone else's"), "text/plain")  # a shared bucket
     a_day_ago = utcnow() - timedelta(days=1)
     unsent = MediaFile(
         workspace_id=owner.workspace_id, direction="out", kind="document", status="pending",
-        original_key="w1/2020/01/unsent.pdf", created_at=a_day_ago,
+        original_key=UNSENT, created_at=a_day_ago,
     )  # fmt: skip
-    storage.save("w1/2020/01/unsent.pdf", io.BytesIO(files.pdf()), "application/pdf")
+    storage.save(UNSENT, io.BytesIO(files.pdf()), "application/pdf")
     db.session.add(unsent)
     db.session.commit()
     assert sweep_orphans(grace=timedelta(0)) == {"rows": 1, "files": 1}
     assert [m.id for m in media_rows()] == [used.id]
     remaining = _keys()
     assert {used.storage_key, used.thumbnail_key} <= remaining
-    assert "w1/2020/01/stray.jpg" not in remaining and "w1/2020/01/unsent.pdf" not in remaining
+    assert STRAY not in remaining and UNSENT not in remaining
+    assert "backups/notes.txt" in remaining  # not a key of ours: never touched
 
 
 def test_the_sweep_leaves_recent_uploads_alone(app: Flask, owner: factories.Person) -> None:

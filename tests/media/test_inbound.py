@@ -184,7 +184,7 @@ def test_the_simulator_customer_sends_a_file(logged_in: FlaskClient, owner: fact
 def test_reconciler_hands_lost_jobs_back(
     logged_in: FlaskClient, owner: factories.Person, graph_api: GraphEmulator
 ) -> None:
-    from crm.media.services import reconcile_media
+    from crm.media.cleanup import reconcile_media
 
     account = make_cloud_account(owner, graph_api)
     with meta_unreachable(account):

@@ -99,6 +99,7 @@ def test_refused_files_answer_in_the_composer_and_store_nothing(
     html = response.get_data(as_text=True)
     assert response.status_code == 422
     assert 'class="composer"' in html and reason in html
+    assert ">olha</textarea>" in html  # what was typed is kept
     assert message_count() == before and not media_rows()
     assert all("-original" not in key for key, _modified in get_storage().stored_keys())
 
@@ -186,18 +187,18 @@ def test_the_composer_shows_the_numbers_limits(
 def test_a_file_that_cannot_be_prepared_fails_its_message_with_the_reason(
     app: Flask, logged_in: FlaskClient, sandbox_chat: Chat
 ) -> None:
-    from crm.media import services
+    from crm.media import outbound, services
 
-    real = services._prepare_file
+    real = outbound.prepare_file
 
     def broken(*args: object) -> None:
         raise services.MediaRejected("The video has no picture.")
 
-    services._prepare_file = broken  # type: ignore[assignment]
+    outbound.prepare_file = broken  # type: ignore[assignment]
     try:
         attach(logged_in, sandbox_chat.conversation_id, files.pdf(), "v.pdf")
     finally:
-        services._prepare_file = real  # type: ignore[assignment]
+        outbound.prepare_file = real  # type: ignore[assignment]
     [message] = _outbound()
     assert message.status == "failed" and message.error_title == "The video has no picture."
     media = db.session.get(MediaFile, message.media_file_id)
