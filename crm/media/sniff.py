@@ -122,10 +122,13 @@ def _iso_media(brand: bytes) -> Detected:
 
 def _ole(path: Path) -> Detected:
     """A legacy Office file: which one, from the names of the streams inside."""
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        for stream, mime, ext in _OLE_STREAMS:
-            if data.find(stream.encode("utf-16-le")) >= 0:
-                return Detected("document", mime, ext)
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for stream, mime, ext in _OLE_STREAMS:
+                if data.find(stream.encode("utf-16-le")) >= 0:
+                    return Detected("document", mime, ext)
+    except (OSError, ValueError):
+        raise MediaRejected(_("The file is damaged and can't be read.")) from None
     raise MediaRejected(_("This Office file type can't be sent on WhatsApp."))
 
 
@@ -133,7 +136,7 @@ def _zip(path: Path) -> Detected:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except Exception:  # damaged, or crafted (zipfile raises NotImplementedError, ValueError...)
         raise MediaRejected(
             _("The file is damaged: it looks like a ZIP archive but can't be read.")
         ) from None

@@ -203,3 +203,61 @@ def test_a_file_that_cannot_be_prepared_fails_its_message_with_the_reason(
     assert message.status == "failed" and message.error_title == "The video has no picture."
     media = db.session.get(MediaFile, message.media_file_id)
     assert media is not None and media.status == "failed"
+
+
+def test_a_crafted_office_file_is_refused_not_a_server_error(
+    logged_in: FlaskClient, sandbox_chat: Chat
+) -> None:
+    data = bytearray(files.docx())
+    central = data.index(b"PK\x01\x02")
+    data[central + 6 : central + 8] = b"\xff\x00"  # "version needed to extract": one zipfile refuses
+    response = attach(logged_in, sandbox_chat.conversation_id, bytes(data), "contrato.docx")
+    assert response.status_code == 422 and not media_rows()
+
+
+def test_a_message_waiting_for_its_file_is_parked_and_released_when_it_is_ready(
+    app: Flask, logged_in: FlaskClient, sandbox_chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.db import utcnow
+    from crm.media import outbound
+    from crm.media.outbound import prepare_outbound
+    from crm.whatsapp import pacing
+    from crm.whatsapp.models import Outbox
+    from crm.whatsapp.outbox import deliver_outbound
+
+    real = outbound.prepare_file
+
+    def storage_down(*args: object) -> dict[str, object]:
+        raise ConnectionError("storage unreachable")
+
+    reserved: list[int] = []
+    real_reserve = pacing.reserve
+    monkeypatch.setattr(
+        pacing, "reserve", lambda account: reserved.append(account.id) or real_reserve(account)
+    )
+    monkeypatch.setattr(outbound, "prepare_file", storage_down)
+    attach(logged_in, sandbox_chat.conversation_id, files.pdf(), "a.pdf")
+    [message] = _outbound()
+    outbox = db.session.scalar(select(Outbox).where(Outbox.message_id == message.id))
+    assert outbox is not None and message.status == "queued" and media_rows()[0].status == "pending"
+    assert outbox.next_attempt_at > utcnow()  # parked: no sender keeps picking it up
+    outbox.next_attempt_at = utcnow()
+    db.session.commit()
+    assert deliver_outbound(outbox.id) == "media_pending" and not reserved  # no pacing slot spent
+    monkeypatch.setattr(outbound, "prepare_file", real)
+    assert prepare_outbound(media_rows()[0].id) == "ready"
+    assert _outbound()[0].status == "delivered" and reserved == [sandbox_chat.account_id]
+
+
+def test_a_message_being_sent_cannot_be_deleted(logged_in: FlaskClient, sandbox_chat: Chat) -> None:
+    from crm.whatsapp.models import Outbox
+
+    attach(logged_in, sandbox_chat.conversation_id, files.pdf(), "a.pdf")
+    [message] = _outbound()
+    outbox = db.session.scalar(select(Outbox).where(Outbox.message_id == message.id))
+    assert outbox is not None
+    outbox.state = "sending"
+    db.session.commit()
+    headers = {"HX-Request": "true", "X-CSRFToken": csrf_from(logged_in, "/")}
+    assert logged_in.post(f"/messages/{message.id}/delete", headers=headers).status_code == 409
+    assert len(_outbound()) == 1 and media_rows()[0].storage_key
