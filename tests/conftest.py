@@ -95,10 +95,11 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
     from crm.inbox import assignment
-    from crm.realtime import presence
+    from crm.realtime import fanout, presence
     from crm.whatsapp.pacing import forget_local_windows
 
     forget_local_windows()
+    fanout.forget_all()
     presence.reset_memory()
     assignment.forget()
     with app.app_context():

@@ -46,12 +46,27 @@ class Tab:
         with self.lock:
             self.ws.send(html)
 
-    def writable(self) -> bool:
+    def fileno(self) -> int:
         try:
-            _r, ready, _x = select.select([], [self.ws.sock], [], 0)
-        except (OSError, ValueError):  # closed meanwhile: its own thread ends it
-            return False
-        return bool(ready)
+            return int(self.ws.sock.fileno())
+        except (OSError, ValueError, AttributeError):
+            return -1
+
+
+def writable(tabs: list[Tab]) -> set[Tab]:
+    """The tabs whose socket can take a frame now, in one poll() for all of them."""
+    poller = select.poll()
+    by_fd: dict[int, Tab] = {}
+    for tab in tabs:
+        fd = tab.fileno()
+        if fd >= 0:
+            by_fd[fd] = tab
+            poller.register(fd, select.POLLOUT)
+    ready = set()
+    for fd, flags in poller.poll(0):
+        if flags & select.POLLOUT and not flags & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            ready.add(by_fd[fd])
+    return ready
 
 
 _tabs: dict[int, set[Tab]] = defaultdict(set)
@@ -75,6 +90,12 @@ def register(app: Flask, tab: Tab) -> Callable[[], None]:
                     del _tabs[tab.workspace_id]
 
     return unregister
+
+
+def forget_all() -> None:
+    """Drop every registration (tests: workspace ids start again after each test)."""
+    with _lock:
+        _tabs.clear()
 
 
 def _listener(workspace_id: int, event: Event) -> None:
@@ -110,7 +131,7 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
     """Render ``event`` once per language and write it to every tab of the workspace; returns how
     many tabs got it from here (the others got it through their own thread)."""
     with _lock:
-        tabs = list(_tabs.get(workspace_id, ()))
+        tabs = [t for t in _tabs.get(workspace_id, ()) if getattr(t.ws, "connected", True)]
     by_locale: dict[str, list[Tab]] = defaultdict(list)
     for tab in tabs:
         by_locale[tab.locale].append(tab)
@@ -119,8 +140,9 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
         html = render(app, workspace_id, event, locale)
         if not html:
             continue
+        ready = writable(group)
         for tab in group:
-            if not tab.writable():
+            if tab not in ready:  # a stalled (or closing) client: its own thread waits for it
                 tab.slow(event)
                 continue
             try:
