@@ -15,6 +15,7 @@ import logging
 import queue
 import select
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Tab:
     locale: str
     ws: Any  # simple_websocket.Server
     slow: Callable[[Event], None]  # hands an event to the socket's own thread instead
+    manager: bool = False  # sees the WebQR pairing panels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, html: str) -> None:
@@ -119,12 +121,40 @@ def _ensure_thread(app: Flask) -> None:
 
 
 def _run(app: Flask) -> None:
+    from crm.realtime.ws import POLL_SECONDS
+
+    polled = time.monotonic()
     while True:
-        workspace_id, event = _events.get()
         try:
-            deliver(app, workspace_id, event)
-        except Exception:
-            log.exception("fan-out of a %s event failed", event.get("type"))
+            workspace_id, event = _events.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            pass
+        else:
+            try:
+                deliver(app, workspace_id, event)
+            except Exception:
+                log.exception("fan-out of a %s event failed", event.get("type"))
+        if time.monotonic() - polled >= POLL_SECONDS:
+            polled = time.monotonic()
+            _poll_webqr(app)
+
+
+def _poll_webqr(app: Flask) -> None:
+    """WebQR state written without a published event (the embedded gateway child): looked up for
+    the workspaces whose managers have a tab open here, by this one thread for all of them."""
+    from crm.extensions import db
+    from crm.realtime.ws import poll_webqr_states
+
+    with _lock:
+        workspaces = [w for w, tabs in _tabs.items() if any(t.manager for t in tabs)]
+    for workspace_id in workspaces:
+        with app.app_context():
+            try:
+                poll_webqr_states(workspace_id)
+            except Exception:
+                log.warning("WebQR state poll failed", exc_info=True)
+            finally:
+                db.session.remove()
 
 
 def deliver(app: Flask, workspace_id: int, event: Event) -> int:

@@ -36,7 +36,6 @@ from crm.whatsapp.models import WebQRSession
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 30.0
-WAIT_SECONDS = 1.0
 POLL_SECONDS = 2.0
 
 
@@ -142,16 +141,28 @@ def events_socket(ws: Any) -> None:
     viewing: int | None = None
     inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
 
+    # The thread sleeps until there is something to do: an event for this tab, or the page saying
+    # something (the websocket library's own reader thread wakes it), or a periodic check.
+    wake = threading.Event()
+    heard = ws.event.set
+
+    def page_spoke() -> None:
+        heard()
+        wake.set()
+
+    ws.event.set = page_spoke
+
     def to_this_thread(event: Event) -> None:
         with contextlib.suppress(queue.Full):  # lossy by design: pages catch up on reconnect
             inbox.put_nowait(event)
+        wake.set()
 
     def local(ws_id: int, event: Event) -> None:
         # Events every tab sees alike come from the process's fan-out thread instead.
         if ws_id == workspace_id and str(event.get("type", "")) not in fanout.SHARED_KINDS:
             to_this_thread(event)
 
-    tab = fanout.Tab(workspace_id, str(get_locale() or "en"), ws, slow=to_this_thread)
+    tab = fanout.Tab(workspace_id, str(get_locale() or "en"), ws, slow=to_this_thread, manager=manager)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unsubscribe = subscribe_local(local)
     unregister = fanout.register(app, tab)
@@ -169,12 +180,15 @@ def events_socket(ws: Any) -> None:
         # released with their database session.
         g.membership = db.session.get(Membership, membership_id)
 
+    idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
     try:
         while True:
-            try:
-                event = inbox.get(timeout=WAIT_SECONDS)
-            except queue.Empty:
-                event = None
+            wake.wait(idle)
+            wake.clear()
+            events: list[Event] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    events.append(inbox.get_nowait())
             said = _from_page(ws)
             if said is None:
                 return
@@ -199,19 +213,15 @@ def events_socket(ws: Any) -> None:
                     ws.close(reason=1008, message="session ended")
                     return
                 checked = time.monotonic()
-            if event is None:
-                if manager:
-                    poll_webqr_states(workspace_id)
-                continue
-
-            try:
-                html = render_for_socket(
-                    workspace_id, event, manager=manager, user_id=user_id, prepare=fresh_context
-                )
-            finally:
-                db.session.remove()
-            if html:
-                tab.send(html)
+            for event in events:
+                try:
+                    html = render_for_socket(
+                        workspace_id, event, manager=manager, user_id=user_id, prepare=fresh_context
+                    )
+                finally:
+                    db.session.remove()
+                if html:
+                    tab.send(html)
     finally:
         unregister()
         unsubscribe()
