@@ -257,14 +257,19 @@ class WebQRSessionRunner:
             self.downloads_wanted.clear()
             if self.stopping.is_set() or not self.connected.is_set():
                 continue
-            with self.app.app_context():
-                try:
-                    self._download_pending()
-                except Exception:
-                    db.session.rollback()
-                    log.exception("WebQR session %s: media download failed", self.account_id)
-                finally:
-                    db.session.remove()
+            self._in_app_context(self._download_pending, "media download")
+
+    def _in_app_context(self, step: Callable[[], None], what: str) -> None:
+        """One step of a loop of this session's, in a fresh app context; a failure is logged and
+        the loop goes on."""
+        with self.app.app_context():
+            try:
+                step()
+            except Exception:
+                db.session.rollback()
+                log.exception("WebQR session %s: %s failed", self.account_id, what)
+            finally:
+                db.session.remove()
 
     def _download_pending(self) -> None:
         from crm.media.inbound import download_inbound, pending_downloads
@@ -303,14 +308,7 @@ class WebQRSessionRunner:
         while not self.stopping.wait(SEND_POLL_SECONDS):
             if not self.connected.is_set():
                 continue
-            with self.app.app_context():
-                try:
-                    self._send_one()
-                except Exception:
-                    db.session.rollback()
-                    log.exception("WebQR session %s: send loop failed", self.account_id)
-                finally:
-                    db.session.remove()
+            self._in_app_context(self._send_one, "send loop")
 
     def _send_one(self) -> None:
         from crm.whatsapp.outbox import deliver_outbound

@@ -93,21 +93,32 @@ def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
         foreign.receive(timeout=3)
 
 
+def counted_renders(monkeypatch: pytest.MonkeyPatch, eids: set[str]) -> list[str]:
+    """The language of each rendering of these events (the process's fan-out thread may render
+    other tests' events meanwhile: those are not counted)."""
+    from flask_babel import get_locale
+
+    from crm.realtime import fragments
+
+    renders: list[str] = []
+    real = fragments.render_event
+
+    def counting(workspace_id: int, event: dict[str, object], **kwargs: object) -> str | None:
+        if event.get("eid") in eids:
+            renders.append(str(get_locale()))
+        return real(workspace_id, event, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fragments, "render_event", counting)
+    return renders
+
+
 def test_a_shared_fragment_is_rendered_once_per_event_and_language(
     app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from crm.realtime import fragments
 
     conversation_id = factories.conversation(owner)
-    calls: list[str] = []
-    real = fragments.render_event
-
-    def counting(workspace_id: int, event: dict[str, object], **kwargs: object) -> str | None:
-        if event.get("eid") in ("e1", "e2"):  # (the process's fan-out thread may render others)
-            calls.append("render")
-        return real(workspace_id, event, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fragments, "render_event", counting)
+    calls = counted_renders(monkeypatch, {"e1", "e2"})
     event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "e1"}
     with app.test_request_context("/ws"):
         first = fragments.render_for_socket(owner.workspace_id, event, manager=True, user_id=owner.user_id)
@@ -145,20 +156,10 @@ class FakeSocket:
 def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
     app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from crm.realtime import fanout, fragments
+    from crm.realtime import fanout
 
     conversation_id = factories.conversation(owner)
-    renders: list[str] = []
-    real = fragments.render_event
-
-    def counting(workspace_id: int, event: dict[str, object], **kwargs: object) -> str | None:
-        from flask_babel import get_locale
-
-        if event.get("eid") == "x1":  # (the process's fan-out thread may render others meanwhile)
-            renders.append(str(get_locale()))
-        return real(workspace_id, event, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fragments, "render_event", counting)
+    renders = counted_renders(monkeypatch, {"x1"})
     sockets = [FakeSocket() for _ in range(4)] + [FakeSocket(stalled=True)]
     slow: list[dict[str, object]] = []
     locales = ["en", "pt_BR", "en", "pt_BR", "en"]
