@@ -50,4 +50,4 @@ EXPOSE 5000
 
 # No HEALTHCHECK here: worker and gateway run from this image too and serve no HTTP;
 # compose.yaml gives the web service its /healthz check.
-CMD ["gunicorn", "-k", "gthread", "--threads", "32", "-w", "2", "-b", "0.0.0.0:5000", "wsgi:app"]
+CMD ["gunicorn", "-k", "gthread", "--threads", "128", "-w", "2", "-b", "0.0.0.0:5000", "wsgi:app"]
