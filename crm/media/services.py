@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flask_babel import gettext as _
 from sqlalchemy import or_, select, update
@@ -292,6 +292,16 @@ def announce(workspace_id: int, media_id: int) -> None:
             {"type": "message.status", "message_id": message_id, "conversation_id": conversation_id,
              "status": "media"},
         )  # fmt: skip
+
+
+@contextmanager
+def open_stored(storage_key: str) -> Iterator[IO[bytes]]:
+    """A stored file, opened for reading from a local copy (streamed to a provider's upload)."""
+    with tempfile.TemporaryDirectory(prefix="zapdesk-send-") as folder:
+        path = Path(folder) / "file"
+        get_storage().fetch(storage_key, path)
+        with path.open("rb") as stream:
+            yield stream
 
 
 def read_bytes(storage_key: str) -> bytes:

@@ -348,7 +348,7 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
     for it; could not be prepared, or too large for the number that carries it: fail)."""
     from crm.media.limits import human_size, limit_for
     from crm.media.models import MediaFile, MediaStatus
-    from crm.media.services import read_bytes
+    from crm.media.services import open_stored, read_bytes
 
     file = db.session.get(MediaFile, message.media_file_id)
     if file is None:
@@ -381,6 +381,7 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
         filename=file.filename,
         size=file.size or 0,
         load=lambda: read_bytes(storage_key),
+        open=lambda: open_stored(storage_key),
         voice=file.voice,
         width=file.width,
         height=file.height,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from crm.whatsapp.models import WhatsAppAccount
@@ -23,7 +24,12 @@ class OutboundMedia:
     mime_type: str
     filename: str | None
     size: int
-    load: Callable[[], bytes] = field(repr=False, compare=False)
+    load: Callable[[], bytes] = field(repr=False, compare=False)  # whole, for clients that need bytes
+    # The file as a readable stream, for clients that can stream it (a 100 MB document is never
+    # held in memory whole).
+    open: Callable[[], AbstractContextManager[IO[bytes]]] | None = field(
+        default=None, repr=False, compare=False
+    )
     voice: bool = False
     width: int | None = None
     height: int | None = None

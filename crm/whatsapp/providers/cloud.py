@@ -174,9 +174,12 @@ class CloudClient:
         if request.media is not None and not request.payload.get("media_id"):
             # Our file goes to Meta first (POST /<phone_number_id>/media), then the message names it.
             media = request.media
-            media_id = self.upload_media(
-                media.load(), media.mime_type.split(";")[0], media.filename or "file"
-            )
+            mime, name = media.mime_type.split(";")[0], media.filename or "file"
+            if media.open is not None:
+                with media.open() as stream:  # streamed: a large document is never held whole
+                    media_id = self.upload_media(stream, mime, name)
+            else:
+                media_id = self.upload_media(media.load(), mime, name)
             request = replace(request, payload={**request.payload, "media_id": media_id})
         response = self._call(
             "POST", f"{self.base_url}/{self.phone_number_id}/messages", json=message_body(request)
@@ -224,7 +227,7 @@ class CloudClient:
                 break
         return found
 
-    def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
+    def upload_media(self, data: bytes | IO[bytes], mime_type: str, filename: str) -> str:
         response = self._call(
             "POST",
             f"{self.base_url}/{self.phone_number_id}/media",
