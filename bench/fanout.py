@@ -7,9 +7,10 @@
 1. A fresh database (``zapdesk_bench_fanout``): a workspace, a sandbox number, an API token.
 2. The product as in scaled mode (gunicorn ``gthread``, ``flask crm worker``, Redis). Each open
    websocket holds one of gunicorn's threads, so ``--threads`` defaults to what the clients need.
-3. ``--clients`` websockets (asyncio + wsproto, in this process), spread over ``--sessions``
-   signed-in sessions as browsers with many tabs would be. Measured: how long until every
-   socket is open.
+3. ``--clients`` websockets (asyncio + wsproto), read by ``--client-processes`` processes of their
+   own (1 by default; more spread the reading as separate browsers would, but on a 2-core machine
+   they take the cores the server needs), spread over ``--sessions`` signed-in sessions as
+   browsers with many tabs would be. Measured: how long until every socket is open.
 4. ``--events`` messages sent through the REST API, one every ``--interval`` seconds; for each,
    every socket's delay from the API's 202 (the commit is done by then) to the first frame that
    carries that message. Meanwhile a probe calls ``GET /api/v1/conversations`` 10 times a second.
@@ -27,6 +28,7 @@ import re
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 
 from inbox import sign_in
 from ingest import (
@@ -131,7 +133,33 @@ def probe(base: str, token: str, stop: threading.Event, out: list[float]) -> Non
             time.sleep(0.1)
 
 
+def client_process(port: int, cookies: list[str], count: int, offset: int, conn: Connection) -> None:
+    """A share of the sockets, read by a process of its own (as separate browsers would be): it
+    opens them, reports when each opened, waits for "stop", then reports what arrived when."""
+    sockets = [Socket() for _ in range(count)]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        began = time.perf_counter()
+        tasks = [
+            asyncio.create_task(open_socket(port, cookies[(offset + k) % len(cookies)], s, stop))
+            for k, s in enumerate(sockets)
+        ]
+        deadline = began + 60
+        while time.perf_counter() < deadline and sum(1 for s in sockets if s.opened or s.error) < count:
+            await asyncio.sleep(0.05)
+        conn.send((began, [s.opened for s in sockets], [s.error for s in sockets]))
+        await asyncio.to_thread(conn.recv)  # "stop"
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send(([s.arrived for s in sockets], [s.error for s in sockets]))
+
+    asyncio.run(main())
+
+
 def run(bench: FanoutBench, args: argparse.Namespace) -> int:
+    import multiprocessing
+
     import httpx
 
     cookies = []
@@ -139,55 +167,76 @@ def run(bench: FanoutBench, args: argparse.Namespace) -> int:
         client = sign_in(bench.base)
         cookies.append("; ".join(f"{k}={v}" for k, v in client.cookies.items()))
         client.close()
-    log(f"load: {args.sessions} sessions signed in; opening {args.clients} sockets")
+    log(
+        f"load: {args.sessions} sessions signed in; opening {args.clients} sockets "
+        f"from {args.client_processes} process(es)"
+    )
     sockets = [Socket() for _ in range(args.clients)]
     sent: dict[int, float] = {}
     probe_ms: list[float] = []
     probe_stop = threading.Event()
     api = httpx.Client(base_url=bench.base, headers={"Authorization": f"Bearer {bench.token}"}, timeout=30)
+    spawn = multiprocessing.get_context("spawn")
+    shares = [len(sockets[k :: args.client_processes]) for k in range(args.client_processes)]
+    links, children, offset = [], [], 0
+    for share in shares:
+        mine, theirs = spawn.Pipe()
+        child = spawn.Process(target=client_process, args=(bench.port, cookies, share, offset, theirs))
+        child.start()
+        links.append(mine)
+        children.append(child)
+        offset += share
 
-    async def main() -> float:
-        stop = asyncio.Event()
-        started = time.perf_counter()
-        tasks = [
-            asyncio.create_task(open_socket(bench.port, cookies[k % len(cookies)], s, stop))
-            for k, s in enumerate(sockets)
-        ]
-        deadline = started + 60
-        while time.perf_counter() < deadline and sum(1 for s in sockets if s.opened or s.error) < len(
-            sockets
-        ):
-            await asyncio.sleep(0.05)
-        opened = [s.opened for s in sockets if s.opened]
-        connect_s = (max(opened) - started) if len(opened) == len(sockets) else math.inf
+    def connect() -> float:
+        began, at = [], 0
+        for link, share in zip(links, shares, strict=True):
+            start, opened, errors = link.recv()
+            began.append(start)
+            for k in range(share):
+                sockets[at + k].opened, sockets[at + k].error = opened[k], errors[k]
+            at += share
+        opened_at = [s.opened for s in sockets if s.opened]
+        failed = [s.error for s in sockets if s.error]
         log(
-            f"sockets: {len(opened)} of {len(sockets)} open in {max(opened, default=started) - started:.2f} s"
-            + (
-                f"; {sum(1 for s in sockets if s.error)} failed: {next(s.error for s in sockets if s.error)}"
-                if any(s.error for s in sockets)
-                else ""
-            )
+            f"sockets: {len(opened_at)} of {len(sockets)} open in "
+            f"{max(opened_at, default=min(began)) - min(began):.2f} s"
+            + (f"; {len(failed)} failed: {failed[0]}" if failed else "")
         )
-        await asyncio.sleep(1.0)  # every socket subscribed before the first event
+        return (max(opened_at) - min(began)) if len(opened_at) == len(sockets) else math.inf
+
+    def collect() -> None:
+        at = 0
+        for link in links:
+            link.send("stop")
+        for link, child, share in zip(links, children, shares, strict=True):
+            arrived, errors = link.recv()
+            for k in range(share):
+                sock = sockets[at + k]
+                sock.arrived, sock.error = arrived[k], errors[k] or sock.error
+            at += share
+            child.join(timeout=30)
+
+    def main() -> float:
+        connect_s = connect()
+        time.sleep(1.0)  # every socket subscribed before the first event
         threading.Thread(
             target=probe, args=(bench.base, bench.token, probe_stop, probe_ms), daemon=True
         ).start()
         for k in range(args.events):
             body = {"to": "+5511988880000", "text": f"fanout-{k}-end", "idempotency_key": f"fanout-{k}"}
-            response = await asyncio.to_thread(api.post, "/api/v1/messages", json=body)
+            response = api.post("/api/v1/messages", json=body)
             if response.status_code != 202:
                 raise BenchError(f"API send answered {response.status_code}: {response.text[:200]}")
             sent[k] = time.perf_counter()
-            await asyncio.sleep(args.interval)
-        await asyncio.sleep(3.0)  # stragglers
+            time.sleep(args.interval)
+        time.sleep(3.0)  # stragglers
         probe_stop.set()
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        collect()
         return connect_s
 
     before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
     wall = time.monotonic()
-    connect_s = asyncio.run(main())
+    connect_s = main()
     span = (time.monotonic() - wall) * CLK_TCK
     after = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
     api.close()
@@ -226,6 +275,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--sessions", type=int, default=50)
+    p.add_argument(
+        "--client-processes", type=int, default=1, help="processes reading the sockets (1: one for all)"
+    )
     p.add_argument("--events", type=int, default=40)
     p.add_argument("--interval", type=float, default=0.5, help="seconds between sends")
     p.add_argument("--workers", "-w", type=int, default=2)
