@@ -14,7 +14,7 @@ from crm.whatsapp import webqr_session
 from crm.whatsapp.models import WhatsAppAccount
 from tests import factories
 from tests.conftest import csrf_from
-from tests.fakes.neonize_fake import FakeNeonize
+from tests.fakes.neonize_fake import FakeClient, FakeNeonize
 from tests.media import files
 from tests.media.conftest import attach, media_rows, stored_bytes
 from tests.whatsapp.test_webqr_gateway import (  # noqa: F401  (fixtures)
@@ -32,19 +32,27 @@ def _quick_download_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(webqr_session, "DOWNLOAD_POLL_SECONDS", 0.1)
 
 
-def test_a_photo_goes_out_as_an_image_message(
-    logged_in: FlaskClient,
+@pytest.fixture
+def phone(
     gateway: RunningGateway,  # noqa: F811
     owner: factories.Person,
     number: WhatsAppAccount,  # noqa: F811
+) -> FakeClient:
+    """The number's WhatsApp session, paired and connected through the gateway."""
+    return paired(gateway, owner, number)
+
+
+def test_a_photo_goes_out_as_an_image_message(
+    logged_in: FlaskClient,
+    number: WhatsAppAccount,  # noqa: F811
     fake: FakeNeonize,  # noqa: F811
+    phone: FakeClient,
 ) -> None:
-    client = paired(gateway, owner, number)
     conversation_id = factories.inbound(number.id, phone="+5511988887777")
     response = attach(logged_in, conversation_id, files.jpeg(2000, 1500), "foto.jpg", text="Olha a foto")
     assert response.status_code == 200
-    wait_until(lambda: len(client.sent_messages) == 1, what="send")
-    sent = client.sent_messages[0]
+    wait_until(lambda: len(phone.sent_messages) == 1, what="send")
+    sent = phone.sent_messages[0]
     assert sent.to == "5511988887777@s.whatsapp.net"
     image = sent.message.imageMessage
     assert image.caption == "Olha a foto" and image.mimetype == "image/jpeg"
@@ -62,28 +70,24 @@ def test_a_photo_goes_out_as_an_image_message(
 
 def test_a_document_keeps_its_name(
     logged_in: FlaskClient,
-    gateway: RunningGateway,  # noqa: F811
-    owner: factories.Person,
     number: WhatsAppAccount,  # noqa: F811
+    phone: FakeClient,
 ) -> None:
-    client = paired(gateway, owner, number)
     conversation_id = factories.inbound(number.id, phone="+5511988887777")
     attach(logged_in, conversation_id, files.pdf(), "Orçamento.pdf")
-    wait_until(lambda: len(client.sent_messages) == 1, what="send")
-    document = client.sent_messages[0].message.documentMessage
+    wait_until(lambda: len(phone.sent_messages) == 1, what="send")
+    document = phone.sent_messages[0].message.documentMessage
     assert (document.fileName, document.mimetype) == ("Orçamento.pdf", "application/pdf")
 
 
 def test_a_customers_voice_note_is_downloaded_by_the_gateway(
     app: Flask,
     logged_in: FlaskClient,
-    gateway: RunningGateway,  # noqa: F811
-    owner: factories.Person,
     number: WhatsAppAccount,  # noqa: F811
+    phone: FakeClient,
 ) -> None:
-    client = paired(gateway, owner, number)
     voice = files.ogg_opus_header()
-    client.incoming_media("5511988887777", "audio", voice, "audio/ogg; codecs=opus", ptt=True)
+    phone.incoming_media("5511988887777", "audio", voice, "audio/ogg; codecs=opus", ptt=True)
     wait_until(lambda: bool(media_rows()) and media_rows()[0].status == "ready", what="download")
     [media] = media_rows()
     assert media.kind == "audio" and media.voice and media.mime_type == "audio/ogg"
@@ -95,30 +99,26 @@ def test_a_customers_voice_note_is_downloaded_by_the_gateway(
 
 def test_a_failed_download_is_tried_again_on_request(
     logged_in: FlaskClient,
-    gateway: RunningGateway,  # noqa: F811
-    owner: factories.Person,
-    number: WhatsAppAccount,  # noqa: F811
+    phone: FakeClient,
     fake: FakeNeonize,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from crm.media import services
 
-    client = paired(gateway, owner, number)
-    photo = files.jpeg()
+    monkeypatch.setattr(services, "MAX_ATTEMPTS", 1)  # the first failure is final
     original = fake.store_media
 
     def lost(data: bytes) -> tuple[str, bytes]:
         path, key = original(data)
-        fake.media_lost.add(path)
+        fake.media_lost.add(path)  # gone from WhatsApp's server, for now
         return path, key
 
     fake.store_media = lost  # type: ignore[method-assign]
-    client.incoming_media("5511988887777", "image", photo, "image/jpeg", caption="foto")
+    phone.incoming_media("5511988887777", "image", files.jpeg(), "image/jpeg", caption="foto")
     fake.store_media = original  # type: ignore[method-assign]
-    wait_until(lambda: bool(media_rows()) and media_rows()[0].attempts >= 1, what="first attempt")
+    wait_until(lambda: bool(media_rows()) and media_rows()[0].status == "failed", what="failed")
     media = media_rows()[0]
-    media.attempts = services.MAX_ATTEMPTS  # out of retries: it fails for good
-    db.session.commit()
-    wait_until(lambda: media_rows()[0].status == "failed", what="failed")
+    assert media.error_title and "could not be processed" in media.error_title
     fake.media_lost.clear()  # WhatsApp's server has it again
     headers = {"HX-Request": "true", "X-CSRFToken": csrf_from(logged_in, "/")}
     assert logged_in.post(f"/media/{media.id}/retry", headers=headers).status_code == 200
