@@ -98,6 +98,9 @@ def forget_all() -> None:
     """Drop every registration (tests: workspace ids start again after each test)."""
     with _lock:
         _tabs.clear()
+    with contextlib.suppress(queue.Empty):
+        while True:
+            _events.get_nowait()
 
 
 def _listener(workspace_id: int, event: Event) -> None:
