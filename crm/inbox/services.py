@@ -217,6 +217,7 @@ def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
     conversation = get_conversation(workspace_id, conversation_id)
     if conversation.unread_count:
         conversation.unread_count = 0
+        _announce(conversation)  # every open list drops its unread badge
         commit_without_waiting_for_disk()  # a lost reset only shows the count again
     return conversation
 

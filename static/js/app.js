@@ -54,6 +54,10 @@
     });
   }
   document.addEventListener("DOMContentLoaded", scrollThreads);
+  // A photo that finishes loading makes the thread taller: keep the newest message in view.
+  document.addEventListener("load", function (event) {
+    if (event.target.tagName === "IMG" && event.target.closest && event.target.closest(".messages")) scrollThreads();
+  }, true);
   document.addEventListener("htmx:afterSettle", scrollThreads);
   document.addEventListener("htmx:oobAfterSwap", scrollThreads);
   document.addEventListener("scroll", function (event) {
@@ -239,6 +243,10 @@
   document.addEventListener("htmx:oobAfterSwap", function () {
     var list = document.getElementById("conversations");
     var form = document.querySelector("form.inbox-filters");
+    // A list item pushed anew is the same conversation: it stays highlighted if its thread is open.
+    var open = document.querySelector(".thread[data-conversation-id]");
+    var item = open && document.getElementById("conversation-" + open.getAttribute("data-conversation-id"));
+    if (item) item.classList.add("selected");
     if (!list || !form) return;
     list.querySelectorAll("li.conversation-item").forEach(function (item) {
       item.hidden = !shown(item, list, form);

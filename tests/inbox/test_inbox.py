@@ -38,6 +38,28 @@ def test_opening_a_thread_marks_it_read_and_shows_messages(
     assert conversation is not None and conversation.unread_count == 0
 
 
+def test_opening_an_unread_thread_clears_its_badge_in_every_open_list(
+    app: Flask, logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    from crm.realtime import broker
+
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
+    heard: list[dict[str, object]] = []
+    unsubscribe = broker.subscribe_local(
+        lambda ws, event: heard.append(event) if ws == owner.workspace_id else None
+    )
+    try:
+        logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"})
+        logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"})  # read already
+    finally:
+        unsubscribe()
+    updates = [e for e in heard if e["type"] == "conversation.updated"]
+    assert [e["conversation_id"] for e in updates] == [conversation_id]  # once, when it was unread
+    with app.test_request_context("/ws"):
+        html = render_event(owner.workspace_id, updates[0], manager=False, user_id=owner.user_id)
+    assert html and f'id="conversation-{conversation_id}"' in html and 'data-unread="0"' in html
+
+
 def test_a_thread_address_loads_as_a_whole_page(logged_in: FlaskClient, owner: factories.Person) -> None:
     # The address bar shows /conversations/<id> after a click: a reload must show list and thread.
     conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi", name="Ana")
