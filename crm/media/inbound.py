@@ -5,6 +5,7 @@ kept as it came, and shown in the thread. A failed download can be tried again f
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import or_, select, update
 from crm.db import utcnow
 from crm.errors import Conflict, NotFound
 from crm.extensions import db
+from crm.media.limits import LARGEST_UPLOAD
 from crm.media.models import MediaFile, MediaStatus
 from crm.media.services import (
     LEASE,
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Cloud API media ids can be downloaded for 7 days (Meta keeps the file no longer).
 DOWNLOAD_WINDOW = timedelta(days=7)
-DOWNLOAD_MAX = 100 * 1024 * 1024
+DOWNLOAD_MAX = LARGEST_UPLOAD  # the largest file WhatsApp carries (documents)
 
 Fetch = Callable[[Job, Path, int], str]  # writes the file to the path, returns its MIME type
 
@@ -139,7 +141,7 @@ def store_simulated(message_id: int, upload: Spooled) -> None:
     assert message is not None and message.media_file_id is not None
 
     def from_upload(job: Job, path: Path, limit: int) -> str:
-        path.write_bytes(upload.path.read_bytes())
+        shutil.copyfile(upload.path, path)
         return job.mime_type
 
     download_inbound(message.media_file_id, from_upload)
@@ -169,23 +171,23 @@ def request_retry(workspace_id: int, media_id: int) -> MediaFile:
     media.attempts = 0
     media.error_code = media.error_title = None
     media.updated_at = utcnow()
-    enqueue_download_after_commit(media)
+    from crm.media.services import provider_of
+
+    enqueue_download_after_commit(media.id, provider_of(media.account_id))
     db.session.commit()
     announce(workspace_id, media.id)
     return media
 
 
-def enqueue_download_after_commit(media: MediaFile) -> None:
+def enqueue_download_after_commit(media_id: int, provider: str) -> None:
     """Cloud API files are downloaded by a worker; WebQR files by the gateway that owns the
-    number's session (it polls for pending downloads)."""
-    from crm.media.services import _provider_of
-
-    if _provider_of(media.account_id) != "cloud":
+    number's session (it polls for pending downloads); the simulator stores its own."""
+    if provider != "cloud":
         return
     from crm.media.tasks import download_media_task
     from crm.worker import enqueue_after_commit
 
-    enqueue_after_commit(download_media_task, media.id)
+    enqueue_after_commit(download_media_task, media_id)
 
 
 def download_from_cloud(media_id: int) -> str:

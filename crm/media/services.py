@@ -181,7 +181,7 @@ def claim(media_id: int, statuses: tuple[str, ...]) -> Job | None:
         id=media.id,
         workspace_id=media.workspace_id,
         account_id=media.account_id,
-        provider=_provider_of(media.account_id),
+        provider=provider_of(media.account_id),
         direction=media.direction,
         kind=media.kind,
         mime_type=media.mime_type,
@@ -196,7 +196,8 @@ def claim(media_id: int, statuses: tuple[str, ...]) -> Job | None:
     return job
 
 
-def _provider_of(account_id: int | None) -> str:
+def provider_of(account_id: int | None) -> str:
+    """The provider of a file's number (\"cloud\" when the number is gone)."""
     from crm.whatsapp.models import WhatsAppAccount
 
     account = db.session.get(WhatsAppAccount, account_id) if account_id else None
@@ -305,8 +306,6 @@ def open_stored(storage_key: str) -> Iterator[IO[bytes]]:
 
 
 def read_bytes(storage_key: str) -> bytes:
-    """A stored file's bytes (for a provider's upload)."""
-    with tempfile.TemporaryDirectory(prefix="zapdesk-send-") as folder:
-        path = Path(folder) / "file"
-        get_storage().fetch(storage_key, path)
-        return path.read_bytes()
+    """A stored file's bytes (for a provider whose upload needs them whole)."""
+    with open_stored(storage_key) as stream:
+        return stream.read()

@@ -195,8 +195,7 @@ def media_origin(app: Flask) -> str | None:
     if cached is None:
         from urllib.parse import urlsplit
 
-        with app.app_context():
-            storage = get_storage()
+        storage = app.extensions["media_storage"]
         assert isinstance(storage, S3Storage)
         url = storage.client.generate_presigned_url(
             "get_object", Params={"Bucket": storage.bucket, "Key": "probe"}, ExpiresIn=60
@@ -207,9 +206,6 @@ def media_origin(app: Flask) -> str | None:
 
 
 def get_storage() -> MediaStorage:
-    """The app's storage, built once per app."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    storage = app.extensions.get("media_storage")
-    if storage is None:
-        storage = app.extensions["media_storage"] = build_storage(app)
+    """The app's storage (built at startup, see ``setup_storage``)."""
+    storage: MediaStorage = current_app.extensions["media_storage"]
     return storage

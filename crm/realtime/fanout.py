@@ -39,7 +39,7 @@ class Tab:
     workspace_id: int
     locale: str
     ws: Any  # simple_websocket.Server
-    slow: Callable[[Event], None]  # hands an event to the socket's own thread instead
+    slow: Callable[[Event], None]  # hands an event to the socket's own thread
     manager: bool = False  # sees the WebQR pairing panels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,7 +78,7 @@ _thread: threading.Thread | None = None
 
 
 def register(app: Flask, tab: Tab) -> Callable[[], None]:
-    """Start receiving shared events on this tab; returns the function that stops it."""
+    """Start receiving this workspace's events on this tab; returns the function that stops it."""
     _ensure_thread(app)
     with _lock:
         _tabs[tab.workspace_id].add(tab)
@@ -104,13 +104,18 @@ def forget_all() -> None:
 
 
 def _listener(workspace_id: int, event: Event) -> None:
-    if str(event.get("type", "")) not in SHARED_KINDS:
-        return
+    """The process's one listener for every open tab: shared events go to the fan-out thread,
+    per-tab ones (presence, WebQR panels) to each tab's own thread."""
     with _lock:
-        wanted = workspace_id in _tabs
-    if wanted:
+        tabs = list(_tabs.get(workspace_id, ()))
+    if not tabs:
+        return
+    if str(event.get("type", "")) in SHARED_KINDS:
         with contextlib.suppress(queue.Full):  # lossy like pub/sub: pages catch up on reconnect
             _events.put_nowait((workspace_id, event))
+        return
+    for tab in tabs:
+        tab.slow(event)
 
 
 def _ensure_thread(app: Flask) -> None:

@@ -28,7 +28,7 @@ from crm.db import utcnow
 from crm.errors import NotFound
 from crm.extensions import db, sock
 from crm.realtime import fanout, presence
-from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, subscribe_local, with_id
+from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, with_id
 from crm.realtime.fragments import render_for_socket
 from crm.tenancy import get_scoped
 from crm.whatsapp.models import WebQRSession
@@ -157,14 +157,10 @@ def events_socket(ws: Any) -> None:
             inbox.put_nowait(event)
         wake.set()
 
-    def local(ws_id: int, event: Event) -> None:
-        # Events every tab sees alike come from the process's fan-out thread instead.
-        if ws_id == workspace_id and str(event.get("type", "")) not in fanout.SHARED_KINDS:
-            to_this_thread(event)
-
+    # Events every tab sees alike are written by the process's fan-out thread; the others (and
+    # those a stalled client could not take at once) come to this thread through to_this_thread.
     tab = fanout.Tab(workspace_id, str(get_locale() or "en"), ws, slow=to_this_thread, manager=manager)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    unsubscribe = subscribe_local(local)
     unregister = fanout.register(app, tab)
     ensure_relay()  # events of the other web processes (scaled mode)
     if manager:  # what changed between the page's rendering and now
@@ -224,7 +220,6 @@ def events_socket(ws: Any) -> None:
                     tab.send(html)
     finally:
         unregister()
-        unsubscribe()
         presence.leave(workspace_id, user_id, socket_id, viewing)
         if viewing is not None:
             publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})

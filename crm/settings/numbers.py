@@ -26,6 +26,7 @@ from crm.db import utcnow
 from crm.errors import DomainError
 from crm.htmx import render
 from crm.leads.phones import for_humans
+from crm.media.limits import LARGEST_UPLOAD
 from crm.media.services import spooled
 from crm.settings import bp
 from crm.tenancy import current_workspace_id
@@ -216,7 +217,7 @@ def simulator_page(account_id: int) -> Any:
             try:
                 upload = form.file.data
                 if upload and upload.filename:
-                    with spooled(upload, 100 * 1024 * 1024) as spool:
+                    with spooled(upload, LARGEST_UPLOAD) as spool:
                         phone, _message_id = simulator.customer_sends_file(
                             workspace_id,
                             account_id,

@@ -188,16 +188,13 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
 def _register_media(account: NumberRef, message_id: int, kind: str, msg: InboundMessage) -> None:
     """The message's file, to download after the commit (Cloud API: a worker; WebQR: the gateway
     that owns the session; the sandbox's simulator stores its files itself)."""
-    from crm.media.inbound import register_inbound
+    from crm.media.inbound import enqueue_download_after_commit, register_inbound
 
     assert msg.media is not None
     media_id = register_inbound(
         account.workspace_id, account.id, message_id, kind, msg.media, encrypt=account.provider == "webqr"
     )
-    if account.provider == "cloud":
-        from crm.media.tasks import download_media_task
-
-        enqueue_after_commit(download_media_task, media_id)
+    enqueue_download_after_commit(media_id, account.provider)
 
 
 def _route_account(path_account: NumberRef, phone_number_id: str | None) -> NumberRef:
