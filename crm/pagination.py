@@ -1,4 +1,4 @@
-"""Keyset pagination, newest first: ``WHERE (a, b) < (cursor)`` instead of OFFSET.
+"""Keyset pagination, newest first by default: ``WHERE (a, b) < (cursor)`` instead of OFFSET.
 
 A cursor is the sort key of the last item of a page, encoded opaquely. It stays fast at any
 depth and never skips or repeats rows when new ones arrive at the top.
@@ -49,7 +49,7 @@ def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
                 values.append(moment)
             elif (
                 kind is int and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-            ):
+            ) or (kind is str and isinstance(value, str) and len(value) <= 1000):
                 values.append(value)
             else:
                 raise ValueError("type")
@@ -60,20 +60,31 @@ def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
         ) from None
 
 
+def _kind(key: InstrumentedAttribute[Any]) -> type:
+    python_type = key.type.python_type
+    return python_type if python_type in (datetime, str) else int
+
+
 def keyset_page(
-    stmt: Select[Any], keys: Sequence[InstrumentedAttribute[Any]], limit: int, cursor: str | None
+    stmt: Select[Any],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    limit: int,
+    cursor: str | None,
+    *,
+    ascending: bool = False,
 ) -> Page[Any]:
-    """One page of ``stmt`` ordered by ``keys`` descending (the last key must be unique, e.g. id)."""
-    kinds = [datetime if k.type.python_type is datetime else int for k in keys]
+    """One page of ``stmt`` ordered by ``keys``, descending unless ``ascending`` (the last key must
+    be unique, e.g. id; the keys must not be NULL)."""
+    kinds = [_kind(k) for k in keys]
     if cursor:
         values = _decode(cursor, kinds)
         # (k1, k2) < (v1, v2) spelled out, so SQLite and PostgreSQL plan it the same way.
         clauses = []
         for i, key in enumerate(keys):
             equal_before = [keys[j] == values[j] for j in range(i)]
-            clauses.append(and_(*equal_before, key < values[i]))
+            clauses.append(and_(*equal_before, key > values[i] if ascending else key < values[i]))
         stmt = stmt.where(or_(*clauses))
-    stmt = stmt.order_by(*[k.desc() for k in keys]).limit(limit + 1)
+    stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(limit + 1)
     rows = list(db.session.scalars(stmt))
     more = len(rows) > limit
     items = rows[:limit]

@@ -31,6 +31,7 @@ def setup_blueprints(app: Flask) -> None:
     from crm.extensions import db
     from crm.inbox import bp as inbox_bp
     from crm.leads import bp as leads_bp
+    from crm.leads import tasks as leads_tasks  # noqa: F401
     from crm.media import bp as media_bp
     from crm.media import tasks as media_tasks  # noqa: F401
     from crm.realtime import ws  # noqa: F401  (the /ws route)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -174,3 +175,18 @@ def message(p: Person) -> int:
     found = db.session.scalar(select(Message.id).where(Message.conversation_id == conversation_id))
     assert found is not None
     return found
+
+
+def lead(
+    p: Person,
+    phone: str = "+5511988887777",
+    name: str = "Maria",
+    *,
+    opt_in: bool = False,
+    tags: tuple[str, ...] = (),
+    **fields: Any,
+) -> int:
+    """A lead of ``p``'s workspace, created through the leads service; its id."""
+    from crm.leads.services import create_lead
+
+    return create_lead(p.workspace_id, phone=phone, name=name, opt_in=opt_in, tags=tags, **fields).id

@@ -13,7 +13,12 @@ from crm.extensions import db
 from crm.inbox import services as inbox
 from crm.inbox.sending import reply, send_to_phone
 from crm.leads import services as leads
-from crm.pagination import keyset_page
+from crm.leads.consent import ConsentChange
+from crm.leads.export import csv_download, export_csv
+from crm.leads.models import ConsentSource, LeadSource
+from crm.leads.search import LeadFilter, Sort
+from crm.leads.search import list_leads as list_matching
+from crm.leads.trash import trash_leads
 from crm.params import json_body, page_limit, parse_id
 from crm.settings.services import get_workspace
 from crm.whatsapp.accounts import account_json, list_accounts
@@ -125,38 +130,89 @@ def _queued(message_id: int, conversation_id: int) -> tuple[dict[str, Any], int]
 
 @bp.get("/leads")
 def list_leads() -> Any:
-    filters = leads.LeadFilter(
+    filters = LeadFilter(
         q=request.args.get("q", ""), tag=request.args.get("tag", ""), opt_in=_bool_arg("opt_in")
     )
-    from crm.leads.models import Lead
-
-    page = keyset_page(
-        leads.filtered_leads(g.workspace_id, filters), [Lead.id], page_limit(), request.args.get("cursor")
-    )
+    page = list_matching(g.workspace_id, filters, Sort.NEWEST, page_limit(), request.args.get("cursor"))
     return _page([leads.lead_json(lead) for lead in page.items], page.next_cursor)
+
+
+def _api_consent() -> ConsentChange:
+    return ConsentChange(ConsentSource.API, user_id=g.api_token.user_id, detail=g.api_token.name)
+
+
+def _text_or_none(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValidationFailed(_("%(name)s must be text.", name=name), code="invalid_body")
+    return value
+
+
+def _lead_fields(body: dict[str, Any]) -> leads.LeadChanges:
+    opt_in, tags, fields = body.get("opt_in"), body.get("tags"), body.get("custom_fields")
+    if opt_in is not None and not isinstance(opt_in, bool):
+        raise ValidationFailed(_("opt_in must be true or false."), code="invalid_body")
+    if tags is not None and not isinstance(tags, list):
+        raise ValidationFailed(_("tags must be a list of text."), code="invalid_tags")
+    return leads.LeadChanges(
+        phone=_text_or_none(body, "phone"),
+        name=_text_or_none(body, "name"),
+        email=_text_or_none(body, "email"),
+        notes=_text_or_none(body, "notes"),
+        opt_in=opt_in,
+        tags=tags,
+        custom_fields=fields,
+    )
 
 
 @bp.post("/leads")
 def create_lead() -> Any:
     body = json_body()
-    phone = body.get("phone")
-    if not isinstance(phone, str):
+    if not isinstance(body.get("phone"), str):
         raise ValidationFailed(_("phone is required, as text."), code="invalid_phone")
-    name, email, opt_in, tags = (
-        body.get("name", ""),
-        body.get("email"),
-        body.get("opt_in", False),
-        body.get("tags", []),
+    fields = _lead_fields(body)
+    lead = leads.create_lead(
+        g.workspace_id,
+        phone=body["phone"],
+        name=fields.name or "",
+        email=fields.email,
+        notes=fields.notes or "",
+        opt_in=bool(fields.opt_in),
+        tags=fields.tags or [],
+        custom_fields=fields.custom_fields,
+        source=LeadSource.API,
+        consent=_api_consent(),
     )
-    if not isinstance(name, str) or (email is not None and not isinstance(email, str)):
-        raise ValidationFailed(_("name and email must be text."), code="invalid_body")
-    if not isinstance(opt_in, bool):
-        raise ValidationFailed(_("opt_in must be true or false."), code="invalid_body")
-    if not isinstance(tags, list):
-        raise ValidationFailed(_("tags must be a list of text."), code="invalid_tags")
-    lead = leads.create_lead(g.workspace_id, phone=phone, name=name, email=email, opt_in=opt_in, tags=tags)
     db.session.refresh(lead)
     return leads.lead_json(lead), 201
+
+
+@bp.get("/leads/export")
+def export_leads() -> Any:
+    filters = LeadFilter(
+        q=request.args.get("q", ""), tag=request.args.get("tag", ""), opt_in=_bool_arg("opt_in")
+    )
+    return csv_download(export_csv(g.workspace_id, filters), "leads.csv")
+
+
+@bp.get("/leads/<int:lead_id>")
+def lead_detail(lead_id: int) -> Any:
+    return leads.lead_json(leads.get_lead(g.workspace_id, lead_id))
+
+
+@bp.patch("/leads/<int:lead_id>")
+def update_lead(lead_id: int) -> Any:
+    lead = leads.update_lead(g.workspace_id, lead_id, _lead_fields(json_body()), _api_consent())
+    db.session.refresh(lead)
+    return leads.lead_json(lead)
+
+
+@bp.delete("/leads/<int:lead_id>")
+def delete_lead(lead_id: int) -> Any:
+    """To the trash (restorable for the workspace's trash days)."""
+    leads.get_lead(g.workspace_id, lead_id)
+    trash_leads(g.workspace_id, [lead_id])
+    return "", 204
 
 
 @bp.get("/whatsapp/groups")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
@@ -34,6 +34,15 @@ class Workspace(Model):
     # New conversations go to the agents online in the inbox, in turn (round robin).
     auto_assign: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     auto_assign_last_user_id: Mapped[int | None] = mapped_column(Integer)  # whose turn it was last
+    # Consent keywords, comma-separated; None means the defaults in PT, EN and ES.
+    opt_out_keywords: Mapped[str | None] = mapped_column(Text)
+    opt_in_keywords: Mapped[str | None] = mapped_column(Text)
+    # What a lead who opted out or in by keyword is told; None means the default, in the
+    # workspace's language.
+    opt_out_reply: Mapped[str | None] = mapped_column(Text)
+    opt_in_reply: Mapped[str | None] = mapped_column(Text)
+    # Deleted leads stay in the trash this many days, then are purged with their conversations.
+    trash_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
@@ -19,6 +21,8 @@ class Lead(Model):
         UniqueConstraint("workspace_id", "bsuid"),
         Index("ix_leads_workspace_id_opt_in", "workspace_id", "opt_in"),
         Index("ix_leads_workspace_id_id", "workspace_id", "id"),
+        Index("ix_leads_workspace_id_name_id", "workspace_id", "name", "id"),
+        Index("ix_leads_workspace_id_deleted_at", "workspace_id", "deleted_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -31,6 +35,10 @@ class Lead(Model):
     name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str | None] = mapped_column(String(254))
     notes: Mapped[str] = mapped_column(Text, default="")
+    # Where the lead came from (LeadSource): typed in, imported, the API, or they wrote first.
+    source: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")
+    # The workspace's own fields ("company", "plan"): text values by field name.
+    custom_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     opt_in: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -49,6 +57,90 @@ class Lead(Model):
     @property
     def is_group(self) -> bool:
         return self.kind == "group"
+
+
+class LeadSource(StrEnum):
+    MANUAL = "manual"
+    IMPORT = "import"
+    API = "api"
+    INBOUND = "inbound"
+
+
+class ConsentSource(StrEnum):
+    FORM = "form"  # someone of the team, in the app
+    IMPORT = "import"
+    KEYWORD = "keyword"  # the lead wrote SAIR, STOP, VOLTAR...
+    API = "api"
+
+
+class ConsentEvent(Model):
+    """One change of a lead's consent: who or what changed it, when and how (the history shown on
+    the lead's page). The lead's ``opt_in``/``opted_out_at`` are the current state."""
+
+    __tablename__ = "consent_events"
+    __table_args__ = (Index("ix_consent_events_lead_id_id", "lead_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    opted_in: Mapped[bool] = mapped_column(Boolean)  # False: an opt-out
+    source: Mapped[str] = mapped_column(String(16))  # ConsentSource
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    detail: Mapped[str] = mapped_column(String(200), default="")  # the keyword, the file, ...
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LeadImport(Model):
+    """A CSV import: the stored file, how its columns map, and its progress.
+
+    ``processed_rows`` is the checkpoint: each batch of rows is merged and counted in one
+    transaction, so a crash resumes after the last committed batch and never half-merges one.
+    """
+
+    __tablename__ = "lead_imports"
+    __table_args__ = (Index("ix_lead_imports_workspace_id_id", "workspace_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # draft (uploaded, columns not confirmed yet) | queued | running | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    storage_key: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    encoding: Mapped[str] = mapped_column(String(16), default="utf-8")
+    delimiter: Mapped[str] = mapped_column(String(1), default=",")
+    # {"phone": 0, "name": 1, "email": null, "tags": 3, "custom": {"company": 4}}: column indexes
+    mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    on_duplicate: Mapped[str] = mapped_column(String(8), default="skip")  # skip | update
+    tags: Mapped[list[str] | None] = mapped_column(JSON)
+    opt_in: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_country: Mapped[str] = mapped_column(String(2), default="BR")
+    total_rows: Mapped[int | None] = mapped_column(Integer)
+    processed_rows: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    errors_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure: Mapped[str | None] = mapped_column(String(500))  # why a failed import could not run
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a running import's lease
+
+
+class LeadImportError(Model):
+    """A bad row of an import: its line in the file (header = 1), why, and the row as written."""
+
+    __tablename__ = "lead_import_errors"
+    __table_args__ = (UniqueConstraint("import_id", "line"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    import_id: Mapped[int] = mapped_column(ForeignKey("lead_imports.id", ondelete="CASCADE"))
+    line: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(200))
+    raw: Mapped[str] = mapped_column(Text, default="")
 
 
 class LeadTag(Model):

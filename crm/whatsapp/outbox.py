@@ -46,6 +46,11 @@ MAX_ATTEMPTS = 8
 STALE_QUEUED = timedelta(minutes=1)
 
 
+# The author of the confirmation a lead gets after writing an opt-out or opt-in keyword: the one
+# message that still goes to someone who just said stop.
+CONSENT_NOTICE = "consent"
+
+
 class OptedOut(Conflict):
     code = "opted_out"
 
@@ -83,7 +88,7 @@ def queue_outbound(
         if existing is not None:
             return Queued(existing, False)
     lead = db.session.get(Lead, conversation.lead_id)
-    if lead is not None and lead.opted_out_at is not None:
+    if lead is not None and lead.opted_out_at is not None and author != CONSENT_NOTICE:
         raise OptedOut()
     now = utcnow()
     message = Message(
@@ -285,7 +290,8 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     conversation = db.session.get(Conversation, message.conversation_id)
     assert conversation is not None
     lead = db.session.get(Lead, conversation.lead_id)
-    if lead is None or lead.opted_out_at is not None or lead.deleted_at is not None:
+    opted_out = lead is not None and lead.opted_out_at is not None and message.author != CONSENT_NOTICE
+    if lead is None or opted_out or lead.deleted_at is not None:
         _fail(
             row,
             message,

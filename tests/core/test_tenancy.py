@@ -24,6 +24,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "canned_id": factories.canned_reply,
     "media_id": factories.media_file,
     "message_id": factories.message,
+    "lead_id": factories.lead,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

@@ -14,7 +14,7 @@ from crm.db import utcnow
 from crm.extensions import db
 from crm.inbox.models import Message
 from crm.leads.models import Lead
-from crm.leads.services import purge_lead
+from crm.leads.trash import purge_lead
 from crm.media.cleanup import sweep_orphans
 from crm.media.models import MediaFile
 from crm.media.storage import get_storage

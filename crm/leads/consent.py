@@ -1,0 +1,222 @@
+"""Consent: who may be messaged. Every change is recorded with who or what made it.
+
+A lead who opted out gets nothing from anyone (the outbox refuses and re-checks at send time)
+until they opt in again; the only message they still get is the confirmation of their opt-out.
+Leads write keywords (SAIR, STOP, BAJA... / VOLTAR, START, ALTA) to opt out or in by themselves:
+the whole message must be the keyword, so "não quero parar" never unsubscribes anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from sqlalchemy import select, update
+
+from crm.auth.models import Workspace
+from crm.db import utcnow
+from crm.errors import ValidationFailed
+from crm.extensions import db
+from crm.leads.models import ConsentEvent, ConsentSource, Lead
+from crm.textcheck import check_clean_text
+
+log = logging.getLogger(__name__)
+
+# Portuguese, English and Spanish, as leads write them (accents and case don't matter).
+DEFAULT_OPT_OUT_KEYWORDS = ("SAIR", "PARAR", "STOP", "CANCELAR", "BAJA", "DESCADASTRAR", "UNSUBSCRIBE")
+DEFAULT_OPT_IN_KEYWORDS = ("VOLTAR", "START", "ALTA")
+# The keyword a confirmation suggests for the way back, by the workspace's language.
+_OPT_IN_BY_LANGUAGE = {"pt": "VOLTAR", "en": "START", "es": "ALTA"}
+_OPT_OUT_BY_LANGUAGE = {"pt": "SAIR", "en": "STOP", "es": "BAJA"}
+MAX_KEYWORD_LENGTH = 40
+MAX_KEYWORDS = 30
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    """How a consent change came about: the source, the member who made it, a detail (the keyword
+    written, the imported file)."""
+
+    source: ConsentSource
+    user_id: int | None = None
+    detail: str = ""
+
+
+def record_consent(lead: Lead, opted_in: bool, change: ConsentChange) -> None:
+    """Set the lead's consent and add it to their history (no commit: part of the caller's change)."""
+    now = utcnow()
+    lead.opt_in = opted_in
+    if opted_in:
+        lead.opted_in_at, lead.opted_out_at = now, None
+    else:
+        lead.opted_out_at = now
+    db.session.add(
+        ConsentEvent(
+            workspace_id=lead.workspace_id,
+            lead_id=lead.id,
+            opted_in=opted_in,
+            source=change.source.value,
+            user_id=change.user_id,
+            detail=change.detail[:200],
+            created_at=now,
+        )
+    )
+
+
+def set_consent(workspace_id: int, lead_ids: Iterable[int], opted_in: bool, change: ConsentChange) -> int:
+    """Opt leads in or out (bulk or one); those already in that state are left alone. Commits;
+    returns how many changed."""
+    ids = list(lead_ids)
+    if not ids:
+        return 0
+    leads = db.session.scalars(
+        select(Lead)
+        .where(Lead.workspace_id == workspace_id, Lead.id.in_(ids), Lead.kind == "person")
+        .where(Lead.deleted_at.is_(None))
+        .with_for_update()
+    ).all()
+    changed = 0
+    for lead in leads:
+        already = lead.opt_in if opted_in else lead.opted_out_at is not None
+        if not already:
+            record_consent(lead, opted_in, change)
+            changed += 1
+    db.session.commit()
+    return changed
+
+
+def consent_history(workspace_id: int, lead_id: int, limit: int = 100) -> list[ConsentEvent]:
+    return list(
+        db.session.scalars(
+            select(ConsentEvent)
+            .where(ConsentEvent.workspace_id == workspace_id, ConsentEvent.lead_id == lead_id)
+            .order_by(ConsentEvent.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def normalise_keyword(text: str) -> str:
+    """Upper case, accents off, surrounding spaces and punctuation off: "Sair." → "SAIR"."""
+    plain = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
+    return " ".join(plain.strip(" \t\r\n.,;:!?¡¿\"'()*_~-").split()).upper()
+
+
+def might_be_keyword(text: str) -> bool:
+    """Cheap test on the inbound path: only short messages are worth a look at the settings."""
+    return 0 < len(text.strip()) <= MAX_KEYWORD_LENGTH + 4
+
+
+def parse_keywords(raw: str) -> list[str]:
+    """A settings field ("SAIR, STOP, Baja") → clean keywords; a 422 for one too long or too many."""
+    keywords: list[str] = []
+    for part in check_clean_text(raw, code="invalid_keywords").replace("\n", ",").split(","):
+        keyword = normalise_keyword(part)
+        if not keyword:
+            continue
+        if len(keyword) > MAX_KEYWORD_LENGTH:
+            raise ValidationFailed(
+                _("A keyword can have at most %(n)d characters.", n=MAX_KEYWORD_LENGTH),
+                code="invalid_keywords",
+            )
+        if keyword not in keywords:
+            keywords.append(keyword)
+    if len(keywords) > MAX_KEYWORDS:
+        raise ValidationFailed(_("At most %(n)d keywords.", n=MAX_KEYWORDS), code="invalid_keywords")
+    return keywords
+
+
+def opt_out_keywords(workspace: Workspace) -> list[str]:
+    if workspace.opt_out_keywords is None:
+        return list(DEFAULT_OPT_OUT_KEYWORDS)
+    return parse_keywords(workspace.opt_out_keywords)
+
+
+def opt_in_keywords(workspace: Workspace) -> list[str]:
+    if workspace.opt_in_keywords is None:
+        return list(DEFAULT_OPT_IN_KEYWORDS)
+    return parse_keywords(workspace.opt_in_keywords)
+
+
+def _suggested(keywords: list[str], by_language: dict[str, str], locale: str) -> str:
+    preferred = by_language.get(locale.split("_")[0], "")
+    return preferred if preferred in keywords else (keywords[0] if keywords else "")
+
+
+def confirmation_text(workspace: Workspace, opted_in: bool) -> str:
+    """What the lead is told after a keyword: the workspace's own text, or ours in its language."""
+    own = workspace.opt_in_reply if opted_in else workspace.opt_out_reply
+    if own and own.strip():
+        return own.strip()
+    with force_locale(workspace.locale):
+        if opted_in:
+            stop = _suggested(opt_out_keywords(workspace), _OPT_OUT_BY_LANGUAGE, workspace.locale)
+            if stop:
+                return _(
+                    "Welcome back: you will receive our messages again. Reply %(keyword)s to stop.",
+                    keyword=stop,
+                )
+            return _("Welcome back: you will receive our messages again.")
+        back = _suggested(opt_in_keywords(workspace), _OPT_IN_BY_LANGUAGE, workspace.locale)
+        if back:
+            return _(
+                "Done: you will not receive any more messages from us. If you change your mind, reply "
+                "%(keyword)s.",
+                keyword=back,
+            )
+        return _("Done: you will not receive any more messages from us.")
+
+
+def apply_consent_keyword(workspace_id: int, message_id: int) -> str:
+    """If an inbound message is an opt-out or opt-in keyword, change the lead's consent (recorded
+    with the keyword) and confirm to them through the outbox. Returns what happened.
+
+    Keyed to the message: a task retried or a webhook delivered twice confirms once (the
+    confirmation's idempotency key is the message id) and records the change once (the second run
+    finds the lead already in that state).
+    """
+    from crm.inbox.models import Conversation, Message
+    from crm.realtime.broker import publish_after_commit
+    from crm.whatsapp.outbox import CONSENT_NOTICE, queue_outbound
+
+    message = db.session.get(Message, message_id)
+    if message is None or message.workspace_id != workspace_id or message.direction != "in":
+        return "not_found"
+    workspace = db.session.get(Workspace, workspace_id)
+    conversation = db.session.get(Conversation, message.conversation_id)
+    assert workspace is not None and conversation is not None
+    lead = db.session.get(Lead, conversation.lead_id)
+    if lead is None or lead.is_group or message.type != "text":
+        return "ignored"
+    keyword = normalise_keyword(message.text or "")
+    if keyword in opt_out_keywords(workspace):
+        opted_in = False
+    elif keyword in opt_in_keywords(workspace):
+        opted_in = True
+    else:
+        return "no_keyword"
+    db.session.execute(  # one keyword run at a time per lead: two quick STOPs record one change
+        update(Lead).where(Lead.id == lead.id).values(updated_at=utcnow())
+    )
+    db.session.refresh(lead)
+    already = lead.opt_in if opted_in else lead.opted_out_at is not None
+    if not already:
+        record_consent(lead, opted_in, ConsentChange(ConsentSource.KEYWORD, detail=keyword))
+        publish_after_commit(
+            workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id}
+        )
+    db.session.commit()
+    queue_outbound(
+        workspace_id,
+        conversation,
+        text=confirmation_text(workspace, opted_in),
+        author=CONSENT_NOTICE,
+        idempotency_key=f"consent:{message_id}",
+    )
+    log.info("lead %s opted %s by keyword", lead.id, "in" if opted_in else "out")
+    return "opted_in" if opted_in else "opted_out"

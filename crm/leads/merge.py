@@ -1,0 +1,120 @@
+"""Duplicates: finding leads that are the same person, and merging them into one.
+
+The classic Brazilian duplicate is a mobile number with and without the ninth digit
+(+55 11 98765-4321 typed by someone, +55 11 8765-4321 as WhatsApp reports older numbers): those
+are the same line, and are found here along with leads sharing an email address.
+"""
+
+from __future__ import annotations
+
+from flask_babel import gettext as _
+from sqlalchemy import ColumnElement, func, or_, select, update
+
+from crm.errors import ValidationFailed
+from crm.extensions import db
+from crm.leads.models import ConsentEvent, Lead
+from crm.leads.services import get_lead, set_tags
+from crm.realtime.broker import publish_after_commit
+
+MAX_NOTES_AFTER_MERGE = 10_000
+
+
+def phone_variants(e164: str | None) -> list[str]:
+    """The other spellings of the same Brazilian mobile line: with or without the ninth digit."""
+    if not e164 or not e164.startswith("+55"):
+        return []
+    national = e164[3:]
+    if len(national) == 11 and national[2] == "9":
+        return ["+55" + national[:2] + national[3:]]
+    if len(national) == 10 and national[2] in "6789":
+        return ["+55" + national[:2] + "9" + national[2:]]
+    return []
+
+
+def possible_duplicates(workspace_id: int, lead: Lead, limit: int = 10) -> list[Lead]:
+    """Other leads (not in the trash) with the same email or the same phone line."""
+    conditions: list[ColumnElement[bool]] = []
+    variants = phone_variants(lead.phone)
+    if variants:
+        conditions.append(Lead.phone.in_(variants))
+    if lead.email:
+        conditions.append(func.lower(Lead.email) == lead.email.lower())
+    if not conditions:
+        return []
+    return list(
+        db.session.scalars(
+            select(Lead)
+            .where(Lead.workspace_id == workspace_id, Lead.id != lead.id, Lead.kind == "person")
+            .where(Lead.deleted_at.is_(None), or_(*conditions))
+            .order_by(Lead.id)
+            .limit(limit)
+        )
+    )
+
+
+def merge_leads(workspace_id: int, keep_id: int, other_id: int) -> Lead:
+    """Merge ``other`` into ``keep``: conversations (two on the same number become one thread),
+    consent history, tags, and what ``keep`` lacks (name, email, custom fields); ``other`` is then
+    deleted. Consent errs on the safe side: if either opted out, the merged lead is opted out.
+    """
+    from crm.inbox.models import Conversation, ConversationNote, Message
+
+    if keep_id == other_id:
+        raise ValidationFailed(_("Choose two different leads to merge."), code="invalid_merge")
+    keep = get_lead(workspace_id, keep_id)
+    other = get_lead(workspace_id, other_id)
+    kept_conversations = {
+        c.account_id: c
+        for c in db.session.scalars(select(Conversation).where(Conversation.lead_id == keep.id))
+    }
+    for conversation in db.session.scalars(
+        select(Conversation).where(Conversation.lead_id == other.id)
+    ).all():
+        target = kept_conversations.get(conversation.account_id)
+        if target is None:
+            conversation.lead_id = keep.id
+            continue
+        for model in (Message, ConversationNote):
+            db.session.execute(
+                update(model)
+                .where(model.conversation_id == conversation.id)
+                .values(conversation_id=target.id)
+            )
+        target.unread_count += conversation.unread_count
+        if conversation.last_message_at and (
+            target.last_message_at is None or conversation.last_message_at > target.last_message_at
+        ):
+            target.last_message_at = conversation.last_message_at
+        if target.status == "closed" and conversation.status == "open":
+            target.status = "open"
+        db.session.delete(conversation)
+    db.session.execute(update(ConsentEvent).where(ConsentEvent.lead_id == other.id).values(lead_id=keep.id))
+    set_tags(
+        keep,
+        keep.tag_names
+        + [t for t in other.tag_names if t.casefold() not in {k.casefold() for k in keep.tag_names}],
+    )
+    keep.name = keep.name or other.name
+    keep.email = keep.email or other.email
+    keep.custom_fields = {**(other.custom_fields or {}), **(keep.custom_fields or {})} or None
+    note = _("Merged with %(phone)s %(name)s.", phone=other.phone or other.bsuid or "", name=other.name)
+    keep.notes = "\n".join(part for part in (keep.notes, other.notes, note.strip()) if part)[
+        :MAX_NOTES_AFTER_MERGE
+    ]
+    if other.opted_out_at is not None and (
+        keep.opted_out_at is None or other.opted_out_at > keep.opted_out_at
+    ):
+        keep.opt_in, keep.opted_out_at = False, other.opted_out_at
+    elif other.opt_in and keep.opted_out_at is None and not keep.opt_in:
+        keep.opt_in, keep.opted_in_at = True, other.opted_in_at
+    other_bsuid = other.bsuid
+    db.session.delete(other)
+    db.session.flush()
+    if keep.bsuid is None and other_bsuid:
+        keep.bsuid = other_bsuid
+    for conversation in kept_conversations.values():
+        publish_after_commit(
+            workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id}
+        )
+    db.session.commit()
+    return keep
