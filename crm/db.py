@@ -149,3 +149,18 @@ def commit_without_waiting_for_disk() -> None:
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     db.session.commit()
+
+
+# Indexes that migrations create with what the models can't say portably (PostgreSQL trigram
+# indexes for searching leads): schema comparisons must neither drop nor expect them.
+DATABASE_ONLY_INDEXES = frozenset({"ix_leads_search_trgm", "ix_leads_phone_trgm"})
+
+
+def compared_by_autogenerate(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic's ``include_object``: everything but the WhatsApp Web session store (whatsmeow_*
+    tables, written by the gateway's library in scaled mode) and the database-only indexes."""
+    if type_ == "table" and name and name.startswith("whatsmeow_"):
+        return False
+    return not (type_ == "index" and name in DATABASE_ONLY_INDEXES)

@@ -53,9 +53,9 @@ def render_item(type_, obj, autogen_context):
 
 
 def include_object(obj, name, type_, reflected, compare_to):
-    """The WhatsApp Web session store (whatsmeow_* tables, written by the gateway's library in
-    scaled mode) lives in the same database but is not ours to migrate."""
-    return not (type_ == "table" and name and name.startswith("whatsmeow_"))
+    from crm.db import compared_by_autogenerate
+
+    return compared_by_autogenerate(obj, name, type_, reflected, compare_to)
 
 
 def run_migrations_offline():

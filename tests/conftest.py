@@ -130,12 +130,14 @@ class IsolatedClient(FlaskClient):
     Flask reuses an app context that is already pushed (the test's), which would share ``g``
     and the database session between the test and every request. Each request here runs in
     an empty ``contextvars.Context``; the test's session commits before and re-reads after.
+    A streamed body is read whole inside that context too, as a server reads it in one thread.
     """
 
     def open(self, *args: Any, **kwargs: Any) -> Any:
         from crm.extensions import db
 
         db.session.commit()
+        kwargs.setdefault("buffered", True)
         try:
             return contextvars.Context().run(super().open, *args, **kwargs)
         finally:

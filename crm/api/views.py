@@ -192,7 +192,8 @@ def export_leads() -> Any:
     filters = LeadFilter(
         q=request.args.get("q", ""), tag=request.args.get("tag", ""), opt_in=_bool_arg("opt_in")
     )
-    return csv_download(export_csv(g.workspace_id, filters), "leads.csv")
+    workspace_id = g.workspace_id
+    return csv_download(lambda: export_csv(workspace_id, filters), "leads.csv")
 
 
 @bp.get("/leads/<int:lead_id>")

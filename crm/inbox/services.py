@@ -158,8 +158,10 @@ def filtered_conversations(
 
     from crm.leads.models import Lead, LeadTag
 
-    stmt = scoped(select(Conversation), Conversation, workspace_id).join(
-        Lead, Lead.id == Conversation.lead_id
+    stmt = (
+        scoped(select(Conversation), Conversation, workspace_id)
+        .join(Lead, Lead.id == Conversation.lead_id)
+        .where(Lead.deleted_at.is_(None))  # a lead in the trash is out of the inbox until they write
     )
     if view == "mine":
         stmt = stmt.where(Conversation.assignee_id == user_id)

@@ -149,10 +149,13 @@ def _suggested(keywords: list[str], by_language: dict[str, str], locale: str) ->
 
 
 def confirmation_text(workspace: Workspace, opted_in: bool) -> str:
-    """What the lead is told after a keyword: the workspace's own text, or ours in its language."""
+    """What the lead is told after a keyword: the workspace's own text, or our default."""
     own = workspace.opt_in_reply if opted_in else workspace.opt_out_reply
-    if own and own.strip():
-        return own.strip()
+    return own.strip() if own and own.strip() else default_confirmation(workspace, opted_in)
+
+
+def default_confirmation(workspace: Workspace, opted_in: bool) -> str:
+    """Our confirmation, in the workspace's language, naming the keyword for the way back."""
     with force_locale(workspace.locale):
         if opted_in:
             stop = _suggested(opt_out_keywords(workspace), _OPT_OUT_BY_LANGUAGE, workspace.locale)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from flask import Response, stream_with_context
+from flask import Response, current_app
 from sqlalchemy import select
 
 from crm.extensions import db
@@ -72,10 +72,20 @@ def export_csv(workspace_id: int, filters: LeadFilter) -> Iterator[bytes]:
     yield buffer.getvalue().encode()
 
 
-def csv_download(chunks: Iterator[bytes], filename: str) -> Response:
-    """A streamed CSV attachment (the request's context stays with the stream)."""
+def csv_download(make_chunks: Callable[[], Iterator[bytes]], filename: str) -> Response:
+    """A streamed CSV attachment. The chunks are made in an app context of their own (the request's
+    is gone by the time the server writes the body), whose database session ends with the stream."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def body() -> Iterator[bytes]:
+        with app.app_context():
+            try:
+                yield from make_chunks()
+            finally:
+                db.session.remove()
+
     return Response(
-        stream_with_context(chunks),
+        body(),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
     )

@@ -2,8 +2,16 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms import (
+    BooleanField,
+    EmailField,
+    IntegerField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange
 
 ROLE_CHOICES = [
     SelectChoice("agent", _l("Agent")),
@@ -34,3 +42,13 @@ class RoleForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     name = StringField(_l("Label"), validators=[Length(max=80)])
+
+
+class ConsentForm(FlaskForm):
+    opt_out_keywords = TextAreaField(_l("Opt-out keywords"), validators=[Length(max=2000)])
+    opt_in_keywords = TextAreaField(_l("Opt-in keywords"), validators=[Length(max=2000)])
+    opt_out_reply = TextAreaField(_l("Reply to an opt-out"), validators=[Length(max=1000)])
+    opt_in_reply = TextAreaField(_l("Reply to an opt-in"), validators=[Length(max=1000)])
+    trash_days = IntegerField(
+        _l("Days deleted leads stay in the trash"), validators=[InputRequired(), NumberRange(1, 365)]
+    )

@@ -14,7 +14,7 @@ from crm.auth import team
 from crm.auth.decorators import manager_required
 from crm.errors import DomainError
 from crm.settings import bp, services
-from crm.settings.forms import InviteForm, RoleForm, TokenForm, WorkspaceForm
+from crm.settings.forms import ConsentForm, InviteForm, RoleForm, TokenForm, WorkspaceForm
 from crm.tenancy import current_workspace_id
 
 
@@ -45,6 +45,52 @@ def general() -> Any:
         else:
             status = 400
     return render_template("settings/general.html", form=form, workspace=workspace), status
+
+
+@bp.route("/consent", methods=["GET", "POST"])
+@login_required
+def consent() -> Any:
+    """Consent keywords and replies, and the leads' trash."""
+    from crm.leads.consent import default_confirmation, opt_in_keywords, opt_out_keywords
+
+    workspace = services.get_workspace(current_workspace_id())
+    form = ConsentForm(
+        data={
+            "opt_out_keywords": ", ".join(opt_out_keywords(workspace)),
+            "opt_in_keywords": ", ".join(opt_in_keywords(workspace)),
+            "opt_out_reply": workspace.opt_out_reply or "",
+            "opt_in_reply": workspace.opt_in_reply or "",
+            "trash_days": workspace.trash_days,
+        }
+        if request.method == "GET"
+        else None
+    )
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            try:
+                services.update_consent_settings(
+                    current_workspace_id(),
+                    g.membership,
+                    opt_out_keywords=form.opt_out_keywords.data or "",
+                    opt_in_keywords=form.opt_in_keywords.data or "",
+                    opt_out_reply=form.opt_out_reply.data or "",
+                    opt_in_reply=form.opt_in_reply.data or "",
+                    trash_days=form.trash_days.data or 0,
+                )
+            except DomainError as exc:
+                form.form_errors.append(exc.message)
+                status = exc.status
+            else:
+                flash(_("Settings saved."), "success")
+                return redirect(url_for("settings.consent"))
+        else:
+            status = 400
+    defaults = {
+        "opt_out": default_confirmation(workspace, False),
+        "opt_in": default_confirmation(workspace, True),
+    }
+    return render_template("settings/consent.html", form=form, workspace=workspace, defaults=defaults), status
 
 
 def _team_page(invite_form: InviteForm | None = None, new_link: str | None = None, status: int = 200) -> Any:

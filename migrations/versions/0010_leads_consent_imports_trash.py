@@ -107,13 +107,19 @@ SEARCH_TEXT = "lower(name || ' ' || coalesce(email, '') || ' ' || notes)"
 
 def _create_search_indexes():
     bind = op.get_bind()
-    with bind.begin_nested():
-        try:
+    try:
+        with bind.begin_nested():
             bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        except sa.exc.DBAPIError:
-            return
-    op.execute(f"CREATE INDEX ix_leads_search_trgm ON leads USING gin (({SEARCH_TEXT}) gin_trgm_ops)")
-    op.execute("CREATE INDEX ix_leads_phone_trgm ON leads USING gin (phone gin_trgm_ops)")
+    except sa.exc.DBAPIError:
+        return
+    # The extension may live in another schema than ours (made earlier for another schema).
+    where = bind.exec_driver_sql(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE e.extname = 'pg_trgm'"
+    ).scalar()
+    ops = f'"{where}".gin_trgm_ops'
+    op.execute(f"CREATE INDEX ix_leads_search_trgm ON leads USING gin (({SEARCH_TEXT}) {ops})")
+    op.execute(f"CREATE INDEX ix_leads_phone_trgm ON leads USING gin (phone {ops})")
 
 
 def downgrade():

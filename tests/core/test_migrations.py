@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import create_engine, inspect, text
 
 from crm import create_app
+from crm.db import compared_by_autogenerate
 from crm.extensions import db
 from tests.conftest import make_test_config
 from tests.services import require_service
@@ -24,7 +25,9 @@ def _upgrade_and_diff(url: str, tmp_path: Path) -> list[object]:
     with app.app_context():
         upgrade()
         with db.engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": compared_by_autogenerate}
+            )
             diff = compare_metadata(context, db.metadata)
             tables = set(inspect(conn).get_table_names())
         assert {

@@ -1,0 +1,326 @@
+"""Leads as services and through the API: phones, duplicates, edits, search, trash, merge, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from crm.db import utcnow
+from crm.errors import NotFound, ValidationFailed
+from crm.extensions import db
+from crm.inbox.models import Conversation, Message
+from crm.leads.consent import ConsentChange
+from crm.leads.merge import merge_leads, phone_variants, possible_duplicates
+from crm.leads.models import ConsentEvent, ConsentSource, Lead
+from crm.leads.phones import for_humans, to_e164
+from crm.leads.search import Consent, LeadFilter, Sort, capped_count, list_leads
+from crm.leads.services import DuplicateLead, LeadChanges, create_lead, get_lead, update_lead
+from crm.leads.trash import purge_expired_trash, restore_leads, trash_leads
+from crm.whatsapp.models import WhatsAppAccount
+from tests import factories
+from tests.whatsapp.conftest import Api
+
+FORM = ConsentChange(ConsentSource.FORM)
+
+
+@pytest.mark.parametrize(
+    ("typed", "country", "e164"),
+    [
+        ("(11) 98765-4321", "BR", "+5511987654321"),
+        ("011 98765 4321", "BR", "+5511987654321"),
+        ("+55 21 3456-7890", "US", "+552134567890"),
+        ("0055 11 98765-4321", "BR", "+5511987654321"),
+        ("(415) 555-2671", "US", "+14155552671"),
+        ("020 7946 0958", "GB", "+442079460958"),
+        ("+351 912 345 678", "BR", "+351912345678"),
+        ("030 123456", "DE", "+4930123456"),
+        ("55 1234 5678", "MX", "+525512345678"),
+        ("011 15-2345-6789", "AR", "+5491123456789"),
+        ("612 34 56 78", "ES", "+34612345678"),
+    ],
+)
+def test_phones_are_read_in_the_default_country(typed: str, country: str, e164: str) -> None:
+    assert to_e164(typed, country) == e164
+
+
+@pytest.mark.parametrize("typed", ["", "abc", "123", "+55", "+999 1234 5678", "1" * 30, "+55 11 9876\x00"])
+def test_bad_phones_are_refused(typed: str) -> None:
+    with pytest.raises(ValidationFailed) as error:
+        to_e164(typed, "BR")
+    assert error.value.code == "invalid_phone"
+
+
+def test_phones_are_shown_for_humans() -> None:
+    assert for_humans("+5511987654321") == "+55 11 98765-4321"
+    assert for_humans(None) == ""
+
+
+def test_a_phone_is_one_lead_per_workspace_even_in_the_trash(owner: factories.Person) -> None:
+    first = factories.lead(owner, "+5511987654321")
+    with pytest.raises(DuplicateLead) as error:
+        create_lead(owner.workspace_id, phone="(11) 98765-4321")
+    assert error.value.lead_id == first and error.value.status == 409
+    trash_leads(owner.workspace_id, [first])
+    with pytest.raises(DuplicateLead) as error:
+        create_lead(owner.workspace_id, phone="11987654321")
+    assert "trash" in error.value.message and error.value.lead_id == first
+    other = factories.person("Other", "other@example.com", role="owner")
+    assert factories.lead(other, "+5511987654321")  # another workspace may have the same person
+
+
+def test_an_edit_is_checked_whole_before_anything_changes(owner: factories.Person) -> None:
+    lead_id = factories.lead(owner, "+5511987654321", "Ana", tags=("vip",))
+    factories.lead(owner, "+5511911112222", "Bia")
+    for changes in (
+        LeadChanges(name="Ana Maria", phone="not a phone"),
+        LeadChanges(name="Ana Maria", email="nope"),
+        LeadChanges(name="Ana Maria", phone="+5511911112222"),
+        LeadChanges(name="Ana Maria", custom_fields={"plan": ["a list"]}),
+        LeadChanges(name="Ana Maria", custom_fields={"": "empty name"}),
+        LeadChanges(name="Ana Maria", tags=["x" * 65]),
+    ):
+        with pytest.raises((ValidationFailed, DuplicateLead)):
+            update_lead(owner.workspace_id, lead_id, changes, FORM)
+        db.session.rollback()
+    lead = get_lead(owner.workspace_id, lead_id)
+    assert (lead.name, lead.phone, lead.tag_names) == ("Ana", "+5511987654321", ["vip"])
+
+
+def test_an_edit_changes_fields_and_records_consent(owner: factories.Person) -> None:
+    lead_id = factories.lead(owner, "+5511987654321", "Ana")
+    change = ConsentChange(ConsentSource.FORM, user_id=owner.user_id, detail="phone call")
+    lead = update_lead(
+        owner.workspace_id,
+        lead_id,
+        LeadChanges(
+            phone="(11) 97777-6666",
+            email="Ana@Example.com",
+            notes="Prefers mornings",
+            tags=["Cliente", "cliente", "VIP"],
+            custom_fields={"Empresa": "Padaria", "plano": 3, "vazio": ""},
+            opt_in=True,
+        ),
+        change,
+    )
+    assert lead.phone == "+5511977776666" and lead.email == "Ana@example.com"
+    assert lead.tag_names == ["Cliente", "VIP"]
+    assert lead.custom_fields == {"Empresa": "Padaria", "plano": "3"}
+    event = db.session.scalar(select(ConsentEvent))
+    assert event is not None and (event.opted_in, event.user_id, event.detail) == (
+        True,
+        owner.user_id,
+        "phone call",
+    )
+
+
+def test_search_finds_name_email_notes_and_phone_as_typed(owner: factories.Person) -> None:
+    ana = factories.lead(owner, "+5511987654321", "Ana Souza", email="ana@padaria.com.br")
+    bia = factories.lead(owner, "+5521911112222", "Bia", notes="Cliente da loja 100% fiel")
+    factories.lead(owner, "+5531933334444", "Caio")
+
+    def found(q: str) -> list[int]:
+        page = list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 50, None)
+        return [lead.id for lead in page.items]
+
+    assert found("souza") == [ana]
+    assert found("PADARIA") == [ana]
+    assert found("100%") == [bia]  # LIKE wildcards are matched literally
+    assert found("(11) 98765-4321") == [ana]
+    assert found("1111") == [bia]
+    assert found("nobody") == []
+
+
+def test_filters_by_consent_tag_source_and_contact(
+    owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
+    opted_in = factories.lead(owner, "+5511900000001", "In", opt_in=True, tags=("VIP",))
+    opted_out = factories.lead(owner, "+5511900000002", "Out", opt_in=True)
+    from crm.leads.consent import set_consent
+
+    set_consent(owner.workspace_id, [opted_out], False, FORM)
+    never = factories.lead(owner, "+5511900000003", "Never")
+    factories.inbound(sandbox_account.id, phone="+5511900000004", text="Oi")  # wrote: source inbound
+    wrote = db.session.scalar(select(Lead.id).where(Lead.phone == "+5511900000004"))
+
+    def ids(**filters: object) -> set[int]:
+        page = list_leads(owner.workspace_id, LeadFilter(**filters), Sort.NEWEST, 50, None)  # type: ignore[arg-type]
+        return {lead.id for lead in page.items}
+
+    assert ids(consent=Consent.OPTED_IN) == {opted_in}
+    assert ids(consent=Consent.OPTED_OUT) == {opted_out}
+    assert ids(consent=Consent.NONE) == {never, wrote}
+    assert ids(tag="vip") == {opted_in}
+    assert ids(source="inbound") == {wrote}
+    assert ids(contacted_within_days=7) == {wrote}
+    assert ids(not_contacted_days=7) == {opted_in, opted_out, never}
+
+
+@pytest.mark.parametrize("sort", [Sort.NAME, Sort.NAME_DESC, Sort.NEWEST, Sort.OLDEST])
+def test_keyset_pages_never_skip_or_repeat_equal_names(owner: factories.Person, sort: Sort) -> None:
+    ids = [factories.lead(owner, f"+55119000000{i:02d}", "Same" if i % 2 else "Other") for i in range(23)]
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = list_leads(owner.workspace_id, LeadFilter(), sort, 5, cursor)
+        seen += [lead.id for lead in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    names = [db.session.get(Lead, i).name for i in seen]  # type: ignore[union-attr]
+    if sort == Sort.NAME:
+        assert names == sorted(names)
+    elif sort == Sort.NAME_DESC:
+        assert names == sorted(names, reverse=True)
+
+
+def test_counts_stop_at_the_cap(owner: factories.Person) -> None:
+    for i in range(7):
+        factories.lead(owner, f"+55119000001{i:02d}")
+    assert capped_count(owner.workspace_id, LeadFilter(), cap=5) == 6  # "5+"
+    assert capped_count(owner.workspace_id, LeadFilter(), cap=10) == 7
+
+
+def test_trash_hides_restores_and_purges_after_the_workspace_days(
+    owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
+    conversation_id = factories.inbound(sandbox_account.id, phone="+5511988887777", text="Oi")
+    lead_id = db.session.scalar(select(Conversation.lead_id).where(Conversation.id == conversation_id))
+    assert lead_id is not None
+    assert trash_leads(owner.workspace_id, [lead_id]) == 1
+    with pytest.raises(NotFound):
+        get_lead(owner.workspace_id, lead_id)
+    trashed = list_leads(owner.workspace_id, LeadFilter(trash=True), Sort.NEWEST, 10, None).items
+    assert [lead.id for lead in trashed] == [lead_id]
+    assert list_leads(owner.workspace_id, LeadFilter(), Sort.NEWEST, 10, None).items == []
+    assert restore_leads(owner.workspace_id, [lead_id]) == 1
+    assert get_lead(owner.workspace_id, lead_id).deleted_at is None
+
+    trash_leads(owner.workspace_id, [lead_id])
+    assert purge_expired_trash() == 0  # kept for 30 days by default
+    lead = db.session.get(Lead, lead_id)
+    assert lead is not None
+    lead.deleted_at = utcnow() - timedelta(days=31)
+    db.session.commit()
+    assert purge_expired_trash() == 1
+    assert db.session.get(Lead, lead_id) is None
+    assert db.session.scalar(select(func.count()).select_from(Message)) == 0
+
+
+def test_a_trashed_lead_is_out_of_the_inbox_until_they_write(
+    owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
+    from crm.inbox.services import filtered_conversations
+
+    conversation_id = factories.inbound(sandbox_account.id, phone="+5511988887777", text="Oi")
+    lead_id = db.session.scalar(select(Conversation.lead_id))
+    trash_leads(owner.workspace_id, [lead_id])  # type: ignore[list-item]
+
+    def inbox() -> list[int]:
+        page = filtered_conversations(owner.workspace_id, user_id=owner.user_id, status="all")
+        return [c.id for c in page.items]
+
+    assert inbox() == []
+    factories.inbound(sandbox_account.id, phone="+5511988887777", text="Voltei")
+    assert inbox() == [conversation_id]
+
+
+def test_brazilian_mobiles_with_and_without_the_ninth_digit_are_duplicates(owner: factories.Person) -> None:
+    assert phone_variants("+5511987654321") == ["+551187654321"]
+    assert phone_variants("+551187654321") == ["+5511987654321"]
+    assert phone_variants("+551134567890") == []  # a landline has no ninth digit
+    assert phone_variants("+14155552671") == []
+    a = factories.lead(owner, "+5511987654321", "Ana")
+    b = factories.lead(owner, "+551187654321", "Ana WhatsApp")
+    c = factories.lead(owner, "+5521955554444", "Ana", email="ANA@x.com")
+    d = factories.lead(owner, "+5521966665555", "Other", email="ana@x.com")
+    assert [lead.id for lead in possible_duplicates(owner.workspace_id, get_lead(owner.workspace_id, a))] == [
+        b
+    ]
+    assert [lead.id for lead in possible_duplicates(owner.workspace_id, get_lead(owner.workspace_id, c))] == [
+        d
+    ]
+
+
+def test_merge_moves_conversations_history_and_tags_and_keeps_an_opt_out(
+    owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
+    from crm.leads.consent import set_consent
+
+    keep_conversation = factories.inbound(sandbox_account.id, phone="+5511987654321", text="Oi", name="Ana")
+    other_conversation = factories.inbound(sandbox_account.id, phone="+551187654321", text="Sou eu", name="")
+    keep = db.session.scalar(select(Lead.id).where(Lead.phone == "+5511987654321"))
+    other = db.session.scalar(select(Lead.id).where(Lead.phone == "+551187654321"))
+    assert keep is not None and other is not None
+    update_lead(owner.workspace_id, other, LeadChanges(tags=["Loja"], email="ana@x.com", opt_in=True), FORM)
+    set_consent(owner.workspace_id, [other], False, FORM)
+
+    merged = merge_leads(owner.workspace_id, keep, other)
+    assert db.session.get(Lead, other) is None
+    assert merged.tag_names == ["Loja"] and merged.email == "ana@x.com" and merged.name == "Ana"
+    assert merged.opted_out_at is not None and merged.opt_in is False  # either said stop: stop
+    # Both were on the same number: one thread with every message.
+    assert db.session.get(Conversation, other_conversation) is None
+    texts = db.session.scalars(select(Message.text).where(Message.conversation_id == keep_conversation)).all()
+    assert sorted(texts) == ["Oi", "Sou eu"]
+    assert (
+        db.session.scalar(select(func.count()).select_from(ConsentEvent).where(ConsentEvent.lead_id == keep))
+        == 2
+    )
+    with pytest.raises(ValidationFailed):
+        merge_leads(owner.workspace_id, keep, keep)
+
+
+def test_api_lead_detail_edit_and_delete(api: Api, owner: factories.Person) -> None:
+    created = api.post("/leads", {"phone": "(11) 98765-4321", "name": "Ana", "tags": ["VIP"], "opt_in": True})
+    assert created.status_code == 201
+    lead_id = created.json["id"]
+    body = api.get(f"/leads/{lead_id}").json
+    assert body["phone"] == "+5511987654321" and body["source"] == "api" and body["tags"] == ["VIP"]
+    assert [e.source for e in db.session.scalars(select(ConsentEvent))] == ["api"]
+    edited = api.patch(f"/leads/{lead_id}", {"name": "Ana Souza", "email": "ana@x.com", "tags": []})
+    assert edited.status_code == 200 and edited.json["name"] == "Ana Souza" and edited.json["tags"] == []
+    for bad, code in (
+        ({"phone": "nope"}, "invalid_phone"),
+        ({"email": "nope"}, "invalid_email"),
+        ({"opt_in": "yes"}, "invalid_body"),
+        ({"tags": "vip"}, "invalid_tags"),
+        ({"name": 3}, "invalid_body"),
+    ):
+        response = api.patch(f"/leads/{lead_id}", bad)
+        assert response.status_code == 422 or response.status_code == 400, bad
+        assert response.json["error"]["code"] == code
+    assert api.client.delete(f"/api/v1/leads/{lead_id}", headers=api.headers).status_code == 204
+    assert api.get(f"/leads/{lead_id}").status_code == 404
+    assert api.get("/leads").json["data"] == []
+    assert api.get("/leads/999999").status_code == 404
+
+
+def test_export_escapes_formulas_but_not_phones(api: Api, owner: factories.Person) -> None:
+    factories.lead(
+        owner, "+5511987654321", '=HYPERLINK("http://evil")', tags=("@vip", "cliente"), opt_in=True
+    )
+    factories.lead(owner, "+5511911112222", "-2+3", email="bia@x.com")
+    factories.lead(owner, "+5511933334444", "Caio", tags=("outro",))
+    response = api.get("/leads/export?opt_in=true")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.data.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(response.data.decode("utf-8-sig"))))
+    assert rows == [
+        ["phone", "name", "email", "opt_in", "tags"],
+        ["+5511987654321", '\'=HYPERLINK("http://evil")', "", "true", "'@vip,cliente"],
+    ]
+    everyone = list(csv.reader(io.StringIO(api.get("/leads/export").data.decode("utf-8-sig"))))
+    assert ["+5511911112222", "'-2+3", "bia@x.com", "false", ""] in everyone and len(everyone) == 4
+    assert api.get("/leads/export?tag=OUTRO").data.decode("utf-8-sig").count("\n") == 2
+
+
+def test_export_never_leaks_another_workspace(api: Api, owner: factories.Person) -> None:
+    other = factories.person("Other", "other@example.com", role="owner")
+    factories.lead(other, "+5511987654321", "Theirs")
+    rows = list(csv.reader(io.StringIO(api.get("/leads/export").data.decode("utf-8-sig"))))
+    assert rows == [["phone", "name", "email", "opt_in", "tags"]]
