@@ -9,7 +9,7 @@ from werkzeug.datastructures import FileStorage
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.services import conversation_for, get_conversation, latest_conversation_of_lead
-from crm.leads.models import Lead
+from crm.leads.models import Lead, LeadSource
 from crm.leads.phones import to_e164
 from crm.leads.services import insert_lead_if_new, workspace_country
 from crm.tenancy import get_scoped
@@ -64,10 +64,10 @@ def reply(
     )
 
 
-def _lead_for_phone(workspace_id: int, e164: str) -> Lead:
+def _lead_for_phone(workspace_id: int, e164: str, source: LeadSource) -> Lead:
     """The workspace's lead for this phone, created (not opted in) if new; concurrent first sends
     to the same new phone end with one lead."""
-    insert_lead_if_new(workspace_id, e164, None, None)
+    insert_lead_if_new(workspace_id, e164, None, None, source=source)
     lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.phone == e164))
     assert lead is not None
     return lead
@@ -102,7 +102,7 @@ def send_to_phone(
     if lead is not None and lead.opted_out_at is not None:
         raise OptedOut()
     if lead is None:
-        lead = _lead_for_phone(workspace_id, e164)
+        lead = _lead_for_phone(workspace_id, e164, LeadSource.API if author == "api" else LeadSource.MANUAL)
     elif lead.deleted_at is not None:
         lead.deleted_at = None
     if account is None:

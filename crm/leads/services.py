@@ -227,7 +227,12 @@ def update_lead(workspace_id: int, lead_id: int, changes: LeadChanges, consent: 
 
 
 def insert_lead_if_new(
-    workspace_id: int, phone: str | None, bsuid: str | None, name: str | None, kind: str = "person"
+    workspace_id: int,
+    phone: str | None,
+    bsuid: str | None,
+    name: str | None,
+    kind: str = "person",
+    source: LeadSource = LeadSource.INBOUND,
 ) -> int | None:
     """Create a lead (or a group's stand-in); its id, or None when the phone or business-scoped
     id is already taken."""
@@ -241,7 +246,7 @@ def insert_lead_if_new(
             bsuid=bsuid,
             name=(name or "")[:200],
             kind=kind,
-            source=LeadSource.INBOUND.value,
+            source=source.value,
             notes="",
             opt_in=False,
             created_at=now,

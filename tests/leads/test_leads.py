@@ -319,8 +319,11 @@ def test_export_escapes_formulas_but_not_phones(api: Api, owner: factories.Perso
     assert api.get("/leads/export?tag=OUTRO").data.decode("utf-8-sig").count("\n") == 2
 
 
-def test_export_never_leaks_another_workspace(api: Api, owner: factories.Person) -> None:
+def test_lists_and_exports_never_leak_another_workspace(api: Api, owner: factories.Person) -> None:
     other = factories.person("Other", "other@example.com", role="owner")
-    factories.lead(other, "+5511987654321", "Theirs")
+    theirs = factories.lead(other, "+5511987654321", "Theirs")
+    assert api.get("/leads").json["data"] == [] and api.get("/leads?q=Theirs").json["data"] == []
+    assert api.get(f"/leads/{theirs}").status_code == 404
+    assert api.patch(f"/leads/{theirs}", {"name": "Mine"}).status_code == 404
     rows = list(csv.reader(io.StringIO(api.get("/leads/export").data.decode("utf-8-sig"))))
     assert rows == [["phone", "name", "email", "opt_in", "tags"]]
