@@ -8,7 +8,14 @@ from flask import render_template, request
 
 
 def wants_fragment() -> bool:
-    return request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
+    """An HTMX swap; not a boosted link, nor htmx restoring a page missing from its history cache
+    (both want the whole page)."""
+    headers = request.headers
+    return (
+        headers.get("HX-Request") == "true"
+        and headers.get("HX-Boosted") != "true"
+        and headers.get("HX-History-Restore-Request") != "true"
+    )
 
 
 def render(page: str, fragment: str, **context: Any) -> str:

@@ -40,7 +40,8 @@ class Tab:
     locale: str
     ws: Any  # simple_websocket.Server
     slow: Callable[[Event], None]  # hands an event to the socket's own thread
-    manager: bool = False  # sees the WebQR pairing panels
+    manager: bool = False  # sees the WebQR pairing panels (a manager on a settings page)
+    inbox: bool = True  # the page shows the inbox (conversations, threads, presence)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, html: str) -> None:
@@ -110,12 +111,14 @@ def _listener(workspace_id: int, event: Event) -> None:
         tabs = list(_tabs.get(workspace_id, ()))
     if not tabs:
         return
-    if str(event.get("type", "")) in SHARED_KINDS:
+    kind = str(event.get("type", ""))
+    if kind in SHARED_KINDS:
         with contextlib.suppress(queue.Full):  # lossy like pub/sub: pages catch up on reconnect
             _events.put_nowait((workspace_id, event))
         return
     for tab in tabs:
-        tab.slow(event)
+        if tab.manager if kind.startswith("webqr.") else tab.inbox:
+            tab.slow(event)
 
 
 def _ensure_thread(app: Flask) -> None:
@@ -169,7 +172,8 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
     """Render ``event`` once per language and write it to every tab of the workspace; returns how
     many tabs got it from here (the others got it through their own thread)."""
     with _lock:
-        tabs = [t for t in _tabs.get(workspace_id, ()) if getattr(t.ws, "connected", True)]
+        # Only pages that show the inbox: elsewhere its fragments would find nothing to replace.
+        tabs = [t for t in _tabs.get(workspace_id, ()) if t.inbox and getattr(t.ws, "connected", True)]
     by_locale: dict[str, list[Tab]] = defaultdict(list)
     for tab in tabs:
         by_locale[tab.locale].append(tab)

@@ -134,7 +134,9 @@ def events_socket(ws: Any) -> None:
 
     workspace_id: int = g.workspace_id
     token = session.get("sid")
-    manager = g.membership.role_enum.manages_team
+    # What the page shows decides what it is sent (the page's endpoint, from the shell).
+    page = request.args.get("page", "inbox.index")
+    manager = g.membership.role_enum.manages_team and page.startswith("settings.")
     membership_id = g.membership.id
     user_id: int = current_user.id
     socket_id = uuid.uuid4().hex[:12]
@@ -159,14 +161,23 @@ def events_socket(ws: Any) -> None:
 
     # Events every tab sees alike are written by the process's fan-out thread; the others (and
     # those a stalled client could not take at once) come to this thread through to_this_thread.
-    tab = fanout.Tab(workspace_id, str(get_locale() or "en"), ws, slow=to_this_thread, manager=manager)
+    tab = fanout.Tab(
+        workspace_id,
+        str(get_locale() or "en"),
+        ws,
+        slow=to_this_thread,
+        manager=manager,
+        inbox=page.startswith("inbox."),
+    )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unregister = fanout.register(app, tab)
     ensure_relay()  # events of the other web processes (scaled mode)
     if manager:  # what changed between the page's rendering and now
-        missed, _mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
+        missed, mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
         for account_id in missed:
             inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
+        with _webqr_lock:  # the polls go on from here: nothing changed after this is missed
+            _webqr_marks.setdefault(workspace_id, (0.0, mark))
     db.session.remove()
     presence.touch(workspace_id, user_id, socket_id, None)
     checked = touched = time.monotonic()
