@@ -253,3 +253,50 @@
     });
   });
 })();
+
+// Leads: ticking rows for the bulk bar (select all, how many are ticked), confirmations before
+// destructive plain-form actions, and adding or removing custom field rows in the lead form.
+(function () {
+  "use strict";
+  function boxes(formId) {
+    return document.querySelectorAll('input[name="lead_id"][form="' + formId + '"]');
+  }
+  function countSelected() {
+    document.querySelectorAll("form [data-selected-count]").forEach(function (label) {
+      var form = label.closest("form");
+      var ticked = 0;
+      boxes(form.id).forEach(function (box) { if (box.checked) ticked++; });
+      label.textContent = (label.getAttribute("data-template") || "{n}").replace("{n}", String(ticked));
+      form.classList.toggle("has-selection", ticked > 0);
+    });
+  }
+  document.addEventListener("change", function (event) {
+    var el = event.target;
+    if (!el.matches) return;
+    if (el.matches("input[data-select-all]")) {
+      boxes(el.getAttribute("data-select-all")).forEach(function (box) { box.checked = el.checked; });
+    }
+    if (el.matches("input[data-select-all], input[name='lead_id'][form]")) countSelected();
+  });
+  document.addEventListener("DOMContentLoaded", countSelected);
+  document.addEventListener("htmx:afterSettle", countSelected);
+  document.addEventListener("click", function (event) {
+    var asking = event.target.closest && event.target.closest("button[data-confirm]");
+    if (asking && !window.confirm(asking.getAttribute("data-confirm"))) event.preventDefault();
+  });
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest && event.target.closest("[data-add-field]");
+    if (add) {
+      var box = add.closest("fieldset");
+      var template = box && box.querySelector("template[data-field-row]");
+      var rows = box && box.querySelector("[data-field-rows]");
+      if (!template || !rows) return;
+      rows.appendChild(template.content.cloneNode(true));
+      var names = rows.querySelectorAll("input[name='field_name']");
+      if (names.length) names[names.length - 1].focus();
+      return;
+    }
+    var remove = event.target.closest && event.target.closest("[data-remove-field]");
+    if (remove && remove.closest(".custom-field-row")) remove.closest(".custom-field-row").remove();
+  });
+})();

@@ -1,0 +1,196 @@
+"""One lead: the page (profile, consent and its history, conversations, duplicates), the new and
+edit forms, opting in or out, writing first, moving to the trash and merging a duplicate in.
+
+Roles as in crm/leads/views.py: trash and merge are for owners and admins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import ngettext
+from flask_login import current_user, login_required
+from werkzeug.wrappers import Response
+
+from crm.auth.decorators import manager_required
+from crm.errors import DomainError, NotFound
+from crm.htmx import render, wants_fragment
+from crm.leads import bp
+from crm.leads.consent import ConsentChange, set_consent
+from crm.leads.forms import LeadForm, NewLeadForm, edit_form
+from crm.leads.merge import merge_leads
+from crm.leads.models import ConsentSource, Lead
+from crm.leads.outreach import start_conversation
+from crm.leads.pages import consent_entries, lead_profile
+from crm.leads.services import DuplicateLead, LeadChanges, create_lead, get_lead, update_lead
+from crm.leads.trash import trash_leads
+from crm.params import parse_id
+
+
+def _by_form() -> ConsentChange:
+    """A consent change made by the signed-in member in the app."""
+    return ConsentChange(ConsentSource.FORM, user_id=current_user.id)
+
+
+def _form_page(form: LeadForm, lead: Lead | None, status: int = 200, error: DomainError | None = None) -> Any:
+    """The form again, with the service's error on its field; a duplicate phone links to that lead."""
+    duplicate = None
+    if error is not None:
+        form.show_error(error)
+        if isinstance(error, DuplicateLead) and error.lead_id is not None:
+            duplicate = get_lead(g.workspace_id, error.lead_id, include_trash=True)
+    return render_template("leads/form.html", form=form, lead=lead, duplicate=duplicate), status
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required
+def new_lead() -> Any:
+    form = NewLeadForm()
+    if request.method == "GET":
+        return _form_page(form, None)
+    form.load_field_rows(request.form)
+    if not form.validate_on_submit():
+        return _form_page(form, None, 400)
+    try:
+        lead = create_lead(
+            g.workspace_id,
+            phone=form.phone.data or "",
+            name=form.name.data or "",
+            email=form.email.data or None,
+            notes=form.notes.data or "",
+            opt_in=bool(form.opt_in.data),
+            tags=form.tag_list(),
+            custom_fields=form.custom_fields(),
+            consent=_by_form(),
+        )
+    except DomainError as error:
+        return _form_page(form, None, error.status, error)
+    flash(_("Lead saved."), "success")
+    return redirect(url_for("leads.lead", lead_id=lead.id), 303)
+
+
+@bp.get("/<int:lead_id>")
+@login_required
+def lead(lead_id: int) -> str:
+    return render_template("leads/lead.html", profile=lead_profile(g.workspace_id, lead_id), **_composer())
+
+
+@bp.route("/<int:lead_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit(lead_id: int) -> Any:
+    current = get_lead(g.workspace_id, lead_id)
+    form = edit_form(current, request.form if request.method == "POST" else None)
+    if request.method == "GET":
+        return _form_page(form, current)
+    if not form.validate_on_submit():
+        return _form_page(form, current, 400)
+    try:
+        changes = LeadChanges(
+            phone=(form.phone.data or "").strip() or None,
+            name=form.name.data or "",
+            email=form.email.data or "",
+            notes=form.notes.data or "",
+            tags=form.tag_list(),
+            custom_fields=form.custom_fields(),
+        )
+        update_lead(g.workspace_id, lead_id, changes, _by_form())
+    except DomainError as error:
+        if isinstance(error, NotFound):
+            raise
+        return _form_page(form, current, error.status, error)
+    flash(_("Lead saved."), "success")
+    return redirect(url_for("leads.lead", lead_id=lead_id), 303)
+
+
+@bp.post("/<int:lead_id>/consent")
+@login_required
+def consent(lead_id: int) -> Any:
+    """Opt in or out by a member (recorded as "form" with their name in the history)."""
+    current = get_lead(g.workspace_id, lead_id)
+    choice = request.form.get("opt_in")
+    if choice not in ("true", "false"):
+        raise DomainError(_("Choose opt in or opt out."), code="invalid_consent")
+    set_consent(g.workspace_id, [lead_id], choice == "true", _by_form())
+    if wants_fragment():
+        entries = consent_entries(g.workspace_id, lead_id)
+        return render_template("leads/_consent.html", lead=current, consent=entries)
+    flash(_("Opted in.") if choice == "true" else _("Opted out."), "success")
+    return redirect(url_for("leads.lead", lead_id=lead_id), 303)
+
+
+def _composer(**context: Any) -> dict[str, Any]:
+    return {
+        "send_key": uuid.uuid4().hex,
+        "sent_conversation_id": None,
+        "send_error": "",
+        "text": "",
+        **context,
+    }
+
+
+@bp.post("/<int:lead_id>/messages")
+@login_required
+def message(lead_id: int) -> Any:
+    """Write first to the lead. A refusal (opted out, no number can send) comes back in the form,
+    with what was typed kept."""
+    get_lead(g.workspace_id, lead_id)
+    text = request.form.get("text", "")
+    try:
+        queued = start_conversation(
+            g.workspace_id,
+            lead_id,
+            text,
+            user_id=current_user.id,
+            account_id=parse_id(request.form.get("account_id")),
+            idempotency_key=(request.form.get("send_key") or "")[:200] or None,
+        )
+    except DomainError as error:
+        if isinstance(error, NotFound):
+            raise
+        context = _composer(send_error=error.message, text=text[:4096])
+        profile = lead_profile(g.workspace_id, lead_id)
+        page = render("leads/lead.html", "leads/_conversations.html", profile=profile, **context)
+        return page, error.status
+    conversation_id = queued.message.conversation_id
+    if wants_fragment():  # the card again: the conversation listed, a fresh form
+        profile = lead_profile(g.workspace_id, lead_id)
+        context = _composer(sent_conversation_id=conversation_id)
+        return render_template("leads/_conversations.html", profile=profile, **context)
+    flash(_("Message queued: it is in the inbox."), "success")
+    return redirect(url_for("inbox.conversation", conversation_id=conversation_id), 303)
+
+
+@bp.post("/<int:lead_id>/trash")
+@manager_required
+def trash_lead(lead_id: int) -> Response:
+    get_lead(g.workspace_id, lead_id)
+    trash_leads(g.workspace_id, [lead_id])
+    days = g.membership.workspace.trash_days
+    flash(
+        ngettext(
+            "Moved to the trash: it can be restored for %(num)d day.",
+            "Moved to the trash: it can be restored for %(num)d days.",
+            days,
+        ),
+        "success",
+    )
+    return redirect(url_for("leads.index"), 303)
+
+
+@bp.route("/<int:lead_id>/merge", methods=["GET", "POST"])
+@manager_required
+def merge(lead_id: int) -> Any:
+    """Merge a duplicate into this lead: a confirmation page first, then the merge."""
+    keep = get_lead(g.workspace_id, lead_id)
+    other_id = parse_id(request.values.get("other_id"))
+    if other_id is None:
+        raise DomainError(_("Choose the lead to merge into this one."), code="invalid_merge")
+    if request.method == "GET":
+        other = get_lead(g.workspace_id, other_id)
+        return render_template("leads/merge.html", keep=keep, other=other)
+    merge_leads(g.workspace_id, lead_id, other_id)
+    flash(_("Merged: this lead now has the other one's conversations, tags and history."), "success")
+    return redirect(url_for("leads.lead", lead_id=lead_id), 303)

@@ -1,0 +1,168 @@
+"""The leads pages in a real browser: a lead created through the form, found by the live search,
+opted out with the change in its history; the list with its bulk bar, on a desktop and a phone."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+from crm.leads.consent import ConsentChange, set_consent
+from crm.leads.models import ConsentSource, LeadSource
+from tests import factories
+from tests.e2e.conftest import BrowserProblems, sign_in
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, ViewportSize
+
+pytestmark = pytest.mark.e2e
+
+PHONE: ViewportSize = {"width": 390, "height": 844}
+LEAD_PAGE = re.compile(r"/leads/\d+$")
+
+# (phone, name, tags, consent): a workspace's list as it looks after a few weeks.
+SAMPLE = [
+    ("+5511987650001", "Ana Beatriz Souza", ("VIP", "Atacado"), "in"),
+    ("+5511987650002", "Bruno Carvalho", ("Varejo",), "in"),
+    ("+5521987650003", "Camila Rocha", (), "none"),
+    ("+5531987650004", "Diego Martins", ("Atacado",), "out"),
+    ("+5511987650005", "Eduarda Lima", ("VIP",), "in"),
+    ("+5541987650006", "Felipe Araújo", ("Revenda", "Sul"), "none"),
+    ("+5511987650007", "Gabriela Nunes", ("Varejo",), "in"),
+    ("+5551987650008", "Henrique Alves", (), "out"),
+    ("+5511987650009", "Isabela Costa", ("VIP", "Varejo"), "in"),
+    ("+5561987650010", "João Pedro Ribeiro", ("Atacado",), "none"),
+    ("+5511987650011", "Larissa Mendes", ("Evento SP",), "in"),
+    ("+5571987650012", "Marcos Vinícius", (), "none"),
+    ("+5511987650013", "Natália Freitas", ("VIP",), "in"),
+    ("+351912345014", "Otávio Duarte", ("Portugal",), "none"),
+    ("+5511987650015", "Paula Teixeira", ("Revenda",), "out"),
+]
+
+
+def seed_sample(owner: factories.Person) -> None:
+    out = []
+    sources = [LeadSource.IMPORT, LeadSource.MANUAL, LeadSource.INBOUND, LeadSource.IMPORT, LeadSource.API]
+    for i, (phone, name, tags, consent) in enumerate(SAMPLE):
+        source = sources[i % len(sources)]
+        lead_id = factories.lead(owner, phone, name, opt_in=consent != "none", tags=tags, source=source)
+        if consent == "out":
+            out.append(lead_id)
+    set_consent(owner.workspace_id, out, False, ConsentChange(ConsentSource.KEYWORD, detail="SAIR"))
+
+
+def test_create_a_lead_find_it_open_it_and_opt_it_out(
+    page: Page, live_server: str, owner: factories.Person, browser_problems: BrowserProblems
+) -> None:
+    from playwright.sync_api import expect
+
+    factories.lead(owner, "+5511911112222", "Bruno Lima")
+    factories.sandbox_account(owner, "Loja")
+    sign_in(page, live_server, owner.email)
+    expect(page).to_have_title(re.compile("Inbox"))
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Leads").click()
+    expect(page.locator("#lead-count")).to_have_text("1 lead")
+
+    page.get_by_role("link", name="New lead").click()
+    page.get_by_label("Phone", exact=True).fill("(11) 98765-4321")
+    page.get_by_label("Name", exact=True).fill("Joana Prado")
+    page.get_by_label("Tags", exact=True).fill("vip, Feira")
+    page.get_by_label("Field name").first.fill("Company")
+    page.get_by_label("Value", exact=True).first.fill("Padaria Central")
+    page.get_by_role("button", name="+ Add a field").click()
+    page.get_by_label("Field name").last.fill("Plan")
+    page.get_by_label("Value", exact=True).last.fill("Gold")
+    page.get_by_role("button", name="Save").click()
+    expect(page).to_have_url(LEAD_PAGE)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Joana Prado")
+    expect(page.locator(".lead-page")).to_contain_text("+55 11 98765-4321")
+    expect(page.locator(".lead-page")).to_contain_text("Padaria Central")
+    expect(page.locator(".lead-page")).to_contain_text("Gold")
+
+    page.get_by_role("link", name="← Leads").click()
+    search = page.get_by_placeholder("Search name, phone, email or notes")
+    search.press_sequentially("joana", delay=30)
+    rows = page.locator("#lead-rows tr.lead-row")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Joana Prado")
+    expect(page).to_have_url(re.compile(r"/leads/\?q=joana"))  # the search is in the address
+    expect(page.locator("#lead-count")).to_have_text("1 lead")
+    search.fill("98765-4321")  # the phone, as people write it
+    expect(rows.first).to_contain_text("Joana Prado")
+
+    rows.first.get_by_role("link", name="Joana Prado").click()
+    expect(page).to_have_url(LEAD_PAGE)
+    conversations = page.locator("[id^=lead-conversations-]")
+    expect(conversations).to_contain_text("No conversation yet.")
+    conversations.get_by_label("Message").fill("Olá Joana! Seu pedido chegou.")
+    conversations.get_by_role("button", name="Send").click()
+    expect(conversations).to_contain_text("Message queued.")
+    expect(conversations.get_by_role("link", name="Loja")).to_have_attribute(
+        "href", re.compile(r"^/conversations/\d+$")
+    )
+
+    consent = page.locator(".lead-consent")
+    expect(consent).to_contain_text("No consent")
+    consent.get_by_role("button", name="Opt out").click()
+    expect(consent.locator(".consent-badge")).to_have_text("Opted out")
+    history = consent.locator(".consent-history li")
+    expect(history).to_have_count(1)
+    expect(history.first).to_contain_text("Opted out")
+    expect(history.first).to_contain_text("In the app")
+    expect(history.first).to_contain_text(owner.email)  # who did it
+    expect(consent.get_by_role("button", name="Opt out")).to_have_count(0)
+    # The message form was on the page before the opt-out: a send now is refused, in the form.
+    conversations.get_by_label("Message").fill("Promoção!")
+    conversations.get_by_role("button", name="Send").click()
+    expect(conversations.get_by_role("alert")).to_contain_text("This lead opted out")
+    expect(conversations.get_by_label("Message")).to_have_value("Promoção!")
+    page.screenshot(path="test-artifacts/lead-page.png", full_page=True)
+    # The refused send is reported as a failed resource load (409). The inbox's live pushes about
+    # the message sent reach every open page and find no target outside the inbox (a known gap of
+    # the realtime layer, harmless here). Nothing else may go wrong.
+    known = ("409", "htmx:oobErrorNoTarget")
+    assert [e for e in browser_problems.all() if not any(k in e for k in known)] == []
+
+
+def test_the_list_with_its_bulk_bar_on_a_desktop_and_a_phone(
+    page: Page, live_server: str, owner: factories.Person, browser_problems: BrowserProblems
+) -> None:
+    from playwright.sync_api import expect
+
+    seed_sample(owner)
+    sign_in(page, live_server, owner.email)
+    expect(page).to_have_title(re.compile("Inbox"))
+    page.goto(f"{live_server}/leads/")
+    expect(page.locator("#lead-count")).to_have_text("15 leads")
+    expect(page.locator("#lead-rows tr.lead-row")).to_have_count(15)
+    expect(page.locator("#lead-bulk")).to_be_hidden()  # nothing ticked yet
+    # The whole list in the window (docs/leads.png). caret="initial": hiding the caret would leave
+    # style="" on the inputs, which htmx then carries into its swaps (a CSP error).
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.screenshot(path="test-artifacts/leads.png", caret="initial")
+
+    page.locator("#lead-filters select[name=consent]").select_option("out")
+    expect(page.locator("#lead-rows tr.lead-row")).to_have_count(3)
+    expect(page.locator("#lead-count")).to_have_text("3 leads")
+    expect(page.locator("#lead-export")).to_have_attribute("href", "/leads/export.csv?consent=out")
+    page.locator("#lead-filters select[name=consent]").select_option("")
+    expect(page.locator("#lead-rows tr.lead-row")).to_have_count(15)
+
+    for name in ("Camila Rocha", "Marcos Vinícius"):
+        page.get_by_role("checkbox", name=f"Select {name}").check()
+    bar = page.locator("#lead-bulk")
+    expect(bar).to_be_visible()
+    expect(bar.locator("[data-selected-count]")).to_have_text("2 selected")
+    page.screenshot(path="test-artifacts/leads-selection.png", caret="initial")
+    bar.get_by_placeholder("Tag").fill("Retorno")
+    bar.get_by_role("button", name="Add tag").click()
+    expect(page.locator(".flashes")).to_contain_text("Tag added to 2 leads.")
+    expect(page.locator("#lead-rows tr.lead-row", has_text="Camila Rocha")).to_contain_text("Retorno")
+
+    page.set_viewport_size(PHONE)
+    page.goto(f"{live_server}/leads/")
+    expect(page.locator("#lead-count")).to_have_text("15 leads")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
+    page.screenshot(path="test-artifacts/leads-phone.png", full_page=False)
+    assert browser_problems.all() == []
