@@ -39,8 +39,9 @@ SEED = [
     """INSERT INTO leads (workspace_id, phone, kind, name, email, notes, source, opt_in, opted_in_at,
                           opted_out_at, created_at, updated_at)
        SELECT 1, '+55' || (11 + g % 80)::text || '9' || lpad(g::text, 8, '0'), 'person',
-              (ARRAY['Ana','Bruno','Carla','Diego','Elisa','Fábio','Gabi','Hugo','Iara','João'])[1 + g % 10]
-                || ' ' || (ARRAY['Silva','Souza','Costa','Lima','Pereira','Almeida','Rocha'])[1 + (g / 10) % 7]
+              (ARRAY['Ana','Bruno','Carla','Diego','Elisa','Fábio','Gabi','Hugo','Iara','João'])
+                [1 + g % 10] || ' '
+                || (ARRAY['Silva','Souza','Costa','Lima','Pereira','Almeida','Rocha'])[1 + (g / 10) % 7]
                 || ' ' || g::text,
               CASE WHEN g % 2 = 0 THEN 'lead' || g::text || '@example.com' END,
               CASE WHEN g % 10 = 0 THEN 'comprou em ' || (g % 28 + 1)::text || '/11' ELSE '' END,
@@ -67,7 +68,8 @@ CASES: dict[str, str] = {
     "tag cliente (20%)": "/leads/?tag=cliente",
     "tag raro (0.1%)": "/leads/?tag=raro",
     "source import": "/leads/?source=import",
-    "contacted 30 d": "/leads/?contacted=30",
+    "contacted 30 d": "/leads/?contact=30",
+    "quiet 90 d": "/leads/?contact=not90",
     "search name": "/leads/?q=souza",
     "search phone": "/leads/?q=(21)%2090001",
     "search email": "/leads/?q=lead4242",
@@ -136,7 +138,7 @@ def measure(repeat: int) -> int:
     worst = 0.0
     for kind, values in timings.items():
         values.sort()
-        p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
         worst = max(worst, p95)
         print(f"{kind:<20} {statistics.median(values):>8.1f} {p95:>8.1f} {len(values):>4}")
     print(f"worst p95: {worst:.1f} ms (target ≤ 100 ms)")
@@ -144,7 +146,9 @@ def measure(repeat: int) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reuse", action="store_true", help="measure a database seeded earlier")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()

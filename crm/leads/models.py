@@ -126,7 +126,15 @@ class LeadImport(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a running import's lease
+    # A running import's lease (renewed by every batch); for a queued one, when it was queued.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Runs started (a crash or a lost queue starts another); past a few, the import fails.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The language of whoever started it: the report's reasons are written in it.
+    locale: Mapped[str | None] = mapped_column(String(10))
+    # The file's header cells and first rows, for the mapping page (the file may be on S3).
+    header: Mapped[list[str] | None] = mapped_column(JSON)
+    preview: Mapped[list[list[str]] | None] = mapped_column(JSON)
 
 
 class LeadImportError(Model):

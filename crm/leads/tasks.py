@@ -22,3 +22,20 @@ def purge_trash_task() -> int:
     from crm.leads.trash import purge_expired_trash
 
     return purge_expired_trash()
+
+
+@huey.task(retries=3, retry_delay=10)
+@in_app_context
+def import_leads_task(workspace_id: int, import_id: int) -> str:
+    from crm.leads.import_run import run_import
+
+    return run_import(workspace_id, import_id)
+
+
+@huey.periodic_task(crontab(minute="*"))
+@in_app_context
+def reconcile_imports_task() -> dict[str, int]:
+    """Every minute: imports whose task the queue lost, or whose run died, are queued again."""
+    from crm.leads.import_run import reconcile_imports
+
+    return reconcile_imports()

@@ -25,6 +25,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "media_id": factories.media_file,
     "message_id": factories.message,
     "lead_id": factories.lead,
+    "import_id": factories.lead_import,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

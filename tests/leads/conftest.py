@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from flask.testing import FlaskClient
+
+from tests import factories
+from tests.conftest import login
 from tests.whatsapp.conftest import (  # noqa: F401  (fixtures)
     api,
     cloud_account,
@@ -10,3 +15,11 @@ from tests.whatsapp.conftest import (  # noqa: F401  (fixtures)
     sandbox_account,
     token,
 )
+
+
+@pytest.fixture
+def agent(client: FlaskClient, owner: factories.Person) -> FlaskClient:
+    """The client, signed in as an agent of the owner's workspace."""
+    factories.person("Acme", "agent@acme.example")
+    assert login(client, "agent@acme.example").status_code == 302
+    return client

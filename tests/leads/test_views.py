@@ -20,7 +20,7 @@ from crm.extensions import db
 from crm.inbox.models import Conversation
 from crm.leads.models import ConsentEvent, Lead
 from tests import factories
-from tests.conftest import csrf_from, login
+from tests.conftest import csrf_from
 
 ROW_ID = re.compile(r'<tr id="lead-(\d+)" class="lead-row">')
 MORE = re.compile(r'<tr id="lead-more"[^>]*hx-get="([^"]+)"')
@@ -34,14 +34,6 @@ def listed(client: FlaskClient, query: str = "") -> list[int]:
     response = client.get(f"/leads/{query}")
     assert response.status_code == 200
     return row_ids(response.get_data(as_text=True))
-
-
-@pytest.fixture
-def agent(client: FlaskClient, owner: factories.Person) -> FlaskClient:
-    """The client, signed in as an agent of the owner's workspace."""
-    factories.person("Acme", "agent@acme.example")
-    assert login(client, "agent@acme.example").status_code == 302
-    return client
 
 
 def bulk(client: FlaskClient, action: str, ids: list[int], **form: str) -> str:

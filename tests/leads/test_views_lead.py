@@ -14,7 +14,6 @@ from crm.leads.trash import trash_leads
 from crm.whatsapp.models import WhatsAppAccount
 from tests import factories
 from tests.conftest import csrf_from
-from tests.leads.test_views import agent  # noqa: F401  (fixture)
 
 HX = {"HX-Request": "true"}
 
@@ -163,7 +162,7 @@ def test_a_duplicate_phone_links_to_the_lead_or_offers_the_restore(
     assert leads_count() == 1
 
 
-def test_an_agent_is_told_to_ask_for_the_restore(agent: FlaskClient, owner: factories.Person) -> None:  # noqa: F811
+def test_an_agent_is_told_to_ask_for_the_restore(agent: FlaskClient, owner: factories.Person) -> None:
     trash_leads(owner.workspace_id, [factories.lead(owner, "+5511987654321", "Ana")])
     html = post(agent, "/leads/new", phone="11987654321").get_data(as_text=True)
     assert "Ask an owner or admin to restore them" in html and "formaction" not in html
@@ -301,7 +300,7 @@ def test_merging_a_duplicate(logged_in: FlaskClient, owner: factories.Person) ->
     assert post(logged_in, f"/leads/{keep}/merge", other_id=str(keep)).status_code == 422
 
 
-def test_only_managers_merge(agent: FlaskClient, owner: factories.Person) -> None:  # noqa: F811
+def test_only_managers_merge(agent: FlaskClient, owner: factories.Person) -> None:
     keep = factories.lead(owner, "+5511987654321", "Ana")
     other = factories.lead(owner, "+551187654321", "Ana velha")
     page = agent.get(f"/leads/{keep}").get_data(as_text=True)
