@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
@@ -18,11 +18,33 @@ class Lead(Model):
     __table_args__ = (
         # One lead per phone per workspace; NULL phones (business-scoped ids only) don't collide.
         UniqueConstraint("workspace_id", "phone"),
-        UniqueConstraint("workspace_id", "bsuid"),
-        Index("ix_leads_workspace_id_opt_in", "workspace_id", "opt_in"),
+        # The indexes below cover only the rows they are for (most leads have no business-scoped
+        # id, have not opted in, are not in the trash): every lead written, by an import of a
+        # million or by a webhook, updates fewer indexes.
+        Index(
+            "uq_leads_workspace_id_bsuid",
+            "workspace_id",
+            "bsuid",
+            unique=True,
+            postgresql_where=text("bsuid IS NOT NULL"),
+            sqlite_where=text("bsuid IS NOT NULL"),
+        ),
+        Index(
+            "ix_leads_workspace_id_opt_in",
+            "workspace_id",
+            "opt_in",
+            postgresql_where=text("opt_in"),
+            sqlite_where=text("opt_in"),
+        ),
         Index("ix_leads_workspace_id_id", "workspace_id", "id"),
         Index("ix_leads_workspace_id_name_id", "workspace_id", "name", "id"),
-        Index("ix_leads_workspace_id_deleted_at", "workspace_id", "deleted_at"),
+        Index(
+            "ix_leads_workspace_id_deleted_at",
+            "workspace_id",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+            sqlite_where=text("deleted_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
