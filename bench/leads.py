@@ -95,7 +95,7 @@ def seed() -> None:
     with psycopg.connect(URL.replace("+psycopg", ""), autocommit=True) as conn:
         for statement in SEED:
             started = time.perf_counter()
-            conn.execute(statement, {"n": LEADS})
+            conn.execute(statement.replace("%(n)s", str(LEADS)).encode())
             print(f"seed: {statement.split()[2]} {time.perf_counter() - started:.1f} s", flush=True)
         conn.execute("VACUUM ANALYZE")
 
