@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from flask_babel import format_number
 from flask_babel import gettext as _
 
 from crm.errors import DomainError
@@ -214,7 +215,10 @@ def inspect(path: Path, size: int, encoding: str) -> Inspected:
                 preview.append([cell[:200] for cell in cells[:MAX_COLUMNS]])
             if rows > MAX_ROWS:
                 raise ImportFileRejected(
-                    _("The file has more than %(n)s rows: split it into smaller files.", n=f"{MAX_ROWS:,}"),
+                    _(
+                        "The file has more than %(n)s rows: split it into smaller files.",
+                        n=format_number(MAX_ROWS),
+                    ),
                     code="too_many_rows",
                 )
     except MalformedCSV as exc:

@@ -124,7 +124,7 @@ def test_the_progress_polls_itself_while_the_import_runs(
     html = logged_in.get(f"/leads/imports/{lead_import.id}", headers={"HX-Request": "true"}).get_data(
         as_text=True
     )
-    assert "hx-trigger" not in html and "Created" in html
+    assert "hx-trigger" not in html and "New leads" in html
 
 
 @pytest.mark.parametrize(
