@@ -35,6 +35,17 @@ def _encode(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode().rstrip("=")
 
 
+def _storable(text: str) -> bool:
+    """Text a database can compare: bounded, no NUL, valid Unicode (no lone surrogate)."""
+    if len(text) > 1000 or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -49,7 +60,7 @@ def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
                 values.append(moment)
             elif (
                 kind is int and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-            ) or (kind is str and isinstance(value, str) and len(value) <= 1000):
+            ) or (kind is str and isinstance(value, str) and _storable(value)):
                 values.append(value)
             else:
                 raise ValueError("type")

@@ -9,6 +9,7 @@ from werkzeug.datastructures import FileStorage
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.services import conversation_for, get_conversation, latest_conversation_of_lead
+from crm.leads.consent import opted_out, phone_opted_out
 from crm.leads.models import Lead, LeadSource
 from crm.leads.phones import to_e164
 from crm.leads.services import insert_lead_if_new, workspace_country
@@ -99,7 +100,7 @@ def send_to_phone(
             return Queued(existing, False)
     account = get_scoped(WhatsAppAccount, workspace_id, account_id) if account_id is not None else None
     lead = db.session.scalar(select(Lead).where(Lead.workspace_id == workspace_id, Lead.phone == e164))
-    if lead is not None and lead.opted_out_at is not None:
+    if phone_opted_out(workspace_id, e164):  # this line, however it is spelt, said stop
         raise OptedOut()
     if lead is None:
         lead = _lead_for_phone(workspace_id, e164, LeadSource.API if author == "api" else LeadSource.MANUAL)
@@ -182,14 +183,14 @@ def reply_with_file(
     clean_caption = check_caption(caption)
     key = check_idempotency_key(idempotency_key)
     lead = db.session.get(Lead, conversation.lead_id)
-    opted_out = lead is not None and lead.opted_out_at is not None
+    said_stop = lead is not None and opted_out(lead)
     with spooled(upload, request_cap(provider)) as spool:
         fingerprint = fingerprint_of("file", conversation_id, spool.sha256, clean_caption)
         if key:
             existing = find_by_idempotency_key(workspace_id, key, fingerprint)
             if existing is not None:
                 return Queued(existing, False)
-        if opted_out:
+        if said_stop:
             raise OptedOut()
         db.session.commit()  # no transaction stays open while the file is checked and stored
         media = accept_upload(workspace_id, account_id, provider, spool)

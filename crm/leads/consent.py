@@ -22,6 +22,7 @@ from crm.db import utcnow
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads.models import ConsentEvent, ConsentSource, Lead
+from crm.leads.phones import phone_variants
 from crm.textcheck import check_clean_text
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,29 @@ def set_consent(workspace_id: int, lead_ids: Iterable[int], opted_in: bool, chan
             changed += 1
     db.session.commit()
     return changed
+
+
+def phone_opted_out(workspace_id: int, phone: str | None, exclude_lead_id: int | None = None) -> bool:
+    """Whether someone opted out on this line: the phone itself or, for a Brazilian mobile, its
+    spelling with or without the ninth digit (WhatsApp reports some lines one way, people type
+    them the other: the same person, who said stop)."""
+    if not phone:
+        return False
+    stmt = select(Lead.id).where(
+        Lead.workspace_id == workspace_id,
+        Lead.phone.in_([phone, *phone_variants(phone)]),
+        Lead.opted_out_at.isnot(None),
+    )
+    if exclude_lead_id is not None:
+        stmt = stmt.where(Lead.id != exclude_lead_id)
+    return db.session.scalar(stmt.limit(1)) is not None
+
+
+def opted_out(lead: Lead) -> bool:
+    """A lead who must get nothing: they opted out, or did so on the other spelling of their line."""
+    if lead.opted_out_at is not None:
+        return True
+    return bool(phone_variants(lead.phone)) and phone_opted_out(lead.workspace_id, lead.phone, lead.id)
 
 
 def consent_history(workspace_id: int, lead_id: int, limit: int = 100) -> list[ConsentEvent]:
@@ -179,9 +203,9 @@ def apply_consent_keyword(workspace_id: int, message_id: int) -> str:
     """If an inbound message is an opt-out or opt-in keyword, change the lead's consent (recorded
     with the keyword) and confirm to them through the outbox. Returns what happened.
 
-    Keyed to the message: a task retried or a webhook delivered twice confirms once (the
-    confirmation's idempotency key is the message id) and records the change once (the second run
-    finds the lead already in that state).
+    Keyed to the message: a task retried or a webhook delivered twice records and confirms once
+    (the second run finds the lead already in that state). A keyword that changes nothing (a
+    second STOP) gets no reply: nobody who said stop gets more messages than the confirmation.
     """
     from crm.inbox.models import Conversation, Message
     from crm.realtime.broker import publish_after_commit
@@ -208,17 +232,19 @@ def apply_consent_keyword(workspace_id: int, message_id: int) -> str:
     )
     db.session.refresh(lead)
     already = lead.opt_in if opted_in else lead.opted_out_at is not None
-    if not already:
-        record_consent(lead, opted_in, ConsentChange(ConsentSource.KEYWORD, detail=keyword))
-        publish_after_commit(
-            workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id}
-        )
-    db.session.commit()
+    if already:  # a second STOP: nothing changes, and nobody who said stop gets another message
+        db.session.commit()
+        return "unchanged"
+    record_consent(lead, opted_in, ConsentChange(ConsentSource.KEYWORD, detail=keyword))
+    publish_after_commit(workspace_id, {"type": "conversation.updated", "conversation_id": conversation.id})
+    # The change and its confirmation commit together (queue_outbound commits): a crash leaves
+    # neither, and the task's retry does both.
     queue_outbound(
         workspace_id,
         conversation,
         text=confirmation_text(workspace, opted_in),
         author=CONSENT_NOTICE,
+        payload={"consent": "opt_in" if opted_in else "opt_out"},
         idempotency_key=f"consent:{message_id}",
     )
     log.info("lead %s opted %s by keyword", lead.id, "in" if opted_in else "out")

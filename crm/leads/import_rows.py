@@ -151,7 +151,7 @@ def split_tags(raw: str, reasons: Reasons) -> list[tuple[str, str]]:
         name = " ".join(part.split())
         if not name:
             continue
-        if len(name) > MAX_TAG:
+        if len(name) > MAX_TAG or len(name.casefold()) > MAX_TAG:  # "ß" folds to "ss": the key is longer
             raise RowError(reasons.long_tag % {"value": _shown(name)})
         tags.setdefault(name.casefold(), name)
     return [(name, key) for key, name in tags.items()]

@@ -84,6 +84,7 @@ def create_import(
     country = _country(workspace_id, options.default_country)
     tags = clean_tags(options.tags)
     on_duplicate = _on_duplicate(options.on_duplicate)
+    db.session.commit()  # no transaction stays open while the file is read, checked and stored
     with tempfile.TemporaryDirectory(prefix="zapdesk-import-") as folder:
         path = Path(folder) / "upload.csv"
         with path.open("wb") as out:
@@ -305,6 +306,7 @@ def bad_rows_csv(workspace_id: int, import_id: int) -> Iterator[bytes]:
             .order_by(LeadImportError.line)
             .limit(5000)
         ).all()
+        db.session.rollback()  # read: no transaction (nor snapshot) stays open while the client reads
         if not rows:
             return
         for line, reason, raw in rows:

@@ -12,23 +12,13 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 
 from crm.errors import ValidationFailed
 from crm.extensions import db
-from crm.leads.models import ConsentEvent, Lead
+from crm.leads.consent import ConsentChange, record_consent
+from crm.leads.models import ConsentEvent, ConsentSource, Lead
+from crm.leads.phones import phone_variants
 from crm.leads.services import get_lead, set_tags
 from crm.realtime.broker import publish_after_commit
 
 MAX_NOTES_AFTER_MERGE = 10_000
-
-
-def phone_variants(e164: str | None) -> list[str]:
-    """The other spellings of the same Brazilian mobile line: with or without the ninth digit."""
-    if not e164 or not e164.startswith("+55"):
-        return []
-    national = e164[3:]
-    if len(national) == 11 and national[2] == "9":
-        return ["+55" + national[:2] + national[3:]]
-    if len(national) == 10 and national[2] in "6789":
-        return ["+55" + national[:2] + "9" + national[2:]]
-    return []
 
 
 def possible_duplicates(workspace_id: int, lead: Lead, limit: int = 10) -> list[Lead]:
@@ -61,15 +51,30 @@ def merge_leads(workspace_id: int, keep_id: int, other_id: int) -> Lead:
 
     if keep_id == other_id:
         raise ValidationFailed(_("Choose two different leads to merge."), code="invalid_merge")
-    keep = get_lead(workspace_id, keep_id)
-    other = get_lead(workspace_id, other_id)
-    kept_conversations = {
-        c.account_id: c
-        for c in db.session.scalars(select(Conversation).where(Conversation.lead_id == keep.id))
+    get_lead(workspace_id, keep_id), get_lead(workspace_id, other_id)  # both exist, here, not trashed
+    # Both leads and their conversations are locked (leads in id order, so two merges can't
+    # deadlock): a keyword opt-out or an inbound message arriving meanwhile waits for the merge
+    # instead of landing on a row about to be deleted (and is then retried on the merged lead).
+    locked = {
+        lead.id: lead
+        for lead in db.session.scalars(
+            select(Lead)
+            .where(Lead.id.in_([keep_id, other_id]))
+            .order_by(Lead.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     }
-    for conversation in db.session.scalars(
-        select(Conversation).where(Conversation.lead_id == other.id)
-    ).all():
+    keep, other = locked[keep_id], locked[other_id]
+    conversations = db.session.scalars(
+        select(Conversation)
+        .where(Conversation.lead_id.in_([keep.id, other.id]))
+        .order_by(Conversation.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    kept_conversations = {c.account_id: c for c in conversations if c.lead_id == keep.id}
+    for conversation in [c for c in conversations if c.lead_id == other.id]:
         target = kept_conversations.get(conversation.account_id)
         if target is None:
             conversation.lead_id = keep.id
@@ -101,12 +106,11 @@ def merge_leads(workspace_id: int, keep_id: int, other_id: int) -> Lead:
     keep.notes = "\n".join(part for part in (keep.notes, other.notes, note.strip()) if part)[
         :MAX_NOTES_AFTER_MERGE
     ]
-    if other.opted_out_at is not None and (
-        keep.opted_out_at is None or other.opted_out_at > keep.opted_out_at
-    ):
-        keep.opt_in, keep.opted_out_at = False, other.opted_out_at
+    merged = ConsentChange(ConsentSource.MERGE, detail=other.phone or other.bsuid or "")
+    if other.opted_out_at is not None and keep.opted_out_at is None:
+        record_consent(keep, False, merged)  # the other one said stop: the merged lead stays out
     elif other.opt_in and keep.opted_out_at is None and not keep.opt_in:
-        keep.opt_in, keep.opted_in_at = True, other.opted_in_at
+        record_consent(keep, True, merged)
     other_bsuid = other.bsuid
     db.session.delete(other)
     db.session.flush()

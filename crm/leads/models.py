@@ -93,6 +93,7 @@ class ConsentSource(StrEnum):
     IMPORT = "import"
     KEYWORD = "keyword"  # the lead wrote SAIR, STOP, VOLTAR...
     API = "api"
+    MERGE = "merge"  # two leads merged: the kept one took the other's consent
 
 
 class ConsentEvent(Model):

@@ -56,3 +56,15 @@ def for_humans(e164: str | None) -> str:
         )
     except phonenumbers.NumberParseException:
         return e164
+
+
+def phone_variants(e164: str | None) -> list[str]:
+    """The other spellings of the same Brazilian mobile line: with or without the ninth digit."""
+    if not e164 or not e164.startswith("+55"):
+        return []
+    national = e164[3:]
+    if len(national) == 11 and national[2] == "9":
+        return ["+55" + national[:2] + national[3:]]
+    if len(national) == 10 and national[2] in "6789":
+        return ["+55" + national[:2] + "9" + national[2:]]
+    return []

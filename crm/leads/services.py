@@ -38,7 +38,7 @@ def clean_tags(tags: Iterable[Any]) -> list[str]:
         name = " ".join(check_clean_text(raw, code="invalid_tags").split())
         if not name:
             continue
-        if len(name) > MAX_TAG_LENGTH:
+        if len(name.casefold()) > MAX_TAG_LENGTH or len(name) > MAX_TAG_LENGTH:  # "ß" folds to "ss"
             raise ValidationFailed(
                 _("A tag can have at most %(n)d characters.", n=MAX_TAG_LENGTH), code="invalid_tags"
             )
@@ -216,8 +216,11 @@ def update_lead(workspace_id: int, lead_id: int, changes: LeadChanges, consent: 
         lead.custom_fields = fields or None
     if tag_names is not None:
         set_tags(lead, tag_names)
-    if changes.opt_in is not None and changes.opt_in != lead.opt_in:
-        record_consent(lead, changes.opt_in, consent)
+    # opt_in false is an opt-out, also for a lead who never opted in: from then on they get nothing.
+    if changes.opt_in is True and not lead.opt_in:
+        record_consent(lead, True, consent)
+    elif changes.opt_in is False and lead.opted_out_at is None:
+        record_consent(lead, False, consent)
     try:
         db.session.commit()
     except IntegrityError:

@@ -24,6 +24,7 @@ from crm.db import utcnow
 from crm.errors import Conflict
 from crm.extensions import db
 from crm.inbox.models import Conversation, Message
+from crm.leads.consent import opted_out
 from crm.leads.models import Lead
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp import health, pacing
@@ -46,9 +47,14 @@ MAX_ATTEMPTS = 8
 STALE_QUEUED = timedelta(minutes=1)
 
 
-# The author of the confirmation a lead gets after writing an opt-out or opt-in keyword: the one
-# message that still goes to someone who just said stop.
+# The author of the confirmation a lead gets after writing an opt-out or opt-in keyword. The
+# confirmation of an opt-out (payload ``{"consent": "opt_out"}``) is the one message that still goes
+# to someone who just said stop; nothing else written as a notice is exempt.
 CONSENT_NOTICE = "consent"
+
+
+def _opt_out_notice(author: str, payload: dict[str, Any] | None) -> bool:
+    return author == CONSENT_NOTICE and (payload or {}).get("consent") == "opt_out"
 
 
 class OptedOut(Conflict):
@@ -88,7 +94,7 @@ def queue_outbound(
         if existing is not None:
             return Queued(existing, False)
     lead = db.session.get(Lead, conversation.lead_id)
-    if lead is not None and lead.opted_out_at is not None and author != CONSENT_NOTICE:
+    if lead is not None and not _opt_out_notice(author, payload) and opted_out(lead):
         raise OptedOut()
     now = utcnow()
     message = Message(
@@ -290,8 +296,8 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     conversation = db.session.get(Conversation, message.conversation_id)
     assert conversation is not None
     lead = db.session.get(Lead, conversation.lead_id)
-    opted_out = lead is not None and lead.opted_out_at is not None and message.author != CONSENT_NOTICE
-    if lead is None or opted_out or lead.deleted_at is not None:
+    said_stop = lead is not None and not _opt_out_notice(message.author, message.payload) and opted_out(lead)
+    if lead is None or said_stop or lead.deleted_at is not None:
         _fail(
             row,
             message,

@@ -100,7 +100,7 @@ def test_a_keyword_delivered_twice_changes_and_confirms_once(
     factories.inbound(cloud_account.id, phone=PHONE, text="STOP")
     message_id = db.session.scalar(select(Message.id).where(Message.direction == "in"))
     assert message_id is not None
-    assert apply_consent_keyword(cloud_account.workspace_id, message_id) == "opted_out"  # a task retried
+    assert apply_consent_keyword(cloud_account.workspace_id, message_id) == "unchanged"  # a task retried
     assert db.session.scalar(select(func.count()).select_from(ConsentEvent)) == 1
     assert len(texts_sent(graph_api)) == 1
 
@@ -205,3 +205,59 @@ def test_api_opt_out_is_recorded_with_its_source(api: Api, owner: factories.Pers
     assert response.json["opt_in"] is False and response.json["opted_out_at"]
     sources = [(e.opted_in, e.source) for e in consent_history(owner.workspace_id, lead_id)]
     assert sources == [(False, "api"), (True, "form")]
+
+
+def test_a_second_stop_gets_no_second_reply(cloud_account: WhatsAppAccount, graph_api: GraphEmulator) -> None:
+    for _ in range(3):
+        factories.inbound(cloud_account.id, phone=PHONE, text="STOP")
+    assert len(texts_sent(graph_api)) == 1
+    assert db.session.scalar(select(func.count()).select_from(ConsentEvent)) == 1
+
+
+def test_a_welcome_back_waiting_in_the_queue_is_not_sent_after_a_new_stop(
+    cloud_account: WhatsAppAccount, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the confirmation of an opt-out may reach someone who opted out."""
+    from crm.leads.consent import apply_consent_keyword
+    from crm.whatsapp import outbox
+    from crm.whatsapp.models import Outbox
+
+    conversation_id = factories.inbound(cloud_account.id, phone=PHONE, text="SAIR")
+    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)  # sends wait
+    back = factories.stored_message(conversation_id, "VOLTAR")
+    assert apply_consent_keyword(cloud_account.workspace_id, back) == "opted_in"
+    stop = factories.stored_message(conversation_id, "SAIR")
+    assert apply_consent_keyword(cloud_account.workspace_id, stop) == "opted_out"
+    monkeypatch.undo()
+    welcome, goodbye = db.session.scalars(select(Outbox).where(Outbox.state == "queued").order_by(Outbox.id))
+    assert deliver_outbound(welcome.id) == "cancelled"
+    deliver_outbound(goodbye.id)
+    sent = texts_sent(graph_api)
+    assert len(sent) == 2 and all("VOLTAR" in text for text in sent)  # two opt-out confirmations
+
+
+def test_api_opt_out_of_a_lead_who_never_opted_in_stops_everything(api: Api, owner: factories.Person) -> None:
+    lead_id = factories.lead(owner, PHONE)
+    response = api.patch(f"/leads/{lead_id}", {"opt_in": False})
+    assert response.status_code == 200 and response.json["opted_out_at"]
+    assert [(e.opted_in, e.source) for e in consent_history(owner.workspace_id, lead_id)] == [(False, "api")]
+    response = api.post("/messages", {"to": PHONE, "text": "Oi"})
+    assert response.status_code == 409 and response.json["error"]["code"] == "opted_out"
+
+
+def test_an_opt_out_holds_for_the_other_spelling_of_a_brazilian_mobile(
+    api: Api, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
+) -> None:
+    """WhatsApp reports some Brazilian mobiles without the ninth digit; people type them with it."""
+    factories.inbound(cloud_account.id, phone="+551187654321", text="SAIR")
+    graph_api.sent.clear()
+    response = api.post("/messages", {"to": "+55 11 98765-4321", "text": "Promoção!"})
+    assert response.status_code == 409 and response.json["error"]["code"] == "opted_out"
+    from crm.leads.services import create_lead
+
+    other = create_lead(cloud_account.workspace_id, phone="+5511987654321")  # typed in by someone
+    conversation = factories.inbound(cloud_account.id, phone="+5511987654321", text="Oi")
+    assert db.session.get(Conversation, conversation).lead_id == other.id  # type: ignore[union-attr]
+    response = api.post(f"/conversations/{conversation}/messages", {"text": "Oferta"})
+    assert response.status_code == 409
+    assert graph_api.sent == []
