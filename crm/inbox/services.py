@@ -258,14 +258,16 @@ def _announce(conversation: Conversation) -> None:
 
 def tag_lead(workspace_id: int, conversation_id: int, name: object) -> Conversation:
     """Add a tag to the conversation's customer (tags live on the lead, shared by every number)."""
-    from crm.leads.services import clean_tags, set_tags
+    from crm.leads.services import MAX_TAGS_PER_LEAD, clean_tags, set_tags
 
     conversation = get_conversation(workspace_id, conversation_id)
     wanted = clean_tags([name])
     if not wanted:
         raise ValidationFailed(_("Type the tag."), code="invalid_tags")
-    if len(conversation.lead.tags) >= 50:
-        raise ValidationFailed(_("A customer can have at most 50 tags."), code="invalid_tags")
+    if len(conversation.lead.tags) >= MAX_TAGS_PER_LEAD:
+        raise ValidationFailed(
+            _("A lead can have at most %(n)d tags.", n=MAX_TAGS_PER_LEAD), code="invalid_tags"
+        )
     set_tags(conversation.lead, [*conversation.lead.tag_names, *wanted])
     _announce(conversation)
     db.session.commit()

@@ -17,11 +17,10 @@ from crm.db import insert_ignoring_conflicts
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
-from crm.leads.services import clean_tags
+from crm.leads.services import MAX_TAGS_PER_LEAD, clean_tags
 from crm.params import parse_id
 
 MAX_SELECTION = 500
-MAX_TAGS_PER_LEAD = 50  # as the inbox's tagging allows
 
 
 def selected_ids(raw: Iterable[object]) -> list[int]:

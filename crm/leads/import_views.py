@@ -129,7 +129,7 @@ def _mapping_from_form(width: int) -> dict[str, Any]:
             mapping[choice] = index
         elif choice == "custom":
             name = " ".join(request.form.get(f"field-{index}", "").split())
-            if name in mapping["custom"]:
+            if name.casefold() in {taken.casefold() for taken in mapping["custom"]}:
                 raise ValidationFailed(
                     _("Two columns go to the same custom field: %(name)s.", name=name), code="invalid_mapping"
                 )

@@ -194,7 +194,7 @@ def check_mapping(mapping: dict[str, Any], width: int) -> dict[str, Any]:
                 _("A custom field needs a name of at most %(n)d characters.", n=MAX_FIELD_NAME),
                 code="invalid_mapping",
             )
-        if name in custom:
+        if name.casefold() in {taken.casefold() for taken in custom}:  # as the lead's form sees them
             raise ValidationFailed(
                 _("Two columns go to the same custom field: %(name)s.", name=name), code="invalid_mapping"
             )

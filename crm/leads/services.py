@@ -23,6 +23,7 @@ from crm.tenancy import get_scoped, scoped
 from crm.textcheck import check_clean_text
 
 MAX_TAG_LENGTH = 64
+MAX_TAGS_PER_LEAD = 50
 MAX_NOTES = 10_000
 MAX_FIELDS = 50
 MAX_FIELD_NAME = 64
@@ -43,6 +44,10 @@ def clean_tags(tags: Iterable[Any]) -> list[str]:
                 _("A tag can have at most %(n)d characters.", n=MAX_TAG_LENGTH), code="invalid_tags"
             )
         seen.setdefault(name.casefold(), name)
+    if len(seen) > MAX_TAGS_PER_LEAD:
+        raise ValidationFailed(
+            _("A lead can have at most %(n)d tags.", n=MAX_TAGS_PER_LEAD), code="invalid_tags"
+        )
     return list(seen.values())
 
 
@@ -94,6 +99,10 @@ def check_custom_fields(fields: Any) -> dict[str, str]:
                     m=MAX_FIELD_VALUE,
                 ),
                 code="invalid_fields",
+            )
+        if name.casefold() in {taken.casefold() for taken in clean}:
+            raise ValidationFailed(
+                _("Two custom fields are called “%(name)s”.", name=name), code="invalid_fields"
             )
         if value:
             clean[name] = value

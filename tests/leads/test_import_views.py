@@ -188,6 +188,9 @@ def test_a_file_over_the_import_limit_is_refused_with_that_limit(
         ({"column-0": "phone", "column-1": "phone"}, "Only one column can hold the phone."),
         ({"column-1": "phone", "column-0": "custom", "column-3": "custom", "field-0": "X", "field-3": " X "},
          "Two columns go to the same custom field: X."),
+        ({"column-1": "phone", "column-0": "custom", "column-3": "custom",
+          "field-0": "Plano", "field-3": "plano"},
+         "Two columns go to the same custom field: plano."),
         ({"column-1": "phone", "column-3": "custom", "field-3": ""}, "A custom field needs a name"),
     ],
 )  # fmt: skip

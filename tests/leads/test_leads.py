@@ -81,7 +81,9 @@ def test_an_edit_is_checked_whole_before_anything_changes(owner: factories.Perso
         LeadChanges(name="Ana Maria", phone="+5511911112222"),
         LeadChanges(name="Ana Maria", custom_fields={"plan": ["a list"]}),
         LeadChanges(name="Ana Maria", custom_fields={"": "empty name"}),
+        LeadChanges(name="Ana Maria", custom_fields={"Plano": "Ouro", "plano": "Prata"}),
         LeadChanges(name="Ana Maria", tags=["x" * 65]),
+        LeadChanges(name="Ana Maria", tags=[f"tag {i}" for i in range(51)]),
     ):
         with pytest.raises((ValidationFailed, DuplicateLead)):
             update_lead(owner.workspace_id, lead_id, changes, FORM)
