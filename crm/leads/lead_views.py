@@ -16,7 +16,7 @@ from flask_login import current_user, login_required
 from werkzeug.wrappers import Response
 
 from crm.auth.decorators import manager_required
-from crm.errors import DomainError, NotFound
+from crm.errors import DomainError, Forbidden, NotFound
 from crm.htmx import render, wants_fragment
 from crm.leads import bp
 from crm.leads.consent import ConsentChange, set_consent
@@ -113,6 +113,10 @@ def consent(lead_id: int) -> Any:
     choice = request.form.get("opt_in")
     if choice not in ("true", "false"):
         raise DomainError(_("Choose opt in or opt out."), code="invalid_consent")
+    if choice == "true" and current.opted_out_at is not None and not g.membership.role_enum.manages_team:
+        # Someone who said stop comes back by writing the keyword, or by asking the team: only
+        # an owner or admin records that for them.
+        raise Forbidden(_("Only an owner or admin can opt back in a lead who opted out."))
     set_consent(g.workspace_id, [lead_id], choice == "true", _by_form())
     if wants_fragment():
         entries = consent_entries(g.workspace_id, lead_id)

@@ -85,6 +85,20 @@ def test_opting_out_and_in_is_recorded_with_the_member(
     assert len(db.session.scalars(select(ConsentEvent)).all()) == 2
 
 
+def test_only_a_manager_opts_back_in_someone_who_said_stop(
+    agent: FlaskClient, owner: factories.Person
+) -> None:
+    said_stop = factories.lead(owner, "+5511988887777", "Maria")
+    never_asked = factories.lead(owner, "+5511988886666", "Joana")
+    assert post(agent, f"/leads/{said_stop}/consent", opt_in="false").status_code == 303
+    page = agent.get(f"/leads/{said_stop}").get_data(as_text=True)
+    assert 'name="opt_in" value="true"' not in page
+    assert post(agent, f"/leads/{said_stop}/consent", opt_in="true").status_code == 403
+    assert post(agent, f"/leads/{never_asked}/consent", opt_in="true").status_code == 303
+    lead = db.session.get(Lead, said_stop)
+    assert lead is not None and lead.opted_out_at is not None and not lead.opt_in
+
+
 def test_a_new_lead_from_the_form(logged_in: FlaskClient, owner: factories.Person) -> None:
     page = logged_in.get("/leads/new").get_data(as_text=True)
     assert "read as a number of BR" in page and 'name="field_name"' in page
