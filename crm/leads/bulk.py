@@ -17,7 +17,7 @@ from crm.db import insert_ignoring_conflicts
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
-from crm.leads.services import MAX_TAGS_PER_LEAD, clean_tags
+from crm.leads.services import MAX_TAGS_PER_LEAD, announce_leads_changed, clean_tags
 from crm.params import parse_id
 
 MAX_SELECTION = 500
@@ -74,13 +74,13 @@ def tag_leads(workspace_id: int, lead_ids: list[int], tag: Any) -> int:
             .having(func.count() >= MAX_TAGS_PER_LEAD)
         )
     )
+    tagged = [lead_id for lead_id in ids if lead_id not in skip]
     rows = [
-        {"workspace_id": workspace_id, "lead_id": lead_id, "name": name, "key": key}
-        for lead_id in ids
-        if lead_id not in skip
+        {"workspace_id": workspace_id, "lead_id": lead_id, "name": name, "key": key} for lead_id in tagged
     ]
     if rows:
         db.session.execute(insert_ignoring_conflicts(LeadTag), rows)
+    announce_leads_changed(workspace_id, tagged)
     db.session.commit()
     return len(rows)
 
@@ -97,5 +97,7 @@ def untag_leads(workspace_id: int, lead_ids: list[int], tag: Any) -> int:
             LeadTag.workspace_id == workspace_id, LeadTag.lead_id.in_(ids), LeadTag.key == key
         )
     ).rowcount
+    if removed:
+        announce_leads_changed(workspace_id, ids)
     db.session.commit()
     return removed

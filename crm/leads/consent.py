@@ -80,14 +80,15 @@ def set_consent(workspace_id: int, lead_ids: Iterable[int], opted_in: bool, chan
         .where(Lead.deleted_at.is_(None))
         .with_for_update()
     ).all()
-    changed = 0
+    from crm.leads.services import announce_leads_changed
+
+    changed = [lead.id for lead in leads if not (lead.opt_in if opted_in else lead.opted_out_at is not None)]
     for lead in leads:
-        already = lead.opt_in if opted_in else lead.opted_out_at is not None
-        if not already:
+        if lead.id in changed:
             record_consent(lead, opted_in, change)
-            changed += 1
+    announce_leads_changed(workspace_id, changed)
     db.session.commit()
-    return changed
+    return len(changed)
 
 
 def phone_opted_out(workspace_id: int, phone: str | None, exclude_lead_id: int | None = None) -> bool:

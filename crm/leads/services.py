@@ -230,6 +230,7 @@ def update_lead(workspace_id: int, lead_id: int, changes: LeadChanges, consent: 
         record_consent(lead, True, consent)
     elif changes.opt_in is False and lead.opted_out_at is None:
         record_consent(lead, False, consent)
+    announce_leads_changed(workspace_id, [lead.id])
     try:
         db.session.commit()
     except IntegrityError:
@@ -313,3 +314,22 @@ def lead_json(lead: Lead) -> dict[str, Any]:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def announce_leads_changed(workspace_id: int, lead_ids: Iterable[int]) -> None:
+    """Once the change commits, open inboxes redraw these leads' conversations (name, tags and
+    consent show there)."""
+    from crm.inbox.models import Conversation
+    from crm.realtime.broker import publish_after_commit
+
+    ids = list(lead_ids)
+    if not ids:
+        return
+    for conversation_id in db.session.scalars(
+        select(Conversation.id).where(
+            Conversation.workspace_id == workspace_id, Conversation.lead_id.in_(ids)
+        )
+    ):
+        publish_after_commit(
+            workspace_id, {"type": "conversation.updated", "conversation_id": conversation_id}
+        )

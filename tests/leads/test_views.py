@@ -19,6 +19,7 @@ from crm.db import utcnow
 from crm.extensions import db
 from crm.inbox.models import Conversation
 from crm.leads.models import ConsentEvent, Lead
+from crm.whatsapp.models import WhatsAppAccount
 from tests import factories
 from tests.conftest import csrf_from
 
@@ -332,3 +333,23 @@ def test_groups_are_not_leads(logged_in: FlaskClient, owner: factories.Person) -
     db.session.commit()
     assert listed(logged_in) == []
     assert logged_in.get(f"/leads/{group}").status_code == 404
+
+
+def test_bulk_changes_redraw_the_leads_conversations_in_open_inboxes(
+    logged_in: FlaskClient, owner: factories.Person, sandbox_account: WhatsAppAccount
+) -> None:
+    """Tags and consent show in the inbox: a change made from the leads list reaches open tabs."""
+    from crm.realtime import broker
+
+    conversation_id = factories.inbound(sandbox_account.id, phone="+5511988887777", text="Oi")
+    lead_id = db.session.scalar(select(Lead.id).where(Lead.phone == "+5511988887777"))
+    assert lead_id is not None
+    heard: list[dict[str, object]] = []
+    unsubscribe = broker.subscribe_local(lambda workspace_id, event: heard.append(event))
+    try:
+        bulk(logged_in, "tag", [lead_id], tag="VIP")
+        bulk(logged_in, "opt-out", [lead_id])
+    finally:
+        unsubscribe()
+    updates = [e for e in heard if e.get("type") == "conversation.updated"]
+    assert [e["conversation_id"] for e in updates] == [conversation_id, conversation_id]
