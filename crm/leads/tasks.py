@@ -15,6 +15,15 @@ def consent_keyword_task(workspace_id: int, message_id: int) -> str:
     return apply_consent_keyword(workspace_id, message_id)
 
 
+@huey.task(retries=3, retry_delay=30)
+@in_app_context
+def purge_trashed_task(workspace_id: int, lead_ids: list[int]) -> int:
+    """ "Delete forever" of a selection in the trash (leads restored meanwhile are left alone)."""
+    from crm.leads.trash import purge_trashed
+
+    return purge_trashed(workspace_id, lead_ids)
+
+
 @huey.periodic_task(crontab(hour="4", minute="7"))
 @in_app_context
 def purge_trash_task() -> int:

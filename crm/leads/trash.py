@@ -70,14 +70,33 @@ def purge_lead(workspace_id: int, lead_id: int) -> int:
 
 def purge_trashed(workspace_id: int, lead_ids: Iterable[int]) -> int:
     """ "Delete forever" from the trash: only leads that are in it. Returns how many were purged."""
-    ids = db.session.scalars(
-        select(Lead.id).where(
-            Lead.workspace_id == workspace_id, Lead.id.in_(list(lead_ids)), Lead.deleted_at.isnot(None)
-        )
-    ).all()
+    ids = _in_trash(workspace_id, lead_ids)
     for lead_id in ids:
         purge_lead(workspace_id, lead_id)
     return len(ids)
+
+
+def purge_trashed_later(workspace_id: int, lead_ids: Iterable[int]) -> int:
+    """The same, by a task: hundreds of leads with their conversations and files (maybe on S3)
+    are not deleted inside a web request. Returns how many will be."""
+    from crm.leads.tasks import purge_trashed_task
+    from crm.worker import enqueue_after_commit
+
+    ids = _in_trash(workspace_id, lead_ids)
+    if ids:
+        enqueue_after_commit(purge_trashed_task, workspace_id, ids)
+    db.session.commit()
+    return len(ids)
+
+
+def _in_trash(workspace_id: int, lead_ids: Iterable[int]) -> list[int]:
+    return list(
+        db.session.scalars(
+            select(Lead.id).where(
+                Lead.workspace_id == workspace_id, Lead.id.in_(list(lead_ids)), Lead.deleted_at.isnot(None)
+            )
+        )
+    )
 
 
 def purge_expired_trash() -> int:

@@ -30,7 +30,7 @@ from crm.leads.export import csv_download, export_csv
 from crm.leads.models import ConsentSource, LeadSource
 from crm.leads.pages import trashed_leads, with_tags
 from crm.leads.search import COUNT_CAP, Consent, LeadFilter, Sort, capped_count, list_leads, workspace_tags
-from crm.leads.trash import purge_trashed, restore_leads, trash_leads
+from crm.leads.trash import purge_trashed_later, restore_leads, trash_leads
 from crm.params import page_limit
 
 # "Last contact": a message in or out within N days, or none for N days (never included).
@@ -228,8 +228,10 @@ def restore() -> Response:
 @manager_required
 def purge() -> Response:
     return _from_trash(
-        lambda ids: purge_trashed(g.workspace_id, ids),
-        lambda n: ngettext("%(num)d lead deleted for good.", "%(num)d leads deleted for good.", n),
+        lambda ids: purge_trashed_later(g.workspace_id, ids),
+        lambda n: ngettext(
+            "%(num)d lead is being deleted for good.", "%(num)d leads are being deleted for good.", n
+        ),
     )
 
 

@@ -349,3 +349,19 @@ def test_a_cursor_with_text_a_database_cannot_compare_is_refused(
     for path in ("/leads/", "/leads/rows"):
         response = logged_in.get(f"{path}?sort=name&cursor={cursor}")  # type: ignore[attr-defined]
         assert response.status_code in (400, 422), path
+
+
+@pytest.mark.parametrize("real_queue", ["sqlite"], indirect=True)
+def test_delete_forever_runs_in_a_task_not_in_the_request(real_queue: str, owner: factories.Person) -> None:
+    from crm.leads.trash import purge_trashed_later
+    from crm.worker import huey
+
+    trashed, kept = factories.lead(owner, "+5511988887777"), factories.lead(owner, "+5511988886666")
+    trash_leads(owner.workspace_id, [trashed])
+    assert purge_trashed_later(owner.workspace_id, [trashed, kept, 999_999]) == 1  # only the trash's
+    assert db.session.get(Lead, trashed) is not None  # nothing deleted yet
+    task = huey.dequeue()
+    assert task is not None
+    huey.execute(task)
+    db.session.expire_all()
+    assert db.session.get(Lead, trashed) is None and db.session.get(Lead, kept) is not None

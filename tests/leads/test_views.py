@@ -277,7 +277,7 @@ def test_the_trash_restore_and_delete_forever(logged_in: FlaskClient, owner: fac
     assert listed(logged_in) == [ana]
     purged = logged_in.post("/leads/trash/purge", data={"csrf_token": token, "lead_id": [str(bia), str(ana)]})
     assert purged.status_code == 303
-    assert "1 lead deleted for good." in logged_in.get("/leads/trash").get_data(as_text=True)
+    assert "1 lead is being deleted for good." in logged_in.get("/leads/trash").get_data(as_text=True)
     assert db.session.get(Lead, bia) is None and db.session.get(Lead, ana) is not None  # only the trash
 
 
