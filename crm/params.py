@@ -41,6 +41,16 @@ def page_limit() -> int:
     return limit
 
 
+def parse_bool(raw: str) -> bool | None:
+    """ "true", "1", "yes" or "false", "0", "no" (any case); None for anything else."""
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    return None
+
+
 MAX_ID = 2**31 - 1  # ids are INTEGER columns: anything larger can't exist (and overflows drivers)
 
 

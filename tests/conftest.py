@@ -95,6 +95,7 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
     from crm.inbox import assignment
+    from crm.leads.consent import forget_keywords
     from crm.realtime import fanout, presence
     from crm.whatsapp.pacing import forget_local_windows
 
@@ -102,6 +103,7 @@ def _empty_all_tables(app: Flask) -> None:
     fanout.forget_all()
     presence.reset_memory()
     assignment.forget()
+    forget_keywords()
     with app.app_context():
         if app.config["REDIS_URL"]:
             from crm.redis import get_redis

@@ -14,14 +14,13 @@ from crm.errors import ValidationFailed
 from crm.leads import imports
 from crm.leads.export import csv_download
 from crm.leads.import_views import allow_large_upload, uploaded_csv
+from crm.params import parse_bool
 
 
 def _opt_in() -> bool:
-    raw = (request.form.get("opt_in") or "false").strip().lower()
-    if raw in ("true", "1", "yes"):
-        return True
-    if raw in ("false", "0", "no"):
-        return False
+    value = parse_bool((request.form.get("opt_in") or "false").strip())
+    if value is not None:
+        return value
     raise ValidationFailed(_("opt_in must be true or false."), code="invalid_parameter")
 
 

@@ -19,7 +19,7 @@ from crm.leads.models import ConsentSource, LeadSource
 from crm.leads.search import LeadFilter, Sort
 from crm.leads.search import list_leads as list_matching
 from crm.leads.trash import trash_leads
-from crm.params import json_body, page_limit, parse_id
+from crm.params import json_body, page_limit, parse_bool, parse_id
 from crm.settings.services import get_workspace
 from crm.whatsapp.accounts import account_json, list_accounts
 
@@ -32,10 +32,9 @@ def _bool_arg(name: str) -> bool | None:
     raw = request.args.get(name)
     if raw in (None, ""):
         return None
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
+    value = parse_bool(raw)
+    if value is not None:
+        return value
     raise DomainError(_("%(name)s must be true or false.", name=name), code="invalid_parameter")
 
 

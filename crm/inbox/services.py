@@ -157,6 +157,7 @@ def filtered_conversations(
     from sqlalchemy import and_, exists, func, or_
 
     from crm.leads.models import Lead, LeadTag
+    from crm.leads.services import tag_key
 
     stmt = (
         scoped(select(Conversation), Conversation, workspace_id)
@@ -173,7 +174,7 @@ def filtered_conversations(
         stmt = stmt.where(Conversation.status == status)
     if account_id is not None:
         stmt = stmt.where(Conversation.account_id == account_id)
-    key = " ".join(tag.replace("\x00", "").split()).casefold()
+    key = tag_key(tag)
     if key:
         stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Conversation.lead_id, LeadTag.key == key)))
     q = q.replace("\x00", "").strip()

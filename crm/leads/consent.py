@@ -9,6 +9,7 @@ the whole message must be the keyword, so "não quero parar" never unsubscribes 
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,6 +136,36 @@ def normalise_keyword(text: str) -> str:
 def might_be_keyword(text: str) -> bool:
     """Cheap test on the inbound path: only short messages are worth a look at the settings."""
     return 0 < len(text.strip()) <= MAX_KEYWORD_LENGTH + 4
+
+
+# The inbound path asks, for every short message, whether it is a keyword of its workspace: the
+# keywords are kept per process for a short while, so "Oi" and "ok" cost no query and no task.
+# The task looks at the settings again; a settings change reaches other processes within this.
+KEYWORDS_TTL = 30.0
+_keywords: dict[int, tuple[float, frozenset[str]]] = {}
+
+
+def is_keyword(workspace_id: int, text: str) -> bool:
+    """Whether an inbound text is one of the workspace's consent keywords (as of a few seconds)."""
+    if not might_be_keyword(text):
+        return False
+    now = time.monotonic()
+    cached = _keywords.get(workspace_id)
+    if cached is None or now - cached[0] > KEYWORDS_TTL:
+        workspace = db.session.get(Workspace, workspace_id)
+        words = (
+            frozenset(opt_out_keywords(workspace) + opt_in_keywords(workspace)) if workspace else frozenset()
+        )
+        cached = _keywords[workspace_id] = (now, words)
+    return normalise_keyword(text) in cached[1]
+
+
+def forget_keywords(workspace_id: int | None = None) -> None:
+    """Drop the kept keywords (of one workspace: its settings changed here)."""
+    if workspace_id is None:
+        _keywords.clear()
+    else:
+        _keywords.pop(workspace_id, None)
 
 
 def parse_keywords(raw: str) -> list[str]:

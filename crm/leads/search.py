@@ -18,7 +18,7 @@ from crm.db import LIKE_ESCAPE, like_escaped, utcnow
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
 from crm.leads.phones import maybe_e164
-from crm.leads.services import workspace_country
+from crm.leads.services import tag_key, workspace_country
 from crm.pagination import Page, keyset_page
 from crm.tenancy import scoped
 
@@ -57,10 +57,6 @@ def search_text() -> ColumnElement[str]:
     return func.lower(
         Lead.name + space + func.coalesce(Lead.email, literal_column("''")) + space + Lead.notes
     )
-
-
-def tag_key(tag: str) -> str:
-    return " ".join(tag.replace("\x00", "").split()).casefold()
 
 
 def _last_message_since(days: int) -> Any:

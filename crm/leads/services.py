@@ -30,6 +30,11 @@ MAX_FIELD_NAME = 64
 MAX_FIELD_VALUE = 1000
 
 
+def tag_key(tag: str) -> str:
+    """What a tag typed in a filter is matched by: spaces tidied, case folded (as stored)."""
+    return " ".join(tag.replace("\x00", "").split()).casefold()
+
+
 def clean_tags(tags: Iterable[Any]) -> list[str]:
     """Trimmed, de-duplicated case-insensitively, first spelling kept."""
     seen: dict[str, str] = {}

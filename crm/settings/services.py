@@ -75,7 +75,7 @@ def update_consent_settings(
 ) -> Workspace:
     """The keywords leads write to opt out or in, what they are told then, and how long deleted
     leads stay in the trash. Empty keywords turn keyword handling off; empty replies use ours."""
-    from crm.leads.consent import parse_keywords
+    from crm.leads.consent import forget_keywords, parse_keywords
 
     if not actor.role_enum.manages_team:
         raise Forbidden()
@@ -101,4 +101,5 @@ def update_consent_settings(
     workspace.opt_out_reply, workspace.opt_in_reply = (r or None for r in replies)
     workspace.trash_days = trash_days
     db.session.commit()
+    forget_keywords(workspace_id)
     return workspace

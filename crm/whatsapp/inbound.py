@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from crm.extensions import db
 from crm.inbox import assignment
 from crm.inbox.services import open_conversation
-from crm.leads.consent import might_be_keyword
+from crm.leads.consent import is_keyword
 from crm.leads.models import Lead
 from crm.leads.services import insert_lead_if_new
 from crm.realtime.broker import publish_after_commit
@@ -171,7 +171,12 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
     if msg.media is not None:
         _register_media(account, stored.message_id, new.type, msg)
-    if new.incoming and kind == "person" and new.type == "text" and might_be_keyword(new.text):
+    if (
+        new.incoming
+        and kind == "person"
+        and new.type == "text"
+        and is_keyword(account.workspace_id, new.text)
+    ):
         from crm.leads.tasks import consent_keyword_task
 
         enqueue_after_commit(consent_keyword_task, account.workspace_id, stored.message_id)
