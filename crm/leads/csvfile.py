@@ -24,9 +24,8 @@ from flask_babel import format_number
 from flask_babel import gettext as _
 
 from crm.errors import DomainError
-from crm.media.limits import human_size
+from crm.media.limits import MB, human_size
 
-MB = 1024 * 1024  # crm.media.limits.MB
 # A million rows of phone, name, email and a few tags is 60-90 MB; 200 MB leaves room for wide
 # files (custom fields) without letting one upload fill the disk.
 MAX_BYTES = 200 * MB

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, text, update
+from sqlalchemy import ColumnElement, Table, and_, text, update
 
 from crm.db import utcnow
 from crm.extensions import db
 from crm.leads.import_rows import Batch
+from crm.leads.imports import ImportStatus
 from crm.leads.models import (
     ConsentSource,
     LeadImport,
@@ -57,21 +58,23 @@ class Counts:
     errors: int = 0
 
 
+def owned_by(job: Job) -> ColumnElement[bool]:
+    """The import's row as this run left it: still running, its checkpoint where the run put it.
+    Every write of a run is conditioned on it, so a run that lost the import changes nothing."""
+    return and_(
+        LeadImport.id == job.id,
+        LeadImport.status == ImportStatus.RUNNING,
+        LeadImport.processed_rows == job.processed_rows,
+    )
+
+
 def merge_batch(job: Job, batch: Batch) -> bool:
     """Merge ``batch`` and move the checkpoint past it, in one transaction. False when this run
     no longer owns the import (another worker took it over, or it was finished): nothing is
     merged then."""
     now = utcnow()
     imports = cast(Table, LeadImport.__table__)
-    owned = db.session.execute(
-        update(imports)
-        .where(
-            imports.c.id == job.id,
-            imports.c.status == "running",
-            imports.c.processed_rows == job.processed_rows,
-        )
-        .values(heartbeat_at=now)
-    )
+    owned = db.session.execute(update(imports).where(owned_by(job)).values(heartbeat_at=now))
     if owned.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         return False

@@ -22,10 +22,10 @@ from email_validator import EmailNotValidError
 from crm.leads import fastcheck
 from crm.leads.csvfile import as_csv_line, records
 from crm.leads.phones import e164_or_none
+from crm.leads.services import MAX_FIELD_VALUE
+from crm.leads.services import MAX_TAG_LENGTH as MAX_TAG
 
 MAX_NAME = 200  # Lead.name
-MAX_TAG = 64  # crm.leads.services.MAX_TAG_LENGTH
-MAX_FIELD_VALUE = 1000  # crm.leads.services.MAX_FIELD_VALUE
 MAX_RAW = 10_000  # a bad row is kept as written up to this many characters
 MAX_SHOWN = 40  # how much of a bad value a reason quotes
 TAG_SEPARATORS = re.compile(r"[,;]")

@@ -23,7 +23,7 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from crm.db import utcnow
 from crm.extensions import db
 from crm.leads.csvfile import MalformedCSV
-from crm.leads.import_merge import Job, merge_batch, render_copy
+from crm.leads.import_merge import Job, merge_batch, owned_by, render_copy
 from crm.leads.import_rows import Columns, ReadSpec, Reasons, prefetched, read_batches
 from crm.leads.imports import ImportStatus
 from crm.leads.models import LeadImport
@@ -154,11 +154,7 @@ def _finish(job: Job, key: str | None) -> str:
     now = utcnow()
     done = db.session.execute(
         update(LeadImport)
-        .where(
-            LeadImport.id == job.id,
-            LeadImport.status == ImportStatus.RUNNING,
-            LeadImport.processed_rows == job.processed_rows,
-        )
+        .where(owned_by(job))
         .values(status=ImportStatus.DONE, finished_at=now, heartbeat_at=None, storage_key=None)
     )
     db.session.commit()
@@ -190,13 +186,7 @@ def _give_back(job: Job) -> None:
     minute), unless another run owns it by now."""
     try:
         db.session.execute(
-            update(LeadImport)
-            .where(
-                LeadImport.id == job.id,
-                LeadImport.status == ImportStatus.RUNNING,
-                LeadImport.processed_rows == job.processed_rows,
-            )
-            .values(status=ImportStatus.QUEUED, heartbeat_at=utcnow())
+            update(LeadImport).where(owned_by(job)).values(status=ImportStatus.QUEUED, heartbeat_at=utcnow())
         )
         db.session.commit()
     except Exception:  # the database is what failed: the lease runs out and the reconciler resumes

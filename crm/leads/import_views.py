@@ -104,7 +104,7 @@ def _mapping_page(lead_import: Any, error: str | None = None, status: int = 200)
 def _column_choices(mapping: dict[str, Any], width: int) -> list[str]:
     """What each column is set to on the form, from a stored mapping."""
     choices = ["ignore"] * width
-    for name in ("phone", "name", "email", "tags"):
+    for name in csvfile.FIELDS:
         index = mapping.get(name)
         if isinstance(index, int) and index < width:
             choices[index] = name
@@ -122,7 +122,7 @@ def _mapping_from_form(width: int) -> dict[str, Any]:
     mapping: dict[str, Any] = {"phone": None, "name": None, "email": None, "tags": None, "custom": {}}
     for index in range(width):
         choice = request.form.get(f"column-{index}", "ignore")
-        if choice in ("phone", "name", "email", "tags"):
+        if choice in csvfile.FIELDS:
             if mapping[choice] is not None:
                 message = _("Only one column can hold the %(what)s.", what=_labels()[choice])
                 raise ValidationFailed(message, code="invalid_mapping")

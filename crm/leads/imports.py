@@ -21,14 +21,13 @@ import phonenumbers
 from flask_babel import gettext as _
 from sqlalchemy import select
 
-from crm.auth.models import Workspace
 from crm.db import utcnow
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads import csvfile
 from crm.leads.export import neutralised
 from crm.leads.models import LeadImport, LeadImportError
-from crm.leads.services import MAX_FIELD_NAME, MAX_FIELDS, clean_tags
+from crm.leads.services import MAX_FIELD_NAME, MAX_FIELDS, clean_tags, workspace_country
 from crm.media.services import clean_filename
 from crm.media.storage import get_storage
 from crm.tenancy import get_scoped, scoped
@@ -183,7 +182,7 @@ def check_mapping(mapping: dict[str, Any], width: int) -> dict[str, Any]:
         used.add(value)
         return value
 
-    clean: dict[str, Any] = {name: column(mapping.get(name)) for name in ("phone", "name", "email", "tags")}
+    clean: dict[str, Any] = {name: column(mapping.get(name)) for name in csvfile.FIELDS}
     if clean["phone"] is None:
         raise NoPhoneColumn(_("Choose the column that holds the phone numbers."))
     custom: dict[str, int] = {}
@@ -211,8 +210,7 @@ def check_mapping(mapping: dict[str, Any], width: int) -> dict[str, Any]:
 
 def _country(workspace_id: int, raw: str | None) -> str:
     if raw is None or not raw.strip():
-        workspace = db.session.get(Workspace, workspace_id)
-        return workspace.country if workspace else "BR"
+        return workspace_country(workspace_id)
     country = raw.strip().upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise ValidationFailed(
