@@ -180,7 +180,11 @@ def test_logout_mid_send_leaves_the_rest_queued(
     conversation_id = factories.inbound(number.id, phone="+5511988880000")
     for i in range(3):
         api.post(f"/conversations/{conversation_id}/messages", {"text": f"parte {i}"})
-    wait_until(lambda: len(client.sent) == 1, what="first send")
+    # The first send is recorded (the fake phone has it a moment before the row says "sent").
+    wait_until(
+        lambda: len(client.sent) == 1 and "sent" in db.session.scalars(select(Outbox.state)).all(),
+        what="first send",
+    )
     client.log_out()
     wait_until(lambda: session_of(number).state == "logged_out", what="logged out")
     db.session.refresh(number)
