@@ -1,6 +1,7 @@
 """Every model, imported once so metadata (and Alembic) sees the whole schema."""
 
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
+from crm.broadcasts.models import Broadcast, BroadcastAccount, BroadcastRecipient
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.models import Lead, LeadTag
 from crm.media.models import MediaFile, MediaStatus
@@ -20,6 +21,9 @@ from crm.whatsapp.models import (
 __all__ = [
     "AccountEvent",
     "ApiToken",
+    "Broadcast",
+    "BroadcastAccount",
+    "BroadcastRecipient",
     "Conversation",
     "ConversationNote",
     "Health",

@@ -28,6 +28,7 @@ def setup_blueprints(app: Flask) -> None:
     from crm.api import bp as api_bp
     from crm.auth import bp as auth_bp
     from crm.broadcasts import bp as broadcasts_bp
+    from crm.broadcasts import tasks as broadcasts_tasks  # noqa: F401
     from crm.extensions import db
     from crm.inbox import bp as inbox_bp
     from crm.leads import bp as leads_bp

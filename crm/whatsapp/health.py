@@ -33,6 +33,19 @@ def mark_health(account: WhatsAppAccount, health: str | None, kind: str, detail:
         publish_after_commit(
             account.workspace_id, {"type": "account.health", "account_id": account.id, "health": health}
         )
+    if health:
+        _stop_broadcasts(account)
+
+
+def _stop_broadcasts(account: WhatsAppAccount) -> None:
+    """A number that was blocked, logged out or told to slow down for long pauses the broadcasts
+    sending through it, with the reason on their page."""
+    from crm.broadcasts.dispatch import stop_reason
+    from crm.broadcasts.services import pause_for_account
+
+    reason = stop_reason([account], utcnow())
+    if reason:
+        pause_for_account(account, reason)
 
 
 def pause(account: WhatsAppAccount, seconds: float) -> None:

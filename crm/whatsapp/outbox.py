@@ -93,6 +93,44 @@ def queue_outbound(
         existing = find_by_idempotency_key(workspace_id, idempotency_key, fingerprint)
         if existing is not None:
             return Queued(existing, False)
+    try:
+        message = stage_outbound(
+            workspace_id,
+            conversation,
+            text=text,
+            author=author,
+            author_user_id=author_user_id,
+            type=type,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            media_file_id=media_file_id,
+        )
+    except IntegrityError:
+        return _lost_race(workspace_id, idempotency_key, fingerprint)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        return _lost_race(workspace_id, idempotency_key, fingerprint)
+    return Queued(message, True)
+
+
+def stage_outbound(
+    workspace_id: int,
+    conversation: Conversation,
+    *,
+    text: str,
+    author: str,
+    author_user_id: int | None = None,
+    type: str = "text",
+    payload: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    fingerprint: str | None = None,
+    media_file_id: int | None = None,
+) -> Message:
+    """Write the message and its outbox row in the caller's transaction, without committing:
+    the delivery is enqueued when the caller commits. Raises ``OptedOut`` for a lead who said stop
+    and ``IntegrityError`` when the idempotency key is already taken."""
     lead = db.session.get(Lead, conversation.lead_id)
     if lead is not None and not _opt_out_notice(author, payload) and opted_out(lead):
         raise OptedOut()
@@ -128,10 +166,7 @@ def queue_outbound(
     if author == "agent":
         conversation.ai_enabled = False  # a person answered: the bot stays out until re-enabled
     message_id = message.id
-    try:
-        db.session.flush()
-    except IntegrityError:
-        return _lost_race(workspace_id, idempotency_key, fingerprint)
+    db.session.flush()  # a reused idempotency key raises IntegrityError here
     if media_file_id is None or _media_ready(media_file_id):
         enqueue_delivery_after_commit(outbox.id)
     else:
@@ -141,11 +176,7 @@ def queue_outbound(
         workspace_id,
         {"type": "message.created", "message_id": message_id, "conversation_id": conversation.id},
     )
-    try:
-        db.session.commit()
-    except IntegrityError:
-        return _lost_race(workspace_id, idempotency_key, fingerprint)
-    return Queued(message, True)
+    return message
 
 
 def _lost_race(workspace_id: int, idempotency_key: str | None, fingerprint: str | None) -> Queued:
@@ -293,6 +324,8 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
         return "not_claimed"
     message = db.session.get(Message, row.message_id)
     assert message is not None
+    if message.author == "broadcast" and _held_back(row, message):
+        return "held"
     conversation = db.session.get(Conversation, message.conversation_id)
     assert conversation is not None
     lead = db.session.get(Lead, conversation.lead_id)
@@ -353,6 +386,12 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
         )
         return _handle_error(row, message, carrier, unexpected)
     return _record_sent(row.id, attempt, message.id, carrier, result)
+
+
+def _held_back(row: Outbox, message: Message) -> bool:
+    from crm.broadcasts.dispatch import held_back
+
+    return held_back(row, message)
 
 
 def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> OutboundMedia | str:
@@ -500,6 +539,8 @@ def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error
     if error.action is ErrorAction.ACCOUNT_DOWN:
         health.mark_health(carrier, error.health, f"send_error:{error.code}", error.title)
         db.session.commit()
+        if message.author == "broadcast" and _held_back(row, message):
+            return "held"  # its broadcast paused for this: the recipient waits for the resume
         conversation = db.session.get(Conversation, message.conversation_id)
         home = db.session.get(WhatsAppAccount, conversation.account_id) if conversation else None
         if (home is not None and carrier_for(home) is not None) or error.health == "degraded":

@@ -1,5 +1,9 @@
 """One rate limiter per number: never more sends than allowed over any 1 s and any 60 s window.
 
+The windows are trimmed by time on every call; their Redis keys outlive an idle number by a few
+minutes only (the limiter's time is the caller's clock, so a key never expires under a window
+that is still open).
+
 Sliding-window logs: in Redis (shared by every worker) in scaled mode, in memory in embedded mode
 (one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait.
 """
@@ -30,7 +34,7 @@ end
 for i = 1, n do
   local window = tonumber(ARGV[1 + i * 2])
   redis.call('ZADD', KEYS[i], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000) + 300000)
 end
 return '0'
 """

@@ -1,0 +1,390 @@
+"""The dispatcher: moves a running broadcast's recipients into the outbox, a few at a time.
+
+Every tick (about a second) it tops up each number's share of the outbox to what that number
+can send in the next couple of seconds (its own rate limiter, ``pacing``, still decides when
+each message goes). Recipients are claimed from the database (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL; SQLite has one writer at a time), and each one's message is written with its
+recipient's new state in one transaction, with the idempotency key ``broadcast:<recipient id>``:
+a worker killed mid-batch leaves its recipients pending, a second worker claims other rows, and
+the outbox sends each message once.
+
+A broadcast that is not running holds its messages back at send time too (``held_back``), so a
+message queued just before a pause never goes out while paused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask_babel import gettext as _
+from sqlalchemy import delete, func, select, update
+
+from crm.auth.models import Workspace
+from crm.broadcasts import render
+from crm.broadcasts.models import (
+    Broadcast,
+    BroadcastRecipient,
+    BroadcastStatus,
+    RecipientState,
+    SkipReason,
+)
+from crm.broadcasts.services import _announce, _back_to_waiting, _pause, broadcast_accounts
+from crm.db import utcnow
+from crm.errors import DomainError, ValidationFailed
+from crm.extensions import db
+from crm.inbox.models import Message
+from crm.leads.models import Lead
+from crm.leads.phones import phone_variants
+from crm.realtime.broker import publish_after_commit
+from crm.whatsapp import pacing
+from crm.whatsapp.models import Health, MessageTemplate, Outbox, OutboxState, WhatsAppAccount
+from crm.whatsapp.outbox import stage_outbound
+
+log = logging.getLogger(__name__)
+
+TICK = timedelta(seconds=1)
+AHEAD = 2.0  # seconds of sending kept in the outbox per number
+LONG_PAUSE = timedelta(minutes=5)  # a number told to wait longer than this pauses the broadcast
+MAX_TEXT = 4096
+
+
+@dataclass(frozen=True)
+class Tick:
+    status: str
+    released: int = 0
+    skipped: int = 0
+    next_in: float | None = None  # seconds until the next tick (None: no more ticks)
+
+
+def dispatch(broadcast_id: int, now: datetime | None = None) -> Tick:
+    """One tick of a broadcast. Safe to run in several workers at once."""
+    now = now or utcnow()
+    broadcast = db.session.get(Broadcast, broadcast_id)
+    if broadcast is None:
+        return Tick("missing")
+    if broadcast.status == BroadcastStatus.SCHEDULED.value:
+        if broadcast.next_tick_at is not None and broadcast.next_tick_at > now:
+            return Tick("scheduled", next_in=(broadcast.next_tick_at - now).total_seconds())
+        _start(broadcast, now)
+    if broadcast.status != BroadcastStatus.RUNNING.value:
+        db.session.commit()
+        return Tick(broadcast.status)
+    if not _take_tick(broadcast.id, now):
+        db.session.commit()
+        return Tick("running")  # another worker's tick just ran: this chain ends here
+    tz = db.session.scalar(select(Workspace.timezone).where(Workspace.id == broadcast.workspace_id))
+    wait = outside_hours(broadcast.send_from, broadcast.send_until, tz or "UTC", now)
+    if wait:
+        _set_next_tick(broadcast.id, now + timedelta(seconds=wait))
+        db.session.commit()
+        return Tick("waiting_hours", next_in=wait)
+    accounts = broadcast_accounts(broadcast.id)
+    reason = stop_reason(accounts, now)
+    if reason:
+        _pause(broadcast, reason)
+        db.session.commit()
+        return Tick(BroadcastStatus.PAUSED.value)
+    released = skipped = 0
+    for account in accounts:
+        if not account.is_usable or (account.paused_until and account.paused_until > now):
+            continue
+        room = in_flight_cap(account) - in_flight(broadcast.id, account.id)
+        if room <= 0:
+            continue
+        try:
+            done, passed = release(broadcast, account, room)
+        except DomainError as error:  # e.g. the template was deleted from the number meanwhile
+            db.session.rollback()
+            _pause(broadcast, error.message)
+            db.session.commit()
+            return Tick(BroadcastStatus.PAUSED.value, released, skipped)
+        released, skipped = released + done, skipped + passed
+    db.session.expire(broadcast)
+    if released == 0 and _finished(broadcast.id):
+        broadcast.status = BroadcastStatus.DONE.value
+        broadcast.finished_at = now
+        _announce(broadcast)
+        db.session.commit()
+        log.info("broadcast %s done", broadcast.id)
+        return Tick(BroadcastStatus.DONE.value, released, skipped)
+    publish_after_commit(broadcast.workspace_id, {"type": "broadcast.progress", "broadcast_id": broadcast.id})
+    db.session.commit()
+    return Tick("running", released, skipped, next_in=TICK.total_seconds())
+
+
+def _start(broadcast: Broadcast, now: datetime) -> None:
+    started = db.session.execute(
+        update(Broadcast)
+        .where(Broadcast.id == broadcast.id, Broadcast.status == BroadcastStatus.SCHEDULED.value)
+        .values(status=BroadcastStatus.RUNNING.value, started_at=now, next_tick_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    db.session.commit()
+    db.session.refresh(broadcast)
+    if started:
+        _announce(broadcast)
+        db.session.commit()
+
+
+def _take_tick(broadcast_id: int, now: datetime) -> bool:
+    """Claim this tick: only one chain of ticks per broadcast survives (a lost job's replacement
+    and the original don't both keep ticking). Committed at once, so no lock is held."""
+    slack = TICK / 2
+    taken = db.session.execute(
+        update(Broadcast)
+        .where(
+            Broadcast.id == broadcast_id,
+            Broadcast.status == BroadcastStatus.RUNNING.value,
+            (Broadcast.next_tick_at.is_(None)) | (Broadcast.next_tick_at <= now + slack),
+        )
+        .values(next_tick_at=now + TICK)
+    ).rowcount  # type: ignore[attr-defined]
+    db.session.commit()
+    return bool(taken)
+
+
+def _set_next_tick(broadcast_id: int, at: datetime) -> None:
+    db.session.execute(update(Broadcast).where(Broadcast.id == broadcast_id).values(next_tick_at=at))
+
+
+def _parse(hhmm: str) -> time:
+    hours, minutes = hhmm.split(":")
+    return time(int(hours), int(minutes))
+
+
+def outside_hours(send_from: str | None, send_until: str | None, tz: str, now: datetime) -> float:
+    """Seconds until the sending hours open (0 when inside them or when there are none)."""
+    if not send_from or not send_until:
+        return 0.0
+    local = now.astimezone(ZoneInfo(tz))
+    start, end = _parse(send_from), _parse(send_until)
+    t = local.time()
+    inside = (start <= t < end) if start < end else (t >= start or t < end)
+    if inside:
+        return 0.0
+    opens = datetime.combine(local.date(), start, tzinfo=local.tzinfo)
+    if opens <= local:
+        opens = datetime.combine(local.date() + timedelta(days=1), start, tzinfo=local.tzinfo)
+    return max(1.0, (opens - local).total_seconds())
+
+
+def stop_reason(accounts: list[WhatsAppAccount], now: datetime) -> str | None:
+    """Why the broadcast must stop: a number blocked, logged out, or told to wait a long time
+    (a spam limit, 131048). None while every number can go on."""
+    for account in accounts:
+        if account.status != "active":
+            return _("The number %(name)s was switched off.", name=account.name)
+        health = account.health_enum
+        detail = account.health_reason or ""
+        if health is Health.BLOCKED:
+            return _("The number %(name)s was blocked: %(detail)s", name=account.name, detail=detail)
+        if health is Health.LOGGED_OUT:
+            return _("The number %(name)s is logged out: %(detail)s", name=account.name, detail=detail)
+        if account.paused_until and account.paused_until > now + LONG_PAUSE:
+            return _(
+                "The number %(name)s was told to slow down until %(until)s: %(detail)s",
+                name=account.name, until=account.paused_until.strftime("%H:%M UTC"), detail=detail,
+            )  # fmt: skip
+    return None
+
+
+def in_flight_cap(account: WhatsAppAccount) -> int:
+    """How many of a broadcast's messages a number may have waiting in the outbox: about
+    ``AHEAD`` seconds of its sending rate, at least one."""
+    windows = pacing.limits_for(account)
+    if not windows:
+        return 100
+    return max(1, min(math.ceil(limit * AHEAD / window) for window, limit in windows))
+
+
+def _in_flight_query(broadcast_id: int) -> Any:
+    return (
+        select(func.count())
+        .select_from(Outbox)
+        .join(BroadcastRecipient, BroadcastRecipient.message_id == Outbox.message_id)
+        .where(
+            Outbox.state.in_([OutboxState.QUEUED.value, OutboxState.SENDING.value]),
+            BroadcastRecipient.broadcast_id == broadcast_id,
+        )
+    )
+
+
+def in_flight(broadcast_id: int, account_id: int) -> int:
+    query = _in_flight_query(broadcast_id).where(BroadcastRecipient.account_id == account_id)
+    return db.session.scalar(query) or 0
+
+
+def _finished(broadcast_id: int) -> bool:
+    pending = db.session.scalar(
+        select(BroadcastRecipient.id)
+        .where(
+            BroadcastRecipient.broadcast_id == broadcast_id,
+            BroadcastRecipient.state == RecipientState.PENDING.value,
+        )
+        .limit(1)
+    )
+    return pending is None and not (db.session.scalar(_in_flight_query(broadcast_id)) or 0)
+
+
+# --- releasing recipients into the outbox ------------------------------------------------------
+
+
+def _claim(broadcast_id: int, account_id: int, limit: int) -> list[BroadcastRecipient]:
+    stmt = (
+        select(BroadcastRecipient)
+        .where(
+            BroadcastRecipient.broadcast_id == broadcast_id,
+            BroadcastRecipient.account_id == account_id,
+            BroadcastRecipient.state == RecipientState.PENDING.value,
+        )
+        .order_by(BroadcastRecipient.id)
+        .limit(limit)
+    )
+    if db.session.get_bind().dialect.name == "sqlite":
+        # One writer at a time: take the write lock first, so what is read next is not being
+        # released by another worker at the same moment.
+        db.session.execute(
+            update(Broadcast).where(Broadcast.id == broadcast_id).values(next_tick_at=Broadcast.next_tick_at)
+        )
+    else:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(db.session.scalars(stmt.execution_options(populate_existing=True)))
+
+
+def _opted_out_phones(workspace_id: int, leads: list[Lead]) -> set[str]:
+    """The phones, among the other spellings of these leads' lines, of someone who opted out."""
+    variants = {v for lead in leads for v in phone_variants(lead.phone)}
+    if not variants:
+        return set()
+    return set(
+        db.session.scalars(
+            select(Lead.phone).where(
+                Lead.workspace_id == workspace_id, Lead.phone.in_(variants), Lead.opted_out_at.isnot(None)
+            )
+        )
+    )
+
+
+def _skip_reason(lead: Lead | None, stopped_phones: set[str]) -> SkipReason | None:
+    if lead is None or lead.deleted_at is not None:
+        return SkipReason.DELETED
+    if lead.is_group:
+        return None
+    if not lead.opt_in or lead.opted_out_at is not None:
+        return SkipReason.OPTED_OUT
+    if any(v in stopped_phones for v in phone_variants(lead.phone)):
+        return SkipReason.OPTED_OUT
+    if not lead.phone and not lead.bsuid:
+        return SkipReason.NO_NUMBER
+    return None
+
+
+def release(broadcast: Broadcast, account: WhatsAppAccount, limit: int) -> tuple[int, int]:
+    """Claim up to ``limit`` pending recipients on ``account`` and queue their messages, all in
+    one transaction. Returns (queued, skipped)."""
+    from crm.inbox.services import conversation_for
+
+    recipients = _claim(broadcast.id, account.id, limit)
+    if not recipients:
+        db.session.commit()
+        return 0, 0
+    leads = {
+        lead.id: lead
+        for lead in db.session.scalars(select(Lead).where(Lead.id.in_([r.lead_id for r in recipients])))
+    }
+    stopped = _opted_out_phones(broadcast.workspace_id, list(leads.values()))
+    content = _Content(broadcast, account)
+    now = utcnow()
+    queued = skipped = 0
+    for recipient in recipients:
+        lead = leads.get(recipient.lead_id)
+        reason = _skip_reason(lead, stopped)
+        recipient.updated_at = now
+        if reason is not None or lead is None:
+            recipient.state = RecipientState.SKIPPED.value
+            recipient.skip_reason = (reason or SkipReason.DELETED).value
+            skipped += 1
+            continue
+        conversation = conversation_for(broadcast.workspace_id, account.id, lead.id)
+        variant, kind, text, payload = content.for_lead(recipient.id, lead)
+        message = stage_outbound(
+            broadcast.workspace_id,
+            conversation,
+            text=text,
+            type=kind,
+            payload=payload,
+            author="broadcast",
+            idempotency_key=f"broadcast:{recipient.id}",
+            media_file_id=broadcast.media_file_id,
+        )
+        recipient.state = RecipientState.QUEUED.value
+        recipient.message_id = message.id
+        recipient.variant = variant
+        queued += 1
+    db.session.commit()
+    return queued, skipped
+
+
+class _Content:
+    """What each recipient gets: a text variant, a caption with a file, or a filled template."""
+
+    def __init__(self, broadcast: Broadcast, account: WhatsAppAccount) -> None:
+        self.broadcast = broadcast
+        self.kind = "text"
+        self.template: MessageTemplate | None = None
+        if broadcast.template_name:
+            self.kind = "template"
+            self.template = db.session.scalar(
+                select(MessageTemplate).where(
+                    MessageTemplate.account_id == account.id,
+                    MessageTemplate.name == broadcast.template_name,
+                    MessageTemplate.language == (broadcast.template_language or ""),
+                )
+            )
+        elif broadcast.media_file_id is not None:
+            from crm.media.models import MediaFile
+
+            media = db.session.get(MediaFile, broadcast.media_file_id)
+            self.kind = media.kind if media is not None else "text"
+
+    def for_lead(self, recipient_id: int, lead: Lead) -> tuple[int | None, str, str, dict[str, Any] | None]:
+        if self.kind == "template":
+            from crm.whatsapp import templates
+
+            if self.template is None:
+                raise ValidationFailed(_("The template is gone from this number."), code="invalid_template")
+            values = render.lead_values(lead)
+            filled = templates.fill(
+                self.template,
+                {k: render.render(v, values) for k, v in (self.broadcast.template_values or {}).items()},
+            )
+            return None, "template", filled.text, filled.payload
+        variant, text = render.render_for(self.broadcast.variants, recipient_id, lead)
+        return variant, self.kind, text[:MAX_TEXT], None
+
+
+# --- at send time ------------------------------------------------------------------------------
+
+
+def held_back(outbox: Outbox, message: Message) -> bool:
+    """Called by the sender for a broadcast's message it just claimed: when the broadcast is no
+    longer running the message is taken back (its recipient waits again, or is skipped after a
+    cancel) and nothing is sent."""
+    row = db.session.execute(
+        select(Broadcast.status)
+        .join(BroadcastRecipient, BroadcastRecipient.broadcast_id == Broadcast.id)
+        .where(BroadcastRecipient.message_id == message.id)
+    ).first()
+    if row is None or row[0] == BroadcastStatus.RUNNING.value:
+        return False
+    message_id = message.id
+    db.session.execute(delete(Outbox).where(Outbox.id == outbox.id))
+    _back_to_waiting([message_id], skip=row[0] == BroadcastStatus.CANCELLED.value)
+    db.session.commit()
+    db.session.expunge_all()
+    log.info("outbox %s held back: its broadcast is %s", outbox.id, row[0])
+    return True
