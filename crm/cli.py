@@ -94,8 +94,31 @@ def worker_command(threads: int | None) -> None:
     consumer = huey.create_consumer(
         workers=threads or current_app.config["WORKER_THREADS"], worker_type="thread", periodic=True
     )
-    _emit({"worker": "started", "queue": "redis" if current_app.config["REDIS_URL"] else "sqlite"})
+    reconciled = _reconcile_on_start()
+    _emit(
+        {
+            "worker": "started",
+            "queue": "redis" if current_app.config["REDIS_URL"] else "sqlite",
+            "reconciled": reconciled,
+        }
+    )
     consumer.run()
+
+
+def _reconcile_on_start() -> dict[str, int]:
+    """The queue's data is not trusted to survive a restart: what the database says is waiting
+    (sends, running broadcasts) is enqueued again. Enqueuing twice is harmless: each send and
+    each broadcast tick is claimed once."""
+    from datetime import timedelta
+
+    from crm.broadcasts.tasks import wake_broadcasts
+    from crm.extensions import db
+    from crm.whatsapp.outbox import reconcile_outbox
+
+    outbox = reconcile_outbox(stale_after=timedelta(0))
+    broadcasts = wake_broadcasts(timedelta(0))
+    db.session.remove()
+    return {"sends": outbox["requeued"] + outbox["expired"], "broadcasts": len(broadcasts)}
 
 
 @crm_cli.command("gateway")

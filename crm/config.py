@@ -82,6 +82,8 @@ def from_env() -> dict[str, Any]:
         "HUEY_IMMEDIATE": False,
         "HUEY_SQLITE_PATH": os.environ.get("HUEY_SQLITE_PATH", str(instance / "queue.sqlite3")),
         "WORKER_THREADS": _int("WORKER_THREADS", 4),
+        # How long a send may take before another worker takes it over (the crash-recovery delay).
+        "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", 120),
         "WEB_THREADS": _int("WEB_THREADS", 32),
         "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 1),
         # Argon2id, OWASP password storage cheat sheet: m=19 MiB, t=2, p=1.

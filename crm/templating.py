@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from flask import Flask, g
+from flask_babel import format_number
 from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.local import LocalProxy
@@ -54,6 +55,7 @@ def setup_templating(app: Flask) -> None:
     from crm.media.limits import human_size
 
     app.jinja_env.filters["media_size"] = human_size
+    app.jinja_env.filters["number"] = format_number  # 1,234 or 1.234, in the reader's locale
     app.jinja_env.filters["message_summary"] = message_summary
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
     app.jinja_env.trim_blocks = True

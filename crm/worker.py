@@ -24,7 +24,9 @@ from crm.db import after_commit
 
 log = logging.getLogger(__name__)
 
-huey = Huey("zapdesk", storage_class=SqliteStorage, filename=":memory:", immediate=True)
+# results=False: nobody reads a task's return value, and stored results are what makes a Redis
+# queue grow without bound (100,000 sends would leave 100,000 result keys behind).
+huey = Huey("zapdesk", storage_class=SqliteStorage, filename=":memory:", immediate=True, results=False)
 _app: dict[str, Flask] = {}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,3 +121,14 @@ def purge_stale_auth_rows() -> int:
     from crm.auth.services import purge_stale_auth_rows as purge
 
     return purge()
+
+
+@huey.periodic_task(crontab(minute="23"))
+def clean_queue_leftovers() -> int:
+    """Hourly: drop whatever the queue kept after its jobs finished (results left by an older
+    version or a task run by hand), so Redis holds only jobs waiting to run."""
+    left = huey.storage.result_store_size()
+    if left:
+        huey.storage.flush_results()
+        log.info("queue: %d leftover results removed", left)
+    return left

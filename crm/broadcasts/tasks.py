@@ -29,10 +29,15 @@ def reconcile_broadcasts_task() -> list[int]:
     """Every minute: start scheduled broadcasts whose time came, and restart the ticks of running
     ones whose job was lost (a worker killed, Redis restarted empty). The database says what is
     running; the queue only rings the bell."""
+    return wake_broadcasts(OVERDUE)
+
+
+def wake_broadcasts(overdue: timedelta) -> list[int]:
+    """Enqueue a tick for each broadcast that is due or whose ticks stopped ``overdue`` ago."""
     from crm.broadcasts.services import due_for_wake
     from crm.db import utcnow
 
-    woken = due_for_wake(utcnow(), OVERDUE)
+    woken = due_for_wake(utcnow(), overdue)
     for broadcast_id in woken:
         dispatch_task(broadcast_id)
     return woken

@@ -236,3 +236,12 @@ def delete_canned(canned_id: int) -> Response:
     canned.delete_canned(current_workspace_id(), g.membership, canned_id)
     flash(_("Reply deleted."), "info")
     return redirect(url_for("settings.canned_page"))
+
+
+@bp.get("/system")
+@manager_required
+def system() -> Any:
+    """The queue, Redis memory and sends waiting: what to look at when messages seem slow."""
+    from crm.settings.system import system_status
+
+    return render_template("settings/system.html", status=system_status(current_workspace_id()))

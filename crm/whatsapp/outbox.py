@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from flask import current_app
 from flask_babel import gettext as _
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -42,7 +43,6 @@ from crm.whatsapp.statuses import apply_parked, sweep_parked
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)
 MAX_ATTEMPTS = 8
 STALE_QUEUED = timedelta(minutes=1)
 
@@ -256,6 +256,10 @@ def _backoff(attempts: int, floor: float | None) -> float:
     return max(floor or 0.0, base) * (0.75 + random.random() / 2)  # jitter: no thundering herd
 
 
+def _lease() -> timedelta:
+    return timedelta(seconds=current_app.config.get("OUTBOX_LEASE_SECONDS", 120))
+
+
 def _claim(outbox_id: int) -> Outbox | None:
     """queued → sending, atomically; None when another worker has it or it is not due.
 
@@ -268,7 +272,7 @@ def _claim(outbox_id: int) -> Outbox | None:
         .where(
             Outbox.id == outbox_id, Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now
         )
-        .values(state=OutboxState.SENDING.value, lease_until=now + LEASE, updated_at=now)
+        .values(state=OutboxState.SENDING.value, lease_until=now + _lease(), updated_at=now)
     ).rowcount  # type: ignore[attr-defined]
     db.session.commit()
     return db.session.get(Outbox, outbox_id) if claimed else None
@@ -561,7 +565,7 @@ def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error
     return "failed"
 
 
-def reconcile_outbox() -> dict[str, int]:
+def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
     """Re-enqueue due rows whose job was lost (Redis flushed, worker killed), requeue rows whose
     lease ran out, and fail rows that keep failing. PostgreSQL is the source of truth; the queue
     is only a doorbell. Safe to run in several processes at once: every change is a conditional
@@ -606,7 +610,7 @@ def reconcile_outbox() -> dict[str, int]:
     stale = list(
         db.session.scalars(
             select(Outbox.id)
-            .where(Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now - STALE_QUEUED)
+            .where(Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now - stale_after)
             .limit(5000)
         )
     )
