@@ -634,3 +634,104 @@ def due_for_wake(now: datetime, overdue: timedelta) -> list[int]:
             )
         )
     )
+
+
+# --- one lead ---------------------------------------------------------------------------------
+
+
+class NotOptedIn(Conflict):
+    code = "not_opted_in"
+
+    def default_message(self) -> str:
+        return _("Only a lead who opted in can be in a broadcast.")
+
+
+def add_lead(workspace_id: int, broadcast_id: int, lead_id: int) -> bool:
+    """Add one lead to a broadcast that has not finished (the lead page's "add to broadcast").
+    False when they were already in it; 409 for a finished broadcast or a lead without consent."""
+    from crm.leads.consent import opted_out
+
+    broadcast = _lock(workspace_id, broadcast_id)
+    lead = get_scoped(Lead, workspace_id, lead_id)
+    if broadcast.status_enum.finished:
+        raise InvalidState()
+    if broadcast.audience.get("groups"):
+        raise ValidationFailed(
+            _("This broadcast goes to WhatsApp groups, not to leads."), code="group_broadcast"
+        )
+    if lead.deleted_at is not None or lead.is_group:
+        raise ValidationFailed(_("This lead can't be added."), code="invalid_lead")
+    if opted_out(lead):
+        from crm.whatsapp.outbox import OptedOut
+
+        raise OptedOut()
+    if not lead.opt_in:
+        raise NotOptedIn()
+    if not (lead.phone or lead.bsuid):
+        raise ValidationFailed(_("This lead has no WhatsApp number."), code="invalid_lead")
+    exists_already = db.session.scalar(
+        select(BroadcastRecipient.id).where(
+            BroadcastRecipient.broadcast_id == broadcast.id, BroadcastRecipient.lead_id == lead.id
+        )
+    )
+    if exists_already is not None:
+        db.session.commit()
+        return False
+    accounts = broadcast_accounts(broadcast.id)
+    mine = db.session.scalar(
+        select(Conversation.account_id)
+        .where(Conversation.lead_id == lead.id, Conversation.account_id.in_([a.id for a in accounts]))
+        .order_by(Conversation.last_message_at.desc())
+        .limit(1)
+    )
+    usable = [a.id for a in accounts if a.is_usable] or [a.id for a in accounts]
+    db.session.add(
+        BroadcastRecipient(
+            workspace_id=workspace_id,
+            broadcast_id=broadcast.id,
+            lead_id=lead.id,
+            account_id=mine or usable[lead.id % len(usable)],
+            state=RecipientState.PENDING.value,
+            updated_at=utcnow(),
+        )
+    )
+    broadcast.recipients_count += 1
+    _announce(broadcast)
+    db.session.commit()
+    return True
+
+
+def open_broadcasts(workspace_id: int) -> list[Broadcast]:
+    """Broadcasts to leads that have not finished: where a lead can still be added."""
+    return [
+        b
+        for b in db.session.scalars(
+            scoped(select(Broadcast), Broadcast, workspace_id)
+            .where(
+                Broadcast.status.in_(
+                    [
+                        BroadcastStatus.SCHEDULED.value,
+                        BroadcastStatus.RUNNING.value,
+                        BroadcastStatus.PAUSED.value,
+                    ]
+                )
+            )
+            .order_by(Broadcast.id.desc())
+            .limit(50)
+        )
+        if not b.audience.get("groups")
+    ]
+
+
+def lead_broadcasts(workspace_id: int, lead_id: int, limit: int = 20) -> list[tuple[Broadcast, str]]:
+    """The broadcasts a lead is in, newest first, with what happened to them in each."""
+    outcome = recipient_outcome()
+    rows = db.session.execute(
+        select(Broadcast, outcome)
+        .join(BroadcastRecipient, BroadcastRecipient.broadcast_id == Broadcast.id)
+        .outerjoin(Message, Message.id == BroadcastRecipient.message_id)
+        .where(BroadcastRecipient.workspace_id == workspace_id, BroadcastRecipient.lead_id == lead_id)
+        .order_by(Broadcast.id.desc())
+        .limit(limit)
+    ).all()
+    return [(broadcast, str(state)) for broadcast, state in rows]

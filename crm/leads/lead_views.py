@@ -75,7 +75,42 @@ def new_lead() -> Any:
 @bp.get("/<int:lead_id>")
 @login_required
 def lead(lead_id: int) -> str:
-    return render_template("leads/lead.html", profile=lead_profile(g.workspace_id, lead_id), **_composer())
+    return render_template(
+        "leads/lead.html",
+        profile=lead_profile(g.workspace_id, lead_id),
+        **_composer(),
+        **_broadcasts(lead_id),
+    )
+
+
+def _broadcasts(lead_id: int) -> dict[str, Any]:
+    from crm.broadcasts.services import lead_broadcasts, open_broadcasts
+
+    manager = g.membership.role_enum.manages_team
+    return {
+        "lead_broadcasts": lead_broadcasts(g.workspace_id, lead_id),
+        "open_broadcasts": open_broadcasts(g.workspace_id) if manager else [],
+    }
+
+
+@bp.post("/<int:lead_id>/broadcasts")
+@manager_required
+def add_to_broadcast(lead_id: int) -> Response:
+    """Add the lead to a broadcast that has not finished; their turn comes with the others'."""
+    from crm.broadcasts.services import add_lead
+
+    broadcast_id = parse_id(request.form.get("broadcast_id"))
+    if broadcast_id is None:
+        raise DomainError(_("Choose a broadcast."), code="invalid_broadcast")
+    try:
+        added = add_lead(g.workspace_id, broadcast_id, lead_id)
+    except DomainError as error:
+        if error.status == 404:
+            raise
+        flash(error.message, "error")
+    else:
+        flash(_("Added to the broadcast.") if added else _("Already in that broadcast."), "success")
+    return redirect(url_for("leads.lead", lead_id=lead_id), 303)
 
 
 @bp.route("/<int:lead_id>/edit", methods=["GET", "POST"])

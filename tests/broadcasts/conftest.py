@@ -70,9 +70,9 @@ def add_leads(
 
 
 @pytest.fixture
-def clock() -> Iterator[time_machine.Coordinates]:
-    """Time stands still (midday in São Paulo) until the test moves it with ``clock.shift(s)``."""
-    with time_machine.travel(datetime(2026, 12, 2, 15, 0, tzinfo=UTC), tick=False) as traveller:
+def clock() -> Iterator[time_machine.Traveller]:
+    """Time stands still until the test moves it with ``clock.shift(seconds)``."""
+    with time_machine.travel(datetime.now(UTC).replace(microsecond=0), tick=False) as traveller:
         yield traveller
 
 
@@ -85,7 +85,7 @@ def deliver_due() -> list[str]:
 
 
 def drive(
-    broadcast_id: int, clock: time_machine.Coordinates | None = None, *, step: float = 1.0, ticks: int = 2000
+    broadcast_id: int, clock: time_machine.Traveller | None = None, *, step: float = 1.0, ticks: int = 2000
 ) -> Tick:
     """Tick the broadcast and send what is due until it stops running (moving the fake clock)."""
     tick = Tick("running")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ def create(api: Api, **body: Any) -> dict[str, Any]:
 
 
 def test_audience_is_opted_in_leads_with_every_tag(
-    api: Api, owner: factories.Person, cloud_account: WhatsAppAccount, clock: time_machine.Coordinates
+    api: Api, owner: factories.Person, cloud_account: WhatsAppAccount, clock: time_machine.Traveller
 ) -> None:
     vip = add_leads(owner, 3, tags=("VIP", "sp"))
     add_leads(owner, 2, tags=("vip",), start=10)  # only one of the two tags
@@ -48,7 +49,7 @@ def test_whole_run_sends_each_recipient_once_and_counts(
     owner: factories.Person,
     cloud_account: WhatsAppAccount,
     graph_api: GraphEmulator,
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     add_leads(owner, 12)
     created = create(api)
@@ -100,10 +101,11 @@ def test_scheduled_broadcast_waits_for_its_time(
     owner: factories.Person,
     cloud_account: WhatsAppAccount,
     graph_api: GraphEmulator,
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     add_leads(owner, 3)
-    body = create(api, scheduled_at="2026-12-02T13:00:00-03:00")  # an hour from the fake now
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-3)))
+    body = create(api, scheduled_at=in_an_hour.isoformat())  # São Paulo's offset, explicit
     assert body["status"] == "scheduled" and body["recipients"] == 3
     assert drive(body["id"], clock, step=600).status == "done"
     assert len(graph_api.sent) == 3
@@ -114,7 +116,7 @@ def test_pause_resume_cancel(
     owner: factories.Person,
     cloud_account: WhatsAppAccount,
     graph_api: GraphEmulator,
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     from crm.worker import huey
 

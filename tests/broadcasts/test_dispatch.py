@@ -34,7 +34,7 @@ def start(person: factories.Person, **draft: Any) -> int:
     ).id
 
 
-def step(broadcast_id: int, clock: time_machine.Coordinates, seconds: float = 1.0) -> str:
+def step(broadcast_id: int, clock: time_machine.Traveller, seconds: float = 1.0) -> str:
     status = dispatch(broadcast_id).status
     deliver_due()
     clock.shift(seconds)
@@ -70,7 +70,7 @@ def most_in_any_window(moments: list[float], window: float) -> int:
 def test_never_faster_than_the_numbers_rate_over_any_1s_and_60s_window(
     owner: factories.Person,
     graph_api: GraphEmulator,
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
     monkeypatch: pytest.MonkeyPatch,
     leads: int,
     per_minute: int | None,
@@ -95,7 +95,7 @@ def test_variants_and_variables_with_fallbacks(
     owner: factories.Person,
     cloud_account: WhatsAppAccount,
     graph_api: GraphEmulator,
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     add_leads(owner, 20, custom_fields={"empresa": "Acme"})
     add_leads(owner, 20, start=100, name="")
@@ -125,7 +125,7 @@ def test_variants_and_variables_with_fallbacks(
 
 
 def test_opt_out_and_deletion_during_the_run_are_skipped(
-    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Coordinates, api: Any
+    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Traveller, api: Any
 ) -> None:
     account = make_cloud_account(owner, graph_api, max_per_minute=60)
     ids = add_leads(owner, 10)
@@ -143,7 +143,7 @@ def test_opt_out_and_deletion_during_the_run_are_skipped(
 
 
 def test_logout_mid_run_pauses_and_resume_sends_only_the_rest(
-    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Coordinates
+    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Traveller
 ) -> None:
     account = make_cloud_account(owner, graph_api, max_per_minute=60)
     add_leads(owner, 10)
@@ -178,7 +178,7 @@ def test_logout_mid_run_pauses_and_resume_sends_only_the_rest(
 
 
 def test_spam_limit_pauses_the_broadcast_with_the_reason(
-    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Coordinates
+    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Traveller
 ) -> None:
     make_cloud_account(owner, graph_api, max_per_minute=60)
     add_leads(owner, 6)
