@@ -267,13 +267,9 @@ def _materialise_leads(broadcast: Broadcast, draft: Draft, account_ids: list[int
 
 def _group_lead(group: WhatsAppGroup) -> int:
     """The lead that stands for a group (its conversation is the group chat), created if new."""
-    from crm.db import insert_ignoring_conflicts
+    from crm.leads.services import insert_lead_if_new
 
-    db.session.execute(
-        insert_ignoring_conflicts(Lead).values(
-            workspace_id=group.workspace_id, bsuid=group.jid, kind="group", name=group.name[:200]
-        )
-    )
+    insert_lead_if_new(group.workspace_id, None, group.jid, group.name[:200], kind="group")
     lead_id = db.session.scalar(
         select(Lead.id).where(Lead.workspace_id == group.workspace_id, Lead.bsuid == group.jid)
     )
