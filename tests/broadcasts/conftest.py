@@ -4,6 +4,7 @@ worker (dispatcher ticks and due sends) so a test sees a whole broadcast run."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +68,19 @@ def add_leads(
         )
     db.session.commit()
     return ids
+
+
+@contextmanager
+def tasks_held() -> Iterator[None]:
+    """Tasks asked for inside are not run inline (nor anywhere): the test moves things by hand,
+    as workers would later."""
+    from crm.worker import huey
+
+    huey.immediate = False
+    try:
+        yield
+    finally:
+        huey.immediate = True
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from crm.extensions import db
 from crm.inbox.models import Conversation
 from crm.whatsapp.models import WhatsAppAccount
 from tests import factories
-from tests.broadcasts.conftest import add_leads, drive
+from tests.broadcasts.conftest import add_leads, drive, tasks_held
 from tests.fakes.graph_api import GraphEmulator
 from tests.whatsapp.conftest import Api, post_webhook
 
@@ -118,16 +118,11 @@ def test_pause_resume_cancel(
     graph_api: GraphEmulator,
     clock: time_machine.Traveller,
 ) -> None:
-    from crm.worker import huey
-
     add_leads(owner, 5)
-    huey.immediate = False  # nothing sent inline: the test moves the broadcast by hand
-    try:
+    with tasks_held():
         body = create(api)
         paused = api.post(f"/broadcasts/{body['id']}/pause", {}).get_json()
         assert paused["status"] == "paused" and paused["queued"] == 5
-    finally:
-        huey.immediate = True
     assert drive(body["id"], clock).status == "paused"
     assert graph_api.sent == []  # while paused nothing of it is sent
     resumed = api.post(f"/broadcasts/{body['id']}/resume", {}).get_json()
@@ -142,15 +137,10 @@ def test_pause_resume_cancel(
 def test_cancel_skips_every_recipient_still_queued(
     api: Api, owner: factories.Person, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
 ) -> None:
-    from crm.worker import huey
-
     add_leads(owner, 4)
-    huey.immediate = False
-    try:
+    with tasks_held():
         body = create(api)
         cancelled = api.post(f"/broadcasts/{body['id']}/cancel", {}).get_json()
-    finally:
-        huey.immediate = True
     assert cancelled["status"] == "cancelled"
     assert (cancelled["skipped"], cancelled["queued"], cancelled["sent"]) == (4, 0, 0)
     assert graph_api.sent == []

@@ -23,7 +23,7 @@ from crm.whatsapp import pacing
 from crm.whatsapp.accounts import CloudSettings, update_account
 from crm.whatsapp.models import WhatsAppAccount
 from tests import factories
-from tests.broadcasts.conftest import add_leads, deliver_due, drive
+from tests.broadcasts.conftest import add_leads, deliver_due, drive, tasks_held
 from tests.fakes.graph_api import GraphEmulator
 from tests.whatsapp.conftest import ACCESS_TOKEN, make_cloud_account
 
@@ -197,14 +197,9 @@ def test_spam_limit_pauses_the_broadcast_with_the_reason(
 def test_two_workers_in_parallel_never_send_a_recipient_twice(
     app: Flask, owner: factories.Person, cloud_account: WhatsAppAccount, graph_api: GraphEmulator
 ) -> None:
-    from crm.worker import huey
-
     add_leads(owner, 60)
-    huey.immediate = False  # each worker sends what it finds due, as real workers do
-    try:
+    with tasks_held():  # each worker sends what it finds due, as real workers do
         broadcast_id = start(owner)
-    finally:
-        huey.immediate = True
     graph_api.set_latency(0.005)
     errors: list[BaseException] = []
 
