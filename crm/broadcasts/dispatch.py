@@ -84,7 +84,8 @@ def dispatch(broadcast_id: int, now: datetime | None = None) -> Tick:
         db.session.commit()
         return Tick("waiting_hours", next_in=wait)
     accounts = broadcast_accounts(broadcast.id)
-    reason = stop_reason(accounts, now)
+    waiting = accounts_with_pending(broadcast.id)
+    reason = stop_reason([a for a in accounts if a.id in waiting], now)
     if reason:
         _pause(broadcast, reason)
         db.session.commit()
@@ -190,6 +191,20 @@ def stop_reason(accounts: list[WhatsAppAccount], now: datetime) -> str | None:
                 name=account.name, until=account.paused_until.strftime("%H:%M UTC"), detail=detail,
             )  # fmt: skip
     return None
+
+
+def accounts_with_pending(broadcast_id: int) -> set[int]:
+    """The numbers that still have recipients of this broadcast to send to."""
+    return set(
+        db.session.scalars(
+            select(BroadcastRecipient.account_id)
+            .where(
+                BroadcastRecipient.broadcast_id == broadcast_id,
+                BroadcastRecipient.state == RecipientState.PENDING.value,
+            )
+            .distinct()
+        )
+    )
 
 
 def in_flight_cap(account: WhatsAppAccount) -> int:

@@ -609,6 +609,18 @@ def pause_for_account(account: WhatsAppAccount, reason: str) -> list[int]:
             .where(
                 BroadcastAccount.account_id == account.id,
                 Broadcast.status.in_([BroadcastStatus.RUNNING.value, BroadcastStatus.SCHEDULED.value]),
+                # Still someone to send to through it (a resume may have moved them elsewhere).
+                exists().where(
+                    BroadcastRecipient.broadcast_id == Broadcast.id,
+                    BroadcastRecipient.account_id == account.id,
+                    BroadcastRecipient.state == RecipientState.PENDING.value,
+                )
+                | exists().where(
+                    BroadcastRecipient.broadcast_id == Broadcast.id,
+                    BroadcastRecipient.account_id == account.id,
+                    Outbox.message_id == BroadcastRecipient.message_id,
+                    Outbox.state.in_([OutboxState.QUEUED.value, OutboxState.SENDING.value]),
+                ),
             )
             .with_for_update(of=Broadcast)
         )

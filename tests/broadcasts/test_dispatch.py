@@ -229,3 +229,30 @@ def test_two_workers_in_parallel_never_send_a_recipient_twice(
     assert Counter(m.to for m in graph_api.sent) == Counter({f"55119{i:08d}": 1 for i in range(60)})
     statuses = db.session.scalars(select(Message.status).where(Message.author == "broadcast")).all()
     assert len(statuses) == 60 and set(statuses) == {"sent"}
+
+
+def test_resume_moves_the_rest_off_a_number_that_stays_down(
+    owner: factories.Person, graph_api: GraphEmulator, clock: time_machine.Traveller
+) -> None:
+    first = make_cloud_account(owner, graph_api, max_per_minute=60, name="Loja 1")
+    second = make_cloud_account(
+        owner, graph_api, phone_number_id="222333444", max_per_minute=60, name="Loja 2"
+    )
+    add_leads(owner, 12)
+    broadcast_id = start(owner)
+    while len(graph_api.sent) < 4:
+        step(broadcast_id, clock)
+    first.health, first.health_reason = "blocked", "Temporarily blocked for policies violations"
+    db.session.commit()
+    for _ in range(2):
+        step(broadcast_id, clock)
+    broadcast = db.session.get(Broadcast, broadcast_id)
+    assert (
+        broadcast is not None and broadcast.status == "paused" and "Loja 1" in (broadcast.pause_reason or "")
+    )
+    resume_broadcast(owner.workspace_id, broadcast_id)  # the first number is still blocked
+    assert drive(broadcast_id, clock).status == "done"
+    accepted = Counter(m.to for m in graph_api.sent)
+    assert accepted == Counter({f"55119{i:08d}": 1 for i in range(12)})
+    late = [m for m in graph_api.sent[4:] if m.phone_number_id == first.settings["phone_number_id"]]
+    assert late == [] and second.id
