@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.db import UTCDateTime, utcnow
@@ -42,6 +43,9 @@ class MediaFile(Model):
     # Inbound: the provider's media id (Cloud API) and, for WebQR, the encrypted media message
     # whose keys download and decrypt the file again (a retry).
     provider_media_id: Mapped[str | None] = mapped_column(String(128))
+    # Outbound: the Cloud API media id this file got on each number, {"<account id>": {"id",
+    # "at"}}: a broadcast with a photo uploads it once per number, not once per recipient.
+    provider_uploads: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     source_encrypted: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(32))

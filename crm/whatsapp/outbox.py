@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flask import current_app
@@ -392,6 +392,33 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     return _record_sent(row.id, attempt, message.id, carrier, result)
 
 
+UPLOAD_KEPT = timedelta(days=29)  # Meta keeps an uploaded file 30 days
+
+
+def uploaded_media_id(file: Any, carrier: WhatsAppAccount) -> str | None:
+    """The Cloud API id this file already has on this number, while Meta still keeps it."""
+    if carrier.provider != "cloud":
+        return None
+    entry = (file.provider_uploads or {}).get(str(carrier.id))
+    if not isinstance(entry, dict) or not entry.get("id"):
+        return None
+    try:
+        at = datetime.fromisoformat(str(entry.get("at")))
+    except ValueError:
+        return None
+    return str(entry["id"]) if utcnow() - at < UPLOAD_KEPT else None
+
+
+def _remember_upload(media_file_id: int, carrier: WhatsAppAccount, media_id: str) -> None:
+    from crm.media.models import MediaFile
+
+    file = db.session.get(MediaFile, media_file_id)
+    if file is not None:
+        uploads = dict(file.provider_uploads or {})
+        uploads[str(carrier.id)] = {"id": media_id, "at": utcnow().isoformat()}
+        file.provider_uploads = uploads
+
+
 def _held_back(row: Outbox, message: Message) -> bool:
     from crm.broadcasts.dispatch import held_back
 
@@ -440,6 +467,7 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
         voice=file.voice,
         width=file.width,
         height=file.height,
+        uploaded_id=uploaded_media_id(file, carrier),
     )
 
 
@@ -514,6 +542,8 @@ def _record_sent(
         return "duplicate"
     message.provider_message_id = result.provider_message_id
     message.provider = carrier.provider
+    if result.uploaded_media_id and message.media_file_id is not None:
+        _remember_upload(message.media_file_id, carrier, result.uploaded_media_id)
     message.account_id = carrier.id
     if message.status in ("queued", "sending"):
         message.status = result.status

@@ -151,3 +151,25 @@ def test_outside_sending_hours_it_waits_for_them(
         create_broadcast(
             owner.workspace_id, Draft(name="x", variants=["x"], send_from="8h", send_until="20:00")
         )
+
+
+def test_a_photo_is_uploaded_once_per_number_not_once_per_recipient(
+    owner: factories.Person,
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+    clock: time_machine.Traveller,
+) -> None:
+    photo = factories.media_file(owner)  # (a customer's photo, on a sandbox number of its own)
+    add_leads(owner, 5)
+    draft = Draft(
+        name="Foto",
+        variants=["Novidade, {{first_name}}!"],
+        media_file_id=photo,
+        account_ids=[cloud_account.id],
+    )
+    broadcast = create_broadcast(owner.workspace_id, draft)
+    assert drive(broadcast.id, clock).status == "done"
+    assert len(graph_api.sent) == 5 and len(graph_api.uploads) == 1
+    media_ids = {m.json["image"]["id"] for m in graph_api.sent}
+    assert media_ids == set(graph_api.uploads)
+    assert {m.json["image"].get("caption") for m in graph_api.sent} == {"Novidade, Lead!"}

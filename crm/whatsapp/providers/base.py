@@ -33,6 +33,7 @@ class OutboundMedia:
     voice: bool = False
     width: int | None = None
     height: int | None = None
+    uploaded_id: str | None = None  # the provider already has this file (Cloud API media id)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class OutboundRequest:
 class SendResult:
     provider_message_id: str
     status: str = "sent"
+    # The provider's id for the file uploaded with this message (Cloud API): the next message with
+    # the same file on the same number names it instead of uploading the file again.
+    uploaded_media_id: str | None = None
 
 
 class ErrorAction(enum.StrEnum):

@@ -193,6 +193,9 @@ class CloudClient:
         return response
 
     def send(self, request: OutboundRequest) -> SendResult:
+        uploaded = None
+        if request.media is not None and request.media.uploaded_id and not request.payload.get("media_id"):
+            request = replace(request, payload={**request.payload, "media_id": request.media.uploaded_id})
         if request.media is not None and not request.payload.get("media_id"):
             # Our file goes to Meta first (POST /<phone_number_id>/media), then the message names it.
             media = request.media
@@ -203,6 +206,7 @@ class CloudClient:
             else:
                 media_id = self.upload_media(media.load(), mime, name)
             request = replace(request, payload={**request.payload, "media_id": media_id})
+            uploaded = media_id
         response = self._call(
             "POST", f"{self.base_url}/{self.phone_number_id}/messages", json=message_body(request)
         )
@@ -220,7 +224,7 @@ class CloudClient:
                 "conversation on the phone before sending again.",
                 action=ErrorAction.FAIL,
             ) from None
-        return SendResult(provider_message_id=message_id)
+        return SendResult(provider_message_id=message_id, uploaded_media_id=uploaded)
 
     def list_templates(self, waba_id: str, max_pages: int = 50) -> list[dict[str, Any]]:
         """Every message template of the WhatsApp Business Account, page by page. The next page is
