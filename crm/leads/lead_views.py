@@ -99,6 +99,7 @@ def add_to_broadcast(lead_id: int) -> Response:
     """Add the lead to a broadcast that has not finished; their turn comes with the others'."""
     from crm.broadcasts.services import add_lead
 
+    get_lead(g.workspace_id, lead_id)  # another workspace's lead: 404 before anything else
     broadcast_id = parse_id(request.form.get("broadcast_id"))
     if broadcast_id is None:
         raise DomainError(_("Choose a broadcast."), code="invalid_broadcast")
@@ -191,7 +192,9 @@ def message(lead_id: int) -> Any:
             raise
         context = _composer(send_error=error.message, text=text[:4096])
         profile = lead_profile(g.workspace_id, lead_id)
-        page = render("leads/lead.html", "leads/_conversations.html", profile=profile, **context)
+        page = render(
+            "leads/lead.html", "leads/_conversations.html", profile=profile, **context, **_broadcasts(lead_id)
+        )
         return page, error.status
     conversation_id = queued.message.conversation_id
     if wants_fragment():  # the card again: the conversation listed, a fresh form

@@ -6,6 +6,10 @@ process has one fan-out thread: it renders the event's fragment once per languag
 to each socket of the workspace itself. A socket whose send buffer is full (a stalled client)
 is not waited for: the event goes to that socket's own thread, which may block on it alone.
 Per-tab events (presence, WebQR panels for managers) still go through the socket's own thread.
+
+A broadcast's events reach only the tabs showing that broadcast, and its progress (a dispatcher
+tick every second) is pushed at most once per ``PROGRESS_SECONDS`` per broadcast and process; the
+last tick of a burst is held, never dropped (``Coalescer``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ log = logging.getLogger(__name__)
 SHARED_KINDS = frozenset(
     {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created"}
 )
+BROADCAST_KINDS = frozenset({"broadcast.changed", "broadcast.progress"})
+PROGRESS_SECONDS = 1.0
+
+
+def broadcast_of(event: Event) -> int | None:
+    """The broadcast a broadcast event is about (from Redis too, so checked)."""
+    value = event.get("broadcast_id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(eq=False)
@@ -42,6 +54,7 @@ class Tab:
     slow: Callable[[Event], None]  # hands an event to the socket's own thread
     manager: bool = False  # sees the WebQR pairing panels (a manager on a settings page)
     inbox: bool = True  # the page shows the inbox (conversations, threads, presence)
+    broadcast_id: int | None = None  # the broadcast whose progress page this is
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, html: str) -> None:
@@ -112,7 +125,12 @@ def _listener(workspace_id: int, event: Event) -> None:
     if not tabs:
         return
     kind = str(event.get("type", ""))
-    if kind in SHARED_KINDS:
+    if kind in BROADCAST_KINDS:
+        # Only when a tab here shows that broadcast: the other tabs have nothing to update.
+        watched = broadcast_of(event)
+        if watched is None or not any(t.broadcast_id == watched for t in tabs):
+            return
+    if kind in SHARED_KINDS or kind in BROADCAST_KINDS:
         with contextlib.suppress(queue.Full):  # lossy like pub/sub: pages catch up on reconnect
             _events.put_nowait((workspace_id, event))
         return
@@ -131,20 +149,78 @@ def _ensure_thread(app: Flask) -> None:
             _thread.start()
 
 
+class Coalescer:
+    """At most one progress push per broadcast every ``interval`` seconds. A tick inside the
+    interval is held (a newer one replaces it) and goes out when the interval ends, so the page
+    always ends on the latest numbers. A status change goes out at once (it renders the progress
+    too, so it replaces a held tick)."""
+
+    def __init__(self, interval: float = PROGRESS_SECONDS) -> None:
+        self.interval = interval
+        self._last: dict[tuple[int, int], float] = {}
+        self._held: dict[tuple[int, int], tuple[int, Event]] = {}
+
+    def offer(self, workspace_id: int, event: Event, now: float) -> bool:
+        """True: push ``event`` now; False: it is held for later (see ``due``)."""
+        broadcast_id = broadcast_of(event)
+        if broadcast_id is None:
+            return True
+        key = (workspace_id, broadcast_id)
+        if (
+            event.get("type") == "broadcast.progress"
+            and now - self._last.get(key, -self.interval) < self.interval
+        ):
+            self._held[key] = (workspace_id, event)
+            return False
+        self._held.pop(key, None)
+        self._last[key] = now
+        return True
+
+    def due(self, now: float) -> list[tuple[int, Event]]:
+        """The held ticks whose interval has ended (and forget broadcasts quiet for a while)."""
+        ready = [key for key in self._held if now - self._last.get(key, 0.0) >= self.interval]
+        found = []
+        for key in ready:
+            found.append(self._held.pop(key))
+            self._last[key] = now
+        for key in [k for k, at in self._last.items() if now - at > 60 and k not in self._held]:
+            del self._last[key]
+        return found
+
+    def next_due(self) -> float | None:
+        """When the earliest held tick is due (monotonic seconds), or None."""
+        if not self._held:
+            return None
+        return min(self._last.get(key, 0.0) + self.interval for key in self._held)
+
+
+def _deliver_logged(app: Flask, workspace_id: int, event: Event) -> None:
+    try:
+        deliver(app, workspace_id, event)
+    except Exception:
+        log.exception("fan-out of a %s event failed", event.get("type"))
+
+
 def _run(app: Flask) -> None:
     from crm.realtime.ws import POLL_SECONDS
 
     polled = time.monotonic()
+    progress = Coalescer()
     while True:
+        wait = POLL_SECONDS
+        due = progress.next_due()
+        if due is not None:
+            wait = max(0.0, min(wait, due - time.monotonic()))
         try:
-            workspace_id, event = _events.get(timeout=POLL_SECONDS)
+            workspace_id, event = _events.get(timeout=wait)
         except queue.Empty:
             pass
         else:
-            try:
-                deliver(app, workspace_id, event)
-            except Exception:
-                log.exception("fan-out of a %s event failed", event.get("type"))
+            kind = event.get("type")
+            if kind not in BROADCAST_KINDS or progress.offer(workspace_id, event, time.monotonic()):
+                _deliver_logged(app, workspace_id, event)
+        for workspace_id, event in progress.due(time.monotonic()):
+            _deliver_logged(app, workspace_id, event)
         if time.monotonic() - polled >= POLL_SECONDS:
             polled = time.monotonic()
             _poll_webqr(app)
@@ -168,12 +244,21 @@ def _poll_webqr(app: Flask) -> None:
                 db.session.remove()
 
 
+def _shows(tab: Tab, event: Event) -> bool:
+    if event.get("type") in BROADCAST_KINDS:
+        return tab.broadcast_id is not None and tab.broadcast_id == broadcast_of(event)
+    return tab.inbox
+
+
 def deliver(app: Flask, workspace_id: int, event: Event) -> int:
     """Render ``event`` once per language and write it to every tab of the workspace; returns how
     many tabs got it from here (the others got it through their own thread)."""
     with _lock:
-        # Only pages that show the inbox: elsewhere its fragments would find nothing to replace.
-        tabs = [t for t in _tabs.get(workspace_id, ()) if t.inbox and getattr(t.ws, "connected", True)]
+        # Only pages that show what the event updates: elsewhere its fragments would find nothing
+        # to replace (the inbox, or the page of the broadcast it is about).
+        tabs = [
+            t for t in _tabs.get(workspace_id, ()) if _shows(t, event) and getattr(t.ws, "connected", True)
+        ]
     by_locale: dict[str, list[Tab]] = defaultdict(list)
     for tab in tabs:
         by_locale[tab.locale].append(tab)

@@ -11,7 +11,7 @@ from flask import render_template
 
 from crm.errors import DomainError
 from crm.realtime.broker import Event
-from crm.realtime.fanout import SHARED_KINDS
+from crm.realtime.fanout import BROADCAST_KINDS, SHARED_KINDS, broadcast_of
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,29 @@ def viewers_fragment(workspace_id: int, conversation_id: int, user_id: int, *, o
     return render_template("inbox/_viewers.html", conversation_id=conversation_id, names=names, oob=oob)
 
 
+def _broadcast_fragments(workspace_id: int, event: Event) -> str | None:
+    """A broadcast's progress (every tick) and its state (when its status changed), read once per
+    event in this process whatever the number of languages and tabs (``shared_snapshot``). The
+    same for every member: the owner-and-admin buttons are shown by the page's CSS."""
+    from crm.broadcasts.progress import shared_snapshot
+
+    broadcast_id = broadcast_of(event)
+    if broadcast_id is None:
+        return None
+    progress = shared_snapshot(workspace_id, broadcast_id, str(event.get("eid") or ""))
+    html = render_template("broadcasts/_progress.html", progress=progress, oob=True)
+    if event.get("type") == "broadcast.changed":
+        html = render_template("broadcasts/_state.html", progress=progress, oob=True, error="") + html
+    return html
+
+
 def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int) -> str | None:
     kind = str(event.get("type", ""))
+    if kind in BROADCAST_KINDS:
+        try:
+            return _broadcast_fragments(workspace_id, event)
+        except DomainError:  # deleted meanwhile, or not this workspace's
+            return None
     if kind == "presence.changed":
         try:
             return viewers_fragment(workspace_id, int(event["conversation_id"]), user_id, oob=True)
@@ -144,7 +165,9 @@ def render_for_socket(
         return render_event(workspace_id, event, manager=manager, user_id=user_id)
 
     kind, eid = str(event.get("type", "")), event.get("eid")
-    if not isinstance(eid, str) or not (kind in SHARED_KINDS or kind.startswith("webqr.")):
+    if not isinstance(eid, str) or not (
+        kind in SHARED_KINDS or kind in BROADCAST_KINDS or kind.startswith("webqr.")
+    ):
         return render()
     key = (str(workspace_id), eid, str(get_locale()), str(manager) if kind.startswith("webqr.") else "")
     now = time.monotonic()

@@ -106,6 +106,20 @@ def poll_webqr_states(workspace_id: int) -> None:
         deliver_local(workspace_id, with_id({"type": "webqr.state", "account_id": account_id}))
 
 
+def _watched_broadcast(workspace_id: int, page: str, raw: str | None) -> int | None:
+    """The broadcast a progress page shows, if it is one of this workspace's."""
+    from crm.broadcasts.models import Broadcast
+    from crm.params import parse_id
+
+    broadcast_id = parse_id(raw) if page == "broadcasts.detail" else None
+    if broadcast_id is None:
+        return None
+    try:
+        return get_scoped(Broadcast, workspace_id, broadcast_id).id
+    except NotFound:
+        return None
+
+
 def _since(raw: str | None) -> datetime:
     """When the page was rendered: changes after it reach the page even if they happened before
     the socket opened. Bounded to the last minute; anything odd means now."""
@@ -168,6 +182,7 @@ def events_socket(ws: Any) -> None:
         slow=to_this_thread,
         manager=manager,
         inbox=page.startswith("inbox."),
+        broadcast_id=_watched_broadcast(workspace_id, page, request.args.get("broadcast")),
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unregister = fanout.register(app, tab)

@@ -300,3 +300,87 @@
     if (remove && remove.closest(".custom-field-row")) remove.closest(".custom-field-row").remove();
   });
 })();
+
+// Broadcasts. Compose: message variants added and removed (renumbered, at most data-max),
+// variables inserted where the cursor was, and the events the live parts listen to (the audience
+// count and the template fields are asked for again only when what they depend on changes).
+// Progress page: when the websocket (re)connects, fetch the state it may have missed.
+(function () {
+  "use strict";
+  var lastTarget = null;
+  function renumber(box) {
+    var rows = box.querySelectorAll("[data-variant-row]");
+    rows.forEach(function (row, i) {
+      var label = row.querySelector("[data-variant-label]");
+      if (label) {
+        label.textContent = i === 0 ? box.getAttribute("data-first-label")
+          : (box.getAttribute("data-other-label") || "{n}").replace("{n}", String(i + 1));
+      }
+      var remove = row.querySelector("[data-remove-variant]");
+      if (remove) remove.hidden = rows.length === 1;
+    });
+    var max = parseInt(box.getAttribute("data-max") || "10", 10);
+    var add = box.closest("form") && box.closest("form").querySelector("[data-add-variant]");
+    if (add) add.disabled = rows.length >= max;
+  }
+  function changed(form) {
+    if (form) form.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-variants]").forEach(renumber);
+  });
+  document.addEventListener("click", function (event) {
+    var add = event.target.closest && event.target.closest("[data-add-variant]");
+    if (add) {
+      var form = add.closest("form");
+      var box = form && form.querySelector("[data-variants]");
+      var template = form && form.querySelector("template[data-variant-template]");
+      if (!box || !template) return;
+      box.appendChild(template.content.cloneNode(true));
+      renumber(box);
+      var boxes = box.querySelectorAll("textarea");
+      if (boxes.length) boxes[boxes.length - 1].focus();
+      return;
+    }
+    var remove = event.target.closest && event.target.closest("[data-remove-variant]");
+    if (remove) {
+      var variants = remove.closest("[data-variants]");
+      var row = remove.closest("[data-variant-row]");
+      if (!variants || !row || variants.querySelectorAll("[data-variant-row]").length < 2) return;
+      if (lastTarget && row.contains(lastTarget)) lastTarget = null;
+      row.remove();
+      renumber(variants);
+      changed(variants.closest("form"));
+      return;
+    }
+    var chip = event.target.closest && event.target.closest("[data-insert-variable]");
+    if (chip) {
+      var scope = chip.closest("form");
+      var target = lastTarget && document.body.contains(lastTarget) ? lastTarget
+        : scope && scope.querySelector("[data-variables-target]");
+      if (!target) return;
+      var text = chip.getAttribute("data-insert-variable");
+      var start = target.selectionStart || 0, end = target.selectionEnd || 0;
+      target.value = target.value.slice(0, start) + text + target.value.slice(end);
+      target.focus();
+      target.setSelectionRange(start + text.length, start + text.length);
+      target.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  });
+  document.addEventListener("focusin", function (event) {
+    if (event.target.matches && event.target.matches("[data-variables-target]")) lastTarget = event.target;
+  });
+  function announce(event) {
+    var el = event.target;
+    if (!el.matches || !el.form || !el.form.hasAttribute("data-compose")) return;
+    if (el.matches("[data-audience]")) el.form.dispatchEvent(new Event("audience-change", { bubbles: true }));
+    if (el.matches("[data-numbers]") && event.type === "change") el.form.dispatchEvent(new Event("numbers-change", { bubbles: true }));
+  }
+  document.addEventListener("input", announce);
+  document.addEventListener("change", announce);
+
+  document.addEventListener("htmx:wsOpen", function () {
+    var page = document.querySelector("[data-broadcast-live]");
+    if (page && window.htmx) htmx.ajax("GET", page.getAttribute("data-broadcast-live"), { source: page, swap: "none" });
+  });
+})();

@@ -12,6 +12,16 @@ from flask.testing import FlaskClient
 from tests import factories
 from tests.conftest import csrf_from, login
 
+
+def _broadcast(other: factories.Person) -> int:
+    from crm.broadcasts.services import Draft, create_broadcast
+
+    account = factories.sandbox_account(other, "Broadcasts")
+    factories.lead(other, "+5511977770000", "Recipient", opt_in=True)
+    draft = Draft(name="Promo", variants=["Oi"], account_ids=[account])
+    return create_broadcast(other.workspace_id, draft).id
+
+
 # How to find, in the *other* workspace, an object for each kind of id a route can take.
 # A new route with an id parameter must be added here, or this test fails and says so.
 FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
@@ -26,6 +36,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "message_id": factories.message,
     "lead_id": factories.lead,
     "import_id": factories.lead_import,
+    "broadcast_id": _broadcast,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")
