@@ -155,7 +155,8 @@ def test_logout_mid_run_pauses_and_resume_sends_only_the_rest(
         step(broadcast_id, clock)
     broadcast = db.session.get(Broadcast, broadcast_id)
     assert broadcast is not None and broadcast.status == "paused"
-    assert broadcast.pause_reason and "logged out" in broadcast.pause_reason
+    # In the workspace's language (pt_BR), since a worker has no reader to ask.
+    assert broadcast.pause_reason == "O número Cloud está desconectado: Your access token has expired."
     sent_before = len(graph_api.sent)
     for _ in range(5):
         step(broadcast_id, clock)
@@ -190,7 +191,7 @@ def test_spam_limit_pauses_the_broadcast_with_the_reason(
         step(broadcast_id, clock)
     broadcast = db.session.get(Broadcast, broadcast_id)
     assert broadcast is not None and broadcast.status == "paused"
-    assert broadcast.pause_reason and "slow down" in broadcast.pause_reason
+    assert broadcast.pause_reason and "precisa reduzir o ritmo até" in broadcast.pause_reason
     assert len(graph_api.sent) == 2
 
 

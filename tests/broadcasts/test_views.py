@@ -388,7 +388,7 @@ def test_the_list_shows_each_broadcast_newest_first_with_its_progress(
     html = logged_in.get("/broadcasts/").get_data(as_text=True)
     assert html.index(f'id="broadcast-row-{second}"') < html.index(f'id="broadcast-row-{first}"')
     done_row = html[html.index(f'id="broadcast-row-{first}"') :].split("</tr>")[0]
-    assert "2 of 2 sent" in text_of(done_row) and "Done" in done_row and "hx-trigger" not in done_row
+    assert "2 of 2 sent" in text_of(done_row) and "Completed" in done_row and "hx-trigger" not in done_row
     running_row = html[html.index(f'id="broadcast-row-{second}"') :].split("</tr>")[0]
     assert "0 of 2 sent" in text_of(running_row) and 'hx-trigger="every 5s"' in running_row
     assert 'href="/broadcasts/new"' in html

@@ -126,7 +126,7 @@ def test_compose_a_broadcast_to_a_tag_and_watch_it_finish_live(
     run_to_the_end(broadcast_id)
     state = page.locator(f"#broadcast-state-{broadcast_id}")
     progress = page.locator(f"#broadcast-progress-{broadcast_id}")
-    expect(state.locator(".broadcast-status")).to_have_text("Done")  # pushed, not reloaded
+    expect(state.locator(".broadcast-status")).to_have_text("Completed")  # pushed, not reloaded
     expect(progress).to_contain_text("6 of 6 sent")
     expect(progress.locator(f"#broadcast-{broadcast_id}-delivered dd")).to_have_text("6")
     expect(page.locator(".flashes")).to_be_visible()  # still the same page: nothing reloaded it
