@@ -3,6 +3,7 @@
     with GraphEmulator() as graph:            # random free port, stopped (port closed) on exit
         app.config["GRAPH_API_URL"] = graph.base_url    # http://127.0.0.1:PORT/v23.0
         graph.fail_next(130429)               # the next accepted-looking send gets Meta's error
+        graph.set_throughput(80)              # or GraphEmulator(throughput=80): Meta's per-number cap
         ...                                   # code under test calls the emulator over HTTP
         assert graph.sent[0].json["text"]["body"] == "hi"
         graph.post_statuses(webhook_url, graph.sent[0].wamid, ["read", "delivered"], duplicate=True)
@@ -14,6 +15,10 @@ Endpoints (Meta's documented contract; every request, good or bad, lands in ``re
   ``{"status": "read", "message_id"}`` (mark as read) answers ``{"success": true}``, is not
   a send and never consumes a queued failure. Queued failures (``fail_next``) apply to the
   next sends whose body is valid.
+- Throughput (``throughput=`` or ``set_throughput``; default: no limit): a valid send arriving
+  when ``throughput`` sends of the same phone number id were already accepted in the last second
+  (a sliding window on ``time.monotonic()``) is answered with Meta's 130429 "Rate limit hit"
+  and lands in ``refused``, not in ``sent``.
 - ``POST /<v>/<phone_number_id>/media`` (multipart: ``messaging_product``, ``file``, ``type``)
   → ``{"id"}``; ``GET /<v>/<media_id>`` → metadata with a download ``url``; ``GET`` that url
   with the bearer token → the bytes; ``DELETE /<v>/<media_id>`` → ``{"success": true}``.
@@ -37,7 +42,7 @@ from werkzeug.wrappers import Request, Response
 from tests.fakes import graph_api_payloads as payloads
 from tests.fakes.graph_api_payloads import WebhookSide, combine
 
-__all__ = ["GraphEmulator", "RecordedRequest", "SentMessage", "UploadedMedia", "combine"]
+__all__ = ["GraphEmulator", "RecordedRequest", "RefusedSend", "SentMessage", "UploadedMedia", "combine"]
 
 DEFAULT_ACCESS_TOKEN = "test-token"
 DEFAULT_APP_SECRET = "test-app-secret"
@@ -85,6 +90,20 @@ class SentMessage:
         return self.json.get("text", {}).get("body") if self.type == "text" else None
 
 
+@dataclass(frozen=True)
+class RefusedSend:
+    """A valid send refused because the number's throughput was reached (130429)."""
+
+    phone_number_id: str
+    json: dict[str, Any]
+    code: int
+    refused_at: float  # time.monotonic() on arrival
+
+    @property
+    def to(self) -> str:
+        return str(self.json["to"])
+
+
 @dataclass
 class UploadedMedia:
     data: bytes
@@ -127,6 +146,7 @@ class GraphEmulator(WebhookSide):
         api_version: str = "v23.0",
         display_phone_number: str = "15550001234",
         waba_id: str = "102290129340398",
+        throughput: int | None = None,
     ) -> None:
         self.access_token = access_token
         self.app_secret = app_secret
@@ -137,14 +157,19 @@ class GraphEmulator(WebhookSide):
         self.phone_numbers: dict[str, str] = {phone_number_id: display_phone_number}
         self.requests: list[RecordedRequest] = []
         self.sent: list[SentMessage] = []
+        self.refused: list[RefusedSend] = []
         self.uploads: dict[str, UploadedMedia] = {}
         # The WABA's message templates; while empty, template sends are not checked against them.
         self.templates: list[dict[str, Any]] = []
         self._failures: deque[_Failure] = deque()
         self._latency = 0.0
+        self._throughput: int | None = None
+        self._accepted: dict[str, deque[float]] = {}  # arrival times of accepted sends, per number
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self.set_throughput(throughput)
+        self._initial_throughput = throughput
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> GraphEmulator:
@@ -217,6 +242,18 @@ class GraphEmulator(WebhookSide):
             raise ValueError("latency must be >= 0")
         self._latency = seconds
 
+    def set_throughput(self, per_second: int | None) -> None:
+        """Accept at most ``per_second`` sends per phone number id in any sliding 1 s window
+        (Meta's throughput; 80 by default on a real number); more get 130429. None: no limit."""
+        if per_second is not None and per_second < 1:
+            raise ValueError("throughput must be >= 1 (or None for no limit)")
+        with self._lock:
+            self._throughput = per_second
+
+    @property
+    def throughput(self) -> int | None:
+        return self._throughput
+
     def add_phone_number(self, phone_number_id: str, display_phone_number: str = "15550009999") -> None:
         """Make another business number (phone number id) valid on this emulator."""
         self.phone_numbers[phone_number_id] = display_phone_number
@@ -236,10 +273,14 @@ class GraphEmulator(WebhookSide):
         return template
 
     def reset(self) -> None:
-        """Forget requests, sends, uploads, templates, queued failures and latency."""
+        """Forget requests, sends, refusals, uploads, templates, queued failures and latency; the
+        throughput limit goes back to the one given to the constructor."""
         with self._lock:
             self.requests.clear()
             self.sent.clear()
+            self.refused.clear()
+            self._accepted.clear()
+            self._throughput = self._initial_throughput
             self.uploads.clear()
             self.templates.clear()
             self._failures.clear()
@@ -337,11 +378,32 @@ class GraphEmulator(WebhookSide):
         wa_id = "".join(ch for ch in to if ch.isdigit())
         wamid = payloads.new_wamid(wa_id)
         with self._lock:
-            self.sent.append(SentMessage(phone_number_id, body, wamid))
+            # Arrival is read under the lock, so the window sees sends in the order it counts them.
+            now = time.monotonic()
+            accepted = self._take_slot(phone_number_id, now)
+            if accepted:
+                self.sent.append(SentMessage(phone_number_id, body, wamid, now))
+            else:
+                self.refused.append(RefusedSend(phone_number_id, body, 130429, now))
+        if not accepted:
+            return self._reply(*payloads.graph_error(130429))  # Meta's "Rate limit hit", HTTP 400
         contacts = [{"input": to, "wa_id": wa_id}]
         return self._reply(
             200, {"messaging_product": "whatsapp", "contacts": contacts, "messages": [{"id": wamid}]}
         )
+
+    def _take_slot(self, phone_number_id: str, now: float) -> bool:
+        """The throughput check (caller holds the lock): count this send in the number's sliding
+        1 s window, or say no when ``throughput`` sends were already accepted in it."""
+        if self._throughput is None:
+            return True
+        window = self._accepted.setdefault(phone_number_id, deque())
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= self._throughput:
+            return False
+        window.append(now)
+        return True
 
     def _list_templates(self, request: Request) -> _Reply:
         """Cursor paging as the Graph API does it: ``limit`` (default 25) and ``after``."""

@@ -480,6 +480,50 @@ def test_latency_delays_answers(graph: GraphEmulator, client: httpx.Client) -> N
         graph.set_latency(-1)
 
 
+def test_throughput_refuses_sends_beyond_the_sliding_window_with_130429(graph: GraphEmulator) -> None:
+    assert graph.throughput is None  # default: no limit
+    graph.add_phone_number("999")
+    graph.set_throughput(3)
+    with httpx.Client(base_url=graph.base_url, headers=AUTH, timeout=10) as http:
+        answers = [http.post("/1234567890/messages", json=text_body(to=f"+5511900000{i}")) for i in range(5)]
+        other_number = http.post("/999/messages", json=text_body())  # its own window
+        invalid = http.post("/1234567890/messages", json={"messaging_product": "whatsapp"})
+        read = http.post("/1234567890/messages", json={**text_body(), "status": "read", "message_id": "x"})
+        assert [a.status_code for a in answers] == [200, 200, 200, 400, 400]
+        for refused in answers[3:]:
+            error = assert_graph_error(refused, 400, 130429)
+            assert error["message"] == "(#130429) Rate limit hit"
+        assert other_number.status_code == 200
+        assert_graph_error(invalid, 400, 100)  # bad bodies are refused for what they are
+        assert read.json() == {"success": True}  # mark as read is not a send
+        assert [s.to for s in graph.sent if s.phone_number_id == "1234567890"] == [
+            f"+5511900000{i}" for i in range(3)
+        ]
+        assert [(r.to, r.code) for r in graph.refused] == [("+55119000003", 130429), ("+55119000004", 130429)]
+        assert graph.refused[0].refused_at >= graph.sent[2].accepted_at
+
+        # The window slides: a second after the third accepted send, all three slots are free again.
+        time.sleep(max(0.0, graph.sent[2].accepted_at + 1.0 - time.monotonic()) + 0.01)
+        again = [http.post("/1234567890/messages", json=text_body()).status_code for _ in range(4)]
+        assert again == [200, 200, 200, 400]
+        accepted = sorted(s.accepted_at for s in graph.sent if s.phone_number_id == "1234567890")
+        assert all(later - earlier > 1.0 for earlier, later in zip(accepted, accepted[3:], strict=False))
+
+        graph.set_throughput(None)
+        assert all(http.post("/1234567890/messages", json=text_body()).status_code == 200 for _ in range(5))
+    with pytest.raises(ValueError, match="throughput"):
+        graph.set_throughput(0)
+
+
+def test_throughput_given_to_the_constructor_survives_reset() -> None:
+    with GraphEmulator(throughput=1) as graph, httpx.Client(headers=AUTH, timeout=10) as http:
+        url = f"{graph.base_url}/1234567890/messages"
+        assert [http.post(url, json=text_body()).status_code for _ in range(2)] == [200, 400]
+        graph.reset()
+        assert (graph.sent, graph.refused, graph.throughput) == ([], [], 1)
+        assert [http.post(url, json=text_body()).status_code for _ in range(2)] == [200, 400]
+
+
 def test_reset_forgets_everything(graph: GraphEmulator, client: httpx.Client) -> None:
     client.post("/1234567890/messages", json=text_body())
     graph.add_media(b"x", "text/plain")
