@@ -18,7 +18,7 @@ from flask import Flask, current_app, has_app_context
 from huey import Huey, crontab
 from huey.api import TaskWrapper
 from huey.consumer import Consumer
-from huey.storage import RedisStorage, SqliteStorage
+from huey.storage import PriorityRedisStorage, SqliteStorage
 
 from crm.db import after_commit
 
@@ -39,14 +39,31 @@ def setup_worker(app: Flask) -> None:
         huey.immediate = True
     else:
         if cfg["REDIS_URL"]:
-            huey.storage_class = RedisStorage
+            # A priority queue: a broadcast's dispatcher tick goes before the deliveries it queued
+            # a moment ago, instead of waiting behind them (bench/broadcast.py).
+            huey.storage_class = PriorityRedisStorage
             huey.storage_kwargs = {"url": cfg["REDIS_URL"]}
         else:
             huey.storage_class = SqliteStorage
             huey.storage_kwargs = {"filename": cfg["HUEY_SQLITE_PATH"]}
         huey.immediate = False
         huey.storage = huey.create_storage()  # the storage class may have changed
+        if cfg["REDIS_URL"]:
+            _drop_plain_queue()
     _app["app"] = app
+
+
+def _drop_plain_queue() -> None:
+    """An earlier version kept the queue as a Redis list under the same key; the priority queue
+    is a sorted set. Drop the list (the database is the truth: the reconciler enqueues again what
+    it held) rather than fail on it."""
+    storage = huey.storage
+    try:
+        if storage.conn.type(storage.queue_key) == b"list":
+            storage.conn.delete(storage.queue_key)
+            log.warning("queue: the old list-based queue was dropped; the reconciler refills it")
+    except Exception as exc:  # Redis down at start: the queue itself will say so when used
+        log.warning("queue: could not check the queue's type: %s", exc)
 
 
 def task_app() -> Flask:

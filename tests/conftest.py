@@ -223,7 +223,7 @@ def live_server(_live_server: LiveServer, app: Flask) -> str:
 @pytest.fixture
 def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Point the shared Huey at a real storage for one test, then put it back (param: sqlite|redis)."""
-    from huey.storage import RedisStorage, SqliteStorage
+    from huey.storage import PriorityRedisStorage, SqliteStorage
 
     from crm.worker import huey
 
@@ -232,7 +232,7 @@ def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> It
         url = os.environ.get("TEST_REDIS_URL")
         if not url:
             require_service("TEST_REDIS_URL is not set: the Redis queue is not checked")
-        huey.storage_class, huey.storage_kwargs = RedisStorage, {"url": url}
+        huey.storage_class, huey.storage_kwargs = PriorityRedisStorage, {"url": url}  # as in production
     else:
         huey.storage_class, huey.storage_kwargs = SqliteStorage, {"filename": str(tmp_path / "queue.sqlite3")}
     huey.immediate = False

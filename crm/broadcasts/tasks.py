@@ -11,7 +11,7 @@ from crm.worker import huey, in_app_context
 OVERDUE = timedelta(seconds=30)
 
 
-@huey.task()
+@huey.task(priority=10)  # ahead of the deliveries it queued (where the queue has priorities)
 @in_app_context
 def dispatch_task(broadcast_id: int) -> str:
     """One tick, then the next one scheduled (a chain per running broadcast)."""

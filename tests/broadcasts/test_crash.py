@@ -40,13 +40,13 @@ LEADS = 40
 def shared_queue(app: Flask, database_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Point the test's queue where worker processes will find it (Redis in the PostgreSQL run, a
     SQLite file otherwise) and give the environment those processes need."""
-    from huey.storage import RedisStorage, SqliteStorage
+    from huey.storage import PriorityRedisStorage, SqliteStorage
 
     saved = (huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage)
     redis_url = app.config["REDIS_URL"] or ""
     queue_file = tmp_path / "queue.sqlite3"
     if redis_url:
-        huey.storage_class, huey.storage_kwargs = RedisStorage, {"url": redis_url}
+        huey.storage_class, huey.storage_kwargs = PriorityRedisStorage, {"url": redis_url}
     else:
         huey.storage_class, huey.storage_kwargs = SqliteStorage, {"filename": str(queue_file)}
     huey.immediate = False
