@@ -7,8 +7,6 @@ so the table, the counters and the export never disagree about a recipient.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -206,17 +204,10 @@ def export_rows(workspace_id: int, broadcast_id: int) -> Iterator[tuple[str, ...
 
 
 def export_csv(workspace_id: int, broadcast_id: int) -> Iterator[bytes]:
-    """The results as CSV chunks, BOM first (spreadsheets then read accents right)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    yield "\ufeff".encode()
-    for count, row in enumerate(export_rows(workspace_id, broadcast_id), start=1):
-        writer.writerow(row)
-        if count % 1000 == 0:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode()
+    """The results as CSV chunks, BOM first."""
+    from crm.leads.export import csv_chunks
+
+    return csv_chunks(export_rows(workspace_id, broadcast_id))
 
 
 def csv_name(broadcast: Broadcast) -> str:

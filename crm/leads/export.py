@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from flask import Response, current_app
 from sqlalchemy import select
@@ -65,10 +65,15 @@ def export_rows(workspace_id: int, filters: LeadFilter) -> Iterator[tuple[str, .
 
 def export_csv(workspace_id: int, filters: LeadFilter) -> Iterator[bytes]:
     """The CSV as chunks of bytes, BOM first."""
+    return csv_chunks(export_rows(workspace_id, filters))
+
+
+def csv_chunks(rows: Iterable[Sequence[str]]) -> Iterator[bytes]:
+    """Rows as CSV in chunks of bytes, a UTF-8 BOM first (spreadsheets then read accents right)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     yield "\ufeff".encode()
-    for count, row in enumerate(export_rows(workspace_id, filters), start=1):
+    for count, row in enumerate(rows, start=1):
         writer.writerow(row)
         if count % 1000 == 0:
             yield buffer.getvalue().encode()

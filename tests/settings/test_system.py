@@ -44,3 +44,16 @@ def test_finished_jobs_leave_nothing_in_the_queue(real_queue: str) -> None:
     huey.storage.put_data("left-behind", b"x")  # e.g. by an older version
     assert clean_queue_leftovers.call_local() == 1
     assert huey.storage.result_store_size() == 0
+
+
+@pytest.mark.parametrize("real_queue", ["redis"], indirect=True)
+def test_an_old_list_queue_is_dropped_not_fatal(real_queue: str) -> None:
+    from crm.worker import _drop_plain_queue
+
+    conn = huey.storage.conn
+    conn.delete(huey.storage.queue_key)
+    conn.rpush(huey.storage.queue_key, b"a job of an earlier version")
+    _drop_plain_queue()  # the reconciler enqueues again from the database what it held
+    assert conn.type(huey.storage.queue_key) == b"none"
+    _answer()
+    assert huey.pending_count() == 1
