@@ -62,6 +62,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import BenchError, log_tail, run_cli, spawn
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent  # the virtualenv this script runs in (.venv/bin)
@@ -82,10 +84,6 @@ DISPLAY_PHONE = "5511940000000"
 ACCESS_TOKEN = "bench-access-token"
 SECRET_KEY = "bench-broadcast-secret-key"
 TEXT = "Olá {{first_name|cliente}}! A feira começa sábado: 20% de desconto para quem mostrar esta mensagem."
-
-
-class BenchError(Exception):
-    """Setup or environment problem: printed as one clear line, exit status 2."""
 
 
 def log(msg: str) -> None:
@@ -214,22 +212,7 @@ class Bench:
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=30)
 
     def run_cli(self, *argv: str, timeout: float = 180) -> str:
-        try:
-            done = subprocess.run(
-                [str(BIN / "flask"), *argv],
-                cwd=ROOT,
-                env=self.env(),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"`flask {' '.join(argv[:2])}` did not finish in {timeout:.0f} s") from exc
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BenchError(f"`flask {' '.join(argv[:2])}` failed ({done.returncode}): " + " | ".join(tail))
-        return done.stdout
+        return run_cli(argv, self.env(), timeout)
 
     # -- setup ---------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -319,17 +302,10 @@ class Bench:
         log(f"setup: {self.args.leads:,} opted-in leads written with COPY in {took:.1f} s")
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        logfile = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed in cleanup)
-        self._logs.append(logfile)
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env(), stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return spawn(self.tmp, name, cmd, self.env(), self._logs)
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            return "\n".join((self.tmp / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.tmp, name, lines)
 
     def start_workers(self) -> None:
         for k in range(self.args.workers):

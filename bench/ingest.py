@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness import BenchError, log_tail, run_cli, spawn
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the virtualenv this script runs in (.venv/bin)
 
@@ -79,10 +81,6 @@ PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_PHONE = "5511940000000"
 WABA_ID = "102290129340398"
 ACCESS_TOKEN = "bench-access-token"
-
-
-class BenchError(Exception):
-    """Setup or environment problem: printed as one clear line, exit status 2."""
 
 
 def log(msg: str) -> None:
@@ -647,17 +645,7 @@ class Bench:
             ) from exc
 
     def run_cli(self, *argv: str, timeout: float = 120) -> str:
-        cmd = [str(BIN / "flask"), *argv]
-        try:
-            done = subprocess.run(
-                cmd, cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"`flask {' '.join(argv[:2])}` did not finish in {timeout:.0f} s") from exc
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BenchError(f"`flask {' '.join(argv[:2])}` failed ({done.returncode}): " + " | ".join(tail))
-        return done.stdout
+        return run_cli(argv, self.env(), timeout)
 
     # -- setup ---------------------------------------------------------------------------------
     def fresh_workspace(self) -> None:
@@ -724,17 +712,10 @@ class Bench:
             return int(s.getsockname()[1])
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        logfile = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed in cleanup)
-        self._logs.append(logfile)
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env(), stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return spawn(self.tmp, name, cmd, self.env(), self._logs)
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            return "\n".join((self.tmp / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.tmp, name, lines)
 
     def start(self) -> None:
         import httpx

@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: running `flask` commands and the processes they start, with
+their output kept in log files, and the one error a benchmark reports as a clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the virtualenv the script runs in (.venv/bin)
+
+
+class BenchError(Exception):
+    """Setup or environment problem: printed as one clear line, exit status 2."""
+
+
+def run_cli(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> str:
+    """``flask <argv>`` in the repository; its stdout, or a BenchError with the last lines."""
+    try:
+        done = subprocess.run(
+            [str(BIN / "flask"), *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"`flask {' '.join(argv[:2])}` did not finish in {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise BenchError(f"`flask {' '.join(argv[:2])}` failed ({done.returncode}): " + " | ".join(tail))
+    return done.stdout
+
+
+def spawn(
+    folder: Path, name: str, cmd: list[str], env: dict[str, str], logs: list[IO[Any]]
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session, its output in ``folder/<name>.log`` (the file is added to
+    ``logs``, for the caller to close)."""
+    logfile = open(folder / f"{name}.log", "wb")  # noqa: SIM115 (closed by the caller)
+    logs.append(logfile)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def log_tail(folder: Path, name: str, lines: int = 15) -> str:
+    try:
+        return "\n".join((folder / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
