@@ -419,10 +419,11 @@ def held_back(outbox: Outbox, message: Message) -> bool:
     ).first()
     if row is None or row[0] == BroadcastStatus.RUNNING.value:
         return False
-    message_id = message.id
-    db.session.execute(delete(Outbox).where(Outbox.id == outbox.id))
+    message_id, outbox_id = message.id, outbox.id
+    db.session.execute(delete(Outbox).where(Outbox.id == outbox_id))
     _back_to_waiting([message_id], skip=row[0] == BroadcastStatus.CANCELLED.value)
     db.session.commit()
-    db.session.expunge_all()
-    log.info("outbox %s held back: its broadcast is %s", outbox.id, row[0])
+    for gone in (outbox, message):  # their rows are gone: nothing may refresh them in this session
+        db.session.expunge(gone)
+    log.info("outbox %s held back: its broadcast is %s", outbox_id, row[0])
     return True
