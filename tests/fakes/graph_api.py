@@ -36,11 +36,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.fakes import graph_api_payloads as payloads
 from tests.fakes.graph_api_payloads import WebhookSide, combine
+from tests.fakes.local_server import LocalServer
 
 __all__ = ["GraphEmulator", "RecordedRequest", "RefusedSend", "SentMessage", "UploadedMedia", "combine"]
 
@@ -129,12 +129,7 @@ class _Failure:
     error_subcode: int | None
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """No access log lines in test output (errors are still logged)."""
-
-
-class GraphEmulator(WebhookSide):
+class GraphEmulator(WebhookSide, LocalServer):
     """Meta's Graph API for one business phone number (add more with ``add_phone_number``)."""
 
     def __init__(
@@ -166,43 +161,11 @@ class GraphEmulator(WebhookSide):
         self._throughput: int | None = None
         self._accepted: dict[str, deque[float]] = {}  # arrival times of accepted sends, per number
         self._lock = threading.Lock()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.set_throughput(throughput)
         self._initial_throughput = throughput
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> GraphEmulator:
-        if self._server is not None:
-            raise RuntimeError("GraphEmulator is already running")
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="graph-emulator", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            if thread is not None:
-                thread.join()
-            server.server_close()
-
-    def __enter__(self) -> GraphEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("GraphEmulator is not running: call start() first")
-        return self._server.port
+    thread_name = "graph-emulator"
 
     @property
     def origin(self) -> str:
