@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -88,13 +89,15 @@ def serve_command(host: str, port: int) -> None:
 @click.option("--threads", type=int, default=None, help="Worker threads (default WORKER_THREADS).")
 def worker_command(threads: int | None) -> None:
     """Run the task consumer (sends, media, AI, broadcasts, periodic jobs) until stopped."""
-    from crm.worker import huey, limit_malloc_arenas
+    from crm.worker import ai_huey, huey, limit_malloc_arenas, start_in_process_consumer
 
     limit_malloc_arenas()
     consumer = huey.create_consumer(
         workers=threads or current_app.config["WORKER_THREADS"], worker_type="thread", periodic=True
     )
     reconciled = _reconcile_on_start()
+    # The AI queue's threads run beside the main consumer, which owns the signals and the exit.
+    ai_consumer = start_in_process_consumer(current_app.config["AI_WORKER_THREADS"], ai_huey)
     _emit(
         {
             "worker": "started",
@@ -102,7 +105,10 @@ def worker_command(threads: int | None) -> None:
             "reconciled": reconciled,
         }
     )
-    consumer.run()
+    try:
+        consumer.run()
+    finally:
+        ai_consumer.stop(graceful=True)
 
 
 def _reconcile_on_start() -> dict[str, int]:
@@ -111,14 +117,20 @@ def _reconcile_on_start() -> dict[str, int]:
     each broadcast tick is claimed once."""
     from datetime import timedelta
 
+    from crm.ai.replies import reconcile as reconcile_ai
     from crm.broadcasts.tasks import wake_broadcasts
     from crm.extensions import db
     from crm.whatsapp.outbox import reconcile_outbox
 
     outbox = reconcile_outbox(stale_after=timedelta(0))
     broadcasts = wake_broadcasts(timedelta(0))
+    ai_replies = reconcile_ai(stale_after=timedelta(0))
     db.session.remove()
-    return {"sends": outbox["requeued"] + outbox["expired"], "broadcasts": len(broadcasts)}
+    return {
+        "sends": outbox["requeued"] + outbox["expired"],
+        "broadcasts": len(broadcasts),
+        "ai_replies": ai_replies,
+    }
 
 
 @crm_cli.command("gateway")
@@ -220,6 +232,56 @@ def add_account_command(
     if account.provider == "cloud":
         payload["webhook_path"] = webhook_path(account)
     _emit(payload)
+
+
+@crm_cli.command("set-ai")
+@click.option("--workspace", required=True)
+@click.option("--enabled", required=True, type=click.BOOL, help="true or false")
+@click.option("--mode", type=click.Choice(["always", "after_hours", "unassigned"]), default=None)
+@click.option("--model", default=None, help="A Gemini model, e.g. gemini-2.5-flash.")
+@click.option("--instructions", default=None, help="How the bot should behave.")
+@click.option(
+    "--knowledge-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A UTF-8 text file of business information (hours, prices, FAQ); its text is stored.",
+)
+@click.option("--fallback", default=None, help="What customers get when the AI cannot answer.")
+@click.option("--per-minute", type=int, default=None, help="Gemini requests per minute, at most.")
+@click.option("--per-day", type=int, default=None, help="Gemini requests per day, at most.")
+@domain_errors_to_exit
+def set_ai_command(
+    workspace: str,
+    enabled: bool,
+    mode: str | None,
+    model: str | None,
+    instructions: str | None,
+    knowledge_file: Path | None,
+    fallback: str | None,
+    per_minute: int | None,
+    per_day: int | None,
+) -> None:
+    """Turn AI replies on or off for a workspace and change their settings."""
+    from crm.ai.settings import settings_json, update_settings
+    from crm.auth.services import workspace_by_name
+
+    ws = workspace_by_name(workspace)
+    changes: dict[str, Any] = {"enabled": enabled}
+    given = {
+        "mode": mode,
+        "model": model,
+        "instructions": instructions,
+        "fallback": fallback,
+        "per_minute": per_minute,
+        "per_day": per_day,
+    }
+    changes.update({name: value for name, value in given.items() if value is not None})
+    if knowledge_file is not None:
+        try:
+            changes["knowledge"] = knowledge_file.read_text(encoding="utf-8-sig")
+        except (UnicodeDecodeError, OSError) as exc:
+            _fail(f"{knowledge_file}: not a readable UTF-8 text file ({exc.__class__.__name__})")
+    _emit(settings_json(update_settings(ws.id, **changes)))
 
 
 def setup_cli(app: Flask) -> None:

@@ -33,6 +33,11 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
 def _engine_options(database_url: str) -> dict[str, Any]:
     """PostgreSQL: one pooled connection per server thread, so no thread waits for a connection
     and none are opened and closed under load. SQLite: the driver's defaults."""
@@ -57,6 +62,18 @@ def from_env() -> dict[str, Any]:
         "GRAPH_API_URL": os.environ.get("GRAPH_API_URL", "https://graph.facebook.com/v23.0"),
         "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY") or None,
         "GEMINI_BASE_URL": os.environ.get("GEMINI_BASE_URL") or None,
+        # AI replies: wait this long after a customer's message for more before answering, so a
+        # burst gets one answer; give up retrying Gemini this long after their message (they get
+        # the fallback instead); one request may take this long.
+        "AI_DEBOUNCE_SECONDS": _float("AI_DEBOUNCE_SECONDS", 3.0),
+        "AI_REPLY_DEADLINE_SECONDS": _int("AI_REPLY_DEADLINE_SECONDS", 90),
+        "AI_MAX_ATTEMPTS": _int("AI_MAX_ATTEMPTS", 5),
+        "AI_TIMEOUT_SECONDS": _float("AI_TIMEOUT_SECONDS", 25.0),
+        # The context sent with each request: the last messages plus the knowledge, this many
+        # tokens at most (estimated at 4 characters a token).
+        "AI_CONTEXT_TOKENS": _int("AI_CONTEXT_TOKENS", 32000),
+        # Threads of the AI queue, apart from the sends' queue so a backlog never delays them.
+        "AI_WORKER_THREADS": _int("AI_WORKER_THREADS", 2),
         "MEDIA_STORAGE": os.environ.get("MEDIA_STORAGE", "local"),
         "MEDIA_ROOT": os.environ.get("MEDIA_ROOT") or None,  # default: <instance>/media
         "S3_BUCKET": os.environ.get("S3_BUCKET") or None,

@@ -1,5 +1,6 @@
 """Every model, imported once so metadata (and Alembic) sees the whole schema."""
 
+from crm.ai.models import AICacheEntry, AICall, AIReply, AISettings, AISuggestion
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
 from crm.broadcasts.models import Broadcast, BroadcastAccount, BroadcastRecipient
 from crm.inbox.models import Conversation, ConversationNote, Message
@@ -19,6 +20,11 @@ from crm.whatsapp.models import (
 )
 
 __all__ = [
+    "AICacheEntry",
+    "AICall",
+    "AIReply",
+    "AISettings",
+    "AISuggestion",
     "AccountEvent",
     "ApiToken",
     "Broadcast",

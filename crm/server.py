@@ -71,19 +71,22 @@ class EmbeddedServices:
     def __init__(self, app: Flask):
         self.app = app
         self.consumer: Any = None
+        self.ai_consumer: Any = None
         self.gateway = GatewaySupervisor()
 
     def start(self) -> None:
-        from crm.worker import start_in_process_consumer
+        from crm.worker import ai_huey, start_in_process_consumer
 
         self.consumer = start_in_process_consumer(self.app.config["WORKER_THREADS"])
+        self.ai_consumer = start_in_process_consumer(self.app.config["AI_WORKER_THREADS"], ai_huey)
         if os.environ.get("CRM_EMBEDDED_GATEWAY", "1") != "0":
             threading.Thread(target=self.gateway.run, name="gateway-supervisor", daemon=True).start()
 
     def stop(self) -> None:
         self.gateway.stop()
-        if self.consumer is not None:
-            self.consumer.stop(graceful=True)
+        for consumer in (self.ai_consumer, self.consumer):
+            if consumer is not None:
+                consumer.stop(graceful=True)
 
 
 class Server(BaseApplication):

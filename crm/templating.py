@@ -45,6 +45,19 @@ def message_summary(message: Any) -> str:
     return str(labels.get(message.type, f"[{message.type}]"))
 
 
+def _ai_error(code: str | None) -> str:
+    """Why the AI could not answer, in a few words (the codes of ``crm.ai``)."""
+    from crm.settings.ai import error_text
+
+    return error_text(code)
+
+
+def _ai_error_advice(code: str | None) -> str:
+    from crm.settings.ai import error_advice
+
+    return error_advice(code)
+
+
 def setup_templating(app: Flask) -> None:
     app.context_processor(_shell_context)
     app.add_template_filter(_role_label, "role_label")
@@ -57,6 +70,8 @@ def setup_templating(app: Flask) -> None:
     app.jinja_env.filters["media_size"] = human_size
     app.jinja_env.filters["number"] = format_number  # 1,234 or 1.234, in the reader's locale
     app.jinja_env.filters["message_summary"] = message_summary
+    app.jinja_env.filters["ai_error"] = _ai_error
+    app.jinja_env.filters["ai_error_advice"] = _ai_error_advice
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

@@ -25,6 +25,7 @@ class DatabaseIdConverter(IntegerConverter):
 def setup_blueprints(app: Flask) -> None:
     app.url_map.converters["int"] = DatabaseIdConverter
     from crm import health, models  # noqa: F401  (models: the whole schema for Alembic)
+    from crm.ai import tasks as ai_tasks  # noqa: F401
     from crm.api import bp as api_bp
     from crm.auth import bp as auth_bp
     from crm.broadcasts import bp as broadcasts_bp

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # results=False: nobody reads a task's return value, and stored results are what makes a Redis
 # queue grow without bound (100,000 sends would leave 100,000 result keys behind).
 huey = Huey("zapdesk", storage_class=SqliteStorage, filename=":memory:", immediate=True, results=False)
+# AI replies have a queue (and consumer threads) of their own: a backlog of answers waiting on
+# Gemini's rate limits never delays a send.
+ai_huey = Huey("zapdesk-ai", storage_class=SqliteStorage, filename=":memory:", immediate=True, results=False)
 _app: dict[str, Flask] = {}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,22 +38,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 def setup_worker(app: Flask) -> None:
     """Point the queue at Redis, at the embedded SQLite file, or run tasks inline (tests)."""
     cfg = app.config
-    if cfg["HUEY_IMMEDIATE"]:
-        huey.immediate = True
-    else:
+    for queue, sqlite_path in ((huey, cfg["HUEY_SQLITE_PATH"]), (ai_huey, _ai_queue_path(cfg))):
+        if cfg["HUEY_IMMEDIATE"]:
+            queue.immediate = True
+            continue
         if cfg["REDIS_URL"]:
             # A priority queue: a broadcast's dispatcher tick goes before the deliveries it queued
             # a moment ago, instead of waiting behind them (bench/broadcast.py).
-            huey.storage_class = PriorityRedisStorage
-            huey.storage_kwargs = {"url": cfg["REDIS_URL"]}
+            queue.storage_class = PriorityRedisStorage
+            queue.storage_kwargs = {"url": cfg["REDIS_URL"]}
         else:
-            huey.storage_class = SqliteStorage
-            huey.storage_kwargs = {"filename": cfg["HUEY_SQLITE_PATH"]}
-        huey.immediate = False
-        huey.storage = huey.create_storage()  # the storage class may have changed
-        if cfg["REDIS_URL"]:
+            queue.storage_class = SqliteStorage
+            queue.storage_kwargs = {"filename": sqlite_path}
+        queue.immediate = False
+        queue.storage = queue.create_storage()  # the storage class may have changed
+        if cfg["REDIS_URL"] and queue is huey:
             _drop_plain_queue()
     _app["app"] = app
+
+
+def _ai_queue_path(cfg: dict[str, Any]) -> str:
+    """The AI queue's SQLite file, beside the main one (a file of its own: no lock shared)."""
+    main = cfg["HUEY_SQLITE_PATH"]
+    stem, dot, ext = main.rpartition(".")
+    return f"{stem}-ai.{ext}" if dot else f"{main}-ai"
 
 
 def _drop_plain_queue() -> None:
@@ -122,10 +133,12 @@ class InProcessConsumer(Consumer):
         pass
 
 
-def start_in_process_consumer(workers: int) -> Consumer:
-    consumer = InProcessConsumer(huey, workers=workers, worker_type="thread", periodic=True)
+def start_in_process_consumer(workers: int, queue: Huey | None = None) -> Consumer:
+    queue = queue or huey
+    # The AI queue has no periodic tasks of its own (the main queue's reconciler feeds it).
+    consumer = InProcessConsumer(queue, workers=workers, worker_type="thread", periodic=queue is huey)
     consumer.start()  # starts the scheduler and worker threads, then returns
-    log.info("in-process task consumer started with %d threads", workers)
+    log.info("in-process task consumer started with %d threads (queue %s)", workers, queue.name)
     return consumer
 
 

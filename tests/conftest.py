@@ -60,6 +60,8 @@ def make_test_config(database_url: str, instance: Path, **overrides: Any) -> dic
         # Cheap hashing keeps the suite fast; a test checks the production parameters.
         "ARGON2_MEMORY_KIB": 1024,
         "ARGON2_TIME_COST": 1,
+        # AI replies run inline at once (a test about the debounce sets its own delay).
+        "AI_DEBOUNCE_SECONDS": 0.0,
     }
     config.update(overrides)
     return config
@@ -93,6 +95,7 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _empty_all_tables(app: Flask) -> None:
+    from crm.ai.settings import forget_gate
     from crm.extensions import db
     from crm.inbox import assignment
     from crm.leads.consent import forget_keywords
@@ -104,6 +107,7 @@ def _empty_all_tables(app: Flask) -> None:
     presence.reset_memory()
     assignment.forget()
     forget_keywords()
+    forget_gate()
     with app.app_context():
         if app.config["REDIS_URL"]:
             from crm.redis import get_redis

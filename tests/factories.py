@@ -125,6 +125,16 @@ def stored_message(conversation_id: int, text: str, *, direction: str = "in", **
     return message.id
 
 
+def ai_suggestion(p: Person) -> int:
+    """A "suggest reply" draft asked for by ``p`` in a new conversation (still pending); its id."""
+    from crm.ai.models import AISuggestion
+
+    suggestion = AISuggestion(workspace_id=p.workspace_id, conversation_id=conversation(p), user_id=p.user_id)
+    db.session.add(suggestion)
+    db.session.commit()
+    return suggestion.id
+
+
 def canned_reply(p: Person, shortcut: str = "hello", text: str = "Olá {{name}}!") -> int:
     from crm.inbox.canned import create_canned
 

@@ -85,8 +85,10 @@ def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: s
 
 
 def set_ai_enabled(workspace_id: int, conversation_id: int, enabled: bool) -> Conversation:
+    """The conversation's bot switch; every open inbox shows the new state."""
     conversation = get_conversation(workspace_id, conversation_id)
     conversation.ai_enabled = enabled
+    _announce(conversation)
     db.session.commit()
     return conversation
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
@@ -19,6 +19,9 @@ from crm.leads.phones import for_humans
 from crm.params import page_limit, parse_id
 from crm.realtime.fragments import other_viewers
 from crm.whatsapp.models import WhatsAppAccount
+
+if TYPE_CHECKING:
+    from crm.ai.models import AISuggestion
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 
@@ -37,7 +40,15 @@ def _filters() -> dict[str, str]:
     }
 
 
+def _ai_on() -> bool:
+    """Whether the workspace has AI replies on: the bot switch and "suggest reply" show then."""
+    from crm.settings.ai import replies_on  # not at import: crm.ai imports the inbox
+
+    return replies_on(g.workspace_id)
+
+
 def _list_context(selected: int | None = None) -> dict[str, Any]:
+    from crm.settings.ai import ai_problem
     from crm.whatsapp.accounts import list_accounts
 
     workspace_id = g.workspace_id
@@ -63,6 +74,8 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         # For the filter form of the whole page only: a list fragment never loads them.
         "numbers": LocalProxy(lambda: list_accounts(workspace_id)),
         "tags": LocalProxy(lambda: inbox.workspace_tags(workspace_id)),
+        # The managers' banner when AI replies are on but can't answer (the page only, too).
+        "ai_problem": LocalProxy(lambda: ai_problem(workspace_id)),
     }
 
 
@@ -90,6 +103,7 @@ def conversation(conversation_id: int) -> str:
         "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
         "note_authors": inbox.note_author_names(notes),
         "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
+        "ai_on": _ai_on(),
     }
     if context["window_closed"]:
         from crm.whatsapp.templates import sendable_templates
@@ -160,6 +174,7 @@ def _composer(account_id: int, conversation_id: int, **context: Any) -> str:
         conversation_id=conversation_id,
         send_key=uuid.uuid4().hex,
         upload_limits=upload_limits(account_id),
+        ai_on=_ai_on(),
         **context,
     )
 
@@ -186,6 +201,7 @@ def _thread_header(conversation_id: int) -> str:
         conversation=current,
         for_humans=for_humans,
         members=inbox.assignable_members(g.workspace_id),
+        ai_on=_ai_on(),
     )
 
 
@@ -283,6 +299,62 @@ def set_status(conversation_id: int) -> str:
     inbox.get_conversation(g.workspace_id, conversation_id)
     inbox.set_status(g.workspace_id, conversation_id, request.form.get("status", ""))
     return _thread_header(conversation_id)
+
+
+@bp.post("/conversations/<int:conversation_id>/bot")
+@login_required
+def set_bot(conversation_id: int) -> str:
+    """The conversation's bot switch (the other open tabs follow over the websocket)."""
+    inbox.get_conversation(g.workspace_id, conversation_id)  # 404 for another workspace's first
+    wanted = request.form.get("enabled")
+    if wanted not in ("0", "1"):
+        abort(400)
+    inbox.set_ai_enabled(g.workspace_id, conversation_id, wanted == "1")
+    return _thread_header(conversation_id)
+
+
+# A draft polled for longer than this (the worker is down or stuck) is given up on.
+SUGGESTION_POLLS = 90
+
+
+@bp.post("/conversations/<int:conversation_id>/suggestions")
+@login_required
+def suggest_reply(conversation_id: int) -> str:
+    """The composer's "suggest reply": a draft is asked of Gemini in the worker; the answer
+    polls for it (or shows it at once when the queue runs tasks inline)."""
+    from crm.ai.suggest import request_suggestion
+
+    inbox.get_conversation(g.workspace_id, conversation_id)  # 404 for another workspace's first
+    if not _ai_on():
+        return _suggestion(conversation_id, None, error="ai_off")
+    suggestion = request_suggestion(g.workspace_id, conversation_id, current_user.id)
+    return _suggestion(conversation_id, suggestion)
+
+
+@bp.get("/conversations/<int:conversation_id>/suggestions/<int:suggestion_id>")
+@login_required
+def suggestion(conversation_id: int, suggestion_id: int) -> str:
+    from crm.ai.suggest import get_suggestion
+
+    found = get_suggestion(g.workspace_id, suggestion_id, current_user.id)
+    if found is None or found.conversation_id != conversation_id:
+        abort(404)
+    polls = request.args.get("n", type=int) or 0
+    if found.status == "pending" and polls >= SUGGESTION_POLLS:
+        return _suggestion(conversation_id, None, error="gave_up")
+    return _suggestion(conversation_id, found, polls=polls)
+
+
+def _suggestion(
+    conversation_id: int, found: AISuggestion | None, *, error: str | None = None, polls: int = 0
+) -> str:
+    return render_template(
+        "inbox/_suggestion.html",
+        conversation_id=conversation_id,
+        suggestion=found,
+        error=error or (found.error if found is not None else None),
+        polls=polls,
+    )
 
 
 @bp.post("/conversations/<int:conversation_id>/notes")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from flask import render_template
 
 from crm.errors import DomainError
 from crm.realtime.broker import Event
 from crm.realtime.fanout import BROADCAST_KINDS, SHARED_KINDS, broadcast_of
+
+if TYPE_CHECKING:
+    from crm.inbox.models import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,35 @@ def _message_fragments(workspace_id: int, event: Event) -> str | None:
         "inbox/_conversation_item.html", conversation=conversation, preview=message, for_humans=for_humans
     )
     bubble = render_template("inbox/_message.html", message=message)
-    return (
+    html = (
         '<div id="conversations-empty" hx-swap-oob="delete"></div>'
         f'<div id="conversation-{conversation.id}" hx-swap-oob="delete"></div>'
         f'<ul hx-swap-oob="afterbegin:#conversations">{item}</ul>'
         f'<div hx-swap-oob="beforeend:#messages-{conversation.id}">{bubble}</div>'
+    )
+    if message.author == "agent" and message.direction == "out" and _ai_on(workspace_id):
+        # A person replied: the bot stopped in this conversation, and its switch says so.
+        html += _thread_header(workspace_id, conversation, ai_on=True)
+    return html
+
+
+def _ai_on(workspace_id: int) -> bool:
+    from crm.ai.settings import settings_of
+
+    return bool(settings_of(workspace_id).enabled)
+
+
+def _thread_header(workspace_id: int, conversation: Conversation, *, ai_on: bool) -> str:
+    from crm.inbox import services as inbox
+    from crm.leads.phones import for_humans
+
+    return render_template(
+        "inbox/_thread_header.html",
+        conversation=conversation,
+        for_humans=for_humans,
+        members=inbox.assignable_members(workspace_id),
+        ai_on=ai_on,
+        oob=True,
     )
 
 
@@ -53,14 +82,24 @@ def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
         for_humans=for_humans,
         oob="true",
     )
-    header = render_template(
-        "inbox/_thread_header.html",
+    return item + _thread_header(workspace_id, conversation, ai_on=_ai_on(workspace_id))
+
+
+def _handoff_notice(workspace_id: int, event: Event) -> str:
+    """The bot handed a conversation to the team: a notice in every open inbox."""
+    from crm.inbox import services as inbox
+    from crm.leads.phones import for_humans
+
+    conversation = inbox.get_conversation(workspace_id, int(event["conversation_id"]))
+    lead = conversation.lead
+    notice = render_template(
+        "inbox/_handoff_notice.html",
         conversation=conversation,
-        for_humans=for_humans,
-        members=inbox.assignable_members(workspace_id),
-        oob=True,
+        name=lead.name or for_humans(lead.phone) or lead.bsuid or "",
+        by=str(event.get("by") or "keyword"),
+        notice_id=str(event.get("eid") or uuid.uuid4().hex)[:16],
     )
-    return item + header
+    return f'<div hx-swap-oob="beforeend:#notices">{notice}</div>'
 
 
 def other_viewers(workspace_id: int, conversation_id: int, user_id: int) -> list[str]:
@@ -115,6 +154,11 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
             return None
         html = render_template("inbox/_note.html", note=note, note_authors=note_author_names([note]))
         return f'<div hx-swap-oob="beforeend:#notes-{note.conversation_id}">{html}</div>'
+    if kind == "conversation.handoff":
+        try:
+            return _handoff_notice(workspace_id, event)
+        except (DomainError, KeyError, ValueError, TypeError):
+            return None
     if kind == "conversation.updated":
         try:
             return _conversation_fragments(workspace_id, int(event["conversation_id"]))

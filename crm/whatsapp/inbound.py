@@ -171,15 +171,21 @@ def _store_message(account: NumberRef, msg: InboundMessage) -> int | None:
         return None  # a retried delivery: the UNIQUE constraint stopped it
     if msg.media is not None:
         _register_media(account, stored.message_id, new.type, msg)
-    if (
+    keyword = (
         new.incoming
         and kind == "person"
         and new.type == "text"
         and is_keyword(account.workspace_id, new.text)
-    ):
+    )
+    if keyword:
         from crm.leads.tasks import consent_keyword_task
 
         enqueue_after_commit(consent_keyword_task, account.workspace_id, stored.message_id)
+    elif new.incoming and kind == "person" and stored.ai_enabled:
+        from crm.ai import replies as ai_replies
+
+        if ai_replies.wants_answer(account.workspace_id, new.type, stored.assignee_id):
+            ai_replies.schedule(account.workspace_id, stored.conversation_id, stored.message_id)
     if new.incoming and stored.assignee_id is None and assignment.enabled(account.workspace_id):
         from crm.whatsapp.tasks import auto_assign_task
 

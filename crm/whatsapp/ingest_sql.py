@@ -31,6 +31,7 @@ class Stored:
     conversation_id: int
     assignee_id: int | None
     message_id: int | None  # None: already stored (a retried delivery)
+    ai_enabled: bool = False  # the conversation's bot switch
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class StepByStep:
             leads.c.deleted_at,
             conversations.c.id.label("conversation_id"),
             conversations.c.assignee_id,
+            conversations.c.ai_enabled,
         ).select_from(
             leads.join(
                 conversations,
@@ -139,12 +141,21 @@ class StepByStep:
                 self.bump_inbound if new.incoming else self.bump_outbound,
                 {"conversation_id": row.conversation_id, "at": new.created_at},
             )
-        return Stored(row.id, row.bsuid, row.name, row.conversation_id, row.assignee_id, message_id)
+        return Stored(
+            row.id,
+            row.bsuid,
+            row.name,
+            row.conversation_id,
+            row.assignee_id,
+            message_id,
+            bool(row.ai_enabled),
+        )
 
 
 _PG_STORE = """
 WITH known AS (
-    SELECT l.id AS lead_id, l.bsuid, l.name, l.deleted_at, c.id AS conversation_id, c.assignee_id
+    SELECT l.id AS lead_id, l.bsuid, l.name, l.deleted_at, c.id AS conversation_id, c.assignee_id,
+           c.ai_enabled
     FROM leads AS l JOIN conversations AS c ON c.lead_id = l.id AND c.account_id = %(account_id)s
     WHERE l.workspace_id = %(workspace_id)s AND SENDER
 ), stored AS (
@@ -170,7 +181,7 @@ WITH known AS (
     FROM known, stored WHERE leads.id = known.lead_id AND known.deleted_at IS NOT NULL
 )
 SELECT known.lead_id, known.bsuid, known.name, known.conversation_id, known.assignee_id,
-       stored.id AS message_id
+       stored.id AS message_id, known.ai_enabled
 FROM known LEFT JOIN stored ON true
 """
 
@@ -193,7 +204,15 @@ class PostgresOneTrip:
         row = connection.exec_driver_sql(self.by_phone if new.phone else self.by_bsuid, params).first()
         if row is None:
             return None
-        return Stored(row.lead_id, row.bsuid, row.name, row.conversation_id, row.assignee_id, row.message_id)
+        return Stored(
+            row.lead_id,
+            row.bsuid,
+            row.name,
+            row.conversation_id,
+            row.assignee_id,
+            row.message_id,
+            bool(row.ai_enabled),
+        )
 
 
 _stores: dict[str, Store] = {}

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.db import UTCDateTime, utcnow
@@ -54,6 +54,8 @@ class WhatsAppAccount(Model):
     # Random path segment of the Cloud API webhook URL (unguessable, unique).
     webhook_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     max_per_minute: Mapped[int | None] = mapped_column(Integer)
+    # AI replies on this number (when the workspace has them on).
+    ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Routing: lower priority first; weight splits new leads among numbers of equal priority
     # (gradual migration); the fallback carries messages while this number can't send.
     priority: Mapped[int] = mapped_column(Integer, default=0)

@@ -384,3 +384,42 @@
     if (page && window.htmx) htmx.ajax("GET", page.getAttribute("data-broadcast-live"), { source: page, swap: "none" });
   });
 })();
+
+// AI replies: a "Suggest reply" draft goes into the reply box for the agent to edit (it is never
+// sent by itself); the knowledge's character count follows the typing; hand-off notices close by
+// hand, at most four at once.
+(function () {
+  "use strict";
+  function insertDraft(el) {
+    var box = document.querySelector(el.getAttribute("data-target"));
+    if (!box || el.hasAttribute("data-inserted")) return;
+    el.setAttribute("data-inserted", "");
+    var draft = el.getAttribute("data-suggestion-text") || "";
+    var typed = box.value.replace(/\s+$/, "");
+    box.value = typed ? typed + "\n\n" + draft : draft;
+    box.rows = Math.min(8, Math.max(2, box.value.split("\n").length + 1));
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+  document.addEventListener("htmx:load", function (event) {
+    var elt = event.detail && event.detail.elt;
+    if (!elt || !elt.querySelectorAll) return;
+    if (elt.matches("[data-suggestion-text]")) insertDraft(elt);
+    elt.querySelectorAll("[data-suggestion-text]").forEach(insertDraft);
+  });
+  document.addEventListener("input", function (event) {
+    var box = event.target;
+    if (!box.matches || !box.matches("textarea[data-char-count]")) return;
+    var out = document.querySelector(box.getAttribute("data-char-count"));
+    if (out) out.textContent = Array.from(box.value.replace(/\r\n/g, "\n")).length.toLocaleString(document.documentElement.lang || undefined);
+  });
+  document.addEventListener("click", function (event) {
+    var close = event.target.closest && event.target.closest("[data-dismiss-notice]");
+    var notice = close && close.closest(".notice");
+    if (notice) notice.remove();
+  });
+  document.addEventListener("htmx:oobAfterSwap", function () {
+    var notices = document.querySelectorAll("#notices .notice");
+    for (var i = 0; i < notices.length - 4; i++) notices[i].remove();
+  });
+})();

@@ -37,6 +37,7 @@ FOREIGN_OBJECTS: dict[str, Callable[[factories.Person], int]] = {
     "lead_id": factories.lead,
     "import_id": factories.lead_import,
     "broadcast_id": _broadcast,
+    "suggestion_id": factories.ai_suggestion,
 }
 
 ID_ARG = re.compile(r"<(?:int:)?(\w+_id)>")

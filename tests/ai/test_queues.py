@@ -1,0 +1,70 @@
+"""The AI queue is apart from the sends' queue: a backlog of answers never delays a send."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from huey import Huey
+from huey.storage import SqliteStorage
+
+from crm.ai.tasks import answer_task, suggest_task
+from crm.extensions import db
+from crm.inbox.models import Message
+from crm.inbox.sending import reply as agent_reply
+from crm.worker import ai_huey, huey, start_in_process_consumer
+from tests.ai.conftest import Bot
+from tests.fakes.gemini import GeminiStub
+
+
+def test_ai_tasks_live_on_their_own_queue() -> None:
+    assert answer_task.huey is ai_huey and suggest_task.huey is ai_huey
+    assert ai_huey.name != huey.name
+
+
+def _real(queue: Huey, path: Path) -> tuple[object, ...]:
+    saved = (queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage)
+    queue.storage_class, queue.storage_kwargs = SqliteStorage, {"filename": str(path)}
+    queue.immediate = False
+    queue.storage = queue.create_storage()
+    return saved
+
+
+def _restore(queue: Huey, saved: tuple[object, ...]) -> None:
+    queue.flush()
+    queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage = saved  # type: ignore[assignment]
+
+
+@pytest.fixture
+def real_queues(app: Flask, tmp_path: Path) -> Iterator[None]:
+    saved = _real(huey, tmp_path / "queue.sqlite3"), _real(ai_huey, tmp_path / "queue-ai.sqlite3")
+    yield
+    _restore(huey, saved[0])
+    _restore(ai_huey, saved[1])
+
+
+def test_sends_keep_flowing_during_an_ai_backlog(real_queues: None, bot: Bot, gemini: GeminiStub) -> None:
+    gemini.set_latency(0.4)  # Gemini is slow: 20 answers take 8 s on one AI thread
+    conversations = [bot.say(f"Pergunta {n}", phone=f"+55119000100{n:02d}") for n in range(20)]
+    assert ai_huey.pending_count() == 20
+    consumers = [start_in_process_consumer(1), start_in_process_consumer(1, ai_huey)]
+    try:
+        time.sleep(0.5)  # the AI thread is busy with the backlog now
+        queued = agent_reply(bot.workspace_id, conversations[-1], "Um momento!", user_id=bot.person.user_id)
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            db.session.expire_all()
+            if db.session.get_one(Message, queued.message.id).status == "delivered":
+                break
+            time.sleep(0.02)
+        waited = time.monotonic() - started
+        db.session.rollback()
+        assert db.session.get_one(Message, queued.message.id).status == "delivered"
+        assert waited < 1.0
+        assert ai_huey.pending_count() >= 10  # the backlog is still there
+    finally:
+        for consumer in consumers:
+            consumer.stop(graceful=True)
