@@ -133,6 +133,12 @@ def conversation_turns(
     return turns
 
 
+def knowledge_room(instructions: str, total_tokens: int) -> int:
+    """Tokens of knowledge that go with each request (the rest is cut, and the page says so)."""
+    fixed = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(instructions) + 50
+    return max(0, (total_tokens * 2) // 3 - fixed)
+
+
 def build(
     settings: AISettings,
     workspace: Workspace,
@@ -146,7 +152,9 @@ def build(
     """The system prompt and the turns, together within ``total_tokens``: the knowledge may take
     up to two thirds, the conversation gets the rest (at least a quarter)."""
     fixed = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(settings.instructions) + 50
-    knowledge_budget = max(0, min(estimate_tokens(settings.knowledge), (total_tokens * 2) // 3 - fixed))
+    knowledge_budget = min(
+        estimate_tokens(settings.knowledge), knowledge_room(settings.instructions, total_tokens)
+    )
     history_budget = max(total_tokens // 4, total_tokens - fixed - knowledge_budget)
     turns = conversation_turns(
         conversation_id, up_to_id, settings.history_messages, history_budget, customer_last

@@ -131,6 +131,14 @@ def ai_problem(workspace_id: int) -> AIStatus | None:
     return status if status.problem else None
 
 
+def knowledge_room_chars(workspace_id: int) -> int:
+    """How much of the knowledge reaches Gemini with each question (AI_CONTEXT_TOKENS)."""
+    from crm.ai.context import CHARS_PER_TOKEN, knowledge_room
+
+    instructions = settings_of(workspace_id).instructions
+    return knowledge_room(instructions, current_app.config["AI_CONTEXT_TOKENS"]) * CHARS_PER_TOKEN
+
+
 def replies_on(workspace_id: int) -> bool:
     """Whether the workspace has AI replies on: the inbox shows the bot switch and "suggest reply"."""
     return bool(settings_of(workspace_id).enabled)

@@ -29,6 +29,7 @@ def _page(form: AISettingsForm, status: int = 200) -> Any:
         numbers=ai.numbers(workspace_id),
         defaults=default_texts(workspace),
         max_knowledge=MAX_KNOWLEDGE_CHARS,
+        knowledge_room=ai.knowledge_room_chars(workspace_id),
     ), status
 
 

@@ -45,6 +45,8 @@ class SystemStatus:
     sends_in_flight: int
     oldest_queued: datetime | None
     broadcasts_running: int
+    ai_queue_pending: int | None = None  # AI answers have a queue of their own
+    ai_replies_owed: int = 0  # answers this workspace's customers are waiting for
 
 
 def redis_memory() -> RedisMemory:
@@ -60,7 +62,8 @@ def redis_memory() -> RedisMemory:
 
 
 def system_status(workspace_id: int) -> SystemStatus:
-    from crm.worker import huey
+    from crm.ai.models import AIReply
+    from crm.worker import ai_huey, huey
 
     scaled = bool(current_app.config.get("REDIS_URL"))
     redis, redis_error = None, None
@@ -70,11 +73,12 @@ def system_status(workspace_id: int) -> SystemStatus:
         except Exception as exc:  # the page must show Redis is down rather than fail
             log.warning("system page: Redis unreachable: %s", exc)
             redis_error = exc.__class__.__name__
-    pending = scheduled = results = None
+    pending = scheduled = results = ai_pending = None
     if not huey.immediate:
         try:
             pending, scheduled = huey.pending_count(), huey.scheduled_count()
             results = huey.storage.result_store_size()
+            ai_pending = ai_huey.pending_count() + ai_huey.scheduled_count()
         except Exception as exc:
             log.warning("system page: queue unreachable: %s", exc)
     by_state: dict[str, int] = dict(
@@ -104,4 +108,13 @@ def system_status(workspace_id: int) -> SystemStatus:
         sends_in_flight=int(by_state.get(OutboxState.SENDING.value, 0)),
         oldest_queued=oldest,
         broadcasts_running=int(running or 0),
+        ai_queue_pending=ai_pending,
+        ai_replies_owed=int(
+            db.session.scalar(
+                select(func.count())
+                .select_from(AIReply)
+                .where(AIReply.workspace_id == workspace_id, AIReply.status.in_(("pending", "answering")))
+            )
+            or 0
+        ),
     )

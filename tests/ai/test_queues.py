@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from huey import Huey
 from huey.storage import SqliteStorage
 
@@ -68,3 +69,18 @@ def test_sends_keep_flowing_during_an_ai_backlog(real_queues: None, bot: Bot, ge
     finally:
         for consumer in consumers:
             consumer.stop(graceful=True)
+
+
+def test_the_system_page_shows_answers_owed(
+    app: Flask, bot: Bot, gemini: GeminiStub, logged_in: FlaskClient
+) -> None:
+    import re
+
+    app.config["AI_DEBOUNCE_SECONDS"] = 3.0
+    try:
+        bot.say("Oi")
+        bot.say("Oi", phone="+5511900005050")
+    finally:
+        app.config["AI_DEBOUNCE_SECONDS"] = 0.0
+    page = logged_in.get("/settings/system").get_data(as_text=True)
+    assert re.search(r'id="system-ai-owed">2<', page)

@@ -345,3 +345,18 @@ def test_the_last_error_and_the_usage_are_shown(logged_in: FlaskClient, owner: f
     assert "Check the API key below" in page and "API key not valid." in page
     assert '<dd id="ai-used-minute">2 of 10</dd>' in page
     assert f'<dd id="ai-used-day">{today} of 500</dd>' in page
+
+
+def test_the_page_says_when_the_knowledge_is_longer_than_a_request_takes(
+    app: Flask, logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    from crm.ai.settings import update_settings
+
+    update_settings(owner.workspace_id, knowledge="Preços. " * 100)
+    assert "go with each question" not in logged_in.get("/settings/ai").get_data(as_text=True)
+    app.config["AI_CONTEXT_TOKENS"] = 200
+    try:
+        page = logged_in.get("/settings/ai").get_data(as_text=True)
+    finally:
+        app.config["AI_CONTEXT_TOKENS"] = 32000
+    assert "go with each question" in page
