@@ -43,7 +43,7 @@ def _engine_options(database_url: str) -> dict[str, Any]:
     and none are opened and closed under load. SQLite: the driver's defaults."""
     if not database_url.startswith("postgresql"):
         return {"pool_pre_ping": True}
-    threads = max(_int("WEB_THREADS", 32), _int("WORKER_THREADS", 4))
+    threads = max(_int("WEB_THREADS", 32), _int("WORKER_THREADS", 4) + _int("AI_WORKER_THREADS", 8))
     return {"pool_pre_ping": True, "pool_size": threads, "max_overflow": 8, "pool_recycle": 1800}
 
 
@@ -73,7 +73,8 @@ def from_env() -> dict[str, Any]:
         # tokens at most (estimated at 4 characters a token).
         "AI_CONTEXT_TOKENS": _int("AI_CONTEXT_TOKENS", 32000),
         # Threads of the AI queue, apart from the sends' queue so a backlog never delays them.
-        "AI_WORKER_THREADS": _int("AI_WORKER_THREADS", 2),
+        # They mostly wait on Gemini (seconds per answer), so there are more of them.
+        "AI_WORKER_THREADS": _int("AI_WORKER_THREADS", 8),
         "MEDIA_STORAGE": os.environ.get("MEDIA_STORAGE", "local"),
         "MEDIA_ROOT": os.environ.get("MEDIA_ROOT") or None,  # default: <instance>/media
         "S3_BUCKET": os.environ.get("S3_BUCKET") or None,

@@ -38,8 +38,7 @@ def day_start(timezone: str, now: datetime) -> datetime:
 
 
 def take(workspace_id: int, per_minute: int, per_day: int, timezone: str) -> Grant:
-    """Take one request of the budget (committed at once), or say why not. A cooldown that
-    Gemini asked for (a 429's retry delay) holds every request of the workspace until it ends."""
+    """Take one request of the budget (committed at once), or say why not."""
     locked = db.session.execute(
         update(AISettings)
         .where(AISettings.workspace_id == workspace_id)
@@ -49,12 +48,6 @@ def take(workspace_id: int, per_minute: int, per_day: int, timezone: str) -> Gra
         db.session.rollback()
         return Grant(None, day_spent=True)
     now = utcnow()  # after the lock: a call that waited for it counts from now
-    cooldown = db.session.scalar(
-        select(AISettings.cooldown_until).where(AISettings.workspace_id == workspace_id)
-    )
-    if cooldown is not None and cooldown > now:
-        db.session.rollback()
-        return Grant(None, wait=(cooldown - now).total_seconds())
     calls = AICall.__table__
     in_workspace = calls.c.workspace_id == workspace_id
     today = db.session.scalar(
@@ -73,20 +66,6 @@ def take(workspace_id: int, per_minute: int, per_day: int, timezone: str) -> Gra
     db.session.add(call)
     db.session.commit()
     return Grant(call.id)
-
-
-def cool_down(workspace_id: int, seconds: float) -> None:
-    """Gemini said to wait (a 429 with a retry delay): no request of the workspace before then."""
-    until = utcnow() + timedelta(seconds=seconds)
-    db.session.execute(
-        update(AISettings)
-        .where(
-            AISettings.workspace_id == workspace_id,
-            (AISettings.cooldown_until.is_(None)) | (AISettings.cooldown_until < until),
-        )
-        .values(cooldown_until=until)
-    )
-    db.session.commit()
 
 
 def record_outcome(call_id: int, outcome: str) -> None:

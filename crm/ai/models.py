@@ -47,8 +47,6 @@ class AISettings(Model):
     # Gemini said the day's quota is spent: AI stays off until then (a banner says why).
     paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     pause_reason: Mapped[str | None] = mapped_column(String(32))
-    # Gemini answered 429 with a retry delay: no request of the workspace before this.
-    cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(String(32))  # a code, shown translated
     last_error_detail: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

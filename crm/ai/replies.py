@@ -351,8 +351,6 @@ def _ask(job: Job, turn: Turn, now: datetime) -> str:
     except GeminiError as exc:
         budget.record_outcome(grant.call_id, exc.kind)
         db.session.commit()
-        if exc.kind == "rate_limited" and exc.retry_after:
-            budget.cool_down(job.workspace.id, exc.retry_after)  # every answer waits, not only this one
         return _failed(job, exc, attempt)
     budget.record_outcome(grant.call_id, "ok")
     db.session.commit()

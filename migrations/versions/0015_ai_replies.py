@@ -65,7 +65,6 @@ def upgrade():
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('paused_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('pause_reason', sa.String(length=32), nullable=True),
-    sa.Column('cooldown_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.String(length=32), nullable=True),
     sa.Column('last_error_detail', sa.Text(), nullable=True),
     sa.Column('last_error_at', sa.DateTime(timezone=True), nullable=True),
