@@ -9,9 +9,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FLASK_APP=app.py
 
+# The PostgreSQL client for `flask crm backup` / `flask crm restore` (pg_dump, pg_restore), of the
+# same major version as the server in compose.yaml (postgres:16). The Debian release under
+# python:3.11-slim (trixie) ships only version 17, and pg_dump 17 writes `SET transaction_timeout`
+# into every dump, which a PostgreSQL 16 server rejects on restore; a pg_dump older than the
+# server refuses to dump it at all. So the client comes from the PostgreSQL project's own apt
+# repository (apt.postgresql.org), set up by Debian's postgresql-common script with the key that
+# package ships. Upgrading the server image? Build with `--build-arg PG_MAJOR=<its major>`.
+ARG PG_MAJOR=16
+
 # libmagic: python-magic, needed by neonize (WebQR numbers). ffmpeg: voice notes and MP4 video.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libmagic1 ffmpeg \
+    && apt-get install -y --no-install-recommends ca-certificates postgresql-common \
+    && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+    && apt-get install -y --no-install-recommends libmagic1 ffmpeg "postgresql-client-${PG_MAJOR}" \
+    && pg_dump --version | grep -q " ${PG_MAJOR}\." \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 zapdesk \

@@ -284,5 +284,46 @@ def set_ai_command(
     _emit(settings_json(update_settings(ws.id, **changes)))
 
 
+@crm_cli.command("backup")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the archive (default: <instance>/backups).",
+)
+@click.option(
+    "--include-secret-key",
+    is_flag=True,
+    help="Also store the key generated in <instance>/secret_key (not a SECRET_KEY from the environment).",
+)
+@domain_errors_to_exit
+def backup_command(output: Path | None, include_secret_key: bool) -> None:
+    """Write one archive: the database, the local media files and a manifest with checksums."""
+    from crm.ops.backup import create_backup
+
+    folder = output or Path(current_app.config["INSTANCE_PATH"]) / "backups"
+    _emit(create_backup(folder, include_secret_key=include_secret_key).as_json())
+
+
+@crm_cli.command("restore")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace data that is already there (it is deleted first).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@domain_errors_to_exit
+def restore_command(archive: Path, force: bool, yes: bool) -> None:
+    """Restore a backup archive into an empty database and media folder (stop Zapdesk first)."""
+    from crm.ops.restore import RestorePlan, restore_backup
+
+    def confirm(plan: RestorePlan) -> bool:
+        if yes:
+            return True
+        try:
+            return click.confirm(plan.question(), default=False, err=True)
+        except click.Abort:  # end of input: no answer is a no
+            return False
+
+    _emit(restore_backup(archive, force=force, confirm=confirm).as_json())
+
+
 def setup_cli(app: Flask) -> None:
     app.cli.add_command(crm_cli)

@@ -42,9 +42,17 @@ def _engine_options(database_url: str) -> dict[str, Any]:
     """PostgreSQL: one pooled connection per server thread, so no thread waits for a connection
     and none are opened and closed under load. SQLite: the driver's defaults."""
     if not database_url.startswith("postgresql"):
-        return {"pool_pre_ping": True}
+        return {"pool_pre_ping": True, "hide_parameters": True}
     threads = max(_int("WEB_THREADS", 32), _int("WORKER_THREADS", 4) + _int("AI_WORKER_THREADS", 8))
-    return {"pool_pre_ping": True, "pool_size": threads, "max_overflow": 8, "pool_recycle": 1800}
+    # hide_parameters: an error's message never carries the statement's values (message text,
+    # phone numbers, keys) into logs.
+    return {
+        "pool_pre_ping": True,
+        "hide_parameters": True,
+        "pool_size": threads,
+        "max_overflow": 8,
+        "pool_recycle": 1800,
+    }
 
 
 def from_env() -> dict[str, Any]:
@@ -102,6 +110,14 @@ def from_env() -> dict[str, Any]:
         "WORKER_THREADS": _int("WORKER_THREADS", 4),
         # How long a send may take before another worker takes it over (the crash-recovery delay).
         "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", 120),
+        # Each worker and gateway process writes a heartbeat this often (and every process
+        # flushes its metric counters and recent errors); three missed beats make it stale.
+        "HEARTBEAT_SECONDS": _float("HEARTBEAT_SECONDS", 15.0),
+        # GET /metrics: with a token, only "Authorization: Bearer <token>"; without one, only
+        # requests from loopback or private addresses.
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
+        # How long /readyz and /metrics wait for Redis before calling it down.
+        "PROBE_TIMEOUT_SECONDS": _float("PROBE_TIMEOUT_SECONDS", 1.0),
         "WEB_THREADS": _int("WEB_THREADS", 32),
         "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 1),
         # Argon2id, OWASP password storage cheat sheet: m=19 MiB, t=2, p=1.

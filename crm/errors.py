@@ -68,7 +68,7 @@ class TooManyRequests(DomainError):
 
 
 def wants_json() -> bool:
-    return request.path.startswith(("/api/", "/webhooks/", "/healthz")) or (
+    return request.path.startswith(("/api/", "/webhooks/", "/healthz", "/readyz", "/metrics")) or (
         request.accept_mimetypes.best == "application/json" and request.headers.get("HX-Request") != "true"
     )
 

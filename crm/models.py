@@ -6,6 +6,9 @@ from crm.broadcasts.models import Broadcast, BroadcastAccount, BroadcastRecipien
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.models import Lead, LeadTag
 from crm.media.models import MediaFile, MediaStatus
+from crm.ops.heartbeat import Heartbeat
+from crm.ops.metrics import MetricCounter
+from crm.ops.recent_errors import LogRecordRow
 from crm.whatsapp.models import (
     AccountEvent,
     Health,
@@ -33,14 +36,17 @@ __all__ = [
     "Conversation",
     "ConversationNote",
     "Health",
+    "Heartbeat",
     "Invitation",
     "Lead",
     "LeadTag",
+    "LogRecordRow",
     "LoginFailure",
     "MediaFile",
     "MediaStatus",
     "Membership",
     "Message",
+    "MetricCounter",
     "Outbox",
     "OutboxState",
     "ParkedStatus",

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 def _gateway_child() -> None:
     """The gateway in a process of its own (embedded mode): same environment, its own app."""
     from crm import create_app
+    from crm.logs import set_process
     from crm.whatsapp.gateway import run_gateway
 
+    set_process("gateway")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -124,6 +126,7 @@ def serve(app: Flask, host: str, port: int) -> None:
         "timeout": 120,
         "graceful_timeout": 20,
         "accesslog": None,  # the app logs requests itself, with secrets masked (crm/logs.py)
+        "logger_class": "crm.logs.GunicornLogger",  # gunicorn's own lines in LOG_FORMAT, masked
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
     }

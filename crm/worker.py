@@ -90,8 +90,10 @@ def in_app_context(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from crm.extensions import db
+        from crm.logs import task_context
 
-        with task_app().app_context():
+        # Every log line of the task says which task it is (its request id, if it runs inline).
+        with task_context(f"{func.__module__}.{func.__name__}"), task_app().app_context():
             try:
                 return func(*args, **kwargs)
             finally:
@@ -140,6 +142,30 @@ def start_in_process_consumer(workers: int, queue: Huey | None = None) -> Consum
     consumer.start()  # starts the scheduler and worker threads, then returns
     log.info("in-process task consumer started with %d threads (queue %s)", workers, queue.name)
     return consumer
+
+
+# --- heartbeats: each consumer thread says it runs (crm/ops/heartbeat.py) ----------------------
+
+
+def _heartbeat_hooks(queue: Huey) -> None:
+    """Huey calls these in each of a consumer's worker threads as it starts and stops, whether the
+    consumer is ``flask crm worker`` or the in-process one of embedded mode."""
+
+    @queue.on_startup(name="heartbeat")
+    def _consumer_started() -> None:
+        from crm.ops.heartbeat import consumer_started
+
+        consumer_started(queue.name, task_app())
+
+    @queue.on_shutdown(name="heartbeat")
+    def _consumer_stopped() -> None:
+        from crm.ops.heartbeat import consumer_stopped
+
+        consumer_stopped(task_app())
+
+
+_heartbeat_hooks(huey)
+_heartbeat_hooks(ai_huey)
 
 
 # --- periodic housekeeping -------------------------------------------------------------------

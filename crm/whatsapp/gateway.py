@@ -93,11 +93,14 @@ class Gateway:
         self.failures: dict[int, tuple[int, float]] = {}  # account → (consecutive failures, retry at)
 
     def run(self, stop: threading.Event) -> None:
+        from crm.ops import heartbeat
+
+        heartbeat.ensure_started(self.app)  # this process's metrics and errors reach the others
         if self.factory is None:
             available, reason = neonize_available()
             log.info("gateway started: %s", reason)
             if not available:
-                stop.wait()
+                self._beat_while_disabled(stop, reason)
                 return
             self.factory = default_client_factory()
         else:
@@ -106,6 +109,10 @@ class Gateway:
             try:
                 with self.app.app_context():
                     self.reconcile()
+                    # From this loop, so a stuck loop stops beating (readiness then says so).
+                    heartbeat.beat_every_interval(
+                        heartbeat.GATEWAY, {"webqr": True, "sessions": len(self.runners)}
+                    )
             except Exception:
                 log.exception("gateway loop failed; retrying")
             finally:
@@ -113,7 +120,33 @@ class Gateway:
                     db.session.remove()
             stop.wait(self.poll_seconds)
         self.stop_all()
+        self._forget_heartbeat()
         log.info("gateway stopped")
+
+    def _beat_while_disabled(self, stop: threading.Event, reason: str) -> None:
+        """WhatsApp Web can't load here: keep saying so (readiness and the system page show it)."""
+        from crm.ops import heartbeat
+
+        while True:
+            try:
+                with self.app.app_context():
+                    heartbeat.beat(heartbeat.GATEWAY, {"webqr": False, "detail": reason[:300]})
+                    db.session.remove()
+            except Exception as exc:
+                log.warning("gateway heartbeat failed: %s", exc.__class__.__name__)
+            if stop.wait(heartbeat.interval(self.app)):
+                break
+        self._forget_heartbeat()
+
+    def _forget_heartbeat(self) -> None:
+        from crm.ops import heartbeat
+
+        try:
+            with self.app.app_context():
+                heartbeat.forget(heartbeat.GATEWAY)
+                db.session.remove()
+        except Exception as exc:  # the row just goes stale
+            log.info("gateway heartbeat not removed: %s", exc.__class__.__name__)
 
     # --- the supervisor's one step -------------------------------------------------------------
 

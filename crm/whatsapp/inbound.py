@@ -22,6 +22,7 @@ from crm.inbox.services import open_conversation
 from crm.leads.consent import is_keyword
 from crm.leads.models import Lead
 from crm.leads.services import insert_lead_if_new
+from crm.ops.metrics import record_ingest
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp.accounts import NumberRef, number_refs
 from crm.whatsapp.events import AccountSignal, InboundMessage, ParsedWebhook, StatusUpdate
@@ -278,6 +279,9 @@ def ingest(account: int | NumberRef, parsed: ParsedWebhook, attempts: int = 3) -
         try:
             summary = _ingest_once(account, parsed)
             db.session.commit()
+            record_ingest(  # in-process counters, no I/O (crm/ops/metrics.py)
+                account.provider, len(summary.stored), summary.duplicates, (s.status for s in parsed.statuses)
+            )
             return summary
         except (OperationalError, IntegrityError):
             db.session.rollback()

@@ -27,6 +27,7 @@ from crm.extensions import db
 from crm.inbox.models import Conversation, Message
 from crm.leads.consent import opted_out
 from crm.leads.models import Lead
+from crm.ops.metrics import record_send, record_send_error
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp import health, pacing
 from crm.whatsapp.models import Outbox, OutboxState, WhatsAppAccount
@@ -307,6 +308,7 @@ def _fail(
         },
     )
     db.session.commit()
+    record_send(message.provider or "", message.account_id, "cancelled" if state == "cancelled" else "failed")
 
 
 class GatewaySender(Protocol):
@@ -563,11 +565,15 @@ def _record_sent(
     # neither saw the other). Look again now that the id is committed; applying is idempotent.
     apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
     db.session.commit()
+    record_send(carrier.provider, carrier.id, "sent")
     return "sent"
 
 
 def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error: ProviderError) -> str:
-    log.info("send of outbox %s via account %s failed: %s %s", row.id, carrier.id, error.code, error.title)
+    # The title is Meta's free text and may quote what was sent: at INFO only the code.
+    log.info("send of outbox %s via account %s failed: %s", row.id, carrier.id, error.code)
+    log.debug("send of outbox %s failed: %s", row.id, error.title)
+    record_send_error(carrier.provider, error.code)
     if error.pause_account_for:
         health.pause(carrier, error.pause_account_for)
     if error.action is ErrorAction.ACCOUNT_DOWN:

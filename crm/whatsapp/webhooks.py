@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response, request
 
 from crm.errors import json_error
+from crm.logs import bind_workspace
 from crm.whatsapp import bp
 from crm.whatsapp.accounts import check_signature, check_verify_token, webhook_target
 from crm.whatsapp.cloud_parser import parse_cloud_webhook
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 @bp.get("/cloud/<key>")
 def verify_cloud(key: str) -> Any:
     account = webhook_target(key)
+    bind_workspace(account.workspace_id)  # its log lines say whose webhook it was
     if request.args.get("hub.mode") != "subscribe" or not check_verify_token(
         account, request.args.get("hub.verify_token", "")
     ):
@@ -32,6 +34,7 @@ def verify_cloud(key: str) -> Any:
 def receive_cloud(key: str) -> Any:
     started = time.monotonic()
     account = webhook_target(key)
+    bind_workspace(account.workspace_id)  # its log lines say whose webhook it was
     body = request.get_data(cache=False)  # the raw bytes: the signature covers exactly these
     if not check_signature(account, body, request.headers.get("X-Hub-Signature-256")):
         log.warning("webhook for account %s: missing or wrong signature", account.id)

@@ -41,10 +41,18 @@ def _restore(queue: Huey, saved: tuple[object, ...]) -> None:
 
 @pytest.fixture
 def real_queues(app: Flask, tmp_path: Path) -> Iterator[None]:
+    from crm import worker
+
+    # Consumer threads run tasks in the app the worker was set up with: this test's, whatever
+    # app another test module created since.
+    saved_app = worker._app.get("app")
+    worker._app["app"] = app
     saved = _real(huey, tmp_path / "queue.sqlite3"), _real(ai_huey, tmp_path / "queue-ai.sqlite3")
     yield
     _restore(huey, saved[0])
     _restore(ai_huey, saved[1])
+    if saved_app is not None:
+        worker._app["app"] = saved_app
 
 
 def test_sends_keep_flowing_during_an_ai_backlog(real_queues: None, bot: Bot, gemini: GeminiStub) -> None:

@@ -1,0 +1,1 @@
+"""Operations: backups, health and readiness, metrics, heartbeats."""
