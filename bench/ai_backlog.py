@@ -81,14 +81,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import BenchError, log_tail, run_cli, spawn
+from harness import HOST, PG_PORT, BenchError, log_tail, pg_connect, redis_client, run_cli, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent  # the virtualenv this script runs in (.venv/bin)
 
-HOST = "127.0.0.1"  # never anything else
-PG_PORT = 5432
 REDIS_PORT = 6379
 
 TARGET_WAIT_P95_S = 1.0
@@ -443,22 +441,10 @@ class Bench:
         return env
 
     def pg(self, dbname: str) -> Any:
-        import psycopg
-
-        try:
-            return psycopg.connect(
-                host=HOST, port=PG_PORT, user="postgres", dbname=dbname, connect_timeout=5, autocommit=True
-            )
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BenchError(
-                f"PostgreSQL at {HOST}:{PG_PORT} (user postgres) is not reachable: {first}"
-            ) from exc
+        return pg_connect(dbname)
 
     def redis(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=30)
+        return redis_client(self.redis_url)
 
     def run_cli(self, *argv: str, timeout: float = 180) -> dict[str, Any]:
         out = run_cli(argv, self.env(), timeout)

@@ -48,3 +48,27 @@ def log_tail(folder: Path, name: str, lines: int = 15) -> str:
         return "\n".join((folder / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+HOST = "127.0.0.1"  # the benchmarks only ever talk to this machine's services
+PG_PORT = 5432
+
+
+def pg_connect(dbname: str) -> Any:
+    """An autocommit psycopg connection to the local PostgreSQL (user postgres, trust auth), or a
+    BenchError saying it is not reachable."""
+    import psycopg
+
+    try:
+        return psycopg.connect(
+            host=HOST, port=PG_PORT, user="postgres", dbname=dbname, connect_timeout=5, autocommit=True
+        )
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BenchError(f"PostgreSQL at {HOST}:{PG_PORT} (user postgres) is not reachable: {first}") from exc
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=30)

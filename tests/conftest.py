@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -249,3 +249,39 @@ def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> It
     yield request.param
     huey.flush()
     huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
+
+
+if TYPE_CHECKING:
+    from tests.fakes.gemini import GeminiStub
+
+
+# --- Gemini (AI replies) ------------------------------------------------------------------------
+
+GEMINI_KEY = "test-gemini-key"
+
+
+@pytest.fixture(scope="session")
+def gemini_server() -> Iterator[GeminiStub]:
+    from tests.fakes.gemini import GeminiStub
+
+    with GeminiStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def gemini(gemini_server: GeminiStub, app: Flask) -> Iterator[GeminiStub]:
+    """The Gemini stub, emptied, answering ``Bot: <the customer's last message>`` in the JSON the
+    product asks for, with the app pointed at it (GEMINI_API_KEY / GEMINI_BASE_URL) until the
+    test ends."""
+    from tests.fakes.gemini import Outcome
+
+    names = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AI_TIMEOUT_SECONDS")
+    saved = {name: app.config.get(name) for name in names}
+    gemini_server.reset()
+    gemini_server.set_default(
+        Outcome.json_answer(lambda call: {"reply": f"Bot: {call.last_user_text}", "handoff": False})
+    )
+    app.config.update(GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=gemini_server.url, AI_TIMEOUT_SECONDS=5.0)
+    yield gemini_server
+    app.config.update(saved)
+    gemini_server.reset()

@@ -4,13 +4,11 @@ the bot on."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy import select
 
 from crm.ai.models import AIReply
@@ -21,30 +19,7 @@ from crm.inbox.models import Conversation, Message
 from crm.whatsapp.events import InboundMessage
 from crm.whatsapp.inbound import ingest_message
 from tests import factories
-from tests.fakes.gemini import GeminiStub, Outcome
-
-KEY = "test-gemini-key"
-
-
-@pytest.fixture(scope="session")
-def gemini_server() -> Iterator[GeminiStub]:
-    with GeminiStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def gemini(gemini_server: GeminiStub, app: Flask) -> Iterator[GeminiStub]:
-    """The stub, empty, with the app pointed at it (GEMINI_API_KEY / GEMINI_BASE_URL)."""
-    names = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AI_TIMEOUT_SECONDS")
-    saved = {name: app.config[name] for name in names}
-    gemini_server.reset()
-    gemini_server.set_default(
-        Outcome.json_answer(lambda call: {"reply": f"Bot: {call.last_user_text}", "handoff": False})
-    )
-    app.config.update(GEMINI_API_KEY=KEY, GEMINI_BASE_URL=gemini_server.url, AI_TIMEOUT_SECONDS=5.0)
-    yield gemini_server
-    app.config.update(saved)
-    gemini_server.reset()
+from tests.fakes.gemini import GeminiStub
 
 
 @dataclass

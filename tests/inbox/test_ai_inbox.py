@@ -22,28 +22,9 @@ from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.realtime import broker
 from crm.realtime.fragments import render_event
 from tests import factories
+from tests.conftest import GEMINI_KEY as KEY
 from tests.conftest import csrf_from, hx, login
 from tests.fakes.gemini import GeminiStub, Outcome
-
-KEY = "test-gemini-key"
-
-
-@pytest.fixture(scope="module")
-def gemini_server() -> Iterator[GeminiStub]:
-    with GeminiStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def gemini(gemini_server: GeminiStub, app: Flask) -> Iterator[GeminiStub]:
-    """The stub, empty, with the app pointed at it; the config is put back afterwards."""
-    names = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AI_TIMEOUT_SECONDS")
-    saved = {name: app.config.get(name) for name in names}
-    gemini_server.reset()
-    app.config.update(GEMINI_API_KEY=KEY, GEMINI_BASE_URL=gemini_server.url, AI_TIMEOUT_SECONDS=5.0)
-    yield gemini_server
-    app.config.update(saved)
-    gemini_server.reset()
 
 
 @pytest.fixture
