@@ -52,6 +52,8 @@ def _engine_options(database_url: str) -> dict[str, Any]:
         "pool_size": threads,
         "max_overflow": 8,
         "pool_recycle": 1800,
+        # A database that drops packets (not refuses them) must not hang requests and /readyz.
+        "connect_args": {"connect_timeout": _int("DATABASE_CONNECT_TIMEOUT", 5)},
     }
 
 

@@ -621,16 +621,21 @@ def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
         .scalars()
         .all()
     )
+    failed_messages: list[tuple[str, int]] = []
     if gave_up:
-        db.session.execute(
-            update(Message)
-            .where(Message.id.in_(gave_up), Message.status.in_(["queued", "sending"]))
-            .values(
-                status="failed",
-                error_code="retries_exhausted",
-                error_title=_("Sending kept failing; gave up after %(n)d attempts.", n=MAX_ATTEMPTS),
+        failed_messages = [
+            (row.provider, row.account_id)
+            for row in db.session.execute(
+                update(Message)
+                .where(Message.id.in_(gave_up), Message.status.in_(["queued", "sending"]))
+                .values(
+                    status="failed",
+                    error_code="retries_exhausted",
+                    error_title=_("Sending kept failing; gave up after %(n)d attempts.", n=MAX_ATTEMPTS),
+                )
+                .returning(Message.provider, Message.account_id)
             )
-        )
+        ]
     expired = (
         db.session.execute(
             update(Outbox)
@@ -652,6 +657,8 @@ def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
     )
     swept = sweep_parked()
     db.session.commit()
+    for provider, account_id in failed_messages:
+        record_send(provider, account_id, "failed")
     from crm.whatsapp.tasks import deliver_task
 
     for outbox_id in dict.fromkeys([*expired, *stale]):

@@ -17,6 +17,7 @@ from crm.db import utcnow
 from crm.extensions import db
 from crm.inbox.models import Message
 from crm.leads.models import Lead
+from crm.ops.metrics import counters
 from crm.whatsapp.accounts import create_account
 from crm.whatsapp.models import Outbox, ParkedStatus, WhatsAppAccount
 from crm.whatsapp.outbox import MAX_ATTEMPTS, deliver_outbound, reconcile_outbox
@@ -132,9 +133,12 @@ def test_rows_that_keep_failing_are_given_up(
     message, row = outbound()
     row.attempts = MAX_ATTEMPTS
     db.session.commit()
+    key = ("outbound_messages", '{"provider":"cloud","status":"failed"}')
+    failed_before = counters().get(key, 0)
     assert reconcile_outbox()["failed"] == 1
     db.session.refresh(message)
     assert message.status == "failed" and message.error_code == "retries_exhausted"
+    assert counters().get(key, 0) == failed_before + 1  # counted in /metrics
 
 
 def test_concurrent_first_sends_to_a_new_phone(
