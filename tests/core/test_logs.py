@@ -33,8 +33,7 @@ from crm.logs import (
 )
 from crm.worker import huey, in_app_context
 from tests import factories
-from tests.ai.conftest import KEY as GEMINI_KEY
-from tests.ai.conftest import gemini, gemini_server
+from tests.conftest import GEMINI_KEY
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.graph_api import GraphEmulator
 from tests.whatsapp.conftest import (
@@ -46,7 +45,7 @@ from tests.whatsapp.conftest import (
     post_webhook,
 )
 
-__all__ = ["gemini", "gemini_server", "graph", "graph_api"]  # fixtures
+__all__ = ["graph", "graph_api"]  # fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 HEX_ID = re.compile(r"[0-9a-f]{32}")
