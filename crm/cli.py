@@ -75,6 +75,9 @@ def serve_command(host: str, port: int) -> None:
         limit_malloc_arenas()  # the embedded worker prepares photos in this process
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     upgrade()  # pending migrations are applied before the first request
+    from crm.ops.partitions import ensure_partitions
+
+    ensure_partitions()
     from crm.auth.services import has_any_user
 
     if not has_any_user():
@@ -120,8 +123,10 @@ def _reconcile_on_start() -> dict[str, int]:
     from crm.ai.replies import reconcile as reconcile_ai
     from crm.broadcasts.tasks import wake_broadcasts
     from crm.extensions import db
+    from crm.ops.partitions import ensure_partitions
     from crm.whatsapp.outbox import reconcile_outbox
 
+    partitions = ensure_partitions()  # PostgreSQL: this month's and the next ones
     outbox = reconcile_outbox(stale_after=timedelta(0))
     broadcasts = wake_broadcasts(timedelta(0))
     ai_replies = reconcile_ai(stale_after=timedelta(0))
@@ -130,6 +135,7 @@ def _reconcile_on_start() -> dict[str, int]:
         "sends": outbox["requeued"] + outbox["expired"],
         "broadcasts": len(broadcasts),
         "ai_replies": ai_replies,
+        "partitions_created": len(partitions),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -151,6 +152,8 @@ def commit_without_waiting_for_disk() -> None:
     db.session.commit()
 
 
+MESSAGE_PARTITION = re.compile(r"messages_(p\d{4}_\d{2}|default)\Z")
+
 # Indexes that migrations create with what the models can't say portably (PostgreSQL trigram
 # indexes for searching leads): schema comparisons must neither drop nor expect them.
 DATABASE_ONLY_INDEXES = frozenset({"ix_leads_search_trgm", "ix_leads_phone_trgm"})
@@ -160,7 +163,8 @@ def compared_by_autogenerate(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """Alembic's ``include_object``: everything but the WhatsApp Web session store (whatsmeow_*
-    tables, written by the gateway's library in scaled mode) and the database-only indexes."""
-    if type_ == "table" and name and name.startswith("whatsmeow_"):
+    tables, written by the gateway's library in scaled mode), the monthly partitions of
+    ``messages`` on PostgreSQL (crm.ops.partitions) and the database-only indexes."""
+    if type_ == "table" and name and (name.startswith("whatsmeow_") or MESSAGE_PARTITION.match(name)):
         return False
     return not (type_ == "index" and name in DATABASE_ONLY_INDEXES)

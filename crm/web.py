@@ -26,20 +26,35 @@ def setup_blueprints(app: Flask) -> None:
     app.url_map.converters["int"] = DatabaseIdConverter
     from crm import health, models  # noqa: F401  (models: the whole schema for Alembic)
     from crm.ai import tasks as ai_tasks  # noqa: F401
+
+    # The routes: each package's __init__ holds only its blueprint, so importing a package's
+    # models or services never drags its views (and their imports) in; they are added here.
+    from crm.api import auth, broadcasts, lead_imports, views  # noqa: F401
     from crm.api import bp as api_bp
     from crm.auth import bp as auth_bp
+    from crm.auth import views as auth_views  # noqa: F401
     from crm.broadcasts import bp as broadcasts_bp
     from crm.broadcasts import tasks as broadcasts_tasks  # noqa: F401
+    from crm.broadcasts import views as broadcasts_views  # noqa: F401
     from crm.extensions import db
     from crm.inbox import bp as inbox_bp
+    from crm.inbox import views as inbox_views  # noqa: F401
     from crm.leads import bp as leads_bp
+    from crm.leads import import_views  # noqa: F401
     from crm.leads import tasks as leads_tasks  # noqa: F401
+    from crm.leads import views as leads_views  # noqa: F401
     from crm.media import bp as media_bp
     from crm.media import tasks as media_tasks  # noqa: F401
+    from crm.media import views as media_views  # noqa: F401
     from crm.realtime import ws  # noqa: F401  (the /ws route)
+    from crm.settings import ai_views, numbers, webqr_views  # noqa: F401
     from crm.settings import bp as settings_bp
+    from crm.settings import views as settings_views  # noqa: F401
     from crm.whatsapp import bp as webhooks_bp
-    from crm.whatsapp import tasks  # noqa: F401  (registers the queue's tasks)
+    from crm.whatsapp import (
+        tasks,  # noqa: F401  (registers the queue's tasks)
+        webhooks,  # noqa: F401
+    )
 
     migrate.init_app(
         app,

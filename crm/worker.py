@@ -179,6 +179,15 @@ def purge_stale_auth_rows() -> int:
     return purge()
 
 
+@huey.periodic_task(crontab(hour="2", minute="11"))
+@in_app_context
+def create_message_partitions() -> list[str]:
+    """Daily: the monthly partitions of ``messages`` exist months before they are needed."""
+    from crm.ops.partitions import ensure_partitions
+
+    return ensure_partitions()
+
+
 @huey.periodic_task(crontab(minute="23"))
 def clean_queue_leftovers() -> int:
     """Hourly: drop whatever the queue kept after its jobs finished (results left by an older

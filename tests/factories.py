@@ -121,6 +121,11 @@ def stored_message(conversation_id: int, text: str, *, direction: str = "in", **
     }
     message = Message(**values)
     db.session.add(message)
+    db.session.flush()
+    if message.provider_message_id is not None:
+        from crm.inbox.keys import record_key
+
+        record_key(message.account_id, message.provider_message_id, message.id, message.created_at)
     db.session.commit()
     return message.id
 

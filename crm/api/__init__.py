@@ -3,5 +3,3 @@
 from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-from crm.api import auth, broadcasts, lead_imports, views  # noqa: E402,F401

@@ -134,6 +134,6 @@ class BroadcastRecipient(Model):
     account_id: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default=RecipientState.PENDING.value)
     skip_reason: Mapped[str | None] = mapped_column(String(16))
-    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: see Message
     variant: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

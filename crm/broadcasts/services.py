@@ -30,6 +30,7 @@ from crm.broadcasts.render import MAX_VARIANTS, check_variables
 from crm.db import utcnow
 from crm.errors import Conflict, ValidationFailed
 from crm.extensions import db
+from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, Message
 from crm.leads.models import Lead, LeadTag
 from crm.leads.search import LeadFilter, filtered_leads
@@ -493,6 +494,7 @@ def _back_to_waiting(message_ids: list[int], *, skip: bool) -> None:
             updated_at=utcnow(),
         )
     )
+    forget_messages(message_ids)  # their outbox rows
     db.session.execute(delete(Message).where(Message.id.in_(message_ids)))
 
 

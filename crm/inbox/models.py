@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.db import UTCDateTime, utcnow
 from crm.extensions import Model
-from crm.leads.models import Lead
-from crm.media.models import MediaFile
+
+if TYPE_CHECKING:  # imported for real by the app: a module-level import here would be a cycle
+    from crm.leads.models import Lead
+    from crm.media.models import MediaFile
 
 
 class Conversation(Model):
@@ -36,12 +38,17 @@ class Conversation(Model):
 
 
 class Message(Model):
+    """One message of a conversation.
+
+    On PostgreSQL the table is partitioned by month of ``created_at`` (migration 0017,
+    ``crm.ops.partitions``): its primary key there is (id, created_at), and a unique index can't
+    span the partitions, so the uniqueness of provider message ids lives in ``message_keys``.
+    Nothing references a message by foreign key (a key would need created_at too): the outbox
+    and broadcast recipients hold plain ids, and whoever deletes messages deletes their rows
+    (``crm.inbox.keys.forget_messages``). SQLite keeps a plain table with the same columns.
+    """
+
     __tablename__ = "messages"
-    __table_args__ = (
-        # A provider message id is stored once per number: duplicate webhook deliveries
-        # are stopped here, by the database, never by a check-then-insert.
-        UniqueConstraint("account_id", "provider_message_id"),
-    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
@@ -65,6 +72,21 @@ class Message(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     media_file: Mapped[MediaFile | None] = relationship()
+
+
+class MessageKey(Model):
+    """A provider message id, stored once per number: duplicate webhook deliveries are stopped by
+    this primary key, by the database, never by a check-then-insert. The message is found by
+    (message_id, created_at), which names its partition on PostgreSQL."""
+
+    __tablename__ = "message_keys"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider_message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    message_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 # The thread view reads a conversation's messages newest first, keyset-paginated on (created_at, id).

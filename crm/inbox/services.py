@@ -13,6 +13,7 @@ from crm.auth.models import Membership, User
 from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
 from crm.errors import Conflict, ValidationFailed
 from crm.extensions import db
+from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
@@ -463,7 +464,8 @@ def delete_message(workspace_id: int, message_id: int) -> None:
             db.session.rollback()
             raise MessageBeingSent()
     media_id, conversation_id = message.media_file_id, message.conversation_id
-    db.session.delete(message)  # its outbox row goes with it (ON DELETE CASCADE)
+    forget_messages([message.id])  # its outbox row
+    db.session.delete(message)
     publish_after_commit(
         workspace_id,
         {"type": "message.deleted", "message_id": message_id, "conversation_id": conversation_id},

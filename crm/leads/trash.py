@@ -52,6 +52,7 @@ def restore_leads(workspace_id: int, lead_ids: Iterable[int]) -> int:
 def purge_lead(workspace_id: int, lead_id: int) -> int:
     """Delete a lead for good: their conversations, messages and the files those carried. Returns
     how many files were removed."""
+    from crm.inbox.keys import forget_messages
     from crm.inbox.models import Conversation, Message
     from crm.media.cleanup import delete_unreferenced
 
@@ -62,6 +63,11 @@ def purge_lead(workspace_id: int, lead_id: int) -> int:
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(Conversation.lead_id == lead.id, Message.media_file_id.isnot(None))
         )
+    )
+    forget_messages(
+        select(Message.id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Conversation.lead_id == lead.id)
     )
     db.session.delete(lead)  # conversations, messages, notes and consent go with it: ON DELETE CASCADE
     db.session.commit()

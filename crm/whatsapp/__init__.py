@@ -3,5 +3,3 @@
 from flask import Blueprint
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
-
-from crm.whatsapp import webhooks  # noqa: E402,F401

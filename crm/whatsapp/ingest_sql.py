@@ -1,7 +1,8 @@
 """The statements of the inbound hot path: store one message of a known sender.
 
-``store()`` finds the sender's lead and conversation on the number, inserts the message (the
-UNIQUE constraint on (account, provider message id) stops a retried delivery), bumps the
+``store()`` finds the sender's lead and conversation on the number, inserts the message and its
+provider id into ``message_keys`` (whose primary key, (account, provider message id), stops a
+retried delivery: see ``MessageKey``), bumps the
 conversation and takes the lead out of the trash if they wrote again, all only when the message
 is new. On PostgreSQL that is one statement, one round trip (data-modifying CTEs); elsewhere it is
 the same steps as separate statements. Both are built once per process. When the sender isn't
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, select, update
+from sqlalchemy import Connection, Table, bindparam, case, delete, insert, select, update
 
 from crm.db import insert_ignoring_conflicts
-from crm.inbox.models import Conversation, Message
+from crm.inbox.models import Conversation, Message, MessageKey
 from crm.leads.models import Lead
 
 
@@ -81,15 +82,21 @@ class Store(Protocol):
     def __call__(self, connection: Connection, new: NewMessage) -> Stored | None: ...
 
 
-def _tables() -> tuple[Table, Table, Table]:
-    return cast(Table, Lead.__table__), cast(Table, Conversation.__table__), cast(Table, Message.__table__)
+def _tables() -> tuple[Table, Table, Table, Table]:
+    return (
+        cast(Table, Lead.__table__),
+        cast(Table, Conversation.__table__),
+        cast(Table, Message.__table__),
+        cast(Table, MessageKey.__table__),
+    )
 
 
 class StepByStep:
-    """Any database: a SELECT, then INSERT, UPDATE(s) when the message is new."""
+    """Any database: a SELECT, then INSERTs, UPDATE(s) when the message is new (the message first,
+    then its key; a key already there means a retried delivery, and the message goes again)."""
 
     def __init__(self) -> None:
-        leads, conversations, messages = _tables()
+        leads, conversations, messages, keys = _tables()
         known = select(
             leads.c.id,
             leads.c.bsuid,
@@ -108,7 +115,9 @@ class StepByStep:
         in_workspace = leads.c.workspace_id == bindparam("workspace_id")
         self.known_by_phone = known.where(in_workspace, leads.c.phone == bindparam("phone"))
         self.known_by_bsuid = known.where(in_workspace, leads.c.bsuid == bindparam("bsuid"))
-        self.insert_message = insert_ignoring_conflicts(messages).returning(messages.c.id)
+        self.insert_message = insert(messages).returning(messages.c.id)
+        self.insert_key = insert_ignoring_conflicts(keys).returning(keys.c.message_id)
+        self.delete_message = delete(messages).where(messages.c.id == bindparam("message_id"))
         at = bindparam("at", type_=Conversation.last_message_at.type)
         bump = update(conversations).where(conversations.c.id == bindparam("conversation_id"))
         forward = {
@@ -133,8 +142,17 @@ class StepByStep:
             return None
         message_id = connection.execute(
             self.insert_message, {**new.message_row(), "conversation_id": row.conversation_id}
-        ).scalar()
-        if message_id is not None:
+        ).scalar_one()
+        key = {
+            "account_id": new.account_id,
+            "provider_message_id": new.provider_message_id,
+            "message_id": message_id,
+            "created_at": new.created_at,
+        }
+        if connection.execute(self.insert_key, key).scalar() is None:
+            connection.execute(self.delete_message, {"message_id": message_id})
+            message_id = None
+        else:
             if row.deleted_at is not None:  # they wrote to us again: the lead is back
                 connection.execute(self.restore_lead, {"lead_id": row.id})
             connection.execute(
@@ -158,15 +176,20 @@ WITH known AS (
            c.ai_enabled
     FROM leads AS l JOIN conversations AS c ON c.lead_id = l.id AND c.account_id = %(account_id)s
     WHERE l.workspace_id = %(workspace_id)s AND SENDER
-), stored AS (
-    INSERT INTO messages (workspace_id, account_id, direction, type, text, status, provider,
-                          provider_message_id, author, author_user_id, reply_to, media_id, payload,
-                          error_code, error_title, created_at, conversation_id)
-    SELECT %(workspace_id)s, %(account_id)s, %(direction)s, %(type)s, %(text)s, %(status)s, %(provider)s,
-           %(provider_message_id)s, %(author)s, NULL, %(reply_to)s, %(media_id)s, %(payload)s::json,
-           %(error_code)s, %(error_title)s, %(created_at)s, known.conversation_id
+), claimed AS (
+    INSERT INTO message_keys (account_id, provider_message_id, message_id, created_at)
+    SELECT %(account_id)s, %(provider_message_id)s, nextval('messages_id_seq'), %(created_at)s
     FROM known
     ON CONFLICT DO NOTHING
+    RETURNING message_id
+), stored AS (
+    INSERT INTO messages (id, workspace_id, account_id, direction, type, text, status, provider,
+                          provider_message_id, author, author_user_id, reply_to, media_id, payload,
+                          error_code, error_title, created_at, conversation_id)
+    SELECT claimed.message_id, %(workspace_id)s, %(account_id)s, %(direction)s, %(type)s, %(text)s,
+           %(status)s, %(provider)s, %(provider_message_id)s, %(author)s, NULL, %(reply_to)s, %(media_id)s,
+           %(payload)s::json, %(error_code)s, %(error_title)s, %(created_at)s, known.conversation_id
+    FROM known, claimed
     RETURNING id, conversation_id
 ), bumped AS (
     UPDATE conversations AS c

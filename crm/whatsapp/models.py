@@ -99,7 +99,9 @@ class Outbox(Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    # No foreign key: messages are partitioned on PostgreSQL (see Message); whoever deletes a
+    # message deletes its outbox row (crm.inbox.keys.forget_messages).
+    message_id: Mapped[int] = mapped_column(Integer, unique=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))  # what the key was first used for
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.QUEUED.value)

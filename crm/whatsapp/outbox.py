@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from crm.db import utcnow
 from crm.errors import Conflict
 from crm.extensions import db
+from crm.inbox.keys import record_key
 from crm.inbox.models import Conversation, Message
 from crm.leads.consent import opted_out
 from crm.leads.models import Lead
@@ -329,7 +330,10 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     if row is None:
         return "not_claimed"
     message = db.session.get(Message, row.message_id)
-    assert message is not None
+    if message is None:  # deleted with its conversation or lead while it waited
+        row.state, row.lease_until, row.updated_at = OutboxState.CANCELLED.value, None, utcnow()
+        db.session.commit()
+        return "gone"
     if message.author == "broadcast" and _held_back(row, message):
         return "held"
     conversation = db.session.get(Conversation, message.conversation_id)
@@ -543,6 +547,7 @@ def _record_sent(
         db.session.rollback()
         return "duplicate"
     message.provider_message_id = result.provider_message_id
+    record_key(carrier.id, result.provider_message_id, message.id, message.created_at)
     message.provider = carrier.provider
     if result.uploaded_media_id and message.media_file_id is not None:
         _remember_upload(message.media_file_id, carrier, result.uploaded_media_id)

@@ -14,7 +14,8 @@ from sqlalchemy import delete, select, update
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
-from crm.inbox.models import Message
+from crm.inbox.keys import keyed
+from crm.inbox.models import Message, MessageKey
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp.models import ParkedStatus
 
@@ -50,11 +51,7 @@ def apply_status(
         values.update(error_code=error_code, error_title=error_title)
     result = db.session.execute(
         update(Message)
-        .where(
-            Message.account_id == account_id,
-            Message.provider_message_id == provider_message_id,
-            Message.status.in_(statuses_below(status)),
-        )
+        .where(*keyed(account_id, provider_message_id), Message.status.in_(statuses_below(status)))
         .values(**values)
         .returning(Message.id, Message.workspace_id, Message.conversation_id)
     )
@@ -71,8 +68,8 @@ def apply_status(
         )
         return True
     known = db.session.scalar(
-        select(Message.id).where(
-            Message.account_id == account_id, Message.provider_message_id == provider_message_id
+        select(MessageKey.message_id).where(
+            MessageKey.account_id == account_id, MessageKey.provider_message_id == provider_message_id
         )
     )
     if known is None:
@@ -125,9 +122,9 @@ def sweep_parked() -> int:
     matches = db.session.execute(
         select(ParkedStatus.workspace_id, ParkedStatus.account_id, ParkedStatus.provider_message_id)
         .join(
-            Message,
-            (Message.account_id == ParkedStatus.account_id)
-            & (Message.provider_message_id == ParkedStatus.provider_message_id),
+            MessageKey,
+            (MessageKey.account_id == ParkedStatus.account_id)
+            & (MessageKey.provider_message_id == ParkedStatus.provider_message_id),
         )
         .distinct()
         .limit(1000)

@@ -71,19 +71,11 @@ def test_a_status_before_its_message_is_parked_then_applied(
     assert apply_status(owner.workspace_id, sandbox_account.id, "early-id", "read", now) is False
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(ParkedStatus)) == 1
-    message = Message(
-        workspace_id=owner.workspace_id,
-        conversation_id=conversation_id,
-        account_id=sandbox_account.id,
-        direction="out",
-        text="x",
-        status="sent",
-        provider="sandbox",
-        provider_message_id="early-id",
-        author="agent",
+    message_id = factories.stored_message(
+        conversation_id, "x", direction="out", status="sent", provider_message_id="early-id"
     )
-    db.session.add(message)
-    db.session.flush()
+    message = db.session.get(Message, message_id)
+    assert message is not None
     apply_parked(owner.workspace_id, sandbox_account.id, "early-id")
     db.session.commit()
     db.session.refresh(message)
