@@ -94,7 +94,10 @@ def keyset_page(
         for i, key in enumerate(keys):
             equal_before = [keys[j] == values[j] for j in range(i)]
             clauses.append(and_(*equal_before, key > values[i] if ascending else key < values[i]))
-        stmt = stmt.where(or_(*clauses))
+        # The first key's bound alone as well: it is what a range index scan starts from and what
+        # lets PostgreSQL skip partitions (messages are partitioned on created_at).
+        first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
+        stmt = stmt.where(first, or_(*clauses))
     stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(limit + 1)
     rows = list(db.session.scalars(stmt))
     more = len(rows) > limit

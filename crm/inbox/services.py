@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import ColumnElement, Table, select, update
-from sqlalchemy.orm import contains_eager
+from sqlalchemy import ColumnElement, Table, select, true, update
+from sqlalchemy.orm import aliased, contains_eager
 
 from crm.auth.models import Membership, User
 from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
@@ -205,6 +205,8 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
     indexed "newest first, LIMIT 1" subquery picks the id, then the rows are read by key."""
     if not conversation_ids:
         return {}
+    if db.session.get_bind().dialect.name == "postgresql":
+        return _last_messages_by_key(conversation_ids)
     newest = (
         select(Message.id)
         .where(Message.conversation_id == Conversation.id)
@@ -215,6 +217,28 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
     )
     ids = select(newest).where(Conversation.id.in_(conversation_ids))
     return {m.conversation_id: m for m in db.session.scalars(select(Message).where(Message.id.in_(ids)))}
+
+
+def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Message]:
+    """PostgreSQL (messages partitioned by month): each conversation's newest (id, created_at) from
+    the index alone (LATERAL … LIMIT 1), then each row read from the one partition its created_at
+    names. Reading the rows by id alone would probe every partition's index for every id."""
+    found = aliased(Message)
+    newest = (
+        select(found.id.label("id"), found.created_at.label("created_at"))
+        .where(found.conversation_id == Conversation.id)
+        .order_by(found.created_at.desc(), found.id.desc())
+        .limit(1)
+        .lateral("newest")
+    )
+    stmt = (
+        select(Message)
+        .select_from(Conversation)
+        .join(newest, true())
+        .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))
+        .where(Conversation.id.in_(conversation_ids))
+    )
+    return {m.conversation_id: m for m in db.session.scalars(stmt)}
 
 
 def mark_read(workspace_id: int, conversation_id: int) -> Conversation:

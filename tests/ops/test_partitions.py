@@ -273,3 +273,20 @@ def test_the_migration_moves_existing_messages_keys_and_all(
             uniques = inspect(conn).get_unique_constraints("messages")
             assert ["account_id", "provider_message_id"] in [u["column_names"] for u in uniques]
         db.engine.dispose()
+
+
+def test_the_inbox_previews_each_conversations_newest_message_across_months(owner: factories.Person) -> None:
+    from crm.inbox.services import last_messages
+
+    number = factories.sandbox_account(owner)
+    first = factories.inbound(number, phone="+5511911110001", text="first")
+    second = factories.inbound(number, phone="+5511911110002", text="second")
+    later = month_start(utcnow().year, utcnow().month + 1) + timedelta(days=3)
+    factories.stored_message(first, "next month", created_at=later)
+    tie_low = factories.stored_message(second, "tie a", created_at=later)
+    tie_high = factories.stored_message(second, "tie b", created_at=later)
+    assert tie_high > tie_low
+    previews = last_messages([first, second])
+    assert previews[first].text == "next month"
+    assert previews[second].id == tie_high  # equal times: the higher id is the newer
+    assert last_messages([]) == {}
