@@ -311,6 +311,30 @@ def backup_command(output: Path | None, include_secret_key: bool) -> None:
     _emit(create_backup(folder, include_secret_key=include_secret_key).as_json())
 
 
+@crm_cli.command("partitions")
+@click.option(
+    "--months-back",
+    type=click.IntRange(0, 240),
+    default=0,
+    show_default=True,
+    help="Also give each of this many past months its own partition (before importing old history).",
+)
+@click.option("--months-ahead", type=click.IntRange(0, 24), default=None, help="Default: 3.")
+def partitions_command(months_back: int, months_ahead: int | None) -> None:
+    """PostgreSQL: make the monthly partitions of messages (the worker does this daily)."""
+    from crm.ops.partitions import MONTHS_AHEAD, ensure_partitions, list_partitions
+
+    if db.engine.dialect.name != "postgresql":
+        _emit({"partitions": "none: messages is a plain table on this database"})
+        return
+    created = ensure_partitions(
+        months_ahead=MONTHS_AHEAD if months_ahead is None else months_ahead, months_back=months_back
+    )
+    with db.engine.connect() as connection:
+        names = [p.name for p in list_partitions(connection)]
+    _emit({"created": created, "partitions": names})
+
+
 @crm_cli.command("restore")
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace data that is already there (it is deleted first).")

@@ -152,7 +152,7 @@ def commit_without_waiting_for_disk() -> None:
     db.session.commit()
 
 
-MESSAGE_PARTITION = re.compile(r"messages_(p\d{4}_\d{2}|default)\Z")
+MESSAGE_PARTITION = re.compile(r"messages_(p\d{4}_\d{2}|past|future)\Z")
 
 # Indexes that migrations create with what the models can't say portably (PostgreSQL trigram
 # indexes for searching leads): schema comparisons must neither drop nor expect them.

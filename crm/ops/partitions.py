@@ -1,15 +1,21 @@
 """Monthly partitions of ``messages`` on PostgreSQL (SQLite keeps a plain table).
 
-Migration 0017 made ``messages`` a table partitioned by RANGE (created_at), one partition per
-month named ``messages_pYYYY_MM`` (UTC months) plus ``messages_default`` for rows outside every
-month. ``ensure_partitions`` creates the partitions of this month and the next ``MONTHS_AHEAD``
-months before any message needs them: the worker runs it on start and every day.
+Migration 0017 made ``messages`` a table partitioned by RANGE (created_at): one partition per
+month named ``messages_pYYYY_MM`` (UTC months), with ``messages_past`` from MINVALUE up to the
+first month and ``messages_future`` from the end of the last month up to MAXVALUE, so every time
+has a partition and the partitions are in order (no DEFAULT partition, which would keep
+PostgreSQL from reading a conversation's partitions newest first and stopping once a page is
+full). ``ensure_partitions`` carves the months from this one to ``MONTHS_AHEAD`` later out of
+``messages_future`` before any message needs them: the worker runs it on start and every day.
+``months_back`` carves earlier months out of ``messages_past`` (``flask crm partitions``, before
+importing old history, say).
 
-A partition is created straight away (``CREATE TABLE … PARTITION OF``) unless the default
-partition already holds rows of that month (a message dated in the future by a provider's clock,
-say): then the new month's table is filled with those rows, which leave the default partition in
-the same transaction, and attached. Either way each month is one short transaction, and a second
-process doing the same at the same time waits on the lock and then finds the work done.
+Carving a month is one short transaction: the catch-all partition is detached, the month's table
+created, any rows of that month moved from the catch-all into it, and the catch-all attached
+again with the rest of its range. Other writers wait for that moment (it takes the table's
+lock, with a ``lock_timeout`` so a long transaction makes it give up and try again the next day
+instead of making every message write queue behind it); a second process doing the same waits
+on an advisory lock and then finds the work done.
 """
 
 from __future__ import annotations
@@ -28,17 +34,21 @@ log = logging.getLogger(__name__)
 
 MONTHS_AHEAD = 3
 PARENT = "messages"
-DEFAULT = "messages_default"
+PAST = "messages_past"
+FUTURE = "messages_future"
 NAME = re.compile(r"messages_p(\d{4})_(\d{2})\Z")
 # Serialises partition maintenance across processes (any constant; pg_advisory_xact_lock key).
 LOCK_KEY = 0x5A_50_41_52  # "ZPAR"
 LOCK_TIMEOUT_MS = 3000
-STRAYS = "DELETE FROM messages_default WHERE created_at >= :start AND created_at < :end"
 
 
 def month_start(year: int, month: int) -> datetime:
     """The first instant (UTC) of a month; ``month`` may run past 12 or below 1."""
     return datetime(year + (month - 1) // 12, (month - 1) % 12 + 1, 1, tzinfo=UTC)
+
+
+def next_month(start: datetime) -> datetime:
+    return month_start(start.year, start.month + 1)
 
 
 def partition_name(start: datetime) -> str:
@@ -48,12 +58,8 @@ def partition_name(start: datetime) -> str:
 @dataclass(frozen=True)
 class Partition:
     name: str
-    start: datetime | None  # None: the default partition
+    start: datetime | None  # None: messages_past or messages_future
     rows: int  # the planner's estimate (reltuples), -1 when never analysed
-
-    @property
-    def end(self) -> datetime | None:
-        return None if self.start is None else month_start(self.start.year, self.start.month + 1)
 
 
 def is_partitioned(connection: Connection) -> bool:
@@ -66,7 +72,7 @@ def is_partitioned(connection: Connection) -> bool:
 
 
 def list_partitions(connection: Connection) -> list[Partition]:
-    """The partitions of ``messages``, oldest month first, the default partition last."""
+    """The partitions of ``messages`` in time order: messages_past, the months, messages_future."""
     if not is_partitioned(connection):
         return []
     rows = connection.execute(
@@ -76,65 +82,96 @@ def list_partitions(connection: Connection) -> list[Partition]:
         ),
         {"name": PARENT},
     ).all()
-    months, default = [], []
+    months, edges = [], {}
     for name, tuples in rows:
         match = NAME.match(name)
         if match:
             months.append(Partition(name, month_start(int(match[1]), int(match[2])), int(tuples)))
         else:
-            default.append(Partition(name, None, int(tuples)))
-    return sorted(months, key=lambda p: p.start or datetime.min.replace(tzinfo=UTC)) + default
+            edges[name] = Partition(name, None, int(tuples))
+    months.sort(key=lambda p: p.start or datetime.min.replace(tzinfo=UTC))
+    return [*([edges[PAST]] if PAST in edges else []), *months, *([edges[FUTURE]] if FUTURE in edges else [])]
 
 
-def ensure_partitions(now: datetime | None = None, months_ahead: int = MONTHS_AHEAD) -> list[str]:
-    """Create the missing partitions from this month to ``months_ahead`` months later; the names
-    created. Nothing to do (an empty list) on SQLite or before migration 0017."""
+def ensure_partitions(
+    now: datetime | None = None, months_ahead: int = MONTHS_AHEAD, months_back: int = 0
+) -> list[str]:
+    """Make sure every month from ``months_back`` before ``now`` to ``months_ahead`` after it has
+    its own partition; the names created, in the order they were. Nothing to do (an empty list)
+    on SQLite or before migration 0017. A month that could not be carved now (the table was
+    locked) is logged and left for the next run."""
     now = now or datetime.now(UTC)
+    this_month = month_start(now.year, now.month)
     created: list[str] = []
     with db.engine.connect() as connection:
         partitioned = is_partitioned(connection)
         connection.rollback()  # each month below is a transaction of its own
         if not partitioned:
             return created
-        for ahead in range(months_ahead + 1):
-            start = month_start(now.year, now.month + ahead)
-            try:
-                if _create_month(connection, start):
-                    created.append(partition_name(start))
-            except OperationalError as exc:  # lock_timeout: the next run tries again
-                log.warning("messages: partition %s not created now: %s", partition_name(start), exc.orig)
+        try:
+            _carve_forward(connection, month_start(now.year, now.month + months_ahead + 1), created)
+            _carve_back(connection, month_start(this_month.year, this_month.month - months_back), created)
+        except OperationalError as exc:  # lock_timeout: the next run goes on from here
+            log.warning("messages: partitions not all made now (%s made): %s", len(created), exc.orig)
     if created:
         log.info("messages: created partitions %s", ", ".join(created))
     return created
 
 
-def _create_month(connection: Connection, start: datetime) -> bool:
-    """One month's partition in its own transaction; False when it was already there."""
+def _months(connection: Connection) -> list[datetime]:
+    return [p.start for p in list_partitions(connection) if p.start is not None]
+
+
+def _carve_forward(connection: Connection, until: datetime, created: list[str]) -> None:
+    """Months out of messages_future, oldest first, until the months reach ``until``."""
+    while True:
+        with connection.begin():
+            _lock(connection)
+            months = _months(connection)
+            start = next_month(months[-1])
+            if start >= until:
+                return
+            end = next_month(start)
+            _carve(connection, FUTURE, start, end, f"FROM ('{end.isoformat()}') TO (MAXVALUE)")
+        created.append(partition_name(start))
+
+
+def _carve_back(connection: Connection, until: datetime, created: list[str]) -> None:
+    """Months out of messages_past, newest first, until the months start at ``until``."""
+    while True:
+        with connection.begin():
+            _lock(connection)
+            months = _months(connection)
+            if months[0] <= until:
+                return
+            start = month_start(months[0].year, months[0].month - 1)
+            _carve(connection, PAST, start, months[0], f"FROM (MINVALUE) TO ('{start.isoformat()}')")
+        created.append(partition_name(start))
+
+
+def _lock(connection: Connection) -> None:
+    # Carving locks ``messages`` for a moment; behind a long transaction it would make every
+    # message write wait in line: give up instead.
+    connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+
+
+def _carve(connection: Connection, edge: str, start: datetime, end: datetime, edge_rest: str) -> None:
+    """The month [start, end) out of the catch-all partition ``edge``, which keeps ``edge_rest``.
+    Every name and bound here is made from a date or a constant, never from input."""
     name = partition_name(start)
-    end = month_start(start.year, start.month + 1)
-    bounds = {"start": start, "end": end}
-    with connection.begin():
-        # Creating a partition locks ``messages`` for a moment; behind a long transaction it would
-        # make every message write wait in line: give up instead (it is retried daily, months ahead).
-        connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-        if connection.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is not None:
-            return False
-        stray = connection.execute(
-            text("SELECT count(*) FROM messages_default WHERE created_at >= :start AND created_at < :end"),
-            bounds,
-        ).scalar()
-        values = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-        if not stray:
-            connection.execute(text(f"CREATE TABLE {name} PARTITION OF {PARENT} {values}"))
-            return True
-        # The default partition holds rows of this month: they move into the new table, which is
-        # attached once they have left (attaching checks the default partition holds none).
-        connection.execute(
-            text(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    connection.execute(text(f"ALTER TABLE {PARENT} DETACH PARTITION {edge}"))
+    connection.execute(
+        text(
+            f"CREATE TABLE {name} PARTITION OF {PARENT} "
+            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
-        move = f"WITH moved AS ({STRAYS} RETURNING *) INSERT INTO {name} SELECT * FROM moved"  # noqa: S608
-        connection.execute(text(move), bounds)  # (the name is made from a date, never from input)
-        connection.execute(text(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} {values}"))
-        log.warning("messages: %s rows of %s moved out of the default partition into %s", stray, start, name)
-        return True
+    )
+    move = (  # the rows of that month the catch-all held (a provider's clock ahead, old history)
+        f"WITH moved AS (DELETE FROM {edge} WHERE created_at >= :start AND created_at < :end "  # noqa: S608
+        f"RETURNING *) INSERT INTO {PARENT} SELECT * FROM moved"
+    )
+    moved = connection.execute(text(move), {"start": start, "end": end}).rowcount
+    connection.execute(text(f"ALTER TABLE {PARENT} ATTACH PARTITION {edge} FOR VALUES {edge_rest}"))
+    if moved:
+        log.warning("messages: %s rows of %s moved out of %s into %s", moved, f"{start:%Y-%m}", edge, name)

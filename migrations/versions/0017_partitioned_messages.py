@@ -1,9 +1,11 @@
 """Messages partitioned by month on PostgreSQL; provider message ids unique in message_keys
 
 On PostgreSQL ``messages`` becomes a table partitioned by RANGE (created_at), one partition per
-month (``messages_pYYYY_MM``) plus ``messages_default`` for whatever falls outside them; its
-primary key is (id, created_at) and every index is declared on the parent, so each partition has
-its own. A unique index can't span partitions without the partition key, so the uniqueness of
+month (``messages_pYYYY_MM``), with ``messages_past`` (MINVALUE up to the first month) and
+``messages_future`` (after the last month, up to MAXVALUE) for whatever falls outside them: the
+ranges cover every time without a DEFAULT partition, which would stop PostgreSQL from reading
+partitions in order (newest first, stopping once a page is full). The primary key is
+(id, created_at) and every index is declared on the parent, so each partition has its own. A unique index can't span partitions without the partition key, so the uniqueness of
 (account_id, provider_message_id) moves to ``message_keys`` on both engines (one code path), and
 the foreign keys that pointed at ``messages.id`` (outbox, broadcast_recipients) are dropped.
 The existing rows move into the partitioned table; the sequence keeps its values. SQLite keeps a
@@ -27,6 +29,7 @@ branch_labels = None
 depends_on = None
 
 MONTHS_AHEAD = 3  # the same as crm.ops.partitions.MONTHS_AHEAD at the time of writing
+MONTHS_BACK = 24  # older rows of an existing database go to messages_past
 
 COLUMNS = (
     "id, workspace_id, conversation_id, account_id, direction, type, text, status, provider, "
@@ -89,12 +92,13 @@ def _month(year: int, month: int) -> datetime:
 
 
 def _partition_months(bind) -> list[datetime]:
-    """Every month from the oldest message's to MONTHS_AHEAD after this one."""
+    """Every month from the oldest message's (at most MONTHS_BACK back) to MONTHS_AHEAD after
+    this one."""
     oldest = bind.execute(sa.text("SELECT min(created_at) FROM messages_unpartitioned")).scalar()
     now = datetime.now(UTC)
     start = oldest.astimezone(UTC) if oldest is not None and oldest < now else now
     months = []
-    at = _month(start.year, start.month)
+    at = max(_month(start.year, start.month), _month(now.year, now.month - MONTHS_BACK))
     last = _month(now.year, now.month + MONTHS_AHEAD)
     while at <= last:
         months.append(at)
@@ -143,13 +147,20 @@ def _partition():
     op.execute("ALTER SEQUENCE messages_id_seq OWNED BY messages.id")
     for ddl in INDEXES:
         op.execute(ddl)
-    op.execute("CREATE TABLE messages_default PARTITION OF messages DEFAULT")
-    for start in _partition_months(bind):
+    months = _partition_months(bind)
+    first, last = months[0], _month(months[-1].year, months[-1].month + 1)
+    op.execute(
+        f"CREATE TABLE messages_past PARTITION OF messages FOR VALUES FROM (MINVALUE) TO ('{first.isoformat()}')"
+    )
+    for start in months:
         end = _month(start.year, start.month + 1)
         op.execute(
             f"CREATE TABLE messages_p{start:%Y_%m} PARTITION OF messages "
             f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
+    op.execute(
+        f"CREATE TABLE messages_future PARTITION OF messages FOR VALUES FROM ('{last.isoformat()}') TO (MAXVALUE)"
+    )
     op.execute(f"INSERT INTO messages ({COLUMNS}) SELECT {COLUMNS} FROM messages_unpartitioned")
     op.execute("DROP TABLE messages_unpartitioned")
     op.execute("ANALYZE messages")

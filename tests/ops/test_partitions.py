@@ -5,10 +5,12 @@ the uniqueness tests run on both."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -61,8 +63,9 @@ def test_this_month_and_the_next_three_have_partitions_each_with_the_thread_inde
     with db.engine.connect() as conn:
         names = [p.name for p in list_partitions(conn)]
         months = [partition_name(month_start(now.year, now.month + k)) for k in range(4)]
-        assert set(months) <= set(names) and names[-1] == "messages_default"
-        for name in [*months, "messages_default"]:
+        assert set(months) <= set(names)
+        assert names[0] == "messages_past" and names[-1] == "messages_future"
+        for name in [*months, "messages_past", "messages_future"]:
             indexes = {ix["name"]: ix for ix in inspect(conn).get_indexes(name)}
             thread = [
                 ix for ix in indexes.values() if ix["column_names"] == ["conversation_id", "created_at", "id"]
@@ -77,44 +80,85 @@ def test_a_message_lands_in_its_months_partition(number: int) -> None:
     this_month = _receive(number, "wamid.now", now).stored[0]
     next_month_at = month_start(now.year, now.month + 1) + timedelta(days=2)
     next_month = _receive(number, "wamid.next", next_month_at).stored[0]
+    ancient = _receive(number, "wamid.1999", datetime(1999, 1, 1, tzinfo=UTC)).stored[0]
     assert _partition_of(this_month) == partition_name(month_start(now.year, now.month))
     assert _partition_of(next_month) == partition_name(month_start(now.year, now.month + 1))
+    assert _partition_of(ancient) == "messages_past"
     # Found by id alone too (every partition's primary key index is probed).
     found = db.session.get(Message, next_month)
     assert found is not None and found.provider_message_id == "wamid.next"
 
 
+def _months() -> list[str]:
+    with db.engine.connect() as conn:
+        return [p.name for p in list_partitions(conn) if p.start is not None]
+
+
 @postgres_only
-def test_ensure_partitions_creates_the_missing_months_once(app: Flask) -> None:
-    later = datetime(2031, 11, 15, tzinfo=UTC)
+def test_ensure_partitions_carves_the_missing_months_once_in_order(app: Flask) -> None:
     db.session.commit()  # no transaction of the test's holds a lock on messages
-    created = ensure_partitions(now=later, months_ahead=2)
-    assert created == ["messages_p2031_11", "messages_p2031_12", "messages_p2032_01"]
-    assert ensure_partitions(now=later, months_ahead=2) == []
+    last = _months()[-1]
+    year, month = int(last[10:14]), int(last[15:17])
+    later = month_start(year, month + 1) + timedelta(days=10)
+    created = ensure_partitions(now=later, months_ahead=1)
+    assert created == [partition_name(month_start(year, month + k)) for k in (1, 2)]
+    assert ensure_partitions(now=later, months_ahead=1) == []
     with db.engine.connect() as conn:
         names = [p.name for p in list_partitions(conn)]
-    assert (
-        names.index("messages_p2031_11") < names.index("messages_p2032_01") < names.index("messages_default")
-    )
+    assert names[-3:] == [*created, "messages_future"]
 
 
 @postgres_only
-def test_rows_waiting_in_the_default_partition_move_into_their_new_month(number: int) -> None:
-    at = datetime(2033, 5, 20, 12, tzinfo=UTC)  # a clock far ahead: no partition yet
-    message_id = _receive(number, "wamid.future", at).stored[0]
-    assert _partition_of(message_id) == "messages_default"
+def test_rows_waiting_in_the_catch_all_partitions_move_into_their_months(number: int) -> None:
+    last = _months()[-1]
+    year, month = int(last[10:14]), int(last[15:17])
+    ahead = month_start(year, month + 2) + timedelta(days=5, hours=3)  # a clock far ahead
+    ahead_id = _receive(number, "wamid.ahead", ahead).stored[0]
+    first = _months()[0]
+    before = month_start(int(first[10:14]), int(first[15:17]) - 2) + timedelta(days=1)  # old history
+    before_id = _receive(number, "wamid.before", before).stored[0]
+    assert (_partition_of(ahead_id), _partition_of(before_id)) == ("messages_future", "messages_past")
     db.session.commit()
-    assert ensure_partitions(now=at, months_ahead=0) == ["messages_p2033_05"]
-    assert _partition_of(message_id) == "messages_p2033_05"
-    assert db.session.scalar(text("SELECT count(*) FROM messages_default")) == 0
-    # The moved row keeps working: statuses find it through its key, a re-delivery is stopped.
-    assert db.session.scalar(select(Message.id).where(*keyed(number, "wamid.future"))) == message_id
-    assert _receive(number, "wamid.future", at).duplicates == 1
+    now = utcnow()
+    back = (now.year - before.year) * 12 + now.month - before.month
+    created = ensure_partitions(now=ahead, months_ahead=0)
+    created += ensure_partitions(months_ahead=0, months_back=back)
+    assert partition_name(month_start(ahead.year, ahead.month)) in created
+    assert partition_name(month_start(before.year, before.month)) in created
+    assert _partition_of(ahead_id) == partition_name(month_start(ahead.year, ahead.month))
+    assert _partition_of(before_id) == partition_name(month_start(before.year, before.month))
+    assert db.session.scalar(text("SELECT count(*) FROM messages_future")) == 0
+    assert db.session.scalar(text("SELECT count(*) FROM messages_past")) == 0
+    # The moved rows keep working: statuses find them through their keys, a re-delivery is stopped.
+    assert db.session.scalar(select(Message.id).where(*keyed(number, "wamid.ahead"))) == ahead_id
+    assert _receive(number, "wamid.ahead", ahead).duplicates == 1
     with db.engine.connect() as conn:
         assert any(
             ix["column_names"][0] == "conversation_id"
-            for ix in inspect(conn).get_indexes("messages_p2033_05")
+            for ix in inspect(conn).get_indexes(partition_name(month_start(ahead.year, ahead.month)))
         )
+
+
+@postgres_only
+def test_a_threads_newest_page_reads_partitions_newest_first_and_stops(owner: factories.Person) -> None:
+    number = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(number)
+    now = utcnow()
+    for k in range(1, 4):  # older months hold messages too
+        factories.stored_message(conversation_id, f"old {k}", created_at=month_start(now.year, now.month - k))
+    plan = "\n".join(
+        db.session.scalars(
+            text(
+                "EXPLAIN (ANALYZE, COSTS OFF) SELECT id FROM messages WHERE conversation_id = :c "
+                "ORDER BY created_at DESC, id DESC LIMIT 1"
+            ),
+            {"c": conversation_id},
+        )
+    )
+    assert "Merge Append" not in plan, plan  # an ordered Append: no DEFAULT partition in the way
+    read = [ln for ln in plan.splitlines() if "Scan" in ln and "never executed" not in ln]
+    this_month = partition_name(month_start(now.year, now.month))
+    assert not any(name in ln for ln in read for name in _months() if name < this_month), plan
 
 
 def test_a_provider_id_is_stored_once_even_when_its_deliveries_fall_in_different_months(number: int) -> None:
@@ -195,7 +239,8 @@ INSERT INTO messages (id, workspace_id, conversation_id, account_id, direction, 
                       provider_message_id, author, created_at)
     VALUES (1, 1, 1, 1, 'in', 'text', 'old', 'received', 'sandbox', 'wamid.old', 'lead', :old),
            (2, 1, 1, 1, 'out', 'text', 'queued', 'queued', 'sandbox', NULL, 'agent', :recent),
-           (3, 1, 1, 1, 'out', 'text', 'sent', 'sent', 'sandbox', 'wamid.sent', 'agent', :recent);
+           (3, 1, 1, 1, 'out', 'text', 'sent', 'sent', 'sandbox', 'wamid.sent', 'agent', :recent),
+           (4, 1, 1, 1, 'in', 'text', 'ancient', 'received', 'sandbox', 'wamid.ancient', 'lead', :ancient);
 INSERT INTO outbox (workspace_id, message_id, state, attempts, next_attempt_at, created_at, updated_at)
     VALUES (1, 2, 'queued', 0, :now, :now, :now);
 """
@@ -234,16 +279,19 @@ def test_the_migration_moves_existing_messages_keys_and_all(
 
     url, engine = empty_database
     app = create_app(make_test_config(url, tmp_path))
-    old = datetime(2024, 3, 10, 9, tzinfo=UTC)
+    old = utcnow() - timedelta(days=80)
+    ancient = datetime(2019, 3, 10, 9, tzinfo=UTC)
     recent = utcnow() - timedelta(minutes=5)
     with app.app_context():
         upgrade(revision="0016")
         with engine.begin() as conn:
             for statement in SEED.split(";"):
                 if statement.strip():
-                    conn.execute(text(statement), {"old": old, "recent": recent, "now": recent})
+                    conn.execute(
+                        text(statement), {"old": old, "recent": recent, "now": recent, "ancient": ancient}
+                    )
             if BACKEND == "postgresql":
-                conn.execute(text("SELECT setval('messages_id_seq', 3)"))
+                conn.execute(text("SELECT setval('messages_id_seq', 4)"))
         upgrade()
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT id, text, provider_message_id FROM messages ORDER BY id")).all()
@@ -251,25 +299,32 @@ def test_the_migration_moves_existing_messages_keys_and_all(
                 (1, "old", "wamid.old"),
                 (2, "queued", None),
                 (3, "sent", "wamid.sent"),
+                (4, "ancient", "wamid.ancient"),
             ]
             keys = conn.execute(
                 text("SELECT provider_message_id, message_id FROM message_keys ORDER BY 2")
             ).all()
-            assert [tuple(k) for k in keys] == [("wamid.old", 1), ("wamid.sent", 3)]
+            assert [tuple(k) for k in keys] == [("wamid.old", 1), ("wamid.sent", 3), ("wamid.ancient", 4)]
             assert conn.execute(text("SELECT message_id FROM outbox")).scalar() == 2
             if BACKEND == "postgresql":
                 names = [p.name for p in list_partitions(conn)]
-                assert names[0] == "messages_p2024_03" and "messages_default" in names
-                where = conn.execute(
-                    text("SELECT tableoid::regclass::text FROM messages WHERE id = 1")
-                ).scalar()
-                assert where == "messages_p2024_03"
+                now = utcnow()  # months from the oldest message's, at most 24 back
+                assert names[:2] == ["messages_past", partition_name(month_start(now.year, now.month - 24))]
+                assert names[-1] == "messages_future"
+                where = dict(conn.execute(text("SELECT id, tableoid::regclass::text FROM messages")).all())
+                assert where[1] == partition_name(month_start(old.year, old.month))
+                assert where[4] == "messages_past"  # older than the 24 months the migration makes
                 # The sequence carries on past the moved rows.
-                assert conn.execute(text("SELECT nextval('messages_id_seq')")).scalar() == 4
+                assert conn.execute(text("SELECT nextval('messages_id_seq')")).scalar() == 5
         downgrade(revision="0016")
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT id, provider_message_id FROM messages ORDER BY id")).all()
-            assert [tuple(r) for r in rows] == [(1, "wamid.old"), (2, None), (3, "wamid.sent")]
+            assert [tuple(r) for r in rows] == [
+                (1, "wamid.old"),
+                (2, None),
+                (3, "wamid.sent"),
+                (4, "wamid.ancient"),
+            ]
             uniques = inspect(conn).get_unique_constraints("messages")
             assert ["account_id", "provider_message_id"] in [u["column_names"] for u in uniques]
         db.engine.dispose()
@@ -290,3 +345,16 @@ def test_the_inbox_previews_each_conversations_newest_message_across_months(owne
     assert previews[first].text == "next month"
     assert previews[second].id == tie_high  # equal times: the higher id is the newer
     assert last_messages([]) == {}
+
+
+def test_the_partitions_command_lists_them(runner: Any) -> None:
+    result = runner.invoke(args=["crm", "partitions", "--months-ahead", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    if BACKEND == "postgresql":
+        assert out["created"] == [] and out["partitions"][0] == "messages_past"
+        assert out["partitions"][-1] == "messages_future"
+    else:
+        assert "plain table" in out["partitions"]
+    bad = runner.invoke(args=["crm", "partitions", "--months-back", "-1"])
+    assert bad.exit_code != 0 and "months-back" in bad.output
