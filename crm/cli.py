@@ -355,5 +355,58 @@ def restore_command(archive: Path, force: bool, yes: bool) -> None:
     _emit(restore_backup(archive, force=force, confirm=confirm).as_json())
 
 
+@crm_cli.command("archive")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    help="Archive conversations whose last message is older than this: 365d, 52w, 1y or a number of days.",
+)
+@click.option("--workspace", default=None, help="One workspace (its id or name); default: every workspace.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be archived.")
+@domain_errors_to_exit
+def archive_command(older_than: str, workspace: str | None, dry_run: bool) -> None:
+    """Export old conversations to compressed JSON Lines in the media storage, verify the file,
+    then delete them from the database (their lead's page can restore them)."""
+    from sqlalchemy import select
+
+    from crm.archiving.candidates import parse_age, preview
+    from crm.archiving.export import archive_workspace
+    from crm.archiving.runlock import ArchiveBusy
+    from crm.auth.models import Workspace
+    from crm.auth.services import workspace_by_name
+    from crm.db import utcnow
+    from crm.params import parse_id
+
+    cutoff = utcnow() - parse_age(older_than)
+    if workspace is None:
+        workspace_ids = list(db.session.scalars(select(Workspace.id).order_by(Workspace.id)))
+    else:
+        by_id = parse_id(workspace)
+        found = db.session.get(Workspace, by_id) if by_id is not None else None
+        workspace_ids = [(found or workspace_by_name(workspace)).id]
+    if dry_run:
+        previews = [preview(workspace_id, cutoff) for workspace_id in workspace_ids]
+        _emit({"dry_run": True, "cutoff": cutoff.isoformat(), "workspaces": previews})
+        return
+    archives: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for workspace_id in workspace_ids:
+        try:
+            results = archive_workspace(workspace_id, cutoff, source="cli")
+        except ArchiveBusy as exc:  # the nightly run has it: the other workspaces go on
+            db.session.rollback()
+            archives.append({"workspace_id": workspace_id, "error": exc.message})
+            errors.append(f"workspace {workspace_id}: {exc.message}")
+            continue
+        archives.extend(r.as_json() for r in results)
+        errors.extend(
+            f"archive {r.archive_id} (workspace {workspace_id}): {r.error}" for r in results if r.error
+        )
+    _emit({"cutoff": cutoff.isoformat(), "archives": archives})
+    if errors:
+        _fail("; ".join(errors))
+
+
 def setup_cli(app: Flask) -> None:
     app.cli.add_command(crm_cli)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Flask, current_app, g, has_request_context, request
-from flask_babel import format_datetime, get_locale
+from flask_babel import format_date, format_datetime, get_locale
 from flask_login import current_user
 
 from crm.extensions import babel
@@ -42,3 +42,8 @@ def setup_i18n(app: Flask) -> None:
     @app.template_filter("datetime")
     def _datetime(value: datetime | None, fmt: str = "short") -> str:
         return format_datetime(value, fmt) if value else ""
+
+    @app.template_filter("date")
+    def _date(value: datetime | None, fmt: str = "medium") -> str:
+        """The day, in the reader's time zone and language."""
+        return format_date(value, fmt) if value else ""

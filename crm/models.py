@@ -1,6 +1,7 @@
 """Every model, imported once so metadata (and Alembic) sees the whole schema."""
 
 from crm.ai.models import AICacheEntry, AICall, AIReply, AISettings, AISuggestion
+from crm.archiving.models import ArchivedConversation, ArchivedMedia, MessageArchive
 from crm.auth.models import ApiToken, Invitation, LoginFailure, Membership, Role, User, UserSession, Workspace
 from crm.broadcasts.models import Broadcast, BroadcastAccount, BroadcastRecipient
 from crm.inbox.models import Conversation, ConversationNote, Message
@@ -30,6 +31,8 @@ __all__ = [
     "AISuggestion",
     "AccountEvent",
     "ApiToken",
+    "ArchivedConversation",
+    "ArchivedMedia",
     "Broadcast",
     "BroadcastAccount",
     "BroadcastRecipient",
@@ -46,6 +49,7 @@ __all__ = [
     "MediaStatus",
     "Membership",
     "Message",
+    "MessageArchive",
     "MetricCounter",
     "Outbox",
     "OutboxState",

@@ -31,6 +31,7 @@ def setup_blueprints(app: Flask) -> None:
     # models or services never drags its views (and their imports) in; they are added here.
     from crm.api import auth, broadcasts, lead_imports, views  # noqa: F401
     from crm.api import bp as api_bp
+    from crm.archiving import tasks as archiving_tasks  # noqa: F401
     from crm.auth import bp as auth_bp
     from crm.auth import views as auth_views  # noqa: F401
     from crm.broadcasts import bp as broadcasts_bp
@@ -47,7 +48,7 @@ def setup_blueprints(app: Flask) -> None:
     from crm.media import tasks as media_tasks  # noqa: F401
     from crm.media import views as media_views  # noqa: F401
     from crm.realtime import ws  # noqa: F401  (the /ws route)
-    from crm.settings import ai_views, numbers, webqr_views  # noqa: F401
+    from crm.settings import ai_views, archive_views, numbers, webqr_views  # noqa: F401
     from crm.settings import bp as settings_bp
     from crm.settings import views as settings_views  # noqa: F401
     from crm.whatsapp import bp as webhooks_bp

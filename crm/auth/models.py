@@ -43,6 +43,8 @@ class Workspace(Model):
     opt_in_reply: Mapped[str | None] = mapped_column(Text)
     # Deleted leads stay in the trash this many days, then are purged with their conversations.
     trash_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    # Conversations with no message for this many days are archived every night; None: never.
+    archive_after_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

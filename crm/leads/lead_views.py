@@ -205,6 +205,30 @@ def message(lead_id: int) -> Any:
     return redirect(url_for("inbox.conversation", conversation_id=conversation_id), 303)
 
 
+@bp.post("/<int:lead_id>/archive/restore")
+@login_required
+def restore_archive(lead_id: int) -> Response:
+    """Bring the lead's archived conversations back (any member: it is their customer's history).
+    A missing or damaged archive file changes nothing and says so."""
+    from crm.archiving.restore import restore_lead_history
+
+    get_lead(g.workspace_id, lead_id)  # another workspace's lead: 404 before anything else
+    try:
+        restored = restore_lead_history(g.workspace_id, lead_id, user_id=current_user.id)
+    except DomainError as error:
+        if error.status == 404:
+            raise
+        flash(error.message, "error")
+    else:
+        flash(
+            ngettext(
+                "%(num)d archived message restored.", "%(num)d archived messages restored.", restored.messages
+            ),
+            "success",
+        )
+    return redirect(url_for("leads.lead", lead_id=lead_id), 303)
+
+
 @bp.post("/<int:lead_id>/trash")
 @manager_required
 def trash_lead(lead_id: int) -> Response:

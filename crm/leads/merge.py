@@ -47,6 +47,7 @@ def merge_leads(workspace_id: int, keep_id: int, other_id: int) -> Lead:
     consent history, tags, and what ``keep`` lacks (name, email, custom fields); ``other`` is then
     deleted. Consent errs on the safe side: if either opted out, the merged lead is opted out.
     """
+    from crm.archiving.models import ArchivedConversation
     from crm.inbox.models import Conversation, ConversationNote, Message
 
     if keep_id == other_id:
@@ -94,6 +95,10 @@ def merge_leads(workspace_id: int, keep_id: int, other_id: int) -> Lead:
             target.status = "open"
         db.session.delete(conversation)
     db.session.execute(update(ConsentEvent).where(ConsentEvent.lead_id == other.id).values(lead_id=keep.id))
+    # Their archived history too: restored later, it lands in the merged lead's conversations.
+    db.session.execute(
+        update(ArchivedConversation).where(ArchivedConversation.lead_id == other.id).values(lead_id=keep.id)
+    )
     set_tags(
         keep,
         keep.tag_names

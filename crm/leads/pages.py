@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm.attributes import set_committed_value
 
 from crm.auth.models import Membership, User, Workspace
@@ -63,12 +63,23 @@ class NumberChoice:
 
 
 @dataclass(frozen=True)
+class ArchivedHistory:
+    """What of the lead's conversations is only in archive files (crm.archiving)."""
+
+    conversations: int
+    messages: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+
+
+@dataclass(frozen=True)
 class LeadProfile:
     lead: Lead
     consent: list[ConsentEntry]
     conversations: list[LeadConversation]
     duplicates: list[Lead]
     numbers: list[NumberChoice]
+    archived: ArchivedHistory | None = None
 
 
 def member_names(workspace_id: int, user_ids: set[int]) -> dict[int, str]:
@@ -113,6 +124,28 @@ def sending_numbers(workspace_id: int) -> list[NumberChoice]:
     return [NumberChoice(row.id, row.name, row.phone) for row in rows]
 
 
+def archived_history(workspace_id: int, lead_id: int) -> ArchivedHistory | None:
+    """How many of the lead's messages are archived, from when to when; None when none is."""
+    from crm.archiving.models import ArchivedConversation, ConversationState
+
+    archived = ArchivedConversation
+    conversations, messages, first, last = db.session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(archived.messages), 0),
+            func.min(archived.first_message_at),
+            func.max(archived.last_message_at),
+        ).where(
+            archived.workspace_id == workspace_id,
+            archived.lead_id == lead_id,
+            archived.state == ConversationState.ARCHIVED.value,
+        )
+    ).one()
+    if not conversations:
+        return None
+    return ArchivedHistory(conversations, int(messages), first, last)
+
+
 def consent_entries(workspace_id: int, lead_id: int) -> list[ConsentEntry]:
     """The lead's consent history, newest first, with who made each change."""
     events = consent_history(workspace_id, lead_id)
@@ -130,6 +163,7 @@ def lead_profile(workspace_id: int, lead_id: int) -> LeadProfile:
         conversations=lead_conversations(workspace_id, lead_id),
         duplicates=possible_duplicates(workspace_id, lead),
         numbers=sending_numbers(workspace_id),
+        archived=archived_history(workspace_id, lead_id),
     )
 
 

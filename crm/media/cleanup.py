@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 def delete_unreferenced(media_ids: list[int]) -> int:
     """Delete the rows and files of these media that no message carries any more (after the
     messages, or the lead and its conversations, were deleted). A file being worked on right now
-    is left to the sweep: its job's result is then dropped, not written to a deleted row."""
+    is left to the sweep: its job's result is then dropped, not written to a deleted row. A file
+    an archived message carries stays for its restore (``crm.archiving``)."""
+    from crm.archiving.models import ArchivedMedia
     from crm.inbox.models import Message
 
     removed = 0
@@ -29,7 +31,10 @@ def delete_unreferenced(media_ids: list[int]) -> int:
         if media is None or media.status == MediaStatus.WORKING.value:
             continue
         in_use = db.session.scalar(select(Message.id).where(Message.media_file_id == media_id).limit(1))
-        if in_use is not None:
+        archived = db.session.scalar(
+            select(ArchivedMedia.media_file_id).where(ArchivedMedia.media_file_id == media_id).limit(1)
+        )
+        if in_use is not None or archived is not None:
             continue
         keys = (media.storage_key, media.original_key, media.thumbnail_key)
         db.session.delete(media)
@@ -44,7 +49,8 @@ def sweep_orphans(grace: timedelta = timedelta(hours=6)) -> dict[str, int]:
     """Remove what nothing points at any more: media rows no message carries (older than
     ``grace``, so an upload on its way to a message is never taken), and stored files no row
     names. Only keys this app makes are ever touched: a bucket or folder shared with anything
-    else keeps that else."""
+    else keeps that else. Files archived messages carry are in use (``crm.archiving``)."""
+    from crm.archiving.models import ArchivedMedia
     from crm.inbox.models import Message
 
     cutoff = utcnow() - grace
@@ -55,6 +61,9 @@ def sweep_orphans(grace: timedelta = timedelta(hours=6)) -> dict[str, int]:
                 MediaFile.created_at < cutoff,
                 MediaFile.status != MediaStatus.WORKING.value,
                 ~select(Message.id).where(Message.media_file_id == MediaFile.id).exists(),
+                ~select(ArchivedMedia.media_file_id)
+                .where(ArchivedMedia.media_file_id == MediaFile.id)
+                .exists(),
             )
             .limit(10_000)
         )

@@ -23,7 +23,15 @@ from wtforms import (
     TextAreaField,
     TimeField,
 )
-from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, ValidationError
+from wtforms.validators import (
+    DataRequired,
+    Email,
+    InputRequired,
+    Length,
+    NumberRange,
+    ValidationError,
+)
+from wtforms.validators import Optional as OptionalValue
 
 from crm.ai.settings import (
     MAX_INSTRUCTIONS_CHARS,
@@ -72,6 +80,11 @@ class ConsentForm(FlaskForm):
     trash_days = IntegerField(
         _l("Days deleted leads stay in the trash"), validators=[InputRequired(), NumberRange(1, 365)]
     )
+
+
+class ArchiveSettingsForm(FlaskForm):
+    enabled = BooleanField(_l("Archive old conversations every night"))
+    days = IntegerField(_l("Days without a message"), validators=[OptionalValue(), NumberRange(30, 3650)])
 
 
 def _newlines(value: Any) -> Any:
