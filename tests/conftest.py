@@ -285,3 +285,32 @@ def gemini(gemini_server: GeminiStub, app: Flask) -> Iterator[GeminiStub]:
     yield gemini_server
     app.config.update(saved)
     gemini_server.reset()
+
+
+# --- media storage -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def media_folder(app: Flask, tmp_path: Path) -> Iterator[Path]:
+    """This test's media files in a folder of its own (the app is shared by the whole session);
+    the storage the app had is put back afterwards."""
+    from crm.media.storage import LocalStorage
+
+    previous = app.extensions.get("media_storage")
+    app.extensions["media_storage"] = LocalStorage(tmp_path / "media")
+    yield tmp_path / "media"
+    app.extensions["media_storage"] = previous
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 (moto's server) for the module's tests."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -24,14 +24,9 @@ from tests.whatsapp.conftest import graph, graph_api, make_cloud_account  # noqa
 
 
 @pytest.fixture(autouse=True)
-def media_folder(app: Flask, tmp_path: Any) -> Iterator[Any]:
-    """Each test's files in a folder of its own (the app is shared by the whole session)."""
-    from crm.media.storage import LocalStorage
-
-    previous = app.extensions.get("media_storage")
-    app.extensions["media_storage"] = LocalStorage(tmp_path / "media")
-    yield tmp_path / "media"
-    app.extensions["media_storage"] = previous
+def _own_media_folder(media_folder: Any) -> Any:
+    """Every media test stores its files in a folder of its own (tests/conftest.py)."""
+    return media_folder
 
 
 @dataclass

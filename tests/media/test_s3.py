@@ -20,19 +20,6 @@ BUCKET = "zapdesk-media"
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}  # moto accepts any
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def s3(app: Flask, s3_endpoint: str) -> Iterator[S3Storage]:
     """The app's media storage pointed at a fresh bucket for one test."""

@@ -9,7 +9,6 @@ import contextvars
 import gzip
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,13 +48,7 @@ def run(app: Flask, *args: str) -> tuple[int, dict[str, Any] | None, str]:
     return result.exit_code, payload, result.stderr.strip()
 
 
-@pytest.fixture(autouse=True)
-def media_folder(app: Flask, tmp_path: Path) -> Iterator[Path]:
-    """This test's storage only (the app is shared by the whole session)."""
-    previous = app.extensions.get("media_storage")
-    app.extensions["media_storage"] = LocalStorage(tmp_path / "media")
-    yield tmp_path / "media"
-    app.extensions["media_storage"] = previous
+pytestmark = pytest.mark.usefixtures("media_folder")  # this test's own storage (tests/conftest.py)
 
 
 @dataclass
@@ -195,19 +188,6 @@ def test_archive_then_restore_gives_back_identical_rows(
     assert snapshot([old.conversation_id, other.conversation_id]) == before
     states = db.session.scalars(select(ArchivedConversation.state)).all()
     assert states == ["restored", "restored"]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def test_archives_go_to_s3_and_come_back(

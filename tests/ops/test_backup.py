@@ -55,13 +55,7 @@ def run(app: Flask, *args: str, stdin: str | None = None) -> tuple[int, dict[str
     return result.exit_code, payload, result.stderr.strip()
 
 
-@pytest.fixture(autouse=True)
-def media_folder(app: Flask, tmp_path: Path) -> Iterator[Path]:
-    """This test's media files only (the app is shared by the whole session)."""
-    previous = app.extensions.get("media_storage")
-    app.extensions["media_storage"] = LocalStorage(tmp_path / "media")
-    yield tmp_path / "media"
-    app.extensions["media_storage"] = previous
+pytestmark = pytest.mark.usefixtures("media_folder")  # this test's own storage (tests/conftest.py)
 
 
 # --- the restore target: a second app on an empty database --------------------------------------
