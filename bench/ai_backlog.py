@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -81,7 +80,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import HOST, PG_PORT, BenchError, log_tail, pg_connect, redis_client, run_cli, spawn
+from harness import (
+    HOST,
+    PG_PORT,
+    BenchError,
+    cloud_webhook_body,
+    log_tail,
+    meta_signature,
+    pg_connect,
+    redis_client,
+    run_cli,
+    spawn,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -282,37 +292,15 @@ class OpenLoop:
 def webhook_body(n: int, sent_at: int) -> bytes:
     phone = customer_phone(n)
     digest = hashlib.sha256(f"ai-backlog:{n}:{sent_at}".encode()).hexdigest()[:32].upper()
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": WABA_ID,
-                "changes": [
-                    {
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": DISPLAY_PHONE,
-                                "phone_number_id": PHONE_NUMBER_ID,
-                            },
-                            "contacts": [{"profile": {"name": f"Cliente {n}"}, "wa_id": phone}],
-                            "messages": [
-                                {
-                                    "from": phone,
-                                    "id": f"wamid.HBgN{phone}FQIAEhgg{digest}AA==",
-                                    "timestamp": str(sent_at),
-                                    "type": "text",
-                                    "text": {"body": question(n)},
-                                }
-                            ],
-                        },
-                        "field": "messages",
-                    }
-                ],
-            }
-        ],
+    contacts = [{"profile": {"name": f"Cliente {n}"}, "wa_id": phone}]
+    message = {
+        "from": phone,
+        "id": f"wamid.HBgN{phone}FQIAEhgg{digest}AA==",
+        "timestamp": str(sent_at),
+        "type": "text",
+        "text": {"body": question(n)},
     }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return cloud_webhook_body(WABA_ID, PHONE_NUMBER_ID, DISPLAY_PHONE, contacts, [message])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,7 +606,7 @@ class Bench:
     # -- the load ------------------------------------------------------------------------------
     def _webhook(self, i: int) -> Request:
         body = webhook_body(i, int(time.time()))
-        signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        signature = meta_signature(APP_SECRET, body)
         headers = {
             "Content-Type": "application/json",
             "X-Hub-Signature-256": signature,

@@ -3,6 +3,9 @@ their output kept in log files, and the one error a benchmark reports as a clear
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +75,30 @@ def redis_client(url: str) -> Any:
     import redis
 
     return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=30)
+
+
+def cloud_webhook_body(
+    waba_id: str,
+    phone_number_id: str,
+    display_phone: str,
+    contacts: list[dict[str, Any]],
+    messages: list[dict[str, Any]],
+) -> bytes:
+    """A Meta-shaped Cloud API ``messages`` webhook body (compact JSON, UTF-8)."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": display_phone, "phone_number_id": phone_number_id},
+        "contacts": contacts,
+        "messages": messages,
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": waba_id, "changes": [{"value": value, "field": "messages"}]}],
+    }
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def meta_signature(app_secret: str | bytes, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` header Meta sends with ``body``."""
+    key = app_secret.encode() if isinstance(app_secret, str) else app_secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()

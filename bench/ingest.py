@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import hashlib
-import hmac
 import http.client
 import json
 import math
@@ -59,7 +57,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import BenchError, log_tail, run_cli, spawn
+from harness import BenchError, cloud_webhook_body, log_tail, meta_signature, run_cli, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the virtualenv this script runs in (.venv/bin)
@@ -208,30 +206,8 @@ def build_bodies(
                 }
             )
             contacts[phone] = {"profile": {"name": names[phone]}, "wa_id": phone}
-        payload = {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": WABA_ID,
-                    "changes": [
-                        {
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": DISPLAY_PHONE,
-                                    "phone_number_id": PHONE_NUMBER_ID,
-                                },
-                                "contacts": list(contacts.values()),
-                                "messages": messages,
-                            },
-                            "field": "messages",
-                        }
-                    ],
-                }
-            ],
-        }
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        sig = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        body = cloud_webhook_body(WABA_ID, PHONE_NUMBER_ID, DISPLAY_PHONE, list(contacts.values()), messages)
+        sig = meta_signature(secret, body)
         originals.append(i)
         out.append((body, sig, tuple(m["id"] for m in messages), False))
     return out

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
 import http.client
-import json
 import queue
 import subprocess
 import sys
@@ -41,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import HOST, PG_PORT, BenchError
+from harness import HOST, PG_PORT, BenchError, cloud_webhook_body, meta_signature
 from ingest import APP_SECRET, DISPLAY_PHONE, PHONE_NUMBER_ID, WABA_ID, Bench
 
 RECOVERY_LIMIT_S = 5.0
@@ -91,38 +88,16 @@ def ensure_pg_running() -> None:
 def body_for(i: int, tag: str) -> tuple[bytes, str, str]:
     phone = f"55118{i % 200:08d}"
     wamid = f"wamid.pgrestart.{tag}.{i:06d}"
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": WABA_ID,
-                "changes": [
-                    {
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": DISPLAY_PHONE,
-                                "phone_number_id": PHONE_NUMBER_ID,
-                            },
-                            "contacts": [{"profile": {"name": f"Fault {i % 200}"}, "wa_id": phone}],
-                            "messages": [
-                                {
-                                    "from": phone,
-                                    "id": wamid,
-                                    "timestamp": str(int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": f"message {i}"},
-                                }
-                            ],
-                        },
-                        "field": "messages",
-                    }
-                ],
-            }
-        ],
+    contacts = [{"profile": {"name": f"Fault {i % 200}"}, "wa_id": phone}]
+    message = {
+        "from": phone,
+        "id": wamid,
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": f"message {i}"},
     }
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    sig = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    body = cloud_webhook_body(WABA_ID, PHONE_NUMBER_ID, DISPLAY_PHONE, contacts, [message])
+    sig = meta_signature(APP_SECRET, body)
     return body, sig, wamid
 
 
