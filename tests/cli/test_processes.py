@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop_gracefully
+
 ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
 
@@ -73,12 +75,7 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, subproces
                 pytest.fail(f"serve did not answer /healthz:\n{log.read_text()}")
             yield base, proc, log
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_gracefully(proc)
 
 
 def test_serve_is_a_complete_product_on_a_fresh_instance(

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from tests import factories
 from tests.conftest import GEMINI_KEY
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.graph_api import GraphEmulator
+from tests.processes import stop_gracefully
 from tests.whatsapp.conftest import (
     ACCESS_TOKEN,
     APP_SECRET,
@@ -334,12 +334,7 @@ def test_serve_writes_only_json_lines_to_stderr(tmp_path: Path) -> None:
             assert response.headers["X-Request-ID"] == "probe-42"
             httpx.get(f"{base}/webhooks/cloud/wh-secret-key?hub.verify_token=s3cr3t", timeout=5)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_gracefully(proc)
     text = stderr_path.read_text()
     lines = [json.loads(line) for line in text.splitlines()]  # every line is JSON
     loggers = {line["logger"] for line in lines}
