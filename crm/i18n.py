@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Flask, current_app, g, has_request_context, request
-from flask_babel import format_date, format_datetime, get_locale
+from flask_babel import format_date, get_locale
 from flask_login import current_user
 
+from crm import i18n_fast as fast
 from crm.extensions import babel
 
 
@@ -36,12 +37,20 @@ def select_timezone() -> str | None:
 
 def setup_i18n(app: Flask) -> None:
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    # The same catalogues as Flask-Babel installs, looked up once per request and language.
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=fast.gettext,
+        ngettext=fast.ngettext,
+        pgettext=fast.pgettext,
+        npgettext=fast.npgettext,
+        newstyle=True,
+    )
 
     app.jinja_env.globals["html_lang"] = lambda: str(get_locale() or "en").replace("_", "-")
 
     @app.template_filter("datetime")
     def _datetime(value: datetime | None, fmt: str = "short") -> str:
-        return format_datetime(value, fmt) if value else ""
+        return fast.format_datetime(value, fmt) if value else ""
 
     @app.template_filter("date")
     def _date(value: datetime | None, fmt: str = "medium") -> str:

@@ -11,6 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import gettext as _
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import contains_eager
 
 from crm.auth.models import LoginFailure, Membership, Role, User, UserSession, Workspace
 from crm.auth.passwords import (
@@ -237,19 +238,30 @@ def load_session(token: str) -> LiveSession | None:
 
     An expired or idle session is revoked on the spot, so it can never come back.
     """
-    row = db.session.scalar(select(UserSession).where(UserSession.token_hash == token_digest(token)))
-    if row is None or row.revoked_at is not None:
+    # One round trip on every request: the session with its person, membership and workspace (the
+    # page's language, zone and shell read them; they stay in the session's identity map).
+    found = db.session.execute(
+        select(UserSession, Membership)
+        .outerjoin(
+            Membership,
+            (Membership.user_id == UserSession.user_id)
+            & (Membership.workspace_id == UserSession.workspace_id),
+        )
+        .join(UserSession.user)
+        .outerjoin(Membership.workspace)
+        .options(contains_eager(UserSession.user), contains_eager(Membership.workspace))
+        .where(UserSession.token_hash == token_digest(token))
+    ).first()
+    if found is None:
+        return None
+    row, membership = found
+    if row.revoked_at is not None:
         return None
     now = utcnow()
     idle = timedelta(minutes=current_app.config["SESSION_IDLE_MINUTES"])
     if row.expires_at <= now or row.last_seen_at + idle <= now:
         revoke_sessions_where(UserSession.id == row.id, reason="expired")
         return None
-    membership = db.session.scalar(
-        select(Membership).where(
-            Membership.user_id == row.user_id, Membership.workspace_id == row.workspace_id
-        )
-    )
     if membership is None or membership.is_disabled:
         revoke_sessions_where(UserSession.id == row.id, reason="disabled")
         return None

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, Table, select, true, update
-from sqlalchemy.orm import aliased, contains_eager
+from sqlalchemy.orm import aliased, contains_eager, joinedload
 
 from crm.auth.models import Membership, User
 from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
-from crm.errors import Conflict, ValidationFailed
+from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, ConversationNote, Message
+from crm.leads.models import Lead
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
 from crm.tenancy import get_scoped, scoped
@@ -241,15 +242,33 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Message]:
     return {m.conversation_id: m for m in db.session.scalars(stmt)}
 
 
-def mark_read(workspace_id: int, conversation_id: int) -> Conversation:
+def open_thread(workspace_id: int, conversation_id: int) -> tuple[Conversation, WhatsAppAccount | None]:
+    """The conversation an agent opens, with its customer, their tags and its number, in two
+    statements (they stay in the session for the page and for ``get_conversation``). An unread
+    conversation shows as read at once; ``mark_read`` stores that once the page is written."""
+    from crm.whatsapp.models import WhatsAppAccount
+
+    found = db.session.execute(
+        scoped(select(Conversation, WhatsAppAccount), Conversation, workspace_id)
+        .outerjoin(WhatsAppAccount, WhatsAppAccount.id == Conversation.account_id)
+        .where(Conversation.id == conversation_id)
+        .options(joinedload(Conversation.lead).selectinload(Lead.tags))
+    ).first()
+    if found is None:
+        raise NotFound(f"Conversation {conversation_id}")
+    conversation, account = found
+    return conversation, account
+
+
+def mark_read(conversation: Conversation) -> None:
+    """The agent has seen the conversation: its unread count goes to 0 and every open list drops
+    its badge. Called after the page is rendered, so the commit expires nothing the page needs."""
     from crm.db import commit_without_waiting_for_disk
 
-    conversation = get_conversation(workspace_id, conversation_id)
     if conversation.unread_count:
         conversation.unread_count = 0
-        _announce(conversation)  # every open list drops its unread badge
+        _announce(conversation)
         commit_without_waiting_for_disk()  # a lost reset only shows the count again
-    return conversation
 
 
 def thread_page(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import abort, g, render_template, request
 from flask_login import current_user, login_required
+from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.local import LocalProxy
 
 from crm.auth.decorators import manager_required
@@ -88,9 +89,8 @@ def index() -> str:
 @bp.get("/conversations/<int:conversation_id>")
 @login_required
 def conversation(conversation_id: int) -> str:
-    current = inbox.mark_read(g.workspace_id, conversation_id)
+    current, number = inbox.open_thread(g.workspace_id, conversation_id)
     thread = inbox.thread_page(g.workspace_id, conversation_id, None)
-    number = db.session.get(WhatsAppAccount, current.account_id)  # held: used twice below
     context = {
         "conversation": current,
         "messages": list(reversed(thread.items)),
@@ -109,9 +109,16 @@ def conversation(conversation_id: int) -> str:
         from crm.whatsapp.templates import sendable_templates
 
         context["templates"] = sendable_templates(g.workspace_id, current.account_id)
+    unread = current.unread_count
+    set_committed_value(current, "unread_count", 0)  # shown read; stored below, after rendering
     if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
-        return render_template("inbox/_thread.html", **context)
-    return render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})
+        page = render_template("inbox/_thread.html", **context)
+    else:
+        page = render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})
+    if unread:
+        set_committed_value(current, "unread_count", unread)
+        inbox.mark_read(current)
+    return page
 
 
 @bp.get("/conversations/<int:conversation_id>/older")
