@@ -81,6 +81,12 @@ def _reader() -> tuple[Locale, str, Any]:
     return locale, str(locale), tzinfo
 
 
+def reader_key() -> tuple[str, str]:
+    """The request's language and time zone by name: what a remembered page part depends on."""
+    _, locale_id, tzinfo = _reader()
+    return locale_id, str(tzinfo)
+
+
 @functools.lru_cache(maxsize=64)
 def _layout(locale_id: str, fmt: str) -> tuple[str, bool, bool, bool] | None:
     """For a standard format: the language's "{1}, {0}" and whether its time and date parts can be

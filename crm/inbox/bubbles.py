@@ -1,0 +1,70 @@
+"""Message bubbles rendered once and remembered: a thread page is 50 bubbles, and agents open the
+same conversations again and again while their messages rarely change.
+
+A bubble is remembered under everything it is made of: every column of the message and of its
+file, the reader's language and time zone, the URL prefix and whether it is an out-of-band swap.
+A new status, a downloaded file or an edited text is a different key, so a remembered bubble is
+never stale; old keys simply age out of a bounded least-recently-used map (per process).
+tests/inbox/test_bubbles.py changes each column in turn to prove the key covers what the
+template shows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from flask import current_app, request
+from markupsafe import Markup
+
+from crm.i18n_fast import reader_key
+from crm.inbox.models import Message
+
+MAX_BUBBLES = 20_000  # per process: ~1 KB each
+_bubbles: OrderedDict[tuple[Any, ...], Markup] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _row(obj: Any) -> tuple[Any, ...]:
+    values = []
+    for column in obj.__table__.columns:
+        value = getattr(obj, column.key)
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True, default=str)
+        values.append(value)
+    return tuple(values)
+
+
+def bubble_key(message: Message, oob: bool = False) -> tuple[Any, ...]:
+    media = message.media_file if message.media_file_id is not None else None
+    return (
+        reader_key(),
+        request.script_root,
+        oob,
+        _row(message),
+        _row(media) if media is not None else None,
+    )
+
+
+def bubble(message: Message, oob: bool = False) -> Markup:
+    """The bubble of ``inbox/_message.html`` for this message, from memory when nothing changed."""
+    key = bubble_key(message, oob)
+    with _lock:
+        found = _bubbles.get(key)
+        if found is not None:
+            _bubbles.move_to_end(key)
+            return found
+    template = current_app.jinja_env.get_template("inbox/_message.html")
+    html = Markup(template.render(message=message, oob=oob))  # noqa: S704 (an autoescaped .html template)
+    with _lock:
+        _bubbles[key] = html
+        while len(_bubbles) > MAX_BUBBLES:
+            _bubbles.popitem(last=False)
+    return html
+
+
+def forget_all() -> None:
+    with _lock:
+        _bubbles.clear()
