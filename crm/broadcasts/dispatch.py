@@ -28,32 +28,27 @@ from flask_babel import gettext as _
 from sqlalchemy import delete, func, select, update
 
 from crm.auth.models import Workspace
-from crm.broadcasts import render
 from crm.broadcasts.models import (
     Broadcast,
     BroadcastRecipient,
     BroadcastStatus,
     RecipientState,
-    SkipReason,
 )
+from crm.broadcasts.release import release
 from crm.broadcasts.services import _announce, _back_to_waiting, _pause, broadcast_accounts
 from crm.db import utcnow
-from crm.errors import DomainError, ValidationFailed
+from crm.errors import DomainError
 from crm.extensions import db
 from crm.inbox.models import Message
-from crm.leads.models import Lead
-from crm.leads.phones import phone_variants
 from crm.realtime.broker import publish_after_commit
 from crm.whatsapp import pacing
-from crm.whatsapp.models import Health, MessageTemplate, Outbox, OutboxState, WhatsAppAccount
-from crm.whatsapp.outbox import stage_outbound
+from crm.whatsapp.models import Health, Outbox, OutboxState, WhatsAppAccount
 
 log = logging.getLogger(__name__)
 
 TICK = timedelta(seconds=1)
 AHEAD = 2.0  # seconds of sending kept in the outbox per number
 LONG_PAUSE = timedelta(minutes=5)  # a number told to wait longer than this pauses the broadcast
-MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -268,162 +263,33 @@ def _finished(broadcast_id: int) -> bool:
     return pending is None and not (db.session.scalar(_in_flight_query(broadcast_id)) or 0)
 
 
-# --- releasing recipients into the outbox ------------------------------------------------------
-
-
-def _claim(broadcast_id: int, account_id: int, limit: int) -> list[BroadcastRecipient]:
-    stmt = (
-        select(BroadcastRecipient)
-        .where(
-            BroadcastRecipient.broadcast_id == broadcast_id,
-            BroadcastRecipient.account_id == account_id,
-            BroadcastRecipient.state == RecipientState.PENDING.value,
-        )
-        .order_by(BroadcastRecipient.id)
-        .limit(limit)
-    )
-    if db.session.get_bind().dialect.name == "sqlite":
-        # One writer at a time: take the write lock first, so what is read next is not being
-        # released by another worker at the same moment.
-        db.session.execute(
-            update(Broadcast).where(Broadcast.id == broadcast_id).values(next_tick_at=Broadcast.next_tick_at)
-        )
-    else:
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(db.session.scalars(stmt.execution_options(populate_existing=True)))
-
-
-def _opted_out_phones(workspace_id: int, leads: list[Lead]) -> set[str]:
-    """The phones, among the other spellings of these leads' lines, of someone who opted out."""
-    variants = {v for lead in leads for v in phone_variants(lead.phone)}
-    if not variants:
-        return set()
-    return set(
-        db.session.scalars(
-            select(Lead.phone).where(
-                Lead.workspace_id == workspace_id, Lead.phone.in_(variants), Lead.opted_out_at.isnot(None)
-            )
-        )
-    )
-
-
-def _skip_reason(lead: Lead | None, stopped_phones: set[str]) -> SkipReason | None:
-    if lead is None or lead.deleted_at is not None:
-        return SkipReason.DELETED
-    if lead.is_group:
-        return None
-    if not lead.opt_in or lead.opted_out_at is not None:
-        return SkipReason.OPTED_OUT
-    if any(v in stopped_phones for v in phone_variants(lead.phone)):
-        return SkipReason.OPTED_OUT
-    if not lead.phone and not lead.bsuid:
-        return SkipReason.NO_NUMBER
-    return None
-
-
-def release(broadcast: Broadcast, account: WhatsAppAccount, limit: int) -> tuple[int, int]:
-    """Claim up to ``limit`` pending recipients on ``account`` and queue their messages, all in
-    one transaction. Returns (queued, skipped)."""
-    from crm.inbox.services import conversation_for
-
-    recipients = _claim(broadcast.id, account.id, limit)
-    if not recipients:
-        db.session.commit()
-        return 0, 0
-    leads = {
-        lead.id: lead
-        for lead in db.session.scalars(select(Lead).where(Lead.id.in_([r.lead_id for r in recipients])))
-    }
-    stopped = _opted_out_phones(broadcast.workspace_id, list(leads.values()))
-    content = _Content(broadcast, account)
-    now = utcnow()
-    queued = skipped = 0
-    for recipient in recipients:
-        lead = leads.get(recipient.lead_id)
-        reason = _skip_reason(lead, stopped)
-        recipient.updated_at = now
-        if reason is not None or lead is None:
-            recipient.state = RecipientState.SKIPPED.value
-            recipient.skip_reason = (reason or SkipReason.DELETED).value
-            skipped += 1
-            continue
-        conversation = conversation_for(broadcast.workspace_id, account.id, lead.id)
-        variant, kind, text, payload = content.for_lead(recipient.id, lead)
-        message = stage_outbound(
-            broadcast.workspace_id,
-            conversation,
-            text=text,
-            type=kind,
-            payload=payload,
-            author="broadcast",
-            idempotency_key=f"broadcast:{recipient.id}",
-            media_file_id=broadcast.media_file_id,
-        )
-        recipient.state = RecipientState.QUEUED.value
-        recipient.message_id = message.id
-        recipient.variant = variant
-        queued += 1
-    db.session.commit()
-    return queued, skipped
-
-
-class _Content:
-    """What each recipient gets: a text variant, a caption with a file, or a filled template."""
-
-    def __init__(self, broadcast: Broadcast, account: WhatsAppAccount) -> None:
-        self.broadcast = broadcast
-        self.kind = "text"
-        self.template: MessageTemplate | None = None
-        if broadcast.template_name:
-            self.kind = "template"
-            self.template = db.session.scalar(
-                select(MessageTemplate).where(
-                    MessageTemplate.account_id == account.id,
-                    MessageTemplate.name == broadcast.template_name,
-                    MessageTemplate.language == (broadcast.template_language or ""),
-                )
-            )
-        elif broadcast.media_file_id is not None:
-            from crm.media.models import MediaFile
-
-            media = db.session.get(MediaFile, broadcast.media_file_id)
-            self.kind = media.kind if media is not None else "text"
-
-    def for_lead(self, recipient_id: int, lead: Lead) -> tuple[int | None, str, str, dict[str, Any] | None]:
-        if self.kind == "template":
-            from crm.whatsapp import templates
-
-            if self.template is None:
-                raise ValidationFailed(_("The template is gone from this number."), code="invalid_template")
-            values = render.lead_values(lead)
-            filled = templates.fill(
-                self.template,
-                {k: render.render(v, values) for k, v in (self.broadcast.template_values or {}).items()},
-            )
-            return None, "template", filled.text, filled.payload
-        variant, text = render.render_for(self.broadcast.variants, recipient_id, lead)
-        return variant, self.kind, text[:MAX_TEXT], None
-
-
 # --- at send time ------------------------------------------------------------------------------
 
 
-def held_back(outbox: Outbox, message: Message) -> bool:
+def held_back(outbox_id: int, message_id: int) -> bool:
     """Called by the sender for a broadcast's message it just claimed: when the broadcast is no
     longer running the message is taken back (its recipient waits again, or is skipped after a
     cancel) and nothing is sent."""
-    row = db.session.execute(
+    status = db.session.scalar(
         select(Broadcast.status)
         .join(BroadcastRecipient, BroadcastRecipient.broadcast_id == Broadcast.id)
-        .where(BroadcastRecipient.message_id == message.id)
-    ).first()
-    if row is None or row[0] == BroadcastStatus.RUNNING.value:
+        .where(BroadcastRecipient.message_id == message_id)
+    )
+    if status is None or status == BroadcastStatus.RUNNING.value:
         return False
-    message_id, outbox_id = message.id, outbox.id
-    db.session.execute(delete(Outbox).where(Outbox.id == outbox_id))
-    _back_to_waiting([message_id], skip=row[0] == BroadcastStatus.CANCELLED.value)
-    db.session.commit()
-    for gone in (outbox, message):  # their rows are gone: nothing may refresh them in this session
-        db.session.expunge(gone)
-    log.info("outbox %s held back: its broadcast is %s", outbox_id, row[0])
+    hold_back(outbox_id, message_id, status)
     return True
+
+
+def hold_back(outbox_id: int, message_id: int, status: str) -> None:
+    """Take back a claimed message of a broadcast that is ``status`` (paused or cancelled), and
+    commit."""
+    db.session.execute(delete(Outbox).where(Outbox.id == outbox_id))
+    _back_to_waiting([message_id], skip=status == BroadcastStatus.CANCELLED.value)
+    db.session.commit()
+    session = db.session()
+    for model, key in ((Outbox, outbox_id), (Message, message_id)):
+        gone = session.identity_map.get(session.identity_key(model, key))
+        if gone is not None:  # their rows are gone: nothing may refresh them in this session
+            session.expunge(gone)
+    log.info("outbox %s held back: its broadcast is %s", outbox_id, status)

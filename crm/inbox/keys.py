@@ -10,23 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import ColumnElement, Select, delete, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, Table, delete, insert, select, tuple_, update
 
 from crm.extensions import db
 from crm.inbox.models import Message, MessageKey
+
+# A plain Core insert (no ORM statement machinery): this runs for every message sent.
+_KEY_INSERT = insert(cast(Table, MessageKey.__table__))
 
 
 def record_key(account_id: int, provider_message_id: str, message_id: int, created_at: datetime) -> None:
     """The provider's id of a message we sent (no commit). A second message with the same id on
     the number is an IntegrityError, as the unique constraint it replaces raised."""
-    db.session.execute(
-        insert(MessageKey).values(
-            account_id=account_id,
-            provider_message_id=provider_message_id,
-            message_id=message_id,
-            created_at=created_at,
-        )
+    db.session.connection().execute(
+        _KEY_INSERT,
+        {
+            "account_id": account_id,
+            "provider_message_id": provider_message_id,
+            "message_id": message_id,
+            "created_at": created_at,
+        },
     )
 
 

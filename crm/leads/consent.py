@@ -8,15 +8,18 @@ the whole message must be the keyword, so "não quero parar" never unsubscribes 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
 from flask_babel import force_locale
 from flask_babel import gettext as _
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from crm.auth.models import Workspace
 from crm.db import utcnow
@@ -98,21 +101,39 @@ def phone_opted_out(workspace_id: int, phone: str | None, exclude_lead_id: int |
     them the other: the same person, who said stop)."""
     if not phone:
         return False
-    stmt = select(Lead.id).where(
-        Lead.workspace_id == workspace_id,
-        Lead.phone.in_([phone, *phone_variants(phone)]),
-        Lead.opted_out_at.isnot(None),
+    params = {
+        "workspace_id": workspace_id,
+        "phones": [phone, *phone_variants(phone)],
+        "exclude": -1 if exclude_lead_id is None else exclude_lead_id,
+    }
+    return db.session.connection().execute(_phone_opted_out_select(), params).first() is not None
+
+
+@functools.cache
+def _phone_opted_out_select() -> Any:  # built once: the send path asks this for every message
+    leads = cast(Table, Lead.__table__)
+    return (
+        select(leads.c.id)
+        .where(
+            leads.c.workspace_id == bindparam("workspace_id"),
+            leads.c.phone.in_(bindparam("phones", expanding=True)),
+            leads.c.opted_out_at.isnot(None),
+            leads.c.id != bindparam("exclude"),
+        )
+        .limit(1)
     )
-    if exclude_lead_id is not None:
-        stmt = stmt.where(Lead.id != exclude_lead_id)
-    return db.session.scalar(stmt.limit(1)) is not None
 
 
 def opted_out(lead: Lead) -> bool:
     """A lead who must get nothing: they opted out, or did so on the other spelling of their line."""
-    if lead.opted_out_at is not None:
+    return opted_out_by(lead.workspace_id, lead.id, lead.phone, lead.opted_out_at)
+
+
+def opted_out_by(workspace_id: int, lead_id: int, phone: str | None, opted_out_at: datetime | None) -> bool:
+    """``opted_out`` from the lead's columns (the send path reads them without loading the lead)."""
+    if opted_out_at is not None:
         return True
-    return bool(phone_variants(lead.phone)) and phone_opted_out(lead.workspace_id, lead.phone, lead.id)
+    return bool(phone_variants(phone)) and phone_opted_out(workspace_id, phone, lead_id)
 
 
 def consent_history(workspace_id: int, lead_id: int, limit: int = 100) -> list[ConsentEvent]:

@@ -9,16 +9,17 @@ sent again: the one duplicate we can't rule out, and it is logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from flask import current_app
 from flask_babel import gettext as _
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crm.db import utcnow
@@ -26,7 +27,7 @@ from crm.errors import Conflict
 from crm.extensions import db
 from crm.inbox.keys import record_key
 from crm.inbox.models import Conversation, Message
-from crm.leads.consent import opted_out
+from crm.leads.consent import opted_out, opted_out_by
 from crm.leads.models import Lead
 from crm.ops.metrics import record_send, record_send_error
 from crm.realtime.broker import publish_after_commit
@@ -41,6 +42,7 @@ from crm.whatsapp.providers.base import (
 )
 from crm.whatsapp.providers.registry import get_provider
 from crm.whatsapp.routing import carrier_for
+from crm.whatsapp.send_context import SendContext, account_view, read_context
 from crm.whatsapp.statuses import apply_parked, sweep_parked
 
 log = logging.getLogger(__name__)
@@ -262,54 +264,100 @@ def _lease() -> timedelta:
     return timedelta(seconds=current_app.config.get("OUTBOX_LEASE_SECONDS", 120))
 
 
-def _claim(outbox_id: int) -> Outbox | None:
-    """queued → sending, atomically; None when another worker has it or it is not due.
+@functools.cache
+def _statements() -> dict[str, Any]:
+    """The send path's statements, built once (their compiled form is then cached too)."""
+    outbox = cast(Table, Outbox.__table__)
+    messages = cast(Table, Message.__table__)
+    sending = OutboxState.SENDING.value
+    by_id = outbox.c.id == bindparam("outbox_id")
+    # The id and the created_at: on PostgreSQL the latter names the message's partition.
+    message = (messages.c.id == bindparam("message_id")) & (
+        messages.c.created_at == bindparam("message_created_at")
+    )
+    return {
+        "claim": update(outbox)
+        .where(by_id, outbox.c.state == OutboxState.QUEUED.value)
+        .where(outbox.c.next_attempt_at <= bindparam("now"))
+        .values(state=sending, lease_until=bindparam("lease_until"), updated_at=bindparam("now"))
+        .returning(outbox.c.message_id, outbox.c.attempts),
+        "attempt": update(outbox).where(by_id).values(attempts=bindparam("attempt")),
+        "sent": update(outbox)
+        .where(by_id, outbox.c.state == sending, outbox.c.attempts == bindparam("attempt"))
+        .values(state=OutboxState.SENT.value, lease_until=None, updated_at=bindparam("now")),
+        # The status only moves on from queued: a status webhook may have moved it further.
+        "message_sent": update(messages)
+        .where(message)
+        .values(
+            provider_message_id=bindparam("provider_message_id"),
+            provider=bindparam("provider"),
+            account_id=bindparam("account_id"),
+            status=case(
+                (messages.c.status.in_(["queued", "sending"]), bindparam("status")), else_=messages.c.status
+            ),
+        )
+        .returning(messages.c.status),
+    }
 
-    Attempts are counted only when the provider is really called (see ``_attempt``), so waiting
-    for pacing, a pause or a carrier never uses up retries.
+
+def _execute(name: str, **params: Any) -> Any:
+    return db.session.connection().execute(_statements()[name], params)
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """A claimed row whose message was deleted (with its conversation or lead) while it waited."""
+
+    outbox_id: int
+
+
+def _claim(outbox_id: int) -> SendContext | _Gone | None:
+    """queued → sending, atomically, with what the send needs; None when another worker has it or
+    it is not due.
+
+    Not committed here: the claim is committed with the attempt it leads to (or with whatever
+    happens instead), in one commit before the provider is called. Until then the row is locked,
+    and another sender waits for that commit and then finds the row taken. Attempts are counted
+    only when the provider is really called (see ``_attempt``), so waiting for pacing, a pause or
+    a carrier never uses up retries.
     """
     now = utcnow()
-    claimed = db.session.execute(
-        update(Outbox)
-        .where(
-            Outbox.id == outbox_id, Outbox.state == OutboxState.QUEUED.value, Outbox.next_attempt_at <= now
-        )
-        .values(state=OutboxState.SENDING.value, lease_until=now + _lease(), updated_at=now)
-    ).rowcount  # type: ignore[attr-defined]
+    claimed = _execute("claim", outbox_id=outbox_id, now=now, lease_until=now + _lease()).first()
+    if claimed is None:
+        return None
+    return read_context(outbox_id, claimed.attempts, claimed.message_id) or _Gone(outbox_id)
+
+
+def _set(outbox_id: int, **values: Any) -> None:
+    db.session.execute(update(Outbox).where(Outbox.id == outbox_id).values(**values))
+
+
+def _requeue(outbox_id: int, delay: float, error: str | None = None) -> None:
+    extra = {"last_error": error[:2000]} if error else {}
+    next_at = utcnow() + timedelta(seconds=delay)
+    _set(outbox_id, state=OutboxState.QUEUED.value, next_attempt_at=next_at, lease_until=None, **extra)
     db.session.commit()
-    return db.session.get(Outbox, outbox_id) if claimed else None
+    _schedule(outbox_id, delay)
 
 
-def _requeue(row: Outbox, delay: float, error: str | None = None) -> None:
-    row.state = OutboxState.QUEUED.value
-    row.next_attempt_at = utcnow() + timedelta(seconds=delay)
-    row.lease_until = None
-    if error:
-        row.last_error = error[:2000]
-    db.session.commit()
-    _schedule(row.id, delay)
-
-
-def _fail(
-    row: Outbox, message: Message, code: str, title: str, state: str = OutboxState.FAILED.value
-) -> None:
-    row.state = state
-    row.lease_until = None
-    row.last_error = f"{code}: {title}"[:2000]
-    message.status = "failed"
-    message.error_code = code[:32]
-    message.error_title = title
+def _fail(send: SendContext, code: str, title: str, state: str = OutboxState.FAILED.value) -> None:
+    _set(send.outbox_id, state=state, lease_until=None, last_error=f"{code}: {title}"[:2000])
+    db.session.execute(
+        update(Message)
+        .where(Message.id == send.message_id, Message.created_at == send.created_at)
+        .values(status="failed", error_code=code[:32], error_title=title)
+    )
     publish_after_commit(
-        message.workspace_id,
+        send.workspace_id,
         {
             "type": "message.status",
-            "message_id": message.id,
-            "conversation_id": message.conversation_id,
+            "message_id": send.message_id,
+            "conversation_id": send.conversation_id,
             "status": "failed",
         },
     )
     db.session.commit()
-    record_send(message.provider or "", message.account_id, "cancelled" if state == "cancelled" else "failed")
+    record_send(send.provider or "", send.account_id, "cancelled" if state == "cancelled" else "failed")
 
 
 class GatewaySender(Protocol):
@@ -323,64 +371,72 @@ class GatewaySender(Protocol):
 def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> str:
     """Send one outbox row. Returns what happened (for logs and tests).
 
+    Two commits around the provider call: the claim with the attempt before it, the provider's
+    id after it (then one more look for a status that arrived meanwhile). What the send needs is
+    read once, as plain columns (``send_context``).
+
     WebQR numbers are carried by the gateway that owns their session: a worker that finds a
     WebQR carrier leaves the row queued for it.
     """
-    row = _claim(outbox_id)
-    if row is None:
+    db.session.flush()  # the caller's pending changes first, as an ORM statement would
+    send = _claim(outbox_id)
+    if send is None:
+        db.session.commit()
         return "not_claimed"
-    message = db.session.get(Message, row.message_id)
-    if message is None:  # deleted with its conversation or lead while it waited
-        row.state, row.lease_until, row.updated_at = OutboxState.CANCELLED.value, None, utcnow()
+    if isinstance(send, _Gone):
+        _set(outbox_id, state=OutboxState.CANCELLED.value, lease_until=None, updated_at=utcnow())
         db.session.commit()
         return "gone"
-    if message.author == "broadcast" and _held_back(row, message):
+    if send.author == "broadcast" and send.broadcast_status not in (None, "running"):
+        _hold_back(send, send.broadcast_status)
         return "held"
-    conversation = db.session.get(Conversation, message.conversation_id)
-    assert conversation is not None
-    lead = db.session.get(Lead, conversation.lead_id)
-    said_stop = lead is not None and not _opt_out_notice(message.author, message.payload) and opted_out(lead)
-    if lead is None or said_stop or lead.deleted_at is not None:
-        _fail(
-            row,
-            message,
-            "opted_out",
-            _("The lead opted out before this message was sent."),
-            OutboxState.CANCELLED.value,
-        )
+    said_stop = (
+        send.lead_id is not None
+        and not _opt_out_notice(send.author, send.payload)
+        and opted_out_by(send.workspace_id, send.lead_id, send.phone, send.opted_out_at)
+    )
+    if send.lead_id is None or said_stop or send.lead_deleted_at is not None:
+        stopped = _("The lead opted out before this message was sent.")
+        _fail(send, "opted_out", stopped, OutboxState.CANCELLED.value)
         return "cancelled"
-    home = db.session.get(WhatsAppAccount, conversation.account_id)
-    assert home is not None
-    carrier = carrier_for(home)
-    if carrier is None:
-        _requeue(row, 60, "no number can send")
+    found = carrier_for(send.home)
+    if found is None:
+        _requeue(outbox_id, 60, "no number can send")
         return "no_carrier"
+    carrier = account_view(found)  # read now: nothing of it is loaded again after the commit
     if carrier.provider == "webqr" and (gateway is None or gateway.account_id != carrier.id):
-        _release(row)
+        _set(outbox_id, state=OutboxState.QUEUED.value, lease_until=None)
+        db.session.commit()
         return "gateway"
     media: OutboundMedia | None = None
-    if message.media_file_id is not None:  # before pacing: a file still being prepared takes no slot
-        waiting = _media_for(row, message, carrier)
+    if send.media_file_id is not None:  # before pacing: a file still being prepared takes no slot
+        waiting = _media_for(send, carrier)
         if isinstance(waiting, str):
             return waiting
         media = waiting
     now = utcnow()
     if carrier.paused_until and carrier.paused_until > now:
-        _requeue(row, (carrier.paused_until - now).total_seconds())
+        _requeue(outbox_id, (carrier.paused_until - now).total_seconds())
         return "paused"
     wait = pacing.reserve(carrier)
     if wait > 0:
-        _requeue(row, wait)
+        _requeue(outbox_id, wait)
         return "paced"
     request = OutboundRequest(
-        to=lead.phone or lead.bsuid or "",
-        type=message.type,
-        text=message.text,
-        payload=dict(message.payload or {}),
-        recipient_bsuid=lead.bsuid,
+        to=send.phone or send.bsuid or "",
+        type=send.type,
+        text=send.text,
+        payload=dict(send.payload or {}),
+        recipient_bsuid=send.bsuid,
         media=media,
     )
-    attempt = _attempt(row)
+    attempt = _attempt(send)
+    # The slot was taken before the commit (so no two senders count on it); it is stamped again
+    # now, as the request leaves, so that the provider's count at arrival agrees with ours.
+    wait = pacing.restamp(carrier)
+    if wait > 0:
+        _unclaim(send, attempt, wait)
+        return "paced"
     try:
         result = (
             gateway.send(request)
@@ -388,14 +444,14 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
             else get_provider(carrier.provider).send(carrier, request)
         )
     except ProviderError as error:
-        return _handle_error(row, message, carrier, error)
+        return _handle_error(send, attempt, carrier, error)
     except Exception as exc:  # a bug or an unreadable secret: retry later, never stay stuck in "sending"
-        log.exception("send of outbox %s raised", row.id)
+        log.exception("send of outbox %s raised", outbox_id)
         unexpected = ProviderError(
             "internal", f"{exc.__class__.__name__}: {exc}"[:300], action=ErrorAction.RETRY, retry_after=60
         )
-        return _handle_error(row, message, carrier, unexpected)
-    return _record_sent(row.id, attempt, message.id, carrier, result)
+        return _handle_error(send, attempt, carrier, unexpected)
+    return _record_sent(send, attempt, carrier, result)
 
 
 UPLOAD_KEPT = timedelta(days=29)  # Meta keeps an uploaded file 30 days
@@ -425,38 +481,41 @@ def _remember_upload(media_file_id: int, carrier: WhatsAppAccount, media_id: str
         file.provider_uploads = uploads
 
 
-def _held_back(row: Outbox, message: Message) -> bool:
+def _hold_back(send: SendContext, status: str) -> None:
+    from crm.broadcasts.dispatch import hold_back
+
+    hold_back(send.outbox_id, send.message_id, status)
+
+
+def _held_back(send: SendContext) -> bool:
     from crm.broadcasts.dispatch import held_back
 
-    return held_back(row, message)
+    return held_back(send.outbox_id, send.message_id)
 
 
-def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> OutboundMedia | str:
+def _media_for(send: SendContext, carrier: WhatsAppAccount) -> OutboundMedia | str:
     """The message's file, ready to send; or what happened instead (still being prepared: wait
     for it; could not be prepared, or too large for the number that carries it: fail)."""
     from crm.media.limits import human_size, limit_for
     from crm.media.models import MediaFile, MediaStatus
     from crm.media.services import open_stored, read_bytes
 
-    file = db.session.get(MediaFile, message.media_file_id)
+    file = db.session.get(MediaFile, send.media_file_id)
     if file is None:
-        _fail(row, message, "media_missing", _("The attached file was deleted before it was sent."))
+        _fail(send, "media_missing", _("The attached file was deleted before it was sent."))
         return "failed"
     if file.status == MediaStatus.FAILED.value:
-        _fail(
-            row, message, file.error_code or "media_invalid", file.error_title or _("The file can't be sent.")
-        )
+        _fail(send, file.error_code or "media_invalid", file.error_title or _("The file can't be sent."))
         return "failed"
     if not file.is_ready:
         if file.status == MediaStatus.PENDING.value:
             _enqueue_prepare_after_commit(file.id)  # in case its job was lost; preparing is claimed once
-        _park(row)  # preparing the file makes the row due again when it is done
+        _park(send.outbox_id)  # preparing the file makes the row due again when it is done
         return "media_pending"
     limit = limit_for(carrier.provider, file.kind).max_bytes
     if (file.size or 0) > limit:
         _fail(
-            row,
-            message,
+            send,
             "media_too_large",
             _("The file (%(size)s) is larger than this number can send (%(limit)s).",
               size=human_size(file.size or 0), limit=human_size(limit)),
@@ -480,13 +539,11 @@ def _media_for(row: Outbox, message: Message, carrier: WhatsAppAccount) -> Outbo
 MEDIA_WAIT = timedelta(hours=1)
 
 
-def _park(row: Outbox) -> None:
+def _park(outbox_id: int) -> None:
     """Out of the way while its file is prepared (so no sender, the WebQR gateway's included, keeps
     picking it up); ``release_for_media`` makes it due again. Parked rows that outlive this are
     looked at again by the reconciler."""
-    row.state = OutboxState.QUEUED.value
-    row.lease_until = None
-    row.next_attempt_at = utcnow() + MEDIA_WAIT
+    _set(outbox_id, state=OutboxState.QUEUED.value, lease_until=None, next_attempt_at=utcnow() + MEDIA_WAIT)
     db.session.commit()
 
 
@@ -506,95 +563,113 @@ def release_for_media(outbox_ids: list[int]) -> None:
         deliver_task(outbox_id)
 
 
-def _release(row: Outbox) -> None:
-    row.state = OutboxState.QUEUED.value
-    row.lease_until = None
-    db.session.commit()
-
-
-def _attempt(row: Outbox) -> int:
-    """Count this provider call and commit, so no transaction stays open across it."""
-    row.attempts += 1
-    attempt = row.attempts
+def _attempt(send: SendContext) -> int:
+    """Count this provider call and commit it with the claim, so no transaction stays open across
+    the call."""
+    attempt = send.attempts + 1
+    _execute("attempt", outbox_id=send.outbox_id, attempt=attempt)
     if attempt > 1:
         log.warning(
             "outbox %s attempt %d: if an earlier attempt reached the provider, this is a duplicate",
-            row.id,
+            send.outbox_id,
             attempt,
         )
     db.session.commit()
     return attempt
 
 
-def _record_sent(
-    outbox_id: int, attempt: int, message_id: int, carrier: WhatsAppAccount, result: SendResult
-) -> str:
-    """Record the provider's id, only if this attempt still owns the row (its lease may have run
-    out and another worker may have taken it: then the send was a duplicate, and it is logged)."""
+def _unclaim(send: SendContext, attempt: int, wait: float) -> None:
+    """The slot taken for this attempt ran out before the request could leave, and none is free:
+    the provider was not called, so the attempt is not counted and the row waits again."""
     owned = db.session.execute(
         update(Outbox)
-        .where(Outbox.id == outbox_id, Outbox.state == OutboxState.SENDING.value, Outbox.attempts == attempt)
-        .values(state=OutboxState.SENT.value, lease_until=None, updated_at=utcnow())
+        .where(
+            Outbox.id == send.outbox_id,
+            Outbox.state == OutboxState.SENDING.value,
+            Outbox.attempts == attempt,
+        )
+        .values(
+            state=OutboxState.QUEUED.value,
+            attempts=attempt - 1,
+            lease_until=None,
+            next_attempt_at=utcnow() + timedelta(seconds=wait),
+        )
     ).rowcount  # type: ignore[attr-defined]
-    message = db.session.get(Message, message_id)
-    assert message is not None
+    db.session.commit()
+    if owned:
+        _schedule(send.outbox_id, wait)
+
+
+def _record_sent(send: SendContext, attempt: int, carrier: WhatsAppAccount, result: SendResult) -> str:
+    """Record the provider's id, only if this attempt still owns the row (its lease may have run
+    out and another worker may have taken it: then the send was a duplicate, and it is logged)."""
+    owned = _execute("sent", outbox_id=send.outbox_id, attempt=attempt, now=utcnow()).rowcount
     if not owned:
         log.error(
             "outbox %s: provider accepted %s after the row was taken over: duplicate send",
-            outbox_id,
+            send.outbox_id,
             result.provider_message_id,
         )
         db.session.rollback()
         return "duplicate"
-    message.provider_message_id = result.provider_message_id
-    record_key(carrier.id, result.provider_message_id, message.id, message.created_at)
-    message.provider = carrier.provider
-    if result.uploaded_media_id and message.media_file_id is not None:
-        _remember_upload(message.media_file_id, carrier, result.uploaded_media_id)
-    message.account_id = carrier.id
-    if message.status in ("queued", "sending"):
-        message.status = result.status
-    db.session.flush()
-    apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
+    status = _execute(
+        "message_sent",
+        message_id=send.message_id,
+        message_created_at=send.created_at,
+        provider_message_id=result.provider_message_id,
+        provider=carrier.provider,
+        account_id=carrier.id,
+        status=result.status,
+    ).scalar()
+    if status is None:  # deleted while it was being sent: the row is done, there is nothing to mark
+        log.warning("outbox %s: its message was deleted while it was being sent", send.outbox_id)
+        db.session.commit()
+        return "sent"
+    record_key(carrier.id, result.provider_message_id, send.message_id, send.created_at)
+    if result.uploaded_media_id and send.media_file_id is not None:
+        _remember_upload(send.media_file_id, carrier, result.uploaded_media_id)
+    apply_parked(send.workspace_id, carrier.id, result.provider_message_id)
     publish_after_commit(
-        message.workspace_id,
+        send.workspace_id,
         {
             "type": "message.status",
-            "message_id": message.id,
-            "conversation_id": message.conversation_id,
-            "status": message.status,
+            "message_id": send.message_id,
+            "conversation_id": send.conversation_id,
+            "status": status,
         },
     )
     db.session.commit()
     # A status webhook may have parked its row while this transaction was open (READ COMMITTED:
     # neither saw the other). Look again now that the id is committed; applying is idempotent.
-    apply_parked(message.workspace_id, carrier.id, result.provider_message_id)
+    apply_parked(send.workspace_id, carrier.id, result.provider_message_id)
     db.session.commit()
     record_send(carrier.provider, carrier.id, "sent")
     return "sent"
 
 
-def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error: ProviderError) -> str:
+def _handle_error(send: SendContext, attempt: int, carrier: WhatsAppAccount, error: ProviderError) -> str:
     # The title is Meta's free text and may quote what was sent: at INFO only the code.
-    log.info("send of outbox %s via account %s failed: %s", row.id, carrier.id, error.code)
-    log.debug("send of outbox %s failed: %s", row.id, error.title)
+    log.info("send of outbox %s via account %s failed: %s", send.outbox_id, carrier.id, error.code)
+    log.debug("send of outbox %s failed: %s", send.outbox_id, error.title)
     record_send_error(carrier.provider, error.code)
-    if error.pause_account_for:
-        health.pause(carrier, error.pause_account_for)
+    number = db.session.get(WhatsAppAccount, carrier.id)  # the stored one: pauses and health go there
+    if number is not None and error.pause_account_for:
+        health.pause(number, error.pause_account_for)
     if error.action is ErrorAction.ACCOUNT_DOWN:
-        health.mark_health(carrier, error.health, f"send_error:{error.code}", error.title)
+        if number is not None:
+            health.mark_health(number, error.health, f"send_error:{error.code}", error.title)
         db.session.commit()
-        if message.author == "broadcast" and _held_back(row, message):
+        if send.author == "broadcast" and _held_back(send):
             return "held"  # its broadcast paused for this: the recipient waits for the resume
-        conversation = db.session.get(Conversation, message.conversation_id)
-        home = db.session.get(WhatsAppAccount, conversation.account_id) if conversation else None
+        home = db.session.get(WhatsAppAccount, send.home.id)
         if (home is not None and carrier_for(home) is not None) or error.health == "degraded":
-            _requeue(row, 1, f"{error.code}: {error.title}")  # another number (or later) will carry it
+            # another number (or later) carries it
+            _requeue(send.outbox_id, 1, f"{error.code}: {error.title}")
             return "rerouted"
-        _fail(row, message, error.code, error.title)
+        _fail(send, error.code, error.title)
         return "failed"
-    if error.action is ErrorAction.RETRY and row.attempts < MAX_ATTEMPTS:
-        _requeue(row, _backoff(row.attempts, error.retry_after), f"{error.code}: {error.title}")
+    if error.action is ErrorAction.RETRY and attempt < MAX_ATTEMPTS:
+        _requeue(send.outbox_id, _backoff(attempt, error.retry_after), f"{error.code}: {error.title}")
         return "retry"
     title = error.title
     if error.needs_template:
@@ -602,7 +677,7 @@ def _handle_error(row: Outbox, message: Message, carrier: WhatsAppAccount, error
             "%(title)s (the customer last wrote more than 24 hours ago: send an approved template)",
             title=error.title,
         )
-    _fail(row, message, error.code, title)
+    _fail(send, error.code, title)
     return "failed"
 
 

@@ -7,7 +7,9 @@ minutes only (the limiter's time is the caller's clock, so a key never expires u
 that is still open).
 
 Sliding-window logs: in Redis (shared by every worker) in scaled mode, in memory in embedded mode
-(one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait.
+(one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait; the
+sender takes it before committing its attempt (so two senders never count on the same slot) and
+moves it to the moment of the request with ``restamp``, right before calling the provider.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from typing import Any
 
 from flask import current_app
 
@@ -41,15 +44,38 @@ end
 return '0'
 """
 
-# The provider counts a send when it arrives; we count it when the slot is taken. Between the two
-# lie a commit, the HTTP call and the network, and that delay varies: 3 ms to several hundred,
-# p99 about 100 ms, on the 2-core bench machine (bench/broadcast.py). A 1 s window counted at
-# exactly Meta's limit lets a slot be taken again the moment it frees, so a send delayed a little
-# less than the one it replaces lands 81 in Meta's window: 130429, which pauses the number for
-# 5 s (about 400 sends). A slot of a short window is therefore held this much longer than the
-# window: 80 per 1.1 s, at most 72.7/s sustained (bursts of 80 still go out at once). Longer
-# windows (60 s) keep their exact length: the same delay is a negligible share of them.
-ARRIVAL_SLACK = 0.1
+# The slot this sender took moves to ``now``, the moment its request leaves: a slot only ever
+# moves later, so every window it is counted in still held at most the limit when the slot was
+# taken. A slot that ran out meanwhile (the attempt took longer than the window) is taken afresh.
+_RESTAMP_LUA = """
+local now = tonumber(ARGV[1])
+local n = (#ARGV - 2) / 2
+local kept = true
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[1 + i * 2]))
+  if not redis.call('ZSCORE', KEYS[i], ARGV[2]) then kept = false end
+end
+if kept then
+  for i = 1, n do
+    redis.call('ZADD', KEYS[i], 'XX', now, ARGV[2])
+  end
+  return '0'
+end
+for i = 1, n do
+  redis.call('ZREM', KEYS[i], ARGV[2])
+end
+""" + _RESERVE_LUA.split("local n = (#ARGV - 2) / 2", 1)[1]
+
+# The provider counts a send when it arrives; we count it when the slot is stamped. A 1 s window
+# counted at exactly Meta's limit lets a slot be taken again the moment it frees, so a send delayed
+# a little less than the one it replaces lands 81st in Meta's window: 130429. A slot of a short
+# window is therefore held this much longer than the window. Stamped when the slot was taken, the
+# delay to arrival included the attempt's commit and varied from 3 ms to several hundred (p99
+# ~100 ms on the 2-core bench machine), which needed 0.1 s: 80 per 1.1 s, at most 72.7/s. Stamped
+# again right before the request (``restamp``), only the request itself is left in between, and
+# 80 per 1.02 s (78.4/s sustained) keeps every send inside Meta's window (bench/broadcast.py).
+# Longer windows (60 s) keep their exact length: the same delay is a negligible share of them.
+ARRIVAL_SLACK = 0.02
 SHORT_WINDOW = 1.0
 
 
@@ -60,6 +86,8 @@ def _held(window: float) -> float:
 
 _memory: dict[str, deque[float]] = {}
 _memory_lock = threading.Lock()
+# The slot each sender thread took last (its number, and its id in the windows), for ``restamp``.
+_taken = threading.local()
 
 
 def limits_for(account: WhatsAppAccount) -> list[tuple[float, int]]:
@@ -83,29 +111,61 @@ def limits_for(account: WhatsAppAccount) -> list[tuple[float, int]]:
 
 def _reserve_memory(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
     with _memory_lock:
+        return _reserve_memory_locked(account_id, windows, now)
+
+
+def _reserve_memory_locked(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
+    logs = []
+    for window, limit in windows:
+        log = _memory.setdefault(f"{account_id}:{window}", deque())
+        while log and log[0] <= now - _held(window):
+            log.popleft()
+        if len(log) >= limit:
+            return log[0] + _held(window) - now
+        logs.append(log)
+    for log in logs:
+        log.append(now)
+    _taken.slot = (account_id, now)
+    return 0.0
+
+
+def _restamp_memory(account_id: int, windows: list[tuple[float, int]], slot: float, now: float) -> float:
+    with _memory_lock:
         logs = []
-        for window, limit in windows:
+        for window, _limit in windows:
             log = _memory.setdefault(f"{account_id}:{window}", deque())
             while log and log[0] <= now - _held(window):
                 log.popleft()
-            if len(log) >= limit:
-                return log[0] + _held(window) - now
             logs.append(log)
+        if all(slot in log for log in logs):
+            for log in logs:
+                log.remove(slot)  # a slot only moves later: the log stays in time order
+                log.append(max(now, log[-1]) if log else now)
+            return 0.0
         for log in logs:
-            log.append(now)
-        return 0.0
+            if slot in log:
+                log.remove(slot)
+        return _reserve_memory_locked(account_id, windows, now)
 
 
 def _reserve_redis(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
+    member = uuid.uuid4().hex
+    wait = float(_eval_redis(_RESERVE_LUA, account_id, windows, now, member))
+    if wait == 0:
+        _taken.slot = (account_id, member)
+    return wait
+
+
+def _eval_redis(
+    script: str, account_id: int, windows: list[tuple[float, int]], now: float, member: str
+) -> Any:
     from crm.redis import get_redis
 
     keys = [f"zapdesk:pace:{account_id}:{window}" for window, _ in windows]
-    args: list[str | float | int] = [now, uuid.uuid4().hex]
+    args: list[str | float | int] = [now, member]
     for window, limit in windows:
         args += [_held(window), limit]
-    client = get_redis()
-    wait = client.eval(_RESERVE_LUA, len(keys), *keys, *args)
-    return float(wait)
+    return get_redis().eval(script, len(keys), *keys, *args)
 
 
 def reserve(account: WhatsAppAccount) -> float:
@@ -117,6 +177,23 @@ def reserve(account: WhatsAppAccount) -> float:
     if current_app.config.get("REDIS_URL"):
         return _reserve_redis(account.id, windows, now)
     return _reserve_memory(account.id, windows, now)
+
+
+def restamp(account: WhatsAppAccount) -> float:
+    """Move the slot this thread took last for ``account`` (``reserve``) to now, right before the
+    request it was taken for leaves: 0.0, or, when that slot ran out meanwhile and no other is
+    free, the seconds to wait. Never lets more through than ``reserve`` does."""
+    windows = limits_for(account)
+    if not windows:
+        return 0.0
+    taken = getattr(_taken, "slot", None)
+    _taken.slot = None
+    now = time.time()
+    if taken is None or taken[0] != account.id:
+        return reserve(account)  # no slot of this number to move: take one the ordinary way
+    if current_app.config.get("REDIS_URL"):
+        return float(_eval_redis(_RESTAMP_LUA, account.id, windows, now, str(taken[1])))
+    return _restamp_memory(account.id, windows, float(taken[1]), now)
 
 
 def forget_local_windows() -> None:

@@ -8,9 +8,11 @@ appears (the webhook can beat our own commit of the id the provider returned).
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 
 from crm.db import insert_ignoring_conflicts, utcnow
 from crm.extensions import db
@@ -88,8 +90,24 @@ def apply_status(
     return False
 
 
+@functools.cache
+def _parked_probe() -> Any:
+    parked = cast(Table, ParkedStatus.__table__)
+    return (
+        select(parked.c.id)
+        .where(
+            parked.c.account_id == bindparam("account_id"), parked.c.provider_message_id == bindparam("id")
+        )
+        .limit(1)
+    )
+
+
 def apply_parked(workspace_id: int, account_id: int, provider_message_id: str) -> None:
     """Apply, in rank order, the statuses that arrived before this message id was recorded."""
+    # Almost always there are none: a plain probe first (this runs twice for every message sent).
+    probe = {"account_id": account_id, "id": provider_message_id}
+    if db.session.connection().execute(_parked_probe(), probe).first() is None:
+        return
     parked = list(
         db.session.scalars(
             select(ParkedStatus).where(

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
-from flask import Flask
+import threading
+from datetime import UTC, datetime, timedelta
 
+import pytest
+import time_machine
+from flask import Flask
+from sqlalchemy import select
+
+from crm.db import utcnow
+from crm.extensions import db
+from crm.inbox.models import Conversation
 from crm.whatsapp import pacing
 from crm.whatsapp.accounts import create_account
-from crm.whatsapp.models import WhatsAppAccount
+from crm.whatsapp.models import Outbox, WhatsAppAccount
 from tests import factories
+from tests.fakes.graph_api import GraphEmulator
+from tests.whatsapp.conftest import make_cloud_account
 
 
 @pytest.fixture
@@ -56,3 +66,96 @@ def test_numbers_do_not_share_a_window(owner: factories.Person, capped: WhatsApp
     for _ in range(3):
         pacing.reserve(capped)
     assert pacing.reserve(other) == 0
+
+
+# --- the slot moves to the moment of the request (``restamp``) -----------------------------------
+
+
+@pytest.fixture
+def cloud(owner: factories.Person) -> WhatsAppAccount:
+    from crm.whatsapp.accounts import CloudSettings
+
+    settings = CloudSettings(phone_number_id="1", access_token="t", app_secret="s", verify_token="v")
+    return create_account(owner.workspace_id, provider="cloud", name="C", cloud=settings)
+
+
+def test_a_restamped_slot_is_held_from_the_moment_of_the_request(cloud: WhatsAppAccount) -> None:
+    held = pacing.SHORT_WINDOW + pacing.ARRIVAL_SLACK
+    with time_machine.travel(datetime.now(UTC), tick=False) as clock:
+        assert [pacing.reserve(cloud) for _ in range(80)] == [0.0] * 80
+        clock.shift(0.5)  # the last sender's commit took half a second: its request leaves only now
+        assert pacing.restamp(cloud) == 0
+        clock.shift(held - 0.5 + 0.001)  # the other 79 slots have run out; the moved one has not
+        granted = sum(1 for _ in range(100) if pacing.reserve(cloud) == 0)
+        assert granted == 79
+        assert pacing.reserve(cloud) == pytest.approx(0.5 - 0.001, abs=1e-6)
+
+
+def test_a_slot_that_ran_out_before_the_request_is_taken_again_only_if_one_is_free(
+    app: Flask, cloud: WhatsAppAccount
+) -> None:
+    held = pacing.SHORT_WINDOW + pacing.ARRIVAL_SLACK
+    with time_machine.travel(datetime.now(UTC), tick=False) as clock:
+        assert pacing.reserve(cloud) == 0
+        clock.shift(held + 0.1)  # a very slow commit: the slot ran out before the request left
+
+        def others() -> None:  # other senders fill the window meanwhile
+            with app.app_context():
+                assert [pacing.reserve(cloud) for _ in range(80)] == [0.0] * 80
+
+        worker = threading.Thread(target=others)
+        worker.start()
+        worker.join()
+        assert pacing.restamp(cloud) == pytest.approx(held)  # never an 81st: wait for a free slot
+        clock.shift(held)
+        assert pacing.reserve(cloud) == 0  # they ran out, and nothing of the first slot was left behind
+
+
+def test_the_slot_is_stamped_after_the_attempt_is_committed_and_before_the_request(
+    owner: factories.Person, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.whatsapp import outbox
+
+    account = make_cloud_account(owner, graph_api)
+    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)  # sends wait
+    conversation_id = factories.inbound(account.id, phone="+5511988887777")
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None
+    message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
+    row_id = db.session.scalar(select(Outbox.id).where(Outbox.message_id == message.id))
+    assert row_id is not None
+    seen: list[tuple[str, int, int]] = []
+    real_restamp = pacing.restamp
+
+    def restamp(carrier: WhatsAppAccount) -> float:
+        with db.engine.connect() as other:  # what another connection sees: only what was committed
+            state, attempts = other.execute(
+                select(Outbox.state, Outbox.attempts).where(Outbox.id == row_id)
+            ).one()
+        seen.append((state, attempts, len(graph_api.sent)))
+        return real_restamp(carrier)
+
+    monkeypatch.setattr(pacing, "restamp", restamp)
+    assert outbox.deliver_outbound(row_id) == "sent"
+    assert seen == [("sending", 1, 0)] and len(graph_api.sent) == 1
+
+
+def test_no_free_slot_when_the_request_would_leave_waits_without_counting_an_attempt(
+    owner: factories.Person, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.whatsapp import outbox
+
+    account = make_cloud_account(owner, graph_api)
+    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)
+    conversation_id = factories.inbound(account.id, phone="+5511988887777")
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None
+    message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
+    row = db.session.scalar(select(Outbox).where(Outbox.message_id == message.id))
+    assert row is not None
+    monkeypatch.setattr(pacing, "restamp", lambda carrier: 0.7)
+    before = utcnow()
+    assert outbox.deliver_outbound(row.id) == "paced"
+    assert graph_api.sent == []
+    assert row.state == "queued" and row.attempts == 0 and row.lease_until is None
+    assert row.next_attempt_at >= before + timedelta(seconds=0.7)
