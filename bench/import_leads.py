@@ -52,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DB = "bench_import"
+DB = "bench_import"  # --database changes it (two people benchmarking on one server)
 URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
 CACHE = ROOT / "bench" / ".cache" / "import_leads"
 GENERATOR = "v2"  # part of the file name: change it when the rows change
@@ -335,7 +335,7 @@ def run_once(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         }
         (Path(folder) / "spec.json").write_text(json.dumps(spec))
         done = subprocess.run(
-            [sys.executable, __file__, "--_worker", str(Path(folder) / "spec.json")],
+            [sys.executable, __file__, "--database", DB, "--_worker", str(Path(folder) / "spec.json")],
             capture_output=True,
             text=True,
             timeout=3600,
@@ -382,6 +382,11 @@ def check(result: dict[str, Any], facts: dict[str, Any], opt_in: bool) -> list[s
     return problems
 
 
+def use_database(name: str) -> None:
+    global DB, URL
+    DB, URL = name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -398,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="experiment: drop the leads' trigram search indexes (migration 0010) before importing",
     )
+    p.add_argument("--database", default=DB, help="the database made (and dropped) for each run")
     p.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    use_database(args.database)
     if args._worker:
         print(json.dumps(worker(json.loads(args._worker.read_text()))))
         return 0

@@ -21,7 +21,6 @@ from email_validator import EmailNotValidError
 
 from crm.leads import fastcheck
 from crm.leads.csvfile import as_csv_line, records
-from crm.leads.phones import e164_or_none
 from crm.leads.services import MAX_FIELD_VALUE
 from crm.leads.services import MAX_TAG_LENGTH as MAX_TAG
 
@@ -141,7 +140,7 @@ def clean_email(raw: str) -> str | None:
     text = raw.strip()
     if not text:
         return None
-    return fastcheck.validate_email(text, check_deliverability=False, globally_deliverable=False).normalized
+    return fastcheck.normalized_email(text)
 
 
 def split_tags(raw: str, reasons: Reasons) -> list[tuple[str, str]]:
@@ -165,12 +164,13 @@ class RowReader:
         self.columns = spec.columns
         self.reasons = spec.reasons
         self.import_tags = list(spec.tags)
+        self.region = spec.region.upper()
 
     def phone(self, raw: str) -> str:
         text = raw.strip()
         if not text:
             raise RowError(self.reasons.no_phone)
-        e164 = e164_or_none(text, self.spec.region, parse=fastcheck.parse)
+        e164 = fastcheck.e164_or_none(text, self.region)
         if e164 is None:
             raise RowError(self.reasons.bad_phone % {"value": _shown(text)})
         return e164

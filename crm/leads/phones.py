@@ -20,12 +20,10 @@ def e164_or_none(
 
     Accepts what people write: spaces, dashes, parentheses, a leading 00 or +. The one place that
     decides what a phone number is: forms, the API and CSV imports all read numbers through here,
-    so the same text always gives the same lead. (Imports pass ``crm.leads.fastcheck.parse``,
-    the same function made faster.)
+    so the same text always gives the same lead. (Imports read numbers through
+    ``crm.leads.fastcheck.e164_or_none``: the same answers, faster.)
     """
-    text = (raw or "").replace("\x00", "").strip()
-    if text.startswith("00"):
-        text = "+" + text[2:]
+    text = as_written(raw)
     try:
         number = parse(text, default_country.upper())
     except phonenumbers.NumberParseException:
@@ -33,6 +31,12 @@ def e164_or_none(
     if not phonenumbers.is_possible_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def as_written(raw: str) -> str:
+    """The text ``e164_or_none`` parses: NULs dropped, trimmed, a leading 00 read as +."""
+    text = (raw or "").replace("\x00", "").strip()
+    return "+" + text[2:] if text.startswith("00") else text
 
 
 def to_e164(raw: str, default_country: str) -> str:

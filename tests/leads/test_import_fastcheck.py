@@ -87,3 +87,87 @@ def test_the_libraries_themselves_are_left_alone() -> None:
     assert phonenumberutil.normalize_digits_only.__module__ == "phonenumbers.phonenumberutil"
     assert fastcheck.validate_email is not module_function
     assert module_function.__globals__["validate_email_domain_name"].__module__ == "email_validator.syntax"
+
+
+def plain_numbers(rng: random.Random, country_code: str, count: int) -> list[str]:
+    """Numbers written the plain ways (digits, spaces, dashes, dots, parentheses, a leading + or
+    00), around the shapes that take ``parse`` down its different paths: the region's country
+    code without +, national and carrier prefixes, too few and too many digits, leading zeros."""
+    heads = ["", "", "", "0", "00", "0" + country_code, country_code, "+", "+" + country_code, "+0", "9"]
+    heads += ["0" + str(rng.randint(10, 99)), "90" + str(rng.randint(10, 99)), "+" + str(rng.randint(1, 999))]
+    written = []
+    for _ in range(count):
+        digits = rng.choice(heads) + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 17)))
+        out = []
+        for ch in digits:
+            if rng.random() < 0.2:
+                out.append(rng.choice([" ", "-", ".", "(", ")", " (", ") ", "--"]))
+            out.append(ch)
+        written.append("".join(out))
+    return written
+
+
+@pytest.mark.parametrize("region", [*REGIONS, "br", "CA", "GG", "VA", "KZ"])
+def test_plain_numbers_give_exactly_what_phonenumbers_gives(region: str) -> None:
+    rng = random.Random("plain" + region)
+    upper = region.upper()
+    code = str(phonenumbers.country_code_for_region(upper))
+    texts = WRITTEN + plain_numbers(rng, code, 12_000)
+    texts += ["(11) 98765-4321", "+55 (11) 98765.4321", "(+55) 11 98765-4321", "55 11 98765 4321", "5"]
+    answered = valid = 0
+    for text in texts:
+        expected = e164_or_none(text, region)
+        valid += expected is not None
+        assert fastcheck.e164_or_none(text, upper) == expected, text
+        plain = fastcheck.plain_e164(e164_or_none.__globals__["as_written"](text), upper)
+        if plain is not None:
+            assert plain == expected, text
+            answered += 1
+    if upper != "ZZ":
+        assert answered > valid // 2  # the shortcut is really taken
+
+
+def test_plain_numbers_of_every_region() -> None:
+    """Every region's metadata, the regions sharing a country code (CA, GG...) included."""
+    rng = random.Random(55)
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        code = str(phonenumbers.country_code_for_region(region))
+        for text in plain_numbers(rng, code, 300):
+            assert fastcheck.e164_or_none(text, region) == e164_or_none(text, region), (region, text)
+
+
+def plain_emails(rng: random.Random, count: int) -> list[str]:
+    atext = "abcxyzABCXYZ0189.!#$%&'*+-/=?^_`{|}~"
+    domains = [
+        "gmail.com", "Gmail.COM", "uol.com.br", "sub.domain.co.uk", "xn--exmple-cua.com", "xn--a.com",
+        "localhost", "example", "example.test", "example.invalid", "local", "123.com", "example.123",
+        "-example.com", "example-.com", "exa_mple.com", "example..com", "example.com.", ".example.com",
+        "a" * 63 + ".com", "a" * 64 + ".com", ("a" * 60 + ".") * 4 + "com", "[127.0.0.1]", "[IPv6:::1]",
+        "ex ample.com", "example.c", "EXAMPLE.ARPA", "onion", "x.onion", "mail.example.com",
+    ]  # fmt: skip
+    boxes = ["postmaster", "Postmaster", "INFO", "Sales", "www", "noc"]
+    written = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.1:
+            local = rng.choice(boxes)
+        elif roll < 0.15:
+            local = "a" * rng.randint(60, 250)
+        else:
+            local = "".join(rng.choice(atext) for _ in range(rng.randint(0, 20)))
+        written.append(local + rng.choice(["@", "@", "@", "@@", ""]) + rng.choice(domains))
+    return written
+
+
+def test_plain_emails_give_exactly_what_email_validator_gives() -> None:
+    rng = random.Random(7)
+    options = {"check_deliverability": False, "globally_deliverable": False}
+    texts = EMAILS + plain_emails(rng, 40_000)
+    answered = 0
+    for text in texts:
+        fast = outcome(fastcheck.normalized_email, text)
+        slow = outcome(validate_email, text, **options)
+        assert fast == (slow if isinstance(slow, tuple) else slow.normalized), text
+        if fastcheck.plain_email(text) is not None:
+            answered += 1
+    assert answered > len(texts) // 10
