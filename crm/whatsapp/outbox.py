@@ -433,7 +433,11 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     attempt = _attempt(send)
     # The slot was taken before the commit (so no two senders count on it); it is stamped again
     # now, as the request leaves, so that the provider's count at arrival agrees with ours.
-    wait = pacing.restamp(carrier)
+    try:
+        wait = pacing.restamp(carrier)
+    except Exception:  # Redis unreachable: the provider was not called, so the attempt doesn't count
+        log.exception("outbox %s: the pacing slot could not be stamped; trying again shortly", outbox_id)
+        wait = RESTAMP_RETRY
     if wait > 0:
         _unclaim(send, attempt, wait)
         return "paced"
@@ -576,6 +580,9 @@ def _attempt(send: SendContext) -> int:
         )
     db.session.commit()
     return attempt
+
+
+RESTAMP_RETRY = 5.0  # seconds before trying again when the pacing store could not be reached
 
 
 def _unclaim(send: SendContext, attempt: int, wait: float) -> None:

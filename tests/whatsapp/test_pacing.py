@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crm.db import utcnow
 from crm.extensions import db
@@ -159,3 +159,16 @@ def test_no_free_slot_when_the_request_would_leave_waits_without_counting_an_att
     assert graph_api.sent == []
     assert row.state == "queued" and row.attempts == 0 and row.lease_until is None
     assert row.next_attempt_at >= before + timedelta(seconds=0.7)
+
+    def unreachable(carrier: WhatsAppAccount) -> float:
+        raise ConnectionError("Redis went away")
+
+    # The pacing store unreachable at that moment: nothing sent, no attempt used up, tried again.
+    monkeypatch.setattr(pacing, "restamp", unreachable)
+    db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    before = utcnow()
+    assert outbox.deliver_outbound(row.id) == "paced"
+    db.session.refresh(row)
+    assert graph_api.sent == [] and row.state == "queued" and row.attempts == 0
+    assert row.next_attempt_at >= before + timedelta(seconds=outbox.RESTAMP_RETRY)
