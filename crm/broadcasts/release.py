@@ -125,17 +125,7 @@ def release(broadcast: Broadcast, account: WhatsAppAccount, limit: int) -> tuple
         variant, kind, text, payload = content.for_lead(recipient_id, lead)
         outgoing.append(_Outgoing(recipient_id, lead.id, variant, kind, text, payload))
     if skipped:
-        recipients = cast(Table, BroadcastRecipient.__table__)
-        db.session.connection().execute(
-            update(recipients)
-            .where(recipients.c.id == bindparam("rid"))
-            .values(
-                state=RecipientState.SKIPPED.value,
-                skip_reason=bindparam("reason"),
-                updated_at=bindparam("now"),
-            ),
-            skipped,
-        )
+        _set_recipients(skipped, state=RecipientState.SKIPPED.value, skip_reason=bindparam("reason"))
     if outgoing:
         _stage(broadcast, account, outgoing, now)
     db.session.commit()
@@ -226,20 +216,14 @@ def _stage(broadcast: Broadcast, account: WhatsAppAccount, outgoing: list[_Outgo
         .where(Conversation.id.in_(set(conversations.values())))
         .values(last_message_at=now, status="open")
     )
-    recipients = cast(Table, BroadcastRecipient.__table__)
-    db.session.connection().execute(
-        update(recipients)
-        .where(recipients.c.id == bindparam("rid"))
-        .values(
-            state=RecipientState.QUEUED.value,
-            message_id=bindparam("mid"),
-            variant=bindparam("v"),
-            updated_at=bindparam("now"),
-        ),
+    _set_recipients(
         [
             {"rid": o.recipient_id, "mid": message_id, "v": o.variant, "now": now}
             for o, message_id in zip(outgoing, message_ids, strict=True)
         ],
+        state=RecipientState.QUEUED.value,
+        message_id=bindparam("mid"),
+        variant=bindparam("v"),
     )
     if media_ready:
         for outbox_id in outbox_ids:
@@ -293,3 +277,14 @@ class _Content:
             return None, "template", filled.text, filled.payload
         variant, text = render.render_for(self.broadcast.variants, recipient_id, lead)
         return variant, self.kind, text[:MAX_TEXT], None
+
+
+def _set_recipients(rows: list[dict[str, Any]], **values: Any) -> None:
+    """One UPDATE of many recipients (by ``rid``, stamped ``now``), each row's values bound."""
+    recipients = cast(Table, BroadcastRecipient.__table__)
+    db.session.connection().execute(
+        update(recipients)
+        .where(recipients.c.id == bindparam("rid"))
+        .values(**values, updated_at=bindparam("now")),
+        rows,
+    )

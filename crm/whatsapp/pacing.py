@@ -72,10 +72,13 @@ end
 # window is therefore held this much longer than the window. Stamped when the slot was taken, the
 # delay to arrival included the attempt's commit and varied from 3 ms to several hundred (p99
 # ~100 ms on the 2-core bench machine), which needed 0.1 s: 80 per 1.1 s, at most 72.7/s. Stamped
-# again right before the request (``restamp``), only the request itself is left in between, and
-# 80 per 1.02 s (78.4/s sustained) keeps every send inside Meta's window (bench/broadcast.py).
-# Longer windows (60 s) keep their exact length: the same delay is a negligible share of them.
-ARRIVAL_SLACK = 0.02
+# again right before the request (``restamp``), what is left in between is the stamp's own Redis
+# round trip, building the request and the call, each waiting for the interpreter lock among the
+# sender threads: 0.02 s of slack still met 70 refusals in 54,703 sends (one every 12 s, each
+# pausing the number 1 s), so the slack is 0.05 s: 80 per 1.05 s, 76.2/s sustained
+# (bench/broadcast.py, BENCHMARKS.md). Longer windows (60 s) keep their exact length: the same
+# delay is a negligible share of them.
+ARRIVAL_SLACK = 0.05
 SHORT_WINDOW = 1.0
 
 
