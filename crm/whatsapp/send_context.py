@@ -26,28 +26,8 @@ from crm.inbox.models import Conversation, Message
 from crm.leads.models import Lead
 from crm.whatsapp.models import WhatsAppAccount
 
-# The number's columns a send reads (the view of it handed to providers and the limiter).
-ACCOUNT_COLUMNS = (
-    "id",
-    "workspace_id",
-    "provider",
-    "name",
-    "phone",
-    "status",
-    "health",
-    "health_reason",
-    "health_changed_at",
-    "paused_until",
-    "settings",
-    "secrets_encrypted",
-    "webhook_key",
-    "max_per_minute",
-    "ai_enabled",
-    "priority",
-    "weight",
-    "fallback_account_id",
-    "created_at",
-)
+# Every column of the number: the view of it handed to providers and the limiter is a whole row.
+ACCOUNT_COLUMNS = tuple(column.key for column in WhatsAppAccount.__table__.columns)
 
 
 @dataclass(frozen=True)
