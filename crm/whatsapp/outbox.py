@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -368,8 +369,25 @@ class GatewaySender(Protocol):
     def send(self, request: OutboundRequest) -> SendResult: ...
 
 
-def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> str:
+# How long a queue task waits in place for a pacing slot before scheduling its row again instead
+# (Huey's scheduler looks for due jobs once a second, and rescheduling costs a commit): in a full
+# window slots free one after another, a few milliseconds apart.
+SLOT_WAIT_IN_TASK = 1.0
+
+
+@dataclass(frozen=True)
+class _SlotWait:
+    seconds: float
+
+
+def deliver_outbound(
+    outbox_id: int, gateway: GatewaySender | None = None, *, wait_for_slot: float = 0.0
+) -> str:
     """Send one outbox row. Returns what happened (for logs and tests).
+
+    ``wait_for_slot``: a sender with nothing else to do (a queue task) waits up to this long in
+    all for its number's next pacing slot, holding nothing meanwhile (the uncommitted claim is
+    rolled back and taken again), instead of scheduling the row again.
 
     Two commits around the provider call: the claim with the attempt before it, the provider's
     id after it (then one more look for a status that arrived meanwhile). What the send needs is
@@ -378,6 +396,16 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
     WebQR numbers are carried by the gateway that owns their session: a worker that finds a
     WebQR carrier leaves the row queued for it.
     """
+    deadline = time.monotonic() + wait_for_slot
+    while True:
+        outcome = _deliver(outbox_id, gateway, deadline)
+        if isinstance(outcome, str):
+            return outcome
+        db.session.rollback()  # only the claim: nothing is held while waiting
+        time.sleep(outcome.seconds)
+
+
+def _deliver(outbox_id: int, gateway: GatewaySender | None, deadline: float) -> str | _SlotWait:
     db.session.flush()  # the caller's pending changes first, as an ORM statement would
     send = _claim(outbox_id)
     if send is None:
@@ -420,6 +448,8 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
         return "paused"
     wait = pacing.reserve(carrier)
     if wait > 0:
+        if time.monotonic() + wait <= deadline:
+            return _SlotWait(wait)
         _requeue(outbox_id, wait)
         return "paced"
     request = OutboundRequest(
@@ -431,8 +461,8 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
         media=media,
     )
     attempt = _attempt(send)
-    # The slot was taken before the commit (so no two senders count on it); it is stamped again
-    # now, as the request leaves, so that the provider's count at arrival agrees with ours.
+    # The slot was taken before the commit (so no two senders count on it); it goes in flight now,
+    # as the request leaves, and counts from the answer on (``pacing.settle``).
     try:
         wait = pacing.restamp(carrier)
     except Exception:  # Redis unreachable: the provider was not called, so the attempt doesn't count
@@ -448,13 +478,16 @@ def deliver_outbound(outbox_id: int, gateway: GatewaySender | None = None) -> st
             else get_provider(carrier.provider).send(carrier, request)
         )
     except ProviderError as error:
+        pacing.settle(carrier)
         return _handle_error(send, attempt, carrier, error)
     except Exception as exc:  # a bug or an unreadable secret: retry later, never stay stuck in "sending"
+        pacing.settle(carrier)
         log.exception("send of outbox %s raised", outbox_id)
         unexpected = ProviderError(
             "internal", f"{exc.__class__.__name__}: {exc}"[:300], action=ErrorAction.RETRY, retry_after=60
         )
         return _handle_error(send, attempt, carrier, unexpected)
+    pacing.settle(carrier)
     return _record_sent(send, attempt, carrier, result)
 
 

@@ -1,95 +1,99 @@
-"""One rate limiter per number: never more sends than allowed over any 1 s and any 60 s window
-(a slot of the 1 s window is held a little longer, so the provider's count at arrival agrees: see
-``ARRIVAL_SLACK``).
+"""One rate limiter per number: never more sends than allowed over any 1 s and any 60 s window,
+as the provider counts them when they arrive.
+
+A slot is taken before the attempt is committed (so two senders never count on the same slot),
+marked in flight right before the request leaves (``restamp``) and counted from the moment the
+answer came back (``settle``). The provider counted the send somewhere in between, so a slot is
+only free again once a whole window has passed since the answer: whatever the delays on the way,
+the provider never sees more than the limit in any of its windows. A sender killed mid-request
+leaves its slot in flight for ``FLIGHT_GUARD``, then it runs out like any other.
 
 The windows are trimmed by time on every call; their Redis keys outlive an idle number by a few
 minutes only (the limiter's time is the caller's clock, so a key never expires under a window
 that is still open).
 
 Sliding-window logs: in Redis (shared by every worker) in scaled mode, in memory in embedded mode
-(one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait; the
-sender takes it before committing its attempt (so two senders never count on the same slot) and
-moves it to the moment of the request with ``restamp``, right before calling the provider.
+(one process). ``reserve`` either takes a slot now (returns 0) or says how long to wait.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import threading
 import time
 import uuid
-from collections import deque
-from typing import Any
 
 from flask import current_app
 
 from crm.whatsapp.models import WhatsAppAccount
 
-_RESERVE_LUA = """
+log = logging.getLogger(__name__)
+
+# How long a slot stays in flight when its sender never says the answer came back (killed during
+# the request): longer than any request (the Cloud API client's timeouts, a media upload included).
+FLIGHT_GUARD = 120.0
+# When every slot of a full window is in flight, how long a sender waits before looking again.
+IN_FLIGHT_RECHECK = 0.05
+
+# ARGV: now, member, score (when the slot counts from), then (window, limit) pairs; one key each.
+# Returns '0' when the slot was taken, else the seconds until one frees.
+_RESERVE_LUA = f"""
 local now = tonumber(ARGV[1])
-local n = (#ARGV - 2) / 2
+local n = (#ARGV - 3) / 2
 for i = 1, n do
-  local window = tonumber(ARGV[1 + i * 2])
-  local limit = tonumber(ARGV[2 + i * 2])
+  local window = tonumber(ARGV[2 + i * 2])
+  local limit = tonumber(ARGV[3 + i * 2])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
   if redis.call('ZCARD', KEYS[i]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    return tostring(tonumber(oldest[2]) + window - now)
+    local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
+    if oldest > now then return tostring({IN_FLIGHT_RECHECK}) end
+    return tostring(oldest + window - now)
   end
 end
 for i = 1, n do
-  local window = tonumber(ARGV[1 + i * 2])
-  redis.call('ZADD', KEYS[i], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[i], math.ceil(window * 1000) + 300000)
+  redis.call('ZADD', KEYS[i], tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], math.ceil((tonumber(ARGV[2 + i * 2]) + {FLIGHT_GUARD}) * 1000) + 300000)
 end
 return '0'
 """
 
-# The slot this sender took moves to ``now``, the moment its request leaves: a slot only ever
-# moves later, so every window it is counted in still held at most the limit when the slot was
-# taken. A slot that ran out meanwhile (the attempt took longer than the window) is taken afresh.
+# The slot this sender took goes in flight (score: now + FLIGHT_GUARD). A slot that ran out
+# meanwhile (the attempt's commit took longer than the window) is taken afresh, in flight.
 _RESTAMP_LUA = """
 local now = tonumber(ARGV[1])
-local n = (#ARGV - 2) / 2
+local n = (#ARGV - 3) / 2
 local kept = true
 for i = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[1 + i * 2]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[2 + i * 2]))
   if not redis.call('ZSCORE', KEYS[i], ARGV[2]) then kept = false end
 end
 if kept then
   for i = 1, n do
-    redis.call('ZADD', KEYS[i], 'XX', now, ARGV[2])
+    redis.call('ZADD', KEYS[i], 'XX', tonumber(ARGV[3]), ARGV[2])
   end
   return '0'
 end
 for i = 1, n do
   redis.call('ZREM', KEYS[i], ARGV[2])
 end
-""" + _RESERVE_LUA.split("local n = (#ARGV - 2) / 2", 1)[1]
+""" + _RESERVE_LUA.split("local n = (#ARGV - 3) / 2", 1)[1]
 
-# The provider counts a send when it arrives; we count it when the slot is stamped. A 1 s window
-# counted at exactly Meta's limit lets a slot be taken again the moment it frees, so a send delayed
-# a little less than the one it replaces lands 81st in Meta's window: 130429. A slot of a short
-# window is therefore held this much longer than the window. Stamped when the slot was taken, the
-# delay to arrival included the attempt's commit and varied from 3 ms to several hundred (p99
-# ~100 ms on the 2-core bench machine), which needed 0.1 s: 80 per 1.1 s, at most 72.7/s. Stamped
-# again right before the request (``restamp``), what is left in between is the stamp's own Redis
-# round trip, building the request and the call, each waiting for the interpreter lock among the
-# sender threads: 0.02 s of slack still met 70 refusals in 54,703 sends (one every 12 s, each
-# pausing the number 1 s), so the slack is 0.05 s: 80 per 1.05 s, 76.2/s sustained
-# (bench/broadcast.py, BENCHMARKS.md). Longer windows (60 s) keep their exact length: the same
-# delay is a negligible share of them.
-ARRIVAL_SLACK = 0.05
-SHORT_WINDOW = 1.0
+# The answer came back: the slot counts from now (added again if it ran out in flight).
+_SETTLE_LUA = f"""
+local n = (#ARGV - 3) / 2
+for i = 1, n do
+  redis.call('ZADD', KEYS[i], tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], math.ceil((tonumber(ARGV[2 + i * 2]) + {FLIGHT_GUARD}) * 1000) + 300000)
+end
+return '0'
+"""
 
-
-def _held(window: float) -> float:
-    """How long a slot of ``window`` stays taken (the keys keep the window's own name)."""
-    return window + ARRIVAL_SLACK if window <= SHORT_WINDOW else window
-
-
-_memory: dict[str, deque[float]] = {}
+# Each window's log, oldest first: (score, member) pairs, in embedded mode.
+_memory: dict[str, list[tuple[float, str]]] = {}
 _memory_lock = threading.Lock()
-# The slot each sender thread took last (its number, and its id in the windows), for ``restamp``.
+# The slot each sender thread took last (``reserve``) and the one it has in flight (``restamp``):
+# (number, member).
 _taken = threading.local()
 
 
@@ -112,63 +116,66 @@ def limits_for(account: WhatsAppAccount) -> list[tuple[float, int]]:
     return windows
 
 
-def _reserve_memory(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
+def _trim(entries: list[tuple[float, str]], now: float, window: float) -> None:
+    cut = bisect.bisect_right(entries, (now - window, "\uffff"))
+    del entries[:cut]
+
+
+def _drop(entries: list[tuple[float, str]], member: str) -> bool:
+    for index, (_score, held) in enumerate(entries):
+        if held == member:
+            del entries[index]
+            return True
+    return False
+
+
+def _memory_call(
+    mode: str, account_id: int, windows: list[tuple[float, int]], now: float, member: str, score: float
+) -> float:
+    """The three scripts above, on the in-process logs (same arguments, same answers)."""
     with _memory_lock:
-        return _reserve_memory_locked(account_id, windows, now)
-
-
-def _reserve_memory_locked(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
-    logs = []
-    for window, limit in windows:
-        log = _memory.setdefault(f"{account_id}:{window}", deque())
-        while log and log[0] <= now - _held(window):
-            log.popleft()
-        if len(log) >= limit:
-            return log[0] + _held(window) - now
-        logs.append(log)
-    for log in logs:
-        log.append(now)
-    _taken.slot = (account_id, now)
-    return 0.0
-
-
-def _restamp_memory(account_id: int, windows: list[tuple[float, int]], slot: float, now: float) -> float:
-    with _memory_lock:
-        logs = []
-        for window, _limit in windows:
-            log = _memory.setdefault(f"{account_id}:{window}", deque())
-            while log and log[0] <= now - _held(window):
-                log.popleft()
-            logs.append(log)
-        if all(slot in log for log in logs):
-            for log in logs:
-                log.remove(slot)  # a slot only moves later: the log stays in time order
-                log.append(max(now, log[-1]) if log else now)
+        logs = [
+            (_memory.setdefault(f"{account_id}:{window}", []), window, limit) for window, limit in windows
+        ]
+        if mode == "settle":
+            for entries, _window, _limit in logs:
+                _drop(entries, member)
+                bisect.insort(entries, (score, member))
             return 0.0
-        for log in logs:
-            if slot in log:
-                log.remove(slot)
-        return _reserve_memory_locked(account_id, windows, now)
+        for entries, window, _limit in logs:
+            _trim(entries, now, window)
+        if mode == "restamp":
+            dropped = [_drop(entries, member) for entries, _window, _limit in logs]
+            if all(dropped):
+                for entries, _window, _limit in logs:
+                    bisect.insort(entries, (score, member))
+                return 0.0
+        for entries, window, limit in logs:
+            if len(entries) >= limit:
+                oldest = entries[0][0]
+                return IN_FLIGHT_RECHECK if oldest > now else oldest + window - now
+        for entries, _window, _limit in logs:
+            bisect.insort(entries, (score, member))
+        return 0.0
 
 
-def _reserve_redis(account_id: int, windows: list[tuple[float, int]], now: float) -> float:
-    member = uuid.uuid4().hex
-    wait = float(_eval_redis(_RESERVE_LUA, account_id, windows, now, member))
-    if wait == 0:
-        _taken.slot = (account_id, member)
-    return wait
+_SCRIPTS = {"reserve": _RESERVE_LUA, "restamp": _RESTAMP_LUA, "settle": _SETTLE_LUA}
 
 
-def _eval_redis(
-    script: str, account_id: int, windows: list[tuple[float, int]], now: float, member: str
-) -> Any:
+def _call(
+    mode: str, account_id: int, windows: list[tuple[float, int]], member: str, in_flight: bool
+) -> float:
+    now = time.time()
+    score = now + FLIGHT_GUARD if in_flight else now
+    if not current_app.config.get("REDIS_URL"):
+        return _memory_call(mode, account_id, windows, now, member, score)
     from crm.redis import get_redis
 
     keys = [f"zapdesk:pace:{account_id}:{window}" for window, _ in windows]
-    args: list[str | float | int] = [now, member]
+    args: list[str | float | int] = [now, member, score]
     for window, limit in windows:
-        args += [_held(window), limit]
-    return get_redis().eval(script, len(keys), *keys, *args)
+        args += [window, limit]
+    return float(get_redis().eval(_SCRIPTS[mode], len(keys), *keys, *args))
 
 
 def reserve(account: WhatsAppAccount) -> float:
@@ -176,30 +183,52 @@ def reserve(account: WhatsAppAccount) -> float:
     windows = limits_for(account)
     if not windows:
         return 0.0
-    now = time.time()
-    if current_app.config.get("REDIS_URL"):
-        return _reserve_redis(account.id, windows, now)
-    return _reserve_memory(account.id, windows, now)
+    member = uuid.uuid4().hex
+    wait = _call("reserve", account.id, windows, member, in_flight=False)
+    if wait == 0:
+        _taken.slot = (account.id, member)
+    return wait
 
 
 def restamp(account: WhatsAppAccount) -> float:
-    """Move the slot this thread took last for ``account`` (``reserve``) to now, right before the
-    request it was taken for leaves: 0.0, or, when that slot ran out meanwhile and no other is
-    free, the seconds to wait. Never lets more through than ``reserve`` does."""
+    """Right before the request leaves, put the slot this thread took for ``account`` (``reserve``)
+    in flight until ``settle``: 0.0, or, when that slot ran out meanwhile and no other is free, the
+    seconds to wait. Never lets more through than ``reserve`` does."""
     windows = limits_for(account)
     if not windows:
         return 0.0
     taken = getattr(_taken, "slot", None)
     _taken.slot = None
-    now = time.time()
-    if taken is None or taken[0] != account.id:
-        return reserve(account)  # no slot of this number to move: take one the ordinary way
-    if current_app.config.get("REDIS_URL"):
-        return float(_eval_redis(_RESTAMP_LUA, account.id, windows, now, str(taken[1])))
-    return _restamp_memory(account.id, windows, float(taken[1]), now)
+    # no slot of this number taken by this thread: take one, straight in flight
+    member = taken[1] if taken is not None and taken[0] == account.id else uuid.uuid4().hex
+    wait = _call("restamp", account.id, windows, member, in_flight=True)
+    if wait == 0:
+        _taken.flight = (account.id, member)
+    return wait
+
+
+def settle(account: WhatsAppAccount) -> None:
+    """The request put in flight by ``restamp`` came back (answered or not): its slot counts from
+    now, a whole window after which it is free. Never raises: a slot left in flight only frees
+    later (``FLIGHT_GUARD``), which errs on the safe side."""
+    flight = getattr(_taken, "flight", None)
+    _taken.flight = None
+    if flight is None or flight[0] != account.id:
+        return
+    windows = limits_for(account)
+    if not windows:
+        return
+    try:
+        _call("settle", account.id, windows, flight[1], in_flight=False)
+    except Exception:
+        log.warning(
+            "number %s: the pacing slot of a finished request could not be settled", account.id, exc_info=True
+        )
 
 
 def forget_local_windows() -> None:
-    """Drop the in-process windows (tests start each case from a clean slate)."""
+    """Drop the in-process windows and this thread's slots (tests start each case from a clean
+    slate)."""
     with _memory_lock:
         _memory.clear()
+    _taken.slot = _taken.flight = None

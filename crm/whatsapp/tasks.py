@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 @huey.task()
 @in_app_context
 def deliver_task(outbox_id: int) -> str:
-    from crm.whatsapp.outbox import deliver_outbound
+    from crm.whatsapp.outbox import SLOT_WAIT_IN_TASK, deliver_outbound
 
-    return deliver_outbound(outbox_id)
+    # Inline (tests), a task never sleeps: the tests move the clock themselves.
+    return deliver_outbound(outbox_id, wait_for_slot=0.0 if huey.immediate else SLOT_WAIT_IN_TASK)
 
 
 @huey.periodic_task(crontab(minute="*"))
