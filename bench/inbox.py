@@ -286,6 +286,7 @@ def run_once(bench: InboxBench, label: str, agents: int, seconds: float, think: 
     run = Run(label)
     offset = PG_LOG.stat().st_size if PG_LOG.exists() else 0
     before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    client_cpu = time.process_time()  # the 50 agents' own CPU (this process)
     started = time.monotonic()
     until = started + seconds
     threads = [
@@ -307,6 +308,7 @@ def run_once(bench: InboxBench, label: str, agents: int, seconds: float, think: 
     span = run.seconds * CLK_TCK
     run.cpu = {k: (after[k] - before[k]) / span for k in ("web", "pg", "redis", "worker")}
     run.cpu["machine"] = (after["busy"] - before["busy"]) / max(1, after["total"] - before["total"]) * 2
+    run.cpu["client"] = (time.process_time() - client_cpu) / run.seconds
     time.sleep(1.0)  # the log collector writes a moment later
     run.slow = slow_statements(offset, bench.db_name)
     return run
@@ -316,7 +318,7 @@ def report(runs: list[Run]) -> int:
     log("")
     log(
         f"{'run':<8}{'req/s':>8}  {'list p50/p95/p99':>20}  {'thread p50/p95/p99':>20}  "
-        f"{'older p50/p95/p99':>20}  errors  slow SQL  cpu web/pg (cores)"
+        f"{'older p50/p95/p99':>20}  errors  slow SQL  cpu web/pg/agents/machine (cores)"
     )
     for run in runs:
         cells = []
@@ -328,6 +330,7 @@ def report(runs: list[Run]) -> int:
             f"{run.label:<8}{len(run.samples) / run.seconds:8.1f}  "
             f"{cells[0]:>20}  {cells[1]:>20}  {cells[2]:>20}"
             f"  {errors:>6}  {len(run.slow):>8}  {run.cpu['web']:.2f}/{run.cpu['pg']:.2f}"
+            f"/{run.cpu['client']:.2f}/{run.cpu['machine']:.2f}"
         )
     med = {kind: statistics.median(pct(r.ms(kind), 95) for r in runs) for kind in ("list", "thread", "older")}
     slow = [s for r in runs for s in r.slow]

@@ -19,6 +19,7 @@ from flask.cli import AppGroup
 
 from crm.errors import DomainError
 from crm.extensions import db
+from crm.heap import freeze_startup_objects
 
 
 class OneLineErrors(click.Command):
@@ -85,6 +86,7 @@ def serve_command(host: str, port: int) -> None:
         click.echo("or run: flask crm create-admin --workspace NAME --email E --password P")
     db.session.remove()
     _emit({"serving": f"http://{host}:{port}", "mode": "scaled" if app.config["REDIS_URL"] else "embedded"})
+    freeze_startup_objects()
     serve(app, host, port)
 
 
@@ -108,6 +110,7 @@ def worker_command(threads: int | None) -> None:
             "reconciled": reconciled,
         }
     )
+    freeze_startup_objects()
     try:
         consumer.run()
     finally:
