@@ -131,19 +131,30 @@ def test_a_slot_that_ran_out_before_the_request_is_taken_again_only_if_one_is_fr
         assert pacing.reserve(cloud) == 0  # they ran out, and nothing of the first slot was left behind
 
 
-def test_the_slot_is_stamped_after_the_attempt_is_committed_and_before_the_request(
+@pytest.fixture
+def queued_send(
     owner: factories.Person, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[WhatsAppAccount, int]:
+    """A Cloud number and one outbox row waiting to be sent through it (nothing sends it yet)."""
     from crm.whatsapp import outbox
 
     account = make_cloud_account(owner, graph_api)
-    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)  # sends wait
+    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)
     conversation_id = factories.inbound(account.id, phone="+5511988887777")
     conversation = db.session.get(Conversation, conversation_id)
     assert conversation is not None
     message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
     row_id = db.session.scalar(select(Outbox.id).where(Outbox.message_id == message.id))
     assert row_id is not None
+    return account, row_id
+
+
+def test_the_slot_is_stamped_after_the_attempt_is_committed_and_before_the_request(
+    queued_send: tuple[WhatsAppAccount, int], graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.whatsapp import outbox
+
+    _account, row_id = queued_send
     seen: list[tuple[str, int, int]] = []
     real_restamp = pacing.restamp
 
@@ -162,7 +173,7 @@ def test_the_slot_is_stamped_after_the_attempt_is_committed_and_before_the_reque
 
 @pytest.mark.parametrize(("fail_with", "outcome"), [(None, "sent"), (131026, "failed"), (131000, "retry")])
 def test_the_slot_is_settled_once_the_provider_has_answered_whatever_the_answer(
-    owner: factories.Person,
+    queued_send: tuple[WhatsAppAccount, int],
     graph_api: GraphEmulator,
     monkeypatch: pytest.MonkeyPatch,
     fail_with: int | None,
@@ -170,14 +181,7 @@ def test_the_slot_is_settled_once_the_provider_has_answered_whatever_the_answer(
 ) -> None:
     from crm.whatsapp import outbox
 
-    account = make_cloud_account(owner, graph_api)
-    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)
-    conversation_id = factories.inbound(account.id, phone="+5511988887777")
-    conversation = db.session.get(Conversation, conversation_id)
-    assert conversation is not None
-    message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
-    row_id = db.session.scalar(select(Outbox.id).where(Outbox.message_id == message.id))
-    assert row_id is not None
+    account, row_id = queued_send
     if fail_with is not None:
         graph_api.fail_next(fail_with)
     calls: list[str] = []
@@ -197,24 +201,6 @@ def test_the_slot_is_settled_once_the_provider_has_answered_whatever_the_answer(
     assert calls == ["restamp after 0 requests", "settle after 1 requests"]
     # counted from the answer: the other 79 slots are free, this one is not
     assert sum(1 for _ in range(100) if pacing.reserve(account) == 0) == 79
-
-
-@pytest.fixture
-def queued_send(
-    owner: factories.Person, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
-) -> tuple[WhatsAppAccount, int]:
-    """A Cloud number and one outbox row waiting to be sent through it (nothing sends it yet)."""
-    from crm.whatsapp import outbox
-
-    account = make_cloud_account(owner, graph_api)
-    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)
-    conversation_id = factories.inbound(account.id, phone="+5511988887777")
-    conversation = db.session.get(Conversation, conversation_id)
-    assert conversation is not None
-    message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
-    row_id = db.session.scalar(select(Outbox.id).where(Outbox.message_id == message.id))
-    assert row_id is not None
-    return account, row_id
 
 
 def test_a_queue_task_waits_in_place_for_the_next_slot_holding_nothing(
@@ -256,17 +242,11 @@ def test_a_longer_wait_than_the_task_may_spend_schedules_the_row_again(
 
 
 def test_no_free_slot_when_the_request_would_leave_waits_without_counting_an_attempt(
-    owner: factories.Person, graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+    queued_send: tuple[WhatsAppAccount, int], graph_api: GraphEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from crm.whatsapp import outbox
 
-    account = make_cloud_account(owner, graph_api)
-    monkeypatch.setattr(outbox, "enqueue_delivery_after_commit", lambda outbox_id: None)
-    conversation_id = factories.inbound(account.id, phone="+5511988887777")
-    conversation = db.session.get(Conversation, conversation_id)
-    assert conversation is not None
-    message = outbox.queue_outbound(owner.workspace_id, conversation, text="Oi", author="api").message
-    row = db.session.scalar(select(Outbox).where(Outbox.message_id == message.id))
+    row = db.session.get(Outbox, queued_send[1])
     assert row is not None
     monkeypatch.setattr(pacing, "restamp", lambda carrier: 0.7)
     before = utcnow()
