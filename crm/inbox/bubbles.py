@@ -1,5 +1,6 @@
-"""Message bubbles rendered once and remembered: a thread page is 50 bubbles, and agents open the
-same conversations again and again while their messages rarely change.
+"""Message bubbles and conversation-list rows rendered once and remembered: a thread page is 50
+bubbles and a list page 50 rows, and agents open the same conversations again and again while
+they rarely change.
 
 A bubble is remembered under everything it is made of: every column of the message and of its
 file, the reader's language and time zone, the URL prefix and whether it is an out-of-band swap.
@@ -48,21 +49,60 @@ def bubble_key(message: Message, oob: bool = False) -> tuple[Any, ...]:
     )
 
 
-def bubble(message: Message, oob: bool = False) -> Markup:
-    """The bubble of ``inbox/_message.html`` for this message, from memory when nothing changed."""
-    key = bubble_key(message, oob)
+def _remembered(key: tuple[Any, ...], template_name: str, **context: Any) -> Markup:
     with _lock:
         found = _bubbles.get(key)
         if found is not None:
             _bubbles.move_to_end(key)
             return found
-    template = current_app.jinja_env.get_template("inbox/_message.html")
-    html = Markup(template.render(message=message, oob=oob))  # noqa: S704 (an autoescaped .html template)
+    template = current_app.jinja_env.get_template(template_name)
+    html = Markup(template.render(**context))  # noqa: S704 (an autoescaped .html template)
     with _lock:
         _bubbles[key] = html
         while len(_bubbles) > MAX_BUBBLES:
             _bubbles.popitem(last=False)
     return html
+
+
+def bubble(message: Message, oob: bool = False) -> Markup:
+    """The bubble of ``inbox/_message.html`` for this message, from memory when nothing changed."""
+    return _remembered(
+        ("message", *bubble_key(message, oob)), "inbox/_message.html", message=message, oob=oob
+    )
+
+
+# What a row of the conversation list shows (inbox/_conversation_item.html), by object; the
+# tests read the template and fail if it starts showing anything else.
+ROW_FIELDS = {
+    "conversation": ("id", "unread_count", "account_id", "status", "assignee_id", "last_message_at"),
+    "lead": ("name", "phone", "bsuid", "kind", "is_group", "tags"),
+    "preview": ("text", "type", "direction", "author"),
+}
+
+
+def conversation_row(conversation: Any, preview: Message | None, selected: int | None = None) -> Markup:
+    """One row of the conversation list (50 per page), from memory while its conversation, lead,
+    tags and last message show the same to a reader of the same language and zone."""
+    from crm.leads.phones import for_humans
+
+    lead = conversation.lead
+    key = (
+        "conversation",
+        reader_key(),
+        request.script_root,
+        selected == conversation.id,
+        tuple(getattr(conversation, name) for name in ROW_FIELDS["conversation"]),
+        (lead.name, lead.phone, lead.bsuid, lead.kind, tuple(tag.key for tag in lead.tags)),
+        tuple(getattr(preview, name) for name in ROW_FIELDS["preview"]) if preview is not None else None,
+    )
+    return _remembered(
+        key,
+        "inbox/_conversation_item.html",
+        conversation=conversation,
+        preview=preview,
+        selected=selected,
+        for_humans=for_humans,
+    )
 
 
 def forget_all() -> None:

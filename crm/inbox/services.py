@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import ColumnElement, Table, select, true, update
+from sqlalchemy import ColumnElement, Row, Table, select, true, update
 from sqlalchemy.orm import aliased, contains_eager, joinedload
 
 from crm.auth.models import Membership, User
@@ -201,9 +201,23 @@ def filtered_conversations(
     return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
 
-def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
-    """The newest message of each conversation, in one statement: for each conversation an
-    indexed "newest first, LIMIT 1" subquery picks the id, then the rows are read by key."""
+def _preview_columns(message: Any) -> tuple[Any, ...]:
+    """What a list row shows of a conversation's last message (crm.inbox.bubbles.ROW_FIELDS),
+    with its ids: plain columns, no ORM object to build for each of the 50 rows."""
+    return (
+        message.id,
+        message.conversation_id,
+        message.text,
+        message.type,
+        message.direction,
+        message.author,
+    )
+
+
+def last_messages(conversation_ids: list[int]) -> dict[int, Row[Any]]:
+    """The newest message of each conversation (the columns a list row shows), in one statement:
+    for each conversation an indexed "newest first, LIMIT 1" subquery picks the id, then the rows
+    are read by key."""
     if not conversation_ids:
         return {}
     if db.session.get_bind().dialect.name == "postgresql":
@@ -217,10 +231,11 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Message]:
         .scalar_subquery()
     )
     ids = select(newest).where(Conversation.id.in_(conversation_ids))
-    return {m.conversation_id: m for m in db.session.scalars(select(Message).where(Message.id.in_(ids)))}
+    rows = db.session.execute(select(*_preview_columns(Message)).where(Message.id.in_(ids)))
+    return {row.conversation_id: row for row in rows}
 
 
-def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Message]:
+def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
     """PostgreSQL (messages partitioned by month): each conversation's newest (id, created_at) from
     the index alone (LATERAL … LIMIT 1), then each row read from the one partition its created_at
     names. Reading the rows by id alone would probe every partition's index for every id."""
@@ -233,13 +248,13 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Message]:
         .lateral("newest")
     )
     stmt = (
-        select(Message)
+        select(*_preview_columns(Message))
         .select_from(Conversation)
         .join(newest, true())
         .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))
         .where(Conversation.id.in_(conversation_ids))
     )
-    return {m.conversation_id: m for m in db.session.scalars(stmt)}
+    return {row.conversation_id: row for row in db.session.execute(stmt)}
 
 
 def open_thread(workspace_id: int, conversation_id: int) -> tuple[Conversation, WhatsAppAccount | None]:

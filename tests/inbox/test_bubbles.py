@@ -125,3 +125,69 @@ def test_the_memory_is_bounded(
     page = _thread(logged_in, conversation_id)
     assert all(f">m{n}<" in page for n in range(12))
     assert len(bubbles._bubbles) == 5
+
+
+# --- the conversation list's rows -------------------------------------------------------------
+
+
+def _row_of(client: FlaskClient, conversation_id: int) -> str:
+    response = client.get("/?view=all&status=open", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    found = [
+        part.split("</li>")[0]
+        for part in response.get_data(as_text=True).split("<li ")
+        if f'id="conversation-{conversation_id}"' in part
+    ]
+    assert len(found) == 1, f"no row for conversation {conversation_id}"
+    return found[0]
+
+
+def test_a_list_row_shows_a_new_message_count_name_tag_or_assignee_at_once(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    from crm.inbox.models import Conversation
+    from crm.leads.models import Lead, LeadTag
+
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Primeira", name="Ana")
+    first = _row_of(logged_in, conversation_id)
+    assert "Primeira" in first and "Ana" in first and 'data-unread="1"' in first
+    assert _row_of(logged_in, conversation_id) == first  # remembered, same
+
+    factories.stored_message(conversation_id, "Segunda", direction="out")
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None
+    lead = db.session.get(Lead, conversation.lead_id)
+    assert lead is not None
+    assert "You: Segunda" in _row_of(logged_in, conversation_id)  # the new last message
+
+    conversation.unread_count, conversation.assignee_id = 0, owner.user_id
+    db.session.commit()
+    row = _row_of(logged_in, conversation_id)
+    assert (
+        'data-unread="0"' in row and f'data-assignee="{owner.user_id}"' in row and "unread-count" not in row
+    )
+
+    lead.name = "Ana Souza"
+    db.session.add(LeadTag(workspace_id=owner.workspace_id, lead_id=lead.id, name="VIP", key="vip"))
+    db.session.commit()
+    row = _row_of(logged_in, conversation_id)
+    assert "Ana Souza" in row and 'data-tags="vip"' in row
+
+
+def test_the_row_key_holds_everything_the_row_template_reads() -> None:
+    """If the row template (or the one-line summary of a message) starts reading something the
+    key leaves out, a remembered row could go stale: this fails first."""
+    import inspect
+
+    from crm.templating import message_summary
+
+    source = (TEMPLATES / "_conversation_item.html").read_text()
+    lead_reads = set(re.findall(r"\bconversation\.lead\.(\w+)", source))
+    conversation_reads = set(re.findall(r"\bconversation\.(\w+)", source)) - {"lead"}
+    preview_reads = set(re.findall(r"\bpreview\.(\w+)", source))
+    preview_reads |= set(re.findall(r"\bmessage\.(\w+)", inspect.getsource(message_summary)))
+    assert lead_reads and conversation_reads and preview_reads
+    assert lead_reads <= set(bubbles.ROW_FIELDS["lead"]), sorted(lead_reads)
+    assert conversation_reads <= set(bubbles.ROW_FIELDS["conversation"]), sorted(conversation_reads)
+    assert preview_reads <= set(bubbles.ROW_FIELDS["preview"]), sorted(preview_reads)
+    assert "preview|message_summary" in source  # the only filter fed the whole message
