@@ -227,7 +227,7 @@ def _stage(broadcast: Broadcast, account: WhatsAppAccount, outgoing: list[_Outgo
     )
     if media_ready:
         for outbox_id in outbox_ids:
-            enqueue_delivery_after_commit(outbox_id)
+            enqueue_delivery_after_commit(outbox_id, priority=0)  # behind conversations' messages
     elif broadcast.media_file_id is not None:
         _enqueue_prepare_after_commit(broadcast.media_file_id)
     for o, message_id in zip(outgoing, message_ids, strict=True):

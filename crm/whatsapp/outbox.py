@@ -240,11 +240,19 @@ def _provider_of(account_id: int) -> str:
     return account.provider if account else ""
 
 
-def enqueue_delivery_after_commit(outbox_id: int) -> None:
-    from crm.whatsapp.tasks import deliver_task
-    from crm.worker import enqueue_after_commit
+# Where the queue has priorities (Redis and SQLite storage), a message someone is waiting for (an
+# agent's reply, an API or AI send) goes ahead of broadcast sends already queued: a broadcast keeps
+# ~2 s of its sends queued per number, and a sender may wait in place for its number's next slot.
+# A broadcast's dispatcher tick is 10, its sends 0.
+CONVERSATION_PRIORITY = 5
 
-    enqueue_after_commit(deliver_task, outbox_id)
+
+def enqueue_delivery_after_commit(outbox_id: int, priority: int = CONVERSATION_PRIORITY) -> None:
+    from crm.db import after_commit
+    from crm.whatsapp.tasks import deliver_task
+    from crm.worker import huey
+
+    after_commit(lambda: huey.enqueue(deliver_task.s(outbox_id, priority=priority)))
 
 
 def _schedule(outbox_id: int, delay: float) -> None:

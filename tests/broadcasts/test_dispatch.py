@@ -21,7 +21,7 @@ from crm.inbox.models import Message
 from crm.leads.models import Lead
 from crm.whatsapp import pacing
 from crm.whatsapp.accounts import CloudSettings, update_account
-from crm.whatsapp.models import WhatsAppAccount
+from crm.whatsapp.models import Outbox, WhatsAppAccount
 from tests import factories
 from tests.broadcasts.conftest import add_leads, deliver_due, drive, tasks_held
 from tests.fakes.graph_api import GraphEmulator
@@ -257,3 +257,31 @@ def test_resume_moves_the_rest_off_a_number_that_stays_down(
     assert accepted == Counter({f"55119{i:08d}": 1 for i in range(12)})
     late = [m for m in graph_api.sent[4:] if m.phone_number_id == first.settings["phone_number_id"]]
     assert late == [] and second.id
+
+
+@pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)
+def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
+    real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
+) -> None:
+    from crm.inbox.sending import reply as agent_reply
+    from crm.worker import huey
+
+    add_leads(owner, 5)
+    broadcast_id = start(owner)
+    huey.flush()  # its first tick: run by hand below
+    assert dispatch(broadcast_id).status == "running"
+    released = set(
+        db.session.scalars(
+            select(Outbox.id)
+            .join(Message, Message.id == Outbox.message_id)
+            .where(Message.author == "broadcast")
+        )
+    )
+    assert len(released) == 5 and huey.pending_count() == 5
+    conversation_id = factories.inbound(cloud_account.id, phone="+5511988887777")
+    reply = agent_reply(owner.workspace_id, conversation_id, "Já te respondo!", user_id=owner.user_id)
+    reply_row = db.session.scalar(select(Outbox.id).where(Outbox.message_id == reply.message.id))
+    taken = []
+    while (task := huey.dequeue()) is not None:
+        taken.append(task.args[0])
+    assert taken[0] == reply_row and set(taken[1:]) == released  # the person waiting goes first
