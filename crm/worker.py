@@ -102,9 +102,13 @@ def in_app_context(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def enqueue_after_commit(task: TaskWrapper, *args: Any) -> None:
-    """Send ``task(*args)`` to the queue once the current transaction has committed."""
-    after_commit(lambda: task(*args))
+def enqueue_after_commit(task: TaskWrapper, *args: Any, priority: int | None = None) -> None:
+    """Send ``task(*args)`` to the queue once the current transaction has committed (``priority``:
+    taken before lower ones where the queue has priorities; the task's own by default)."""
+    if priority is None:
+        after_commit(lambda: task(*args))
+    else:
+        after_commit(lambda: task.huey.enqueue(task.s(*args, priority=priority)))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from crm.i18n_fast import reader_key
 from crm.inbox.models import Message
+from crm.leads.phones import for_humans
 
 MAX_BUBBLES = 20_000  # per process: ~1 KB each
 _bubbles: OrderedDict[tuple[Any, ...], Markup] = OrderedDict()
@@ -83,8 +84,6 @@ ROW_FIELDS = {
 def conversation_row(conversation: Any, preview: Message | None, selected: int | None = None) -> Markup:
     """One row of the conversation list (50 per page), from memory while its conversation, lead,
     tags and last message show the same to a reader of the same language and zone."""
-    from crm.leads.phones import for_humans
-
     lead = conversation.lead
     key = (
         "conversation",

@@ -13,6 +13,7 @@ from crm.auth.models import Membership, User
 from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
+from crm.inbox.bubbles import ROW_FIELDS
 from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.leads.models import Lead
@@ -201,17 +202,13 @@ def filtered_conversations(
     return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
 
-def _preview_columns(message: Any) -> tuple[Any, ...]:
-    """What a list row shows of a conversation's last message (crm.inbox.bubbles.ROW_FIELDS),
-    with its ids: plain columns, no ORM object to build for each of the 50 rows."""
-    return (
-        message.id,
-        message.conversation_id,
-        message.text,
-        message.type,
-        message.direction,
-        message.author,
-    )
+# What a list row shows of a conversation's last message, with its ids: plain columns, no ORM
+# object to build for each of the 50 rows.
+_PREVIEW_COLUMNS = (
+    Message.id,
+    Message.conversation_id,
+    *(getattr(Message, name) for name in ROW_FIELDS["preview"]),
+)
 
 
 def last_messages(conversation_ids: list[int]) -> dict[int, Row[Any]]:
@@ -231,7 +228,7 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Row[Any]]:
         .scalar_subquery()
     )
     ids = select(newest).where(Conversation.id.in_(conversation_ids))
-    rows = db.session.execute(select(*_preview_columns(Message)).where(Message.id.in_(ids)))
+    rows = db.session.execute(select(*_PREVIEW_COLUMNS).where(Message.id.in_(ids)))
     return {row.conversation_id: row for row in rows}
 
 
@@ -248,7 +245,7 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
         .lateral("newest")
     )
     stmt = (
-        select(*_preview_columns(Message))
+        select(*_PREVIEW_COLUMNS)
         .select_from(Conversation)
         .join(newest, true())
         .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))

@@ -248,11 +248,10 @@ CONVERSATION_PRIORITY = 5
 
 
 def enqueue_delivery_after_commit(outbox_id: int, priority: int = CONVERSATION_PRIORITY) -> None:
-    from crm.db import after_commit
     from crm.whatsapp.tasks import deliver_task
-    from crm.worker import huey
+    from crm.worker import enqueue_after_commit
 
-    after_commit(lambda: huey.enqueue(deliver_task.s(outbox_id, priority=priority)))
+    enqueue_after_commit(deliver_task, outbox_id, priority=priority)
 
 
 def _schedule(outbox_id: int, delay: float) -> None:
@@ -480,23 +479,28 @@ def _deliver(outbox_id: int, gateway: GatewaySender | None, deadline: float) -> 
         _unclaim(send, attempt, wait)
         return "paced"
     try:
-        result = (
-            gateway.send(request)
-            if gateway is not None
-            else get_provider(carrier.provider).send(carrier, request)
-        )
+        result = _call_provider(carrier, request, gateway)
     except ProviderError as error:
-        pacing.settle(carrier)
         return _handle_error(send, attempt, carrier, error)
     except Exception as exc:  # a bug or an unreadable secret: retry later, never stay stuck in "sending"
-        pacing.settle(carrier)
         log.exception("send of outbox %s raised", outbox_id)
         unexpected = ProviderError(
             "internal", f"{exc.__class__.__name__}: {exc}"[:300], action=ErrorAction.RETRY, retry_after=60
         )
         return _handle_error(send, attempt, carrier, unexpected)
-    pacing.settle(carrier)
     return _record_sent(send, attempt, carrier, result)
+
+
+def _call_provider(
+    carrier: WhatsAppAccount, request: OutboundRequest, gateway: GatewaySender | None
+) -> SendResult:
+    """The request itself; its pacing slot counts from the answer, whatever the answer."""
+    try:
+        if gateway is not None:
+            return gateway.send(request)
+        return get_provider(carrier.provider).send(carrier, request)
+    finally:
+        pacing.settle(carrier)
 
 
 UPLOAD_KEPT = timedelta(days=29)  # Meta keeps an uploaded file 30 days

@@ -93,7 +93,7 @@ return '0'
 _memory: dict[str, list[tuple[float, str]]] = {}
 _memory_lock = threading.Lock()
 # The slot each sender thread took last (``reserve``) and the one it has in flight (``restamp``):
-# (number, member).
+# (number, member, the number's windows), so a send works its windows out once.
 _taken = threading.local()
 
 
@@ -186,7 +186,7 @@ def reserve(account: WhatsAppAccount) -> float:
     member = uuid.uuid4().hex
     wait = _call("reserve", account.id, windows, member, in_flight=False)
     if wait == 0:
-        _taken.slot = (account.id, member)
+        _taken.slot = (account.id, member, windows)
     return wait
 
 
@@ -194,16 +194,17 @@ def restamp(account: WhatsAppAccount) -> float:
     """Right before the request leaves, put the slot this thread took for ``account`` (``reserve``)
     in flight until ``settle``: 0.0, or, when that slot ran out meanwhile and no other is free, the
     seconds to wait. Never lets more through than ``reserve`` does."""
-    windows = limits_for(account)
-    if not windows:
-        return 0.0
     taken = getattr(_taken, "slot", None)
     _taken.slot = None
-    # no slot of this number taken by this thread: take one, straight in flight
-    member = taken[1] if taken is not None and taken[0] == account.id else uuid.uuid4().hex
+    if taken is not None and taken[0] == account.id:
+        member, windows = taken[1], taken[2]
+    else:  # no slot of this number taken by this thread: take one, straight in flight
+        member, windows = uuid.uuid4().hex, limits_for(account)
+        if not windows:
+            return 0.0
     wait = _call("restamp", account.id, windows, member, in_flight=True)
     if wait == 0:
-        _taken.flight = (account.id, member)
+        _taken.flight = (account.id, member, windows)
     return wait
 
 
@@ -215,11 +216,8 @@ def settle(account: WhatsAppAccount) -> None:
     _taken.flight = None
     if flight is None or flight[0] != account.id:
         return
-    windows = limits_for(account)
-    if not windows:
-        return
     try:
-        _call("settle", account.id, windows, flight[1], in_flight=False)
+        _call("settle", account.id, flight[2], flight[1], in_flight=False)
     except Exception:
         log.warning(
             "number %s: the pacing slot of a finished request could not be settled", account.id, exc_info=True
