@@ -15,7 +15,8 @@
    the conversation list (the HTMX fragment), open a conversation (the thread fragment: the
    newest 50 messages), scroll up in a long conversation (the next older page by its keyset
    cursor), with a think time between clicks. A fifth of the conversations opened are the
-   100,000-message one; the others come from the 2,000 most recent.
+   100,000-message one; the others come from the 2,000 most recent. The agents work 5 s
+   (``--warmup``) before each measured run, so a server that just started is not what is measured.
 4. Prints p50/p95/p99 per kind of request, requests/s, errors, CPU use, and every statement
    PostgreSQL logged over 5 ms during the runs. Targets: thread p95 ≤ 50 ms, list p95 ≤ 100 ms,
    no SQL statement over 5 ms in the hot path.
@@ -225,6 +226,7 @@ def agent(
     recent: list[int],
     big: int,
     think: float,
+    measured_from: float,
     until: float,
     out: list[Sample],
 ) -> None:
@@ -246,7 +248,8 @@ def agent(
             ok = response.status_code == 200
         except Exception:
             ok, response = False, None
-        out.append(Sample(kind, (time.perf_counter() - t) * 1000, ok))
+        if time.monotonic() >= measured_from:  # nothing during the warm-up counts
+            out.append(Sample(kind, (time.perf_counter() - t) * 1000, ok))
         if ok and response is not None and (kind == "older" or path == f"/conversations/{big}"):
             found = OLDER.search(response.text)
             older_cursor = found.group(1) if found else None  # scroll up further next time
@@ -271,7 +274,9 @@ def slow_statements(offset: int, db_name: str) -> list[tuple[float, str]]:
     return found
 
 
-def run_once(bench: InboxBench, label: str, agents: int, seconds: float, think: float, seed: int) -> Run:
+def run_once(
+    bench: InboxBench, label: str, agents: int, seconds: float, think: float, seed: int, warmup: float
+) -> Run:
     with bench.pg_bench() as conn:
         recent = [
             int(r[0])
@@ -284,21 +289,25 @@ def run_once(bench: InboxBench, label: str, agents: int, seconds: float, think: 
         big = int(conn.execute("SELECT min(id) FROM conversations").fetchone()[0])
     clients = [sign_in(bench.base) for _ in range(agents)]
     run = Run(label)
-    offset = PG_LOG.stat().st_size if PG_LOG.exists() else 0
-    before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
-    client_cpu = time.process_time()  # the 50 agents' own CPU (this process)
-    started = time.monotonic()
-    until = started + seconds
+    measured_from = time.monotonic() + warmup
+    until = measured_from + seconds
     threads = [
         threading.Thread(
             target=agent,
-            args=(c, random.Random(seed + k), recent, big, think, until, run.samples),
+            args=(c, random.Random(seed + k), recent, big, think, measured_from, until, run.samples),
             daemon=True,
         )
         for k, c in enumerate(clients)
     ]
     for th in threads:
         th.start()
+    # The same agents work unmeasured first: a server that just started (new database
+    # connections, statements and templates not compiled yet) is not what agents live with.
+    time.sleep(max(0.0, measured_from - time.monotonic()))
+    offset = PG_LOG.stat().st_size if PG_LOG.exists() else 0
+    before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    client_cpu = time.process_time()  # the 50 agents' own CPU (this process)
+    started = time.monotonic()
     for th in threads:
         th.join(seconds + 60)
     run.seconds = time.monotonic() - started
@@ -357,6 +366,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds the agents work before each measured run"
+    )
+    p.add_argument(
         "--think", type=float, default=1.0, help="mean seconds between an agent's clicks (0: none)"
     )
     p.add_argument("--reuse", action="store_true", help="use the database a previous --keep run seeded")
@@ -379,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [args.seed + 1000 * k for k in range(args.repeat)]
         return report(
             [
-                run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, s)
+                run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, s, args.warmup)
                 for k, s in enumerate(seeds)
             ]
         )

@@ -72,13 +72,13 @@ def setup_db(app: Flask) -> None:
 _PENDING_KEY = "crm_after_commit"
 
 
-def after_commit(callback: Callable[[], None]) -> None:
+def after_commit(callback: Callable[[], None], session: Session | None = None) -> None:
     """Run ``callback`` after the session's transaction commits; drop it on rollback.
 
     Tasks and realtime events are announced only for data that is really there: a task
     enqueued before the commit could run against rows that a rollback then erases.
     """
-    session = db.session()
+    session = db.session() if session is None else session
     session.info.setdefault(_PENDING_KEY, []).append(callback)
 
 

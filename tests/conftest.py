@@ -97,7 +97,7 @@ def _app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _empty_all_tables(app: Flask) -> None:
     from crm.ai.settings import forget_gate
     from crm.extensions import db
-    from crm.inbox import assignment
+    from crm.inbox import assignment, team
     from crm.leads.consent import forget_keywords
     from crm.realtime import fanout, presence
     from crm.whatsapp.pacing import forget_local_windows
@@ -109,6 +109,7 @@ def _empty_all_tables(app: Flask) -> None:
     forget_keywords()
     forget_gate()
     with app.app_context():
+        team.forget(None)  # the tables are emptied below, behind the session's back
         if app.config["REDIS_URL"]:
             from crm.redis import get_redis
 

@@ -16,6 +16,7 @@ from crm.extensions import db
 from crm.inbox.bubbles import ROW_FIELDS
 from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, ConversationNote, Message
+from crm.inbox.team import team_facts
 from crm.leads.models import Lead
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
@@ -255,17 +256,21 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
 
 
 def open_thread(workspace_id: int, conversation_id: int) -> tuple[Conversation, WhatsAppAccount | None]:
-    """The conversation an agent opens, with its customer, their tags and its number, in two
-    statements (they stay in the session for the page and for ``get_conversation``). An unread
+    """The conversation an agent opens, with its customer, their tags and its number, in one
+    statement (they stay in the session for the page and for ``get_conversation``). An unread
     conversation shows as read at once; ``mark_read`` stores that once the page is written."""
     from crm.whatsapp.models import WhatsAppAccount
 
-    found = db.session.execute(
-        scoped(select(Conversation, WhatsAppAccount), Conversation, workspace_id)
-        .outerjoin(WhatsAppAccount, WhatsAppAccount.id == Conversation.account_id)
-        .where(Conversation.id == conversation_id)
-        .options(joinedload(Conversation.lead).selectinload(Lead.tags))
-    ).first()
+    found = (
+        db.session.execute(
+            scoped(select(Conversation, WhatsAppAccount), Conversation, workspace_id)
+            .outerjoin(WhatsAppAccount, WhatsAppAccount.id == Conversation.account_id)
+            .where(Conversation.id == conversation_id)
+            .options(joinedload(Conversation.lead).joinedload(Lead.tags))
+        )
+        .unique()
+        .first()
+    )
     if found is None:
         raise NotFound(f"Conversation {conversation_id}")
     conversation, account = found
@@ -413,14 +418,9 @@ def set_status(workspace_id: int, conversation_id: int, status: str) -> Conversa
     return conversation
 
 
-def assignable_members(workspace_id: int) -> list[tuple[int, str]]:
-    rows = db.session.execute(
-        select(User.id, User.name, User.email)
-        .join(Membership, Membership.user_id == User.id)
-        .where(Membership.workspace_id == workspace_id, Membership.disabled_at.is_(None))
-        .order_by(User.name, User.email)
-    ).all()
-    return [(r.id, r.name or r.email) for r in rows]
+def assignable_members(workspace_id: int) -> tuple[tuple[int, str], ...]:
+    """(user id, name) of the workspace's active members, by name; remembered a few seconds."""
+    return team_facts(workspace_id).members
 
 
 def member_names(workspace_id: int, user_ids: set[int]) -> dict[int, str]:

@@ -16,6 +16,7 @@ from crm.extensions import db
 from crm.htmx import render
 from crm.inbox import bp
 from crm.inbox import services as inbox
+from crm.inbox.team import team_facts
 from crm.leads.phones import for_humans
 from crm.params import page_limit, parse_id
 from crm.realtime.fragments import other_viewers
@@ -43,9 +44,7 @@ def _filters() -> dict[str, str]:
 
 def _ai_on() -> bool:
     """Whether the workspace has AI replies on: the bot switch and "suggest reply" show then."""
-    from crm.settings.ai import replies_on  # not at import: crm.ai imports the inbox
-
-    return replies_on(g.workspace_id)
+    return team_facts(g.workspace_id).ai_on
 
 
 def _list_context(selected: int | None = None) -> dict[str, Any]:

@@ -50,9 +50,9 @@ def _message_fragments(workspace_id: int, event: Event) -> str | None:
 
 
 def _ai_on(workspace_id: int) -> bool:
-    from crm.ai.settings import settings_of
+    from crm.inbox.team import team_facts
 
-    return bool(settings_of(workspace_id).enabled)
+    return team_facts(workspace_id).ai_on
 
 
 def _thread_header(workspace_id: int, conversation: Conversation, *, ai_on: bool) -> str:

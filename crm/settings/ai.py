@@ -139,11 +139,6 @@ def knowledge_room_chars(workspace_id: int) -> int:
     return knowledge_room(instructions, current_app.config["AI_CONTEXT_TOKENS"]) * CHARS_PER_TOKEN
 
 
-def replies_on(workspace_id: int) -> bool:
-    """Whether the workspace has AI replies on: the inbox shows the bot switch and "suggest reply"."""
-    return bool(settings_of(workspace_id).enabled)
-
-
 def numbers(workspace_id: int) -> list[WhatsAppAccount]:
     return list_accounts(workspace_id)
 

@@ -56,4 +56,4 @@ def test_a_thread_costs_the_same_for_3_or_60_messages(
     for n in range(57):
         factories.stored_message(conversation_id, f"m{n}", direction="out")
     _statements(logged_in, f"/conversations/{conversation_id}")
-    assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 7
+    assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 4
