@@ -13,8 +13,10 @@ template shows.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, request
@@ -29,14 +31,21 @@ _bubbles: OrderedDict[tuple[Any, ...], Markup] = OrderedDict()
 _lock = threading.Lock()
 
 
+_readers: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
 def _row(obj: Any) -> tuple[Any, ...]:
-    values = []
-    for column in obj.__table__.columns:
-        value = getattr(obj, column.key)
-        if isinstance(value, dict | list):
-            value = json.dumps(value, sort_keys=True, default=str)
-        values.append(value)
-    return tuple(values)
+    """Every column of the row, JSON values as sorted text (so that they hash and compare)."""
+    read = _readers.get(type(obj))
+    if read is None:
+        read = _readers[type(obj)] = operator.attrgetter(*(c.key for c in obj.__table__.columns))
+    values = read(obj)
+    if any(isinstance(value, dict | list) for value in values):
+        return tuple(
+            json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else value
+            for value in values
+        )
+    return values
 
 
 def bubble_key(message: Message, oob: bool = False) -> tuple[Any, ...]:

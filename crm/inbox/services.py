@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, Row, Table, select, true, update
@@ -255,15 +255,25 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
     return {row.conversation_id: row for row in db.session.execute(stmt)}
 
 
-def open_thread(workspace_id: int, conversation_id: int) -> tuple[Conversation, WhatsAppAccount | None]:
-    """The conversation an agent opens, with its customer, their tags and its number, in one
-    statement (they stay in the session for the page and for ``get_conversation``). An unread
-    conversation shows as read at once; ``mark_read`` stores that once the page is written."""
+class OpenedThread(NamedTuple):
+    conversation: Conversation
+    account: WhatsAppAccount | None
+    has_notes: bool
+
+
+def open_thread(workspace_id: int, conversation_id: int) -> OpenedThread:
+    """The conversation an agent opens, with its customer, their tags, its number and whether the
+    team wrote notes on it, in one statement (they stay in the session for the page and for
+    ``get_conversation``). An unread conversation shows as read at once; ``mark_read`` stores
+    that once the page is written."""
     from crm.whatsapp.models import WhatsAppAccount
 
+    has_notes = (
+        select(ConversationNote.id).where(ConversationNote.conversation_id == Conversation.id).exists()
+    )
     found = (
         db.session.execute(
-            scoped(select(Conversation, WhatsAppAccount), Conversation, workspace_id)
+            scoped(select(Conversation, WhatsAppAccount, has_notes), Conversation, workspace_id)
             .outerjoin(WhatsAppAccount, WhatsAppAccount.id == Conversation.account_id)
             .where(Conversation.id == conversation_id)
             .options(joinedload(Conversation.lead).joinedload(Lead.tags))
@@ -273,8 +283,7 @@ def open_thread(workspace_id: int, conversation_id: int) -> tuple[Conversation, 
     )
     if found is None:
         raise NotFound(f"Conversation {conversation_id}")
-    conversation, account = found
-    return conversation, account
+    return OpenedThread(*found)
 
 
 def mark_read(conversation: Conversation) -> None:
@@ -465,11 +474,16 @@ def recent_notes(workspace_id: int, conversation_id: int, limit: int = 20) -> li
     return list(reversed(list(notes)))
 
 
-def note_author_names(notes: list[ConversationNote]) -> dict[int, str]:
+def note_author_names(workspace_id: int, notes: list[ConversationNote]) -> dict[int, str]:
+    """The authors' names: the team's (remembered), and someone who left read by id."""
     ids = {n.author_user_id for n in notes if n.author_user_id}
-    if not ids:
-        return {}
-    return {u.id: (u.name or u.email) for u in db.session.scalars(select(User).where(User.id.in_(ids)))}
+    names = {user_id: name for user_id, name in assignable_members(workspace_id) if user_id in ids}
+    if ids - names.keys():
+        names.update(
+            (u.id, u.name or u.email)
+            for u in db.session.scalars(select(User).where(User.id.in_(ids - names.keys())))
+        )
+    return names
 
 
 CUSTOMER_CARE_WINDOW = timedelta(hours=24)

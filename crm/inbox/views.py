@@ -88,7 +88,7 @@ def index() -> str:
 @bp.get("/conversations/<int:conversation_id>")
 @login_required
 def conversation(conversation_id: int) -> str:
-    current, number = inbox.open_thread(g.workspace_id, conversation_id)
+    current, number, has_notes = inbox.open_thread(g.workspace_id, conversation_id)
     thread = inbox.thread_page(g.workspace_id, conversation_id, None)
     context = {
         "conversation": current,
@@ -99,8 +99,8 @@ def conversation(conversation_id: int) -> str:
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
         "window_closed": inbox.window_closed(current, number),
-        "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id)),
-        "note_authors": inbox.note_author_names(notes),
+        "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id) if has_notes else []),
+        "note_authors": inbox.note_author_names(g.workspace_id, notes),
         "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
         "ai_on": _ai_on(),
     }

@@ -152,7 +152,8 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
         note = db.session.get(ConversationNote, int(event.get("note_id", 0)))
         if note is None or note.workspace_id != workspace_id:
             return None
-        html = render_template("inbox/_note.html", note=note, note_authors=note_author_names([note]))
+        authors = note_author_names(workspace_id, [note])
+        html = render_template("inbox/_note.html", note=note, note_authors=authors)
         return f'<div hx-swap-oob="beforeend:#notes-{note.conversation_id}">{html}</div>'
     if kind == "conversation.handoff":
         try:

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event
 
 from crm.extensions import db
+from crm.inbox import services as inbox
 from tests import factories
 
 
@@ -56,4 +57,7 @@ def test_a_thread_costs_the_same_for_3_or_60_messages(
     for n in range(57):
         factories.stored_message(conversation_id, f"m{n}", direction="out")
     _statements(logged_in, f"/conversations/{conversation_id}")
-    assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 4
+    # The session, the conversation (customer, tags, number, whether it has notes), its messages.
+    assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 3
+    inbox.add_note(owner.workspace_id, conversation_id, owner.user_id, "Cliente VIP")
+    assert _statements(logged_in, f"/conversations/{conversation_id}") == few + 1  # and its notes

@@ -84,3 +84,18 @@ def test_remembered_until_forgotten(app: object, owner: factories.Person) -> Non
     assert team.team_facts(owner.workspace_id) is facts  # remembered
     team.forget(owner.workspace_id)
     assert team.team_facts(owner.workspace_id) is not facts
+
+
+def test_a_note_keeps_its_authors_name_after_they_leave(
+    logged_in: FlaskClient, owner: factories.Person, conversation_id: int
+) -> None:
+    from crm.inbox import services as inbox
+
+    agent = factories.person(workspace="Acme", email="agent@acme.example")
+    inbox.add_note(owner.workspace_id, conversation_id, agent.user_id, "Pediu boleto")
+    inbox.add_note(owner.workspace_id, conversation_id, owner.user_id, "Enviado")
+    members.set_member_disabled(owner.workspace_id, owner.membership, agent.membership_id, True)
+    page = thread(logged_in, conversation_id)
+    assert not _assignable(page, agent.user_id)
+    notes = page.split('class="notes"', 1)[1]
+    assert "agent@acme.example" in notes and "owner@acme.example" in notes
