@@ -254,13 +254,16 @@ def enqueue_delivery_after_commit(outbox_id: int, priority: int = CONVERSATION_P
     enqueue_after_commit(deliver_task, outbox_id, priority=priority)
 
 
-def _schedule(outbox_id: int, delay: float) -> None:
+def _schedule(send: SendContext, delay: float) -> None:
+    """Try the row again in ``delay`` seconds, at its place in the queue: a broadcast's send
+    behind the messages someone is waiting for, however often it comes back."""
     from crm.whatsapp.tasks import deliver_task
     from crm.worker import huey
 
     if huey.immediate:
         return  # tests drive retries by hand; the reconciler also picks due rows up
-    deliver_task.schedule(args=(outbox_id,), delay=max(delay, 0.05))
+    priority = 0 if send.author == "broadcast" else CONVERSATION_PRIORITY
+    deliver_task.schedule(args=(send.outbox_id,), delay=max(delay, 0.05), priority=priority)
 
 
 def _backoff(attempts: int, floor: float | None) -> float:
@@ -340,12 +343,12 @@ def _set(outbox_id: int, **values: Any) -> None:
     db.session.execute(update(Outbox).where(Outbox.id == outbox_id).values(**values))
 
 
-def _requeue(outbox_id: int, delay: float, error: str | None = None) -> None:
+def _requeue(send: SendContext, delay: float, error: str | None = None) -> None:
     extra = {"last_error": error[:2000]} if error else {}
     next_at = utcnow() + timedelta(seconds=delay)
-    _set(outbox_id, state=OutboxState.QUEUED.value, next_attempt_at=next_at, lease_until=None, **extra)
+    _set(send.outbox_id, state=OutboxState.QUEUED.value, next_attempt_at=next_at, lease_until=None, **extra)
     db.session.commit()
-    _schedule(outbox_id, delay)
+    _schedule(send, delay)
 
 
 def _fail(send: SendContext, code: str, title: str, state: str = OutboxState.FAILED.value) -> None:
@@ -436,7 +439,7 @@ def _deliver(outbox_id: int, gateway: GatewaySender | None, deadline: float) -> 
         return "cancelled"
     found = carrier_for(send.home)
     if found is None:
-        _requeue(outbox_id, 60, "no number can send")
+        _requeue(send, 60, "no number can send")
         return "no_carrier"
     carrier = account_view(found)  # read now: nothing of it is loaded again after the commit
     if carrier.provider == "webqr" and (gateway is None or gateway.account_id != carrier.id):
@@ -451,13 +454,13 @@ def _deliver(outbox_id: int, gateway: GatewaySender | None, deadline: float) -> 
         media = waiting
     now = utcnow()
     if carrier.paused_until and carrier.paused_until > now:
-        _requeue(outbox_id, (carrier.paused_until - now).total_seconds())
+        _requeue(send, (carrier.paused_until - now).total_seconds())
         return "paused"
     wait = pacing.reserve(carrier)
     if wait > 0:
         if time.monotonic() + wait <= deadline:
             return _SlotWait(wait)
-        _requeue(outbox_id, wait)
+        _requeue(send, wait)
         return "paced"
     request = OutboundRequest(
         to=send.phone or send.bsuid or "",
@@ -649,7 +652,7 @@ def _unclaim(send: SendContext, attempt: int, wait: float) -> None:
     ).rowcount  # type: ignore[attr-defined]
     db.session.commit()
     if owned:
-        _schedule(send.outbox_id, wait)
+        _schedule(send, wait)
 
 
 def _record_sent(send: SendContext, attempt: int, carrier: WhatsAppAccount, result: SendResult) -> str:
@@ -716,12 +719,12 @@ def _handle_error(send: SendContext, attempt: int, carrier: WhatsAppAccount, err
         home = db.session.get(WhatsAppAccount, send.home.id)
         if (home is not None and carrier_for(home) is not None) or error.health == "degraded":
             # another number (or later) carries it
-            _requeue(send.outbox_id, 1, f"{error.code}: {error.title}")
+            _requeue(send, 1, f"{error.code}: {error.title}")
             return "rerouted"
         _fail(send, error.code, error.title)
         return "failed"
     if error.action is ErrorAction.RETRY and attempt < MAX_ATTEMPTS:
-        _requeue(send.outbox_id, _backoff(attempt, error.retry_after), f"{error.code}: {error.title}")
+        _requeue(send, _backoff(attempt, error.retry_after), f"{error.code}: {error.title}")
         return "retry"
     title = error.title
     if error.needs_template:

@@ -285,3 +285,32 @@ def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
     while (task := huey.dequeue()) is not None:
         taken.append(task.args[0])
     assert taken[0] == reply_row and set(taken[1:]) == released  # the person waiting goes first
+
+
+@pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)
+def test_a_send_that_must_wait_for_its_number_comes_back_at_its_place_in_the_queue(
+    real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
+) -> None:
+    from crm.inbox.sending import reply as agent_reply
+    from crm.whatsapp.outbox import CONVERSATION_PRIORITY, deliver_outbound
+    from crm.worker import huey
+
+    add_leads(owner, 1)
+    broadcast_id = start(owner)
+    huey.flush()
+    assert dispatch(broadcast_id).status == "running"
+    conversation_id = factories.inbound(cloud_account.id, phone="+5511988887777")
+    reply = agent_reply(owner.workspace_id, conversation_id, "Já te respondo!", user_id=owner.user_id)
+    rows = dict(
+        db.session.execute(select(Message.author, Outbox.id).join(Message, Message.id == Outbox.message_id))
+        .tuples()
+        .all()
+    )
+    assert rows["agent"] == db.session.scalar(select(Outbox.id).where(Outbox.message_id == reply.message.id))
+    huey.flush()  # the deliveries already queued: driven by hand below
+    while pacing.reserve(cloud_account) == 0:  # the number's window is full for a second
+        pass
+    assert deliver_outbound(rows["agent"]) == "paced" and deliver_outbound(rows["broadcast"]) == "paced"
+    # Each goes back with a time to run at, the reply before the broadcast's send.
+    back = {task.args[0]: (task.priority, task.eta is not None) for task in huey.pending()}
+    assert back == {rows["agent"]: (CONVERSATION_PRIORITY, True), rows["broadcast"]: (0, True)}
