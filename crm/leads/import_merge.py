@@ -12,7 +12,9 @@ with ``executemany`` (``crm.leads.import_sqlite``).
 
 Rules, the same on both: a phone that is already a lead (the trash included) is skipped, or
 with ``update`` gets the row's non-empty name, email and custom fields, the tags added, and is
-restored from the trash. ``opt_in`` opts in new leads, and existing ones only when they never
+restored from the trash, unless that would leave the lead with more custom fields or tags than a
+lead may have (50 of each, as everywhere else): then the row is a bad row and changes nothing.
+``opt_in`` opts in new leads, and existing ones only when they never
 opted out: an import never overrides someone who said stop. Every opt-in is in the consent
 history (source ``import``, the file name as detail).
 """
@@ -28,7 +30,7 @@ from sqlalchemy import ColumnElement, Table, and_, text, update
 
 from crm.db import utcnow
 from crm.extensions import db
-from crm.leads.import_rows import Batch
+from crm.leads.import_rows import Batch, Reasons
 from crm.leads.imports import ImportStatus
 from crm.leads.models import (
     ConsentSource,
@@ -48,6 +50,7 @@ class Job:
     update: bool
     opt_in: bool
     processed_rows: int
+    reasons: Reasons  # the bad rows' reasons, in the language of whoever started it
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,13 @@ class Merged:
     created_rows: int
     matched_rows: int
     errors: int
+    refused: int = 0  # existing leads an update would have overfilled (among ``errors``)
 
 
 def _counts(job: Job, batch: Batch, merged: Merged) -> Counts:
     """The import's counters for a batch: each row is created, updated, skipped or an error."""
     created, created_rows, matched_rows = merged.created, merged.created_rows, merged.matched_rows
-    errors, total = merged.errors, batch.occurrences
+    errors, total = merged.errors, batch.occurrences - merged.refused
     if job.update:
         updated = matched_rows + (created_rows - created)
         return Counts(created, updated, total - matched_rows - created_rows, errors)
@@ -132,6 +136,26 @@ CREATE TEMPORARY TABLE import_rows (
     fields jsonb, occurrences integer
 ) ON COMMIT DROP;
 CREATE TEMPORARY TABLE import_bad (line integer, reason text, raw text) ON COMMIT DROP
+"""
+
+# An update that would leave a lead with more custom fields or tags than a lead may have: the row
+# leaves the batch and becomes a bad row (its lead unchanged).
+_REFUSE_OVERFULL = """
+WITH over AS (
+    DELETE FROM import_rows s USING leads l
+    WHERE l.workspace_id = :ws AND l.phone = s.phone AND l.kind = 'person' AND (
+        (s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
+            COALESCE(l.custom_fields::jsonb, '{}'::jsonb) || s.fields)) > :max_fields)
+        OR (s.tag_keys IS NOT NULL AND (SELECT count(*) FROM (
+            SELECT t.key FROM lead_tags t WHERE t.lead_id = l.id UNION SELECT unnest(s.tag_keys)) k)
+            > :max_tags))
+    RETURNING s.line, s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
+        COALESCE(l.custom_fields::jsonb, '{}'::jsonb) || s.fields)) > :max_fields AS fields_over
+), bad AS (
+    INSERT INTO import_bad (line, reason, raw)
+    SELECT line, CASE WHEN fields_over THEN :too_many_fields ELSE :too_many_tags END, '' FROM over
+)
+SELECT count(*) FROM over
 """
 
 _UPDATE_EXISTING = """
@@ -224,16 +248,25 @@ def _merge_postgresql(job: Job, batch: Batch, now: datetime) -> Merged:
         "source": ConsentSource.IMPORT.value,
         "lead_source": LeadSource.IMPORT.value,
     }
-    matched_rows = 0
+    matched_rows = refused = 0
     if job.update and batch.lead_count:
+        from crm.leads.services import MAX_FIELDS, MAX_TAGS_PER_LEAD
+
+        limits = {
+            "max_fields": MAX_FIELDS,
+            "max_tags": MAX_TAGS_PER_LEAD,
+            "too_many_fields": job.reasons.too_many_fields,
+            "too_many_tags": job.reasons.too_many_tags,
+        }
+        refused = db.session.execute(text(_REFUSE_OVERFULL), {**params, **limits}).scalar_one()
         _matched, matched_rows = db.session.execute(text(_UPDATE_EXISTING), params).one()
     created, created_rows = 0, 0
     if batch.lead_count:
         created, created_rows = db.session.execute(text(_INSERT_NEW), params).one()
     errors = 0
-    if batch.error_count:
+    if batch.error_count or refused:
         errors = db.session.execute(text(_INSERT_ERRORS), params).rowcount  # type: ignore[attr-defined]
-    return Merged(created, created_rows, matched_rows, errors)
+    return Merged(created, created_rows, matched_rows, errors, refused)
 
 
 # COPY's text format: tab-separated, \N for NULL, backslash escapes.

@@ -42,6 +42,8 @@ class Reasons:
     long_name: str
     long_tag: str
     long_field: str  # also has %(field)s
+    too_many_fields: str  # an update would leave the lead with more custom fields than allowed
+    too_many_tags: str  # the same for tags
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from crm.leads.import_merge import Job, merge_batch, owned_by, render_copy
 from crm.leads.import_rows import Columns, ReadSpec, Reasons, prefetched, read_batches
 from crm.leads.imports import ImportStatus
 from crm.leads.models import LeadImport
-from crm.leads.services import clean_tags
+from crm.leads.services import MAX_FIELDS, MAX_TAGS_PER_LEAD, clean_tags
 from crm.media.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def _claim(workspace_id: int, import_id: int) -> tuple[Job, dict[str, Any]] | No
         update=row.on_duplicate == "update",
         opt_in=row.opt_in,
         processed_rows=row.processed_rows,
+        reasons=_reasons(row.locale),
     )
     tag_names = clean_tags(row.tags or [])
     values = {
@@ -125,7 +126,7 @@ def _claim(workspace_id: int, import_id: int) -> tuple[Job, dict[str, Any]] | No
             "region": row.default_country,
             "update": job.update,
             "tags": tuple((name, name.casefold()) for name in tag_names),
-            "reasons": _reasons(row.locale),
+            "reasons": job.reasons,
         },
     }
     if row.attempts > MAX_ATTEMPTS:
@@ -147,6 +148,8 @@ def _reasons(locale: str | None) -> Reasons:
             long_name=_("The name is longer than 200 characters."),
             long_tag=_("A tag is longer than 64 characters: %(value)s"),
             long_field=_("%(field)s is longer than 1000 characters."),
+            too_many_fields=_("The lead would have more than %(n)d custom fields.", n=MAX_FIELDS),
+            too_many_tags=_("The lead would have more than %(n)d tags.", n=MAX_TAGS_PER_LEAD),
         )
 
 

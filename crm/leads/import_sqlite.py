@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, select, update
 
@@ -19,11 +19,13 @@ from crm.extensions import db
 from crm.leads.import_merge import Job, Merged
 from crm.leads.import_rows import Batch, StagedLead
 from crm.leads.models import ConsentEvent, ConsentSource, Lead, LeadImportError, LeadSource, LeadTag
+from crm.leads.services import MAX_FIELDS, MAX_TAGS_PER_LEAD
 
 IN_CHUNK = 500  # phones per IN (...)
+T = TypeVar("T")
 
 
-def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -54,15 +56,23 @@ def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
     existing = _existing(job.workspace_id, list(batch.leads))
     tags: list[dict[str, Any]] = []
     consents: list[int] = []
+    refused: list[tuple[int, str]] = []  # (line, reason): updates that would overfill their lead
     matched_rows = 0
     if job.update:
         changes: list[dict[str, Any]] = []
+        tag_keys = _tag_keys([row.id for row in existing.values() if row.kind == "person"])
         for phone, row in existing.items():
             lead = batch.leads[phone]
             if row.kind != "person":
                 continue
-            opting_in = job.opt_in and not row.opt_in and row.opted_out_at is None
             fields = {**(row.custom_fields or {}), **lead.fields} if lead.fields else row.custom_fields
+            if len(fields or {}) > MAX_FIELDS:
+                refused.append((lead.line, job.reasons.too_many_fields))
+                continue
+            if len(tag_keys.get(row.id, set()) | {key for _name, key in lead.tags}) > MAX_TAGS_PER_LEAD:
+                refused.append((lead.line, job.reasons.too_many_tags))
+                continue
+            opting_in = job.opt_in and not row.opt_in and row.opted_out_at is None
             changes.append(
                 {
                     "lead_id": row.id,
@@ -146,10 +156,26 @@ def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
                 "raw": bad.raw,
             }
             for bad in batch.errors
+        ]
+        + [
+            {"workspace_id": job.workspace_id, "import_id": job.id, "line": line, "reason": reason, "raw": ""}
+            for line, reason in refused
         ],
     )
     created_rows = sum(lead.occurrences for lead in new)
-    return Merged(len(new), created_rows, matched_rows, errors)
+    return Merged(len(new), created_rows, matched_rows, errors, len(refused))
+
+
+def _tag_keys(lead_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The tags the leads already have (their keys), by lead."""
+    tags = cast(Table, LeadTag.__table__)
+    found: dict[int, set[str]] = {}
+    for chunk in _chunks(lead_ids):
+        for lead_id, key in db.session.execute(
+            select(tags.c.lead_id, tags.c.key).where(tags.c.lead_id.in_(chunk))
+        ):
+            found.setdefault(lead_id, set()).add(key)
+    return found
 
 
 def _new_ids(workspace_id: int, phones: Sequence[str]) -> list[Any]:

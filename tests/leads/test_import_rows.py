@@ -166,6 +166,43 @@ def test_update_fills_in_replaces_and_adds_tags(owner: factories.Person) -> None
     assert set(new.tag_names) == {"Lista", "outra"}
 
 
+def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
+    owner: factories.Person,
+) -> None:
+    """A lead keeps at most 50 custom fields and 50 tags (the form and the API say so too)."""
+    full_fields = factories.lead(
+        owner, phone=br_e164(1), name="Campos", custom_fields={f"f{n}": "x" for n in range(49)}
+    )
+    full_tags = factories.lead(owner, phone=br_e164(2), name="Tags", tags=tuple(f"t{n}" for n in range(49)))
+    rows = [
+        (br_mobile(1), "Mudou", "", "", "1", "2"),  # 49 fields + "nova" + "outra": 51
+        (br_mobile(2), "Mudou", "", "t1; nova; outra", "", ""),  # 49 tags + 2 new: 51
+        (br_mobile(3), "Nova", "", "", "1", "2"),  # a new lead: 2 fields
+        (br_mobile(1), "De novo", "", "", "", ""),  # the refused phone again: skipped
+        (br_mobile(4), "Cheia", "", "", "", ""),  # an existing lead that fits: updated
+    ]
+    factories.lead(owner, phone=br_e164(4), name="Antes", tags=tuple(f"t{n}" for n in range(50)))
+    header = ("phone", "name", "email", "tags", "nova", "outra")
+    draft = import_file(owner, csv_bytes(rows, header), start=False)
+    mapping = {"phone": 0, "name": 1, "email": 2, "tags": 3, "custom": {"nova": 4, "outra": 5}}
+    start_import(owner.workspace_id, draft.id, mapping, _options(on_duplicate="update"))
+    lead_import = db.session.get(LeadImport, draft.id)
+    assert lead_import is not None and lead_import.status == "done"
+    counts = (lead_import.created, lead_import.updated, lead_import.skipped, lead_import.errors_count)
+    assert counts == (1, 1, 1, 2)
+    assert errors_of(lead_import) == {
+        2: "The lead would have more than 50 custom fields.",
+        3: "The lead would have more than 50 tags.",
+    }
+    leads = leads_by_phone(owner.workspace_id)
+    assert leads[br_e164(1)].id == full_fields and leads[br_e164(1)].name == "Campos"
+    assert len(leads[br_e164(1)].custom_fields or {}) == 49
+    assert leads[br_e164(2)].id == full_tags and leads[br_e164(2)].name == "Tags"
+    assert len(leads[br_e164(2)].tag_names) == 49
+    assert leads[br_e164(3)].custom_fields == {"nova": "1", "outra": "2"}
+    assert leads[br_e164(4)].name == "Cheia" and len(leads[br_e164(4)].tag_names) == 50
+
+
 def test_leads_in_the_trash_are_existing_leads(owner: factories.Person) -> None:
     lead_id = factories.lead(owner, phone=br_e164(1), name="Na lixeira")
     trash_leads(owner.workspace_id, [lead_id])
