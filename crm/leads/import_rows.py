@@ -21,7 +21,7 @@ from email_validator import EmailNotValidError
 
 from crm.leads import fastcheck
 from crm.leads.csvfile import as_csv_line, records
-from crm.leads.services import MAX_FIELD_VALUE
+from crm.leads.services import MAX_FIELD_VALUE, MAX_TAGS_PER_LEAD
 from crm.leads.services import MAX_TAG_LENGTH as MAX_TAG
 
 MAX_NAME = 200  # Lead.name
@@ -196,6 +196,8 @@ class RowReader:
             own = split_tags(cells[columns.tags], reasons)
             keys = {key for _name, key in tags}
             tags = tags + [tag for tag in own if tag[1] not in keys]
+            if len(tags) > MAX_TAGS_PER_LEAD:
+                raise RowError(reasons.too_many_tags)
         fields: dict[str, str] | None = None
         for field_name, index in columns.custom.items():
             value = cells[index].strip() if index < width else ""

@@ -169,7 +169,8 @@ def test_update_fills_in_replaces_and_adds_tags(owner: factories.Person) -> None
 def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
     owner: factories.Person,
 ) -> None:
-    """A lead keeps at most 50 custom fields and 50 tags (the form and the API say so too)."""
+    """A lead keeps at most 50 custom fields and 50 tags (the form and the API say so too), whether
+    the file brings them all or adds to what the lead has."""
     full_fields = factories.lead(
         owner, phone=br_e164(1), name="Campos", custom_fields={f"f{n}": "x" for n in range(49)}
     )
@@ -180,6 +181,7 @@ def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
         (br_mobile(3), "Nova", "", "", "1", "2"),  # a new lead: 2 fields
         (br_mobile(1), "De novo", "", "", "", ""),  # the refused phone again: skipped
         (br_mobile(4), "Cheia", "", "", "", ""),  # an existing lead that fits: updated
+        (br_mobile(5), "Muitas", "", ", ".join(f"x{n}" for n in range(51)), "", ""),  # 51 on one row
     ]
     factories.lead(owner, phone=br_e164(4), name="Antes", tags=tuple(f"t{n}" for n in range(50)))
     header = ("phone", "name", "email", "tags", "nova", "outra")
@@ -189,10 +191,11 @@ def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
     lead_import = db.session.get(LeadImport, draft.id)
     assert lead_import is not None and lead_import.status == "done"
     counts = (lead_import.created, lead_import.updated, lead_import.skipped, lead_import.errors_count)
-    assert counts == (1, 1, 1, 2)
+    assert counts == (1, 1, 1, 3)
     assert errors_of(lead_import) == {
         2: "The lead would have more than 50 custom fields.",
         3: "The lead would have more than 50 tags.",
+        7: "The lead would have more than 50 tags.",
     }
     leads = leads_by_phone(owner.workspace_id)
     assert leads[br_e164(1)].id == full_fields and leads[br_e164(1)].name == "Campos"
