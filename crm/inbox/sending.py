@@ -15,7 +15,7 @@ from crm.leads.phones import to_e164
 from crm.leads.services import insert_lead_if_new, workspace_country
 from crm.tenancy import get_scoped
 from crm.textcheck import check_clean_text
-from crm.whatsapp.models import WhatsAppAccount
+from crm.whatsapp.models import MessageTemplate, WhatsAppAccount
 from crm.whatsapp.outbox import OptedOut, Queued, find_by_idempotency_key, fingerprint_of, queue_outbound
 from crm.whatsapp.routing import account_for_new_lead
 
@@ -106,14 +106,7 @@ def send_to_phone(
         lead = _lead_for_phone(workspace_id, e164, LeadSource.API if author == "api" else LeadSource.MANUAL)
     elif lead.deleted_at is not None:
         lead.deleted_at = None
-    if account is None:
-        existing_conversation = latest_conversation_of_lead(workspace_id, lead.id)
-        account = (
-            db.session.get(WhatsAppAccount, existing_conversation.account_id)
-            if existing_conversation
-            else account_for_new_lead(workspace_id, lead.id)
-        )
-    assert account is not None
+    account = account or carrying_number(workspace_id, lead.id)
     conversation = conversation_for(workspace_id, account.id, lead.id)
     return queue_outbound(
         workspace_id,
@@ -124,6 +117,28 @@ def send_to_phone(
         idempotency_key=key,
         fingerprint=fingerprint,
     )
+
+
+def carrying_number(workspace_id: int, lead_id: int, account_id: int | None = None) -> WhatsAppAccount:
+    """The number a message to this lead goes out on: the one chosen, else the one of their
+    latest conversation, else the one routing gives them (``NoAccountAvailable`` if none)."""
+    if account_id is not None:
+        return get_scoped(WhatsAppAccount, workspace_id, account_id)
+    latest = latest_conversation_of_lead(workspace_id, lead_id)
+    found = db.session.get(WhatsAppAccount, latest.account_id) if latest else None
+    return found or account_for_new_lead(workspace_id, lead_id)
+
+
+def checked_template(workspace_id: int, template_id: int | None, account_id: int) -> MessageTemplate:
+    """The template chosen to go out on this number (a clear error for none or another's)."""
+    from crm.whatsapp import templates
+
+    if template_id is None:
+        raise ValidationFailed(_("Choose a template."), code="invalid_template")
+    template = templates.get_template(workspace_id, template_id)
+    if template.account_id != account_id:
+        raise ValidationFailed(_("That template belongs to another number."), code="invalid_template")
+    return template
 
 
 def send_template(
@@ -140,11 +155,7 @@ def send_template(
     from crm.whatsapp import templates
 
     conversation = get_conversation(workspace_id, conversation_id)
-    if template_id is None:
-        raise ValidationFailed(_("Choose a template."), code="invalid_template")
-    template = templates.get_template(workspace_id, template_id)
-    if template.account_id != conversation.account_id:
-        raise ValidationFailed(_("That template belongs to another number."), code="invalid_template")
+    template = checked_template(workspace_id, template_id, conversation.account_id)
     filled = templates.fill(template, values)
     return queue_outbound(
         workspace_id,

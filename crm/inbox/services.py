@@ -506,6 +506,21 @@ def window_closed(conversation: Conversation, account: WhatsAppAccount | None = 
     return last_inbound is None or utcnow() - last_inbound > CUSTOMER_CARE_WINDOW
 
 
+def window_closed_to_lead(workspace_id: int, lead_id: int, account: WhatsAppAccount) -> bool:
+    """``window_closed`` for a first message: with no conversation on this number yet, the lead
+    never wrote on it, so a Cloud API number can only send them a template."""
+    conversation = db.session.scalar(
+        select(Conversation).where(
+            Conversation.workspace_id == workspace_id,
+            Conversation.account_id == account.id,
+            Conversation.lead_id == lead_id,
+        )
+    )
+    if conversation is None:
+        return account.provider == "cloud"
+    return window_closed(conversation, account)
+
+
 class MessageBeingSent(Conflict):
     code = "message_being_sent"
 

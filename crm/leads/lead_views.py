@@ -23,7 +23,7 @@ from crm.leads.consent import ConsentChange, set_consent
 from crm.leads.forms import LeadForm, NewLeadForm, edit_form
 from crm.leads.merge import merge_leads
 from crm.leads.models import ConsentSource, Lead
-from crm.leads.outreach import start_conversation
+from crm.leads.outreach import first_message, start_conversation, start_with_template
 from crm.leads.pages import consent_entries, lead_profile
 from crm.leads.services import DuplicateLead, LeadChanges, create_lead, get_lead, update_lead
 from crm.leads.trash import trash_leads
@@ -75,12 +75,9 @@ def new_lead() -> Any:
 @bp.get("/<int:lead_id>")
 @login_required
 def lead(lead_id: int) -> str:
-    return render_template(
-        "leads/lead.html",
-        profile=lead_profile(g.workspace_id, lead_id),
-        **_composer(),
-        **_broadcasts(lead_id),
-    )
+    profile = lead_profile(g.workspace_id, lead_id)
+    context = {**_composer(profile.lead), **_broadcasts(lead_id)}
+    return render_template("leads/lead.html", profile=profile, **context)
 
 
 def _broadcasts(lead_id: int) -> dict[str, Any]:
@@ -161,36 +158,81 @@ def consent(lead_id: int) -> Any:
     return redirect(url_for("leads.lead", lead_id=lead_id), 303)
 
 
-def _composer(**context: Any) -> dict[str, Any]:
+def _composer(lead: Lead, account_id: int | None = None, **context: Any) -> dict[str, Any]:
+    """The "write to them" form: a text box, or the templates when the number that would carry
+    it is outside the 24-hour window."""
     return {
         "send_key": uuid.uuid4().hex,
         "sent_conversation_id": None,
         "send_error": "",
         "text": "",
+        "first": first_message(g.workspace_id, lead, account_id),
+        "account_id": account_id,
         **context,
     }
+
+
+@bp.get("/<int:lead_id>/first-message")
+@login_required
+def first_message_form(lead_id: int) -> str:
+    """The form's body for the number chosen in it (text, or the number's templates)."""
+    lead = get_lead(g.workspace_id, lead_id)
+    context = _composer(lead, parse_id(request.args.get("account_id")))
+    return render_template("leads/_first_message.html", lead=lead, **context)
+
+
+@bp.get("/<int:lead_id>/template")
+@login_required
+def template_fields(lead_id: int) -> str:
+    """The chosen template's variables and a preview."""
+    from crm.whatsapp import templates
+
+    get_lead(g.workspace_id, lead_id)
+    template_id = parse_id(request.args.get("template_id"))
+    template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
+    return render_template(
+        "inbox/_template_fields.html",
+        template=template,
+        params=templates.body_params(template) if template else [],
+        body=templates.body_text(template) if template else "",
+    )
 
 
 @bp.post("/<int:lead_id>/messages")
 @login_required
 def message(lead_id: int) -> Any:
-    """Write first to the lead. A refusal (opted out, no number can send) comes back in the form,
-    with what was typed kept."""
-    get_lead(g.workspace_id, lead_id)
+    """Write first to the lead: text, or an approved template. A refusal (opted out, no number can
+    send, outside the 24-hour window) comes back in the form, with what was typed kept."""
+    current = get_lead(g.workspace_id, lead_id)
     text = request.form.get("text", "")
+    account_id = parse_id(request.form.get("account_id"))
+    key = (request.form.get("send_key") or "")[:200] or None
     try:
-        queued = start_conversation(
-            g.workspace_id,
-            lead_id,
-            text,
-            user_id=current_user.id,
-            account_id=parse_id(request.form.get("account_id")),
-            idempotency_key=(request.form.get("send_key") or "")[:200] or None,
-        )
+        if "template_id" in request.form:
+            values = {k[len("param-") :]: v for k, v in request.form.items() if k.startswith("param-")}
+            template_id = parse_id(request.form.get("template_id"))
+            queued = start_with_template(
+                g.workspace_id,
+                lead_id,
+                template_id,
+                values,
+                user_id=current_user.id,
+                account_id=account_id,
+                idempotency_key=key,
+            )
+        else:
+            queued = start_conversation(
+                g.workspace_id,
+                lead_id,
+                text,
+                user_id=current_user.id,
+                account_id=account_id,
+                idempotency_key=key,
+            )
     except DomainError as error:
         if isinstance(error, NotFound):
             raise
-        context = _composer(send_error=error.message, text=text[:4096])
+        context = _composer(current, account_id, send_error=error.message, text=text[:4096])
         profile = lead_profile(g.workspace_id, lead_id)
         page = render(
             "leads/lead.html", "leads/_conversations.html", profile=profile, **context, **_broadcasts(lead_id)
@@ -199,7 +241,7 @@ def message(lead_id: int) -> Any:
     conversation_id = queued.message.conversation_id
     if wants_fragment():  # the card again: the conversation listed, a fresh form
         profile = lead_profile(g.workspace_id, lead_id)
-        context = _composer(sent_conversation_id=conversation_id)
+        context = _composer(profile.lead, account_id, sent_conversation_id=conversation_id)
         return render_template("leads/_conversations.html", profile=profile, **context)
     flash(_("Message queued: it is in the inbox."), "success")
     return redirect(url_for("inbox.conversation", conversation_id=conversation_id), 303)

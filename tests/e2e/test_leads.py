@@ -11,7 +11,7 @@ import pytest
 from crm.leads.consent import ConsentChange, set_consent
 from crm.leads.models import ConsentSource, LeadSource
 from tests import factories
-from tests.e2e.conftest import BrowserProblems, sign_in
+from tests.e2e.conftest import ARTIFACTS, BrowserProblems, sign_in
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, ViewportSize
@@ -165,4 +165,34 @@ def test_the_list_with_its_bulk_bar_on_a_desktop_and_a_phone(
     expect(page.locator("#lead-count")).to_have_text("15 leads")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
     page.screenshot(path="test-artifacts/leads-phone.png", full_page=False)
+    assert browser_problems.all() == []
+
+
+def test_writing_first_to_an_imported_lead_on_a_cloud_number_takes_a_template(
+    page: Page, live_server: str, owner: factories.Person, browser_problems: BrowserProblems
+) -> None:
+    from playwright.sync_api import expect
+
+    from crm.whatsapp import templates
+    from tests.fakes.graph_api import GraphEmulator
+    from tests.whatsapp.conftest import ACCESS_TOKEN, APP_SECRET, PHONE_NUMBER_ID, make_cloud_account
+
+    with GraphEmulator(
+        access_token=ACCESS_TOKEN, app_secret=APP_SECRET, phone_number_id=PHONE_NUMBER_ID
+    ) as graph:
+        graph.add_template("pedido", "Olá {{1}}, seu pedido {{2}} saiu.")
+        templates.sync_templates(make_cloud_account(owner, graph, name="Loja"))
+        lead_id = factories.lead(owner, "+5511987654321", "Ana Souza", source=LeadSource.IMPORT)
+        sign_in(page, live_server, owner.email)
+        page.goto(f"{live_server}/leads/{lead_id}")
+        expect(page.get_by_text("have not written to Loja in the last 24 hours")).to_be_visible()
+        page.get_by_label("Template").select_option(label="pedido (pt_BR)")
+        expect(page.get_by_text("Olá {{1}}, seu pedido {{2}} saiu.")).to_be_visible()  # the preview
+        page.get_by_label("Variable {{1}}").fill("Ana")
+        page.get_by_label("Variable {{2}}").fill("#7")
+        page.screenshot(path=str(ARTIFACTS / "lead-first-template.png"), full_page=True)
+        page.get_by_role("button", name="Send template").click()
+        expect(page.get_by_text("Message queued.")).to_be_visible()
+        expect(page.locator(".lead-conversations")).to_contain_text("Loja")
+        assert [m.json["template"]["name"] for m in graph.sent] == ["pedido"]
     assert browser_problems.all() == []

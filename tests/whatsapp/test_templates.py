@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from crm.db import utcnow
 from crm.extensions import db
 from crm.inbox.models import Message
+from crm.leads.models import Lead
 from crm.whatsapp import templates
 from crm.whatsapp.models import MessageTemplate, WhatsAppAccount
 from tests import factories
@@ -205,3 +206,71 @@ def test_an_unreadable_template_list_is_a_clear_error(
     with pytest.raises(ProviderError) as raised:
         templates.sync_templates(cloud_account)
     assert raised.value.code == "bad_response"
+
+
+def test_the_lead_page_writes_first_with_a_template_outside_the_window(
+    logged_in: FlaskClient,
+    owner: factories.Person,
+    cloud_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+) -> None:
+    """An imported lead never wrote: on a Cloud API number only a template can start the chat."""
+    from crm.inbox.models import Conversation
+
+    template = _sync(graph_api, _with_template(graph_api, cloud_account))["pedido"]
+    lead_id = factories.lead(owner, "+5511987654321", "Ana")
+    page = logged_in.get(f"/leads/{lead_id}").get_data(as_text=True)
+    assert "have not written to Cloud in the last 24 hours" in page and "pedido (pt_BR)" in page
+    assert f'id="lead-message-text-{lead_id}"' not in page
+
+    def post(**form: str) -> tuple[int, str]:
+        data = {"csrf_token": csrf_from(logged_in, "/leads/new"), **form}
+        response = logged_in.post(f"/leads/{lead_id}/messages", data=data, headers={"HX-Request": "true"})
+        return response.status_code, response.get_data(as_text=True)
+
+    status, html = post(text="Oi Ana!")  # free text would be refused by WhatsApp (131047): not queued
+    assert status == 409 and "only accepts an approved template" in html and "pedido (pt_BR)" in html
+    assert db.session.scalar(select(func.count()).select_from(Conversation)) == 0
+    status, html = post(template_id="")
+    assert status == 422 and "Choose a template." in html
+    assert db.session.scalar(select(func.count()).select_from(Conversation)) == 0
+
+    fields = logged_in.get(f"/leads/{lead_id}/template", query_string={"template_id": template.id})
+    assert 'name="param-1"' in fields.get_data(as_text=True)
+    form = {"template_id": str(template.id), "param-1": "Ana", "param-2": "#7", "send_key": "k1"}
+    assert post(**form)[0] == 200
+    status, html = post(**form)  # a double click: one message
+    assert status == 200 and "Message queued." in html
+    sent = db.session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert [(m.type, m.text, m.status, m.author) for m in sent] == [
+        ("template", "Olá Ana, seu pedido #7 saiu.", "sent", "agent")
+    ]
+    assert len(graph_api.sent) == 1 and graph_api.sent[0].json["to"] == "5511987654321"
+
+
+def test_the_lead_page_offers_text_where_the_window_is_open(
+    logged_in: FlaskClient,
+    owner: factories.Person,
+    cloud_account: WhatsAppAccount,
+    sandbox_account: WhatsAppAccount,
+    graph_api: GraphEmulator,
+) -> None:
+    _sync(graph_api, _with_template(graph_api, cloud_account))
+    factories.inbound(cloud_account.id, phone="+5511987654321", name="Ana", text="Oi, ainda tem?")
+    lead_id = factories.lead(owner, "+5511911112222", "Bia")  # never wrote
+
+    def body(lead: int, account: WhatsAppAccount | None) -> str:
+        query = {"account_id": account.id} if account else {}
+        return logged_in.get(f"/leads/{lead}/first-message", query_string=query).get_data(as_text=True)
+
+    assert "pedido (pt_BR)" in body(lead_id, cloud_account)
+    assert 'name="text"' in body(lead_id, sandbox_account)  # the sandbox has no 24-hour rule
+    ana_id = db.session.scalar(select(Lead.id).where(Lead.phone == "+5511987654321"))
+    assert ana_id is not None and 'name="text"' in body(ana_id, None)  # she just wrote: text goes
+    page = logged_in.get(f"/leads/{lead_id}").get_data(as_text=True)
+    assert f'hx-get="/leads/{lead_id}/first-message"' in page  # choosing another number redraws it
+
+
+def _with_template(graph: GraphEmulator, account: WhatsAppAccount) -> WhatsAppAccount:
+    graph.add_template("pedido", "Olá {{1}}, seu pedido {{2}} saiu.")
+    return account
