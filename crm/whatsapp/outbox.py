@@ -247,6 +247,11 @@ def _provider_of(account_id: int) -> str:
 CONVERSATION_PRIORITY = 5
 
 
+def delivery_priority(author: str | None) -> int:
+    """A send's place in the queue, whenever it is queued again: a broadcast's behind the rest."""
+    return 0 if author == "broadcast" else CONVERSATION_PRIORITY
+
+
 def enqueue_delivery_after_commit(outbox_id: int, priority: int = CONVERSATION_PRIORITY) -> None:
     from crm.whatsapp.tasks import deliver_task
     from crm.worker import enqueue_after_commit
@@ -262,7 +267,7 @@ def _schedule(send: SendContext, delay: float) -> None:
 
     if huey.immediate:
         return  # tests drive retries by hand; the reconciler also picks due rows up
-    priority = 0 if send.author == "broadcast" else CONVERSATION_PRIORITY
+    priority = delivery_priority(send.author)
     deliver_task.schedule(args=(send.outbox_id,), delay=max(delay, 0.05), priority=priority)
 
 
@@ -736,6 +741,18 @@ def _handle_error(send: SendContext, attempt: int, carrier: WhatsAppAccount, err
     return "failed"
 
 
+def _authors(outbox_ids: list[int]) -> dict[int, str]:
+    """Who wrote each row's message (an agent, the API, a broadcast…), by outbox id."""
+    if not outbox_ids:
+        return {}
+    rows = db.session.execute(
+        select(Outbox.id, Message.author)
+        .join(Message, Message.id == Outbox.message_id)
+        .where(Outbox.id.in_(outbox_ids))
+    ).tuples()
+    return dict(rows.all())
+
+
 def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
     """Re-enqueue due rows whose job was lost (Redis flushed, worker killed), requeue rows whose
     lease ran out, and fail rows that keep failing. PostgreSQL is the source of truth; the queue
@@ -795,7 +812,10 @@ def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
     for provider, account_id in failed_messages:
         record_send(provider, account_id, "failed")
     from crm.whatsapp.tasks import deliver_task
+    from crm.worker import huey
 
-    for outbox_id in dict.fromkeys([*expired, *stale]):
-        deliver_task(outbox_id)
+    lost = list(dict.fromkeys([*expired, *stale]))
+    authors = _authors(lost)
+    for outbox_id in lost:
+        huey.enqueue(deliver_task.s(outbox_id, priority=delivery_priority(authors.get(outbox_id))))
     return {"expired": len(expired), "requeued": len(stale), "failed": len(gave_up), "parked_applied": swept}

@@ -6,16 +6,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from crm.broadcasts.dispatch import dispatch, release
 from crm.broadcasts.models import Broadcast, BroadcastRecipient
 from crm.broadcasts.services import Draft, as_dict, create_broadcast, resume_broadcast
+from crm.db import utcnow
 from crm.extensions import db
 from crm.inbox.models import Message
 from crm.leads.models import Lead
@@ -288,11 +290,11 @@ def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
 
 
 @pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)
-def test_a_send_that_must_wait_for_its_number_comes_back_at_its_place_in_the_queue(
+def test_a_send_that_must_wait_or_was_lost_comes_back_at_its_place_in_the_queue(
     real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
 ) -> None:
     from crm.inbox.sending import reply as agent_reply
-    from crm.whatsapp.outbox import CONVERSATION_PRIORITY, deliver_outbound
+    from crm.whatsapp.outbox import CONVERSATION_PRIORITY, deliver_outbound, reconcile_outbox
     from crm.worker import huey
 
     add_leads(owner, 1)
@@ -314,3 +316,10 @@ def test_a_send_that_must_wait_for_its_number_comes_back_at_its_place_in_the_que
     # Each goes back with a time to run at, the reply before the broadcast's send.
     back = {task.args[0]: (task.priority, task.eta is not None) for task in huey.pending()}
     assert back == {rows["agent"]: (CONVERSATION_PRIORITY, True), rows["broadcast"]: (0, True)}
+    # Their jobs lost (Redis flushed): the reconciler queues them again at the same places.
+    huey.flush()
+    db.session.execute(update(Outbox).values(next_attempt_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    assert reconcile_outbox()["requeued"] == 2
+    again = {task.args[0]: task.priority for task in huey.pending()}
+    assert again == {rows["agent"]: CONVERSATION_PRIORITY, rows["broadcast"]: 0}
