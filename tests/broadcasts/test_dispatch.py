@@ -261,14 +261,14 @@ def test_resume_moves_the_rest_off_a_number_that_stays_down(
     assert late == [] and second.id
 
 
-@pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)
-def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
-    real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
-) -> None:
+def a_reply_during_a_broadcast(
+    owner: factories.Person, account: WhatsAppAccount, leads: int
+) -> tuple[set[int], int]:
+    """A running broadcast's sends queued (outbox ids), then an agent's reply queued (its id)."""
     from crm.inbox.sending import reply as agent_reply
     from crm.worker import huey
 
-    add_leads(owner, 5)
+    add_leads(owner, leads)
     broadcast_id = start(owner)
     huey.flush()  # its first tick: run by hand below
     assert dispatch(broadcast_id).status == "running"
@@ -279,10 +279,21 @@ def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
             .where(Message.author == "broadcast")
         )
     )
-    assert len(released) == 5 and huey.pending_count() == 5
-    conversation_id = factories.inbound(cloud_account.id, phone="+5511988887777")
+    assert len(released) == leads and huey.pending_count() == leads
+    conversation_id = factories.inbound(account.id, phone="+5511988887777")
     reply = agent_reply(owner.workspace_id, conversation_id, "Já te respondo!", user_id=owner.user_id)
     reply_row = db.session.scalar(select(Outbox.id).where(Outbox.message_id == reply.message.id))
+    assert reply_row is not None
+    return released, reply_row
+
+
+@pytest.mark.parametrize("real_queue", ["sqlite", "redis"], indirect=True)
+def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
+    real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
+) -> None:
+    from crm.worker import huey
+
+    released, reply_row = a_reply_during_a_broadcast(owner, cloud_account, 5)
     taken = []
     while (task := huey.dequeue()) is not None:
         taken.append(task.args[0])
@@ -293,33 +304,21 @@ def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
 def test_a_send_that_must_wait_or_was_lost_comes_back_at_its_place_in_the_queue(
     real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
 ) -> None:
-    from crm.inbox.sending import reply as agent_reply
     from crm.whatsapp.outbox import CONVERSATION_PRIORITY, deliver_outbound, reconcile_outbox
     from crm.worker import huey
 
-    add_leads(owner, 1)
-    broadcast_id = start(owner)
-    huey.flush()
-    assert dispatch(broadcast_id).status == "running"
-    conversation_id = factories.inbound(cloud_account.id, phone="+5511988887777")
-    reply = agent_reply(owner.workspace_id, conversation_id, "Já te respondo!", user_id=owner.user_id)
-    rows = dict(
-        db.session.execute(select(Message.author, Outbox.id).join(Message, Message.id == Outbox.message_id))
-        .tuples()
-        .all()
-    )
-    assert rows["agent"] == db.session.scalar(select(Outbox.id).where(Outbox.message_id == reply.message.id))
+    (broadcast_row,), reply_row = a_reply_during_a_broadcast(owner, cloud_account, 1)
     huey.flush()  # the deliveries already queued: driven by hand below
     while pacing.reserve(cloud_account) == 0:  # the number's window is full for a second
         pass
-    assert deliver_outbound(rows["agent"]) == "paced" and deliver_outbound(rows["broadcast"]) == "paced"
+    assert deliver_outbound(reply_row) == "paced" and deliver_outbound(broadcast_row) == "paced"
     # Each goes back with a time to run at, the reply before the broadcast's send.
     back = {task.args[0]: (task.priority, task.eta is not None) for task in huey.pending()}
-    assert back == {rows["agent"]: (CONVERSATION_PRIORITY, True), rows["broadcast"]: (0, True)}
+    assert back == {reply_row: (CONVERSATION_PRIORITY, True), broadcast_row: (0, True)}
     # Their jobs lost (Redis flushed): the reconciler queues them again at the same places.
     huey.flush()
     db.session.execute(update(Outbox).values(next_attempt_at=utcnow() - timedelta(minutes=5)))
     db.session.commit()
     assert reconcile_outbox()["requeued"] == 2
     again = {task.args[0]: task.priority for task in huey.pending()}
-    assert again == {rows["agent"]: CONVERSATION_PRIORITY, rows["broadcast"]: 0}
+    assert again == {reply_row: CONVERSATION_PRIORITY, broadcast_row: 0}
