@@ -510,10 +510,8 @@ def window_closed_to_lead(workspace_id: int, lead_id: int, account: WhatsAppAcco
     """``window_closed`` for a first message: with no conversation on this number yet, the lead
     never wrote on it, so a Cloud API number can only send them a template."""
     conversation = db.session.scalar(
-        select(Conversation).where(
-            Conversation.workspace_id == workspace_id,
-            Conversation.account_id == account.id,
-            Conversation.lead_id == lead_id,
+        scoped(select(Conversation), Conversation, workspace_id).where(
+            Conversation.account_id == account.id, Conversation.lead_id == lead_id
         )
     )
     if conversation is None:

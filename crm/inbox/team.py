@@ -7,15 +7,15 @@ header refresh. So each process remembers them for a few seconds:
 - a change made through this process (a member invited, disabled or back, a new role, the AI
   switch) is seen at once: the workspace's entry is forgotten when that transaction commits;
 - another process shows it at most ``TEAM_FACTS_TTL`` seconds late. Nothing is decided from
-  these facts: assigning checks membership again in its own statement, and a disabled member's
-  sessions end when they are disabled.
+  these facts, only shown: assigning checks membership again in its own statement, asking for a
+  suggested reply reads the AI switch itself, and a disabled member's sessions end at once.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app, has_app_context
@@ -36,32 +36,44 @@ class TeamFacts:
     ai_on: bool
 
 
-def _remembered() -> dict[int, tuple[float, TeamFacts]]:
+@dataclass
+class _Memory:
+    """One app's remembered facts. ``generation`` moves on each time facts are forgotten, so a
+    read that started before a change committed is not kept after it."""
+
+    facts: dict[int, tuple[float, TeamFacts]] = field(default_factory=dict)
+    generation: int = 0
+
+
+def _memory() -> _Memory:
     # Per app, not per module: the tests build many apps whose workspaces share ids.
-    return current_app.extensions.setdefault(_EXTENSION, {})
+    return current_app.extensions.setdefault(_EXTENSION, _Memory())
 
 
 def team_facts(workspace_id: int) -> TeamFacts:
-    remembered = _remembered()
+    memory = _memory()
     now = time.monotonic()
     with _lock:
-        found = remembered.get(workspace_id)
+        found = memory.facts.get(workspace_id)
+        generation = memory.generation
     if found is not None and found[0] > now:
         return found[1]
     facts = TeamFacts(members=tuple(_read_members(workspace_id)), ai_on=_read_ai_on(workspace_id))
     with _lock:
-        remembered[workspace_id] = (now + TEAM_FACTS_TTL, facts)
+        if memory.generation == generation:  # nothing was forgotten meanwhile
+            memory.facts[workspace_id] = (now + TEAM_FACTS_TTL, facts)
     return facts
 
 
-def forget(workspace_id: int | None, remembered: dict[int, tuple[float, TeamFacts]] | None = None) -> None:
+def forget(workspace_id: int | None, memory: _Memory | None = None) -> None:
     """Read the workspace's facts again next time (``None``: every workspace's)."""
-    remembered = _remembered() if remembered is None else remembered
+    memory = _memory() if memory is None else memory
     with _lock:
+        memory.generation += 1
         if workspace_id is None:
-            remembered.clear()
+            memory.facts.clear()
         else:
-            remembered.pop(workspace_id, None)
+            memory.facts.pop(workspace_id, None)
 
 
 def _read_members(workspace_id: int) -> list[tuple[int, str]]:
@@ -95,10 +107,10 @@ def _forget_on_commit(session: Session, _context: Any) -> None:
             changed.add(None)
     if not changed or not has_app_context():
         return
-    remembered = _remembered()  # this app's, whatever context the commit runs in
+    memory = _memory()  # this app's, whatever context the commit runs in
 
     def forget_them() -> None:
         for workspace_id in (None,) if None in changed else changed:
-            forget(workspace_id, remembered)
+            forget(workspace_id, memory)
 
     after_commit(forget_them, session)

@@ -328,10 +328,11 @@ SUGGESTION_POLLS = 90
 def suggest_reply(conversation_id: int) -> str:
     """The composer's "suggest reply": a draft is asked of Gemini in the worker; the answer
     polls for it (or shows it at once when the queue runs tasks inline)."""
+    from crm.ai.settings import settings_of
     from crm.ai.suggest import request_suggestion
 
     inbox.get_conversation(g.workspace_id, conversation_id)  # 404 for another workspace's first
-    if not _ai_on():
+    if not settings_of(g.workspace_id).enabled:  # decided from the stored switch, not the page's copy
         return _suggestion(conversation_id, None, error="ai_off")
     suggestion = request_suggestion(g.workspace_id, conversation_id, current_user.id)
     return _suggestion(conversation_id, suggestion)

@@ -140,17 +140,20 @@ CREATE TEMPORARY TABLE import_bad (line integer, reason text, raw text) ON COMMI
 
 # An update that would leave a lead with more custom fields or tags than a lead may have: the row
 # leaves the batch and becomes a bad row (its lead unchanged).
+# A lead saved without custom fields holds JSON null (not SQL NULL): NULLIF makes it an empty
+# object before merging, or ``null || {...}`` would be an array.
 _REFUSE_OVERFULL = """
 WITH over AS (
     DELETE FROM import_rows s USING leads l
     WHERE l.workspace_id = :ws AND l.phone = s.phone AND l.kind = 'person' AND (
         (s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
-            COALESCE(l.custom_fields::jsonb, '{}'::jsonb) || s.fields)) > :max_fields)
+            COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields)) > :max_fields)
         OR (s.tag_keys IS NOT NULL AND (SELECT count(*) FROM (
             SELECT t.key FROM lead_tags t WHERE t.lead_id = l.id UNION SELECT unnest(s.tag_keys)) k)
             > :max_tags))
     RETURNING s.line, s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
-        COALESCE(l.custom_fields::jsonb, '{}'::jsonb) || s.fields)) > :max_fields AS fields_over
+        COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields))
+        > :max_fields AS fields_over
 ), bad AS (
     INSERT INTO import_bad (line, reason, raw)
     SELECT line, CASE WHEN fields_over THEN :too_many_fields ELSE :too_many_tags END, '' FROM over
@@ -168,7 +171,7 @@ WITH old AS (
         name = CASE WHEN s.name <> '' THEN s.name ELSE l.name END,
         email = COALESCE(s.email, l.email),
         custom_fields = CASE WHEN s.fields IS NULL THEN l.custom_fields
-            ELSE (COALESCE(l.custom_fields::jsonb, '{}'::jsonb) || s.fields)::json END,
+            ELSE (COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields)::json END,
         deleted_at = NULL,
         opt_in = l.opt_in OR (CAST(:opt_in AS boolean) AND l.opted_out_at IS NULL),
         opted_in_at = CASE WHEN :opt_in AND NOT l.opt_in AND l.opted_out_at IS NULL

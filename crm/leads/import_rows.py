@@ -213,22 +213,24 @@ class RowReader:
         batch.rows += 1
         try:
             lead = self.staged(line, cells)
+            first = batch.leads.get(lead.phone)
+            if first is None:
+                batch.leads[lead.phone] = lead
+                return
+            if self.spec.update:  # what a later row says wins, as if the rows were applied in order
+                keys = {key for _name, key in first.tags}
+                tags = first.tags + [tag for tag in lead.tags if tag[1] not in keys]
+                if len(tags) > MAX_TAGS_PER_LEAD:  # with the rows before it
+                    raise RowError(self.reasons.too_many_tags)
+                first.name = lead.name or first.name
+                first.email = lead.email or first.email
+                if lead.fields:
+                    first.fields = {**(first.fields or {}), **lead.fields}
+                first.tags = tags
+            first.occurrences += 1
         except RowError as exc:
             raw = as_csv_line(cells, self.spec.delimiter)[:MAX_RAW]
             batch.errors.append(BadRow(line, exc.reason[:200], raw))
-            return
-        first = batch.leads.get(lead.phone)
-        if first is None:
-            batch.leads[lead.phone] = lead
-            return
-        first.occurrences += 1
-        if self.spec.update:  # what a later row says wins, as if the rows were applied in order
-            first.name = lead.name or first.name
-            first.email = lead.email or first.email
-            if lead.fields:
-                first.fields = {**(first.fields or {}), **lead.fields}
-            keys = {key for _name, key in first.tags}
-            first.tags = first.tags + [tag for tag in lead.tags if tag[1] not in keys]
 
 
 def read_batches(spec: ReadSpec) -> Iterator[Batch]:

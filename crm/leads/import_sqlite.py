@@ -66,10 +66,12 @@ def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
             if row.kind != "person":
                 continue
             fields = {**(row.custom_fields or {}), **lead.fields} if lead.fields else row.custom_fields
-            if len(fields or {}) > MAX_FIELDS:
+            # Refused only when the row adds to them, as on PostgreSQL.
+            if lead.fields and len(fields or {}) > MAX_FIELDS:
                 refused.append((lead.line, job.reasons.too_many_fields))
                 continue
-            if len(tag_keys.get(row.id, set()) | {key for _name, key in lead.tags}) > MAX_TAGS_PER_LEAD:
+            new_tags = {key for _name, key in lead.tags}
+            if new_tags and len(tag_keys.get(row.id, set()) | new_tags) > MAX_TAGS_PER_LEAD:
                 refused.append((lead.line, job.reasons.too_many_tags))
                 continue
             opting_in = job.opt_in and not row.opt_in and row.opted_out_at is None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flask_babel import gettext as _
 
-from crm.errors import Conflict, DomainError, ValidationFailed
+from crm.errors import Conflict, ValidationFailed
 from crm.leads.models import Lead
 from crm.leads.services import get_lead
 from crm.whatsapp.models import MessageTemplate, WhatsAppAccount
@@ -40,11 +40,12 @@ class FirstMessage:
 def first_message(workspace_id: int, lead: Lead, account_id: int | None = None) -> FirstMessage:
     from crm.inbox.sending import carrying_number
     from crm.inbox.services import window_closed_to_lead
+    from crm.whatsapp.routing import NoAccountAvailable
     from crm.whatsapp.templates import sendable_templates
 
     try:
         account = carrying_number(workspace_id, lead.id, account_id)
-    except DomainError:  # no number can send: the page says so
+    except NoAccountAvailable:  # no number can send: the page says so when they try
         return FirstMessage(None, None)
     if not window_closed_to_lead(workspace_id, lead.id, account):
         return FirstMessage(account, None)
@@ -109,10 +110,11 @@ def start_with_template(
     """An approved template to the lead, in their conversation on the number (created for it)."""
     from crm.inbox.sending import carrying_number, checked_template, send_template
     from crm.inbox.services import conversation_for
+    from crm.whatsapp.templates import fill
 
     lead = _writable(workspace_id, lead_id)
     account = carrying_number(workspace_id, lead.id, account_id)
-    checked_template(workspace_id, template_id, account.id)  # before a conversation is made for it
+    fill(checked_template(workspace_id, template_id, account.id), values)  # before the conversation
     conversation = conversation_for(workspace_id, account.id, lead.id)
     return send_template(
         workspace_id, conversation.id, template_id, values, user_id=user_id, idempotency_key=idempotency_key

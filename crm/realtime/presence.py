@@ -8,11 +8,14 @@ every web process; without Redis (the embedded server, one process) they live in
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
 
 from flask import current_app
+
+log = logging.getLogger(__name__)
 
 TTL_SECONDS = 45.0
 REFRESH_SECONDS = 15.0
@@ -111,7 +114,15 @@ def online_users(workspace_id: int) -> set[int]:
 
 
 def viewers(workspace_id: int, conversation_id: int) -> set[int]:
-    return _users(_store().members(_viewing_key(workspace_id, conversation_id), time.time()))
+    """Who else has the conversation open; nobody as far as we know while Redis can't answer
+    (presence is a hint: the thread still opens)."""
+    import redis
+
+    try:
+        return _users(_store().members(_viewing_key(workspace_id, conversation_id), time.time()))
+    except redis.RedisError:
+        log.warning("presence: Redis did not answer; showing no other viewers", exc_info=True)
+        return set()
 
 
 def reset_memory() -> None:

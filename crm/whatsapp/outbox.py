@@ -615,9 +615,11 @@ def release_for_media(outbox_ids: list[int]) -> None:
     )
     db.session.commit()
     from crm.whatsapp.tasks import deliver_task
+    from crm.worker import huey
 
+    authors = _authors(outbox_ids)
     for outbox_id in outbox_ids:
-        deliver_task(outbox_id)
+        huey.enqueue(deliver_task.s(outbox_id, priority=delivery_priority(authors.get(outbox_id))))
 
 
 def _attempt(send: SendContext) -> int:

@@ -304,7 +304,12 @@ def test_a_reply_is_taken_from_the_queue_before_broadcast_sends_queued_earlier(
 def test_a_send_that_must_wait_or_was_lost_comes_back_at_its_place_in_the_queue(
     real_queue: str, owner: factories.Person, cloud_account: WhatsAppAccount
 ) -> None:
-    from crm.whatsapp.outbox import CONVERSATION_PRIORITY, deliver_outbound, reconcile_outbox
+    from crm.whatsapp.outbox import (
+        CONVERSATION_PRIORITY,
+        deliver_outbound,
+        reconcile_outbox,
+        release_for_media,
+    )
     from crm.worker import huey
 
     (broadcast_row,), reply_row = a_reply_during_a_broadcast(owner, cloud_account, 1)
@@ -322,3 +327,7 @@ def test_a_send_that_must_wait_or_was_lost_comes_back_at_its_place_in_the_queue(
     assert reconcile_outbox()["requeued"] == 2
     again = {task.args[0]: task.priority for task in huey.pending()}
     assert again == {reply_row: CONVERSATION_PRIORITY, broadcast_row: 0}
+    # And when their file is ready (a photo converted in the worker).
+    huey.flush()
+    release_for_media([reply_row, broadcast_row])
+    assert {task.args[0]: task.priority for task in huey.pending()} == again

@@ -99,3 +99,20 @@ def test_a_note_keeps_its_authors_name_after_they_leave(
     assert not _assignable(page, agent.user_id)
     notes = page.split('class="notes"', 1)[1]
     assert "agent@acme.example" in notes and "owner@acme.example" in notes
+
+
+def test_a_thread_opens_while_redis_does_not_answer(
+    logged_in: FlaskClient, conversation_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Who else is viewing is a hint: without it the thread still opens."""
+    import redis
+
+    from crm.realtime import presence
+
+    class Hung:
+        def members(self, key: str, now: float) -> set[str]:
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(presence, "_store", lambda: Hung())
+    page = thread(logged_in, conversation_id)
+    assert 'class="viewers"' in page and "is also viewing" not in page

@@ -206,6 +206,36 @@ def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
     assert leads[br_e164(4)].name == "Cheia" and len(leads[br_e164(4)].tag_names) == 50
 
 
+def test_update_mode_limits_hold_within_the_file_and_for_leads_already_over_them(
+    owner: factories.Person,
+) -> None:
+    """Rows of one new phone add up (over 50 tags: the row that passes it is bad); a lead already
+    over a limit can still get a new name; a lead saved without fields gets the file's."""
+    over = factories.lead(owner, phone=br_e164(1), name="Antes")
+    db.session.add_all(LeadTag(workspace_id=owner.workspace_id, lead_id=over, name=f"t{n}", key=f"t{n}")
+                       for n in range(51))  # fmt: skip
+    db.session.commit()
+    no_fields = factories.lead(owner, phone=br_e164(2), name="Sem campos")
+    rows = [
+        (br_mobile(1), "Depois", "", ""),  # adds no tag: updated
+        (br_mobile(3), "Nova", "", ", ".join(f"a{n}" for n in range(30))),
+        (br_mobile(3), "", "", ", ".join(f"b{n}" for n in range(30))),  # 60 with the row above
+        (br_mobile(2), "", "", ""),
+    ]
+    header = ("phone", "name", "email", "tags", "cidade")
+    draft = import_file(owner, csv_bytes([(*row, "Recife") for row in rows], header), start=False)
+    mapping = {"phone": 0, "name": 1, "tags": 3, "custom": {"cidade": 4}}
+    start_import(owner.workspace_id, draft.id, mapping, _options(on_duplicate="update"))
+    lead_import = db.session.get(LeadImport, draft.id)
+    assert lead_import is not None and lead_import.status == "done"
+    assert errors_of(lead_import) == {4: "The lead would have more than 50 tags."}
+    assert (lead_import.created, lead_import.updated, lead_import.errors_count) == (1, 2, 1)
+    leads = leads_by_phone(owner.workspace_id)
+    assert leads[br_e164(1)].id == over and leads[br_e164(1)].name == "Depois"
+    assert len(leads[br_e164(3)].tag_names) == 30
+    assert leads[br_e164(2)].id == no_fields and leads[br_e164(2)].custom_fields == {"cidade": "Recife"}
+
+
 def test_leads_in_the_trash_are_existing_leads(owner: factories.Person) -> None:
     lead_id = factories.lead(owner, phone=br_e164(1), name="Na lixeira")
     trash_leads(owner.workspace_id, [lead_id])

@@ -233,7 +233,12 @@ def test_the_lead_page_writes_first_with_a_template_outside_the_window(
     assert db.session.scalar(select(func.count()).select_from(Conversation)) == 0
     status, html = post(template_id="")
     assert status == 422 and "Choose a template." in html
+    status, html = post(template_id=str(template.id), **{"param-1": "Ana", "param-2": "   "})
+    assert status == 422 and 'href="/conversations/' not in html  # no conversation made for it
     assert db.session.scalar(select(func.count()).select_from(Conversation)) == 0
+    other = factories.person(workspace="Outra", email="other@outra.example")
+    elsewhere = make_cloud_account(other, graph_api, phone_number_id="999888777", name="Deles")
+    assert logged_in.get(f"/leads/{lead_id}/first-message?account_id={elsewhere.id}").status_code == 404
 
     fields = logged_in.get(f"/leads/{lead_id}/template", query_string={"template_id": template.id})
     assert 'name="param-1"' in fields.get_data(as_text=True)
