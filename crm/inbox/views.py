@@ -234,12 +234,7 @@ def template_fields(conversation_id: int) -> str:
     template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
     if template is not None and template.account_id != current.account_id:
         abort(404)
-    return render_template(
-        "inbox/_template_fields.html",
-        template=template,
-        params=templates.body_params(template) if template else [],
-        body=templates.body_text(template) if template else "",
-    )
+    return render_template("inbox/_template_fields.html", **templates.fields_context(template))
 
 
 @bp.post("/conversations/<int:conversation_id>/template")

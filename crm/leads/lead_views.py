@@ -190,12 +190,7 @@ def template_fields(lead_id: int) -> str:
     get_lead(g.workspace_id, lead_id)
     template_id = parse_id(request.args.get("template_id"))
     template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
-    return render_template(
-        "inbox/_template_fields.html",
-        template=template,
-        params=templates.body_params(template) if template else [],
-        body=templates.body_text(template) if template else "",
-    )
+    return render_template("inbox/_template_fields.html", **templates.fields_context(template))
 
 
 @bp.post("/<int:lead_id>/messages")

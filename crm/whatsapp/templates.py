@@ -173,5 +173,14 @@ def fill(template: MessageTemplate, values: dict[str, str]) -> FilledTemplate:
     return FilledTemplate(text=text, payload=payload)
 
 
+def fields_context(template: MessageTemplate | None) -> dict[str, Any]:
+    """What ``inbox/_template_fields.html`` shows of the chosen template: its variables and text."""
+    return {
+        "template": template,
+        "params": body_params(template) if template else [],
+        "body": body_text(template) if template else "",
+    }
+
+
 def get_template(workspace_id: int, template_id: int) -> MessageTemplate:
     return get_scoped(MessageTemplate, workspace_id, template_id)
