@@ -461,7 +461,12 @@ def _deliver(outbox_id: int, gateway: GatewaySender | None, deadline: float) -> 
     if carrier.paused_until and carrier.paused_until > now:
         _requeue(send, (carrier.paused_until - now).total_seconds())
         return "paused"
-    wait = pacing.reserve(carrier)
+    try:
+        wait = pacing.reserve(carrier)
+    except Exception:  # the pacing store unreachable: nothing taken, nothing sent; tried again shortly
+        log.exception("outbox %s: no pacing slot could be taken; trying again shortly", outbox_id)
+        _requeue(send, RESTAMP_RETRY)
+        return "paced"
     if wait > 0:
         if time.monotonic() + wait <= deadline:
             return _SlotWait(wait)

@@ -258,7 +258,17 @@ def test_no_free_slot_when_the_request_would_leave_waits_without_counting_an_att
     def unreachable(carrier: WhatsAppAccount) -> float:
         raise ConnectionError("Redis went away")
 
-    # The pacing store unreachable at that moment: nothing sent, no attempt used up, tried again.
+    # The pacing store unreachable when the slot is taken, or when it goes in flight: nothing
+    # sent, no attempt used up, tried again.
+    monkeypatch.setattr(pacing, "reserve", unreachable)
+    db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    before = utcnow()
+    assert outbox.deliver_outbound(row.id) == "paced"
+    db.session.refresh(row)
+    assert graph_api.sent == [] and row.state == "queued" and row.attempts == 0
+    assert row.next_attempt_at >= before + timedelta(seconds=outbox.RESTAMP_RETRY)
+    monkeypatch.undo()
     monkeypatch.setattr(pacing, "restamp", unreachable)
     db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
     db.session.commit()
