@@ -33,6 +33,7 @@ from crm.whatsapp.outbox import (
     MEDIA_WAIT,
     _enqueue_prepare_after_commit,
     _media_ready,
+    delivery_priority,
     enqueue_delivery_after_commit,
 )
 
@@ -227,7 +228,7 @@ def _stage(broadcast: Broadcast, account: WhatsAppAccount, outgoing: list[_Outgo
     )
     if media_ready:
         for outbox_id in outbox_ids:
-            enqueue_delivery_after_commit(outbox_id, priority=0)  # behind conversations' messages
+            enqueue_delivery_after_commit(outbox_id, priority=delivery_priority("broadcast"))
     elif broadcast.media_file_id is not None:
         _enqueue_prepare_after_commit(broadcast.media_file_id)
     for o, message_id in zip(outgoing, message_ids, strict=True):

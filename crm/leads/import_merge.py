@@ -143,17 +143,18 @@ CREATE TEMPORARY TABLE import_bad (line integer, reason text, raw text) ON COMMI
 # A lead saved without custom fields holds JSON null (not SQL NULL): NULLIF makes it an empty
 # object before merging, or ``null || {...}`` would be an array.
 _REFUSE_OVERFULL = """
-WITH over AS (
-    DELETE FROM import_rows s USING leads l
-    WHERE l.workspace_id = :ws AND l.phone = s.phone AND l.kind = 'person' AND (
-        (s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
-            COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields)) > :max_fields)
-        OR (s.tag_keys IS NOT NULL AND (SELECT count(*) FROM (
+WITH counted AS (
+    SELECT s.line,
+        CASE WHEN s.fields IS NULL THEN 0 ELSE (SELECT count(*) FROM jsonb_object_keys(
+            COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields)) END AS fields,
+        CASE WHEN s.tag_keys IS NULL THEN 0 ELSE (SELECT count(*) FROM (
             SELECT t.key FROM lead_tags t WHERE t.lead_id = l.id UNION SELECT unnest(s.tag_keys)) k)
-            > :max_tags))
-    RETURNING s.line, s.fields IS NOT NULL AND (SELECT count(*) FROM jsonb_object_keys(
-        COALESCE(NULLIF(l.custom_fields::jsonb, 'null'), '{}'::jsonb) || s.fields))
-        > :max_fields AS fields_over
+            END AS tags
+    FROM import_rows s JOIN leads l ON l.workspace_id = :ws AND l.phone = s.phone AND l.kind = 'person'
+), over AS (
+    DELETE FROM import_rows s USING counted a
+    WHERE s.line = a.line AND (a.fields > :max_fields OR a.tags > :max_tags)
+    RETURNING s.line, a.fields > :max_fields AS fields_over
 ), bad AS (
     INSERT INTO import_bad (line, reason, raw)
     SELECT line, CASE WHEN fields_over THEN :too_many_fields ELSE :too_many_tags END, '' FROM over

@@ -145,6 +145,17 @@ def clean_email(raw: str) -> str | None:
     return fastcheck.normalized_email(text)
 
 
+def added_tags(
+    tags: list[tuple[str, str]], more: list[tuple[str, str]], reasons: Reasons
+) -> list[tuple[str, str]]:
+    """``tags`` and those of ``more`` it lacks (by key), within the 50 a lead may have."""
+    keys = {key for _name, key in tags}
+    merged = tags + [tag for tag in more if tag[1] not in keys]
+    if len(merged) > MAX_TAGS_PER_LEAD:
+        raise RowError(reasons.too_many_tags)
+    return merged
+
+
 def split_tags(raw: str, reasons: Reasons) -> list[tuple[str, str]]:
     """A tags cell ("vip; São Paulo, vip") → cleaned (name, key) pairs, first spelling kept."""
     tags: dict[str, str] = {}
@@ -193,11 +204,7 @@ class RowReader:
                 raise RowError(reasons.bad_email % {"value": _shown(cells[columns.email])}) from None
         tags = self.import_tags
         if columns.tags is not None and columns.tags < width and cells[columns.tags].strip():
-            own = split_tags(cells[columns.tags], reasons)
-            keys = {key for _name, key in tags}
-            tags = tags + [tag for tag in own if tag[1] not in keys]
-            if len(tags) > MAX_TAGS_PER_LEAD:
-                raise RowError(reasons.too_many_tags)
+            tags = added_tags(tags, split_tags(cells[columns.tags], reasons), reasons)
         fields: dict[str, str] | None = None
         for field_name, index in columns.custom.items():
             value = cells[index].strip() if index < width else ""
@@ -218,10 +225,7 @@ class RowReader:
                 batch.leads[lead.phone] = lead
                 return
             if self.spec.update:  # what a later row says wins, as if the rows were applied in order
-                keys = {key for _name, key in first.tags}
-                tags = first.tags + [tag for tag in lead.tags if tag[1] not in keys]
-                if len(tags) > MAX_TAGS_PER_LEAD:  # with the rows before it
-                    raise RowError(self.reasons.too_many_tags)
+                tags = added_tags(first.tags, lead.tags, self.reasons)  # with the rows before it
                 first.name = lead.name or first.name
                 first.email = lead.email or first.email
                 if lead.fields:

@@ -60,7 +60,7 @@ def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
     matched_rows = 0
     if job.update:
         changes: list[dict[str, Any]] = []
-        tag_keys = _tag_keys([row.id for row in existing.values() if row.kind == "person"])
+        tag_keys = _tag_keys([row.id for phone, row in existing.items() if batch.leads[phone].tags])
         for phone, row in existing.items():
             lead = batch.leads[phone]
             if row.kind != "person":

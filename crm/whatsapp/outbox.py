@@ -619,12 +619,7 @@ def release_for_media(outbox_ids: list[int]) -> None:
         .values(next_attempt_at=utcnow())
     )
     db.session.commit()
-    from crm.whatsapp.tasks import deliver_task
-    from crm.worker import huey
-
-    authors = _authors(outbox_ids)
-    for outbox_id in outbox_ids:
-        huey.enqueue(deliver_task.s(outbox_id, priority=delivery_priority(authors.get(outbox_id))))
+    _enqueue_deliveries(outbox_ids)
 
 
 def _attempt(send: SendContext) -> int:
@@ -748,16 +743,24 @@ def _handle_error(send: SendContext, attempt: int, carrier: WhatsAppAccount, err
     return "failed"
 
 
-def _authors(outbox_ids: list[int]) -> dict[int, str]:
-    """Who wrote each row's message (an agent, the API, a broadcast…), by outbox id."""
+def _enqueue_deliveries(outbox_ids: list[int]) -> None:
+    """Hand committed rows to the queue, each at its place (``delivery_priority`` of its author)."""
+    from crm.whatsapp.tasks import deliver_task
+    from crm.worker import huey
+
     if not outbox_ids:
-        return {}
-    rows = db.session.execute(
-        select(Outbox.id, Message.author)
-        .join(Message, Message.id == Outbox.message_id)
-        .where(Outbox.id.in_(outbox_ids))
-    ).tuples()
-    return dict(rows.all())
+        return
+    authors = dict(
+        db.session.execute(
+            select(Outbox.id, Message.author)
+            .join(Message, Message.id == Outbox.message_id)
+            .where(Outbox.id.in_(outbox_ids))
+        )
+        .tuples()
+        .all()
+    )
+    for outbox_id in outbox_ids:
+        huey.enqueue(deliver_task.s(outbox_id, priority=delivery_priority(authors.get(outbox_id))))
 
 
 def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
@@ -818,11 +821,5 @@ def reconcile_outbox(stale_after: timedelta = STALE_QUEUED) -> dict[str, int]:
     db.session.commit()
     for provider, account_id in failed_messages:
         record_send(provider, account_id, "failed")
-    from crm.whatsapp.tasks import deliver_task
-    from crm.worker import huey
-
-    lost = list(dict.fromkeys([*expired, *stale]))
-    authors = _authors(lost)
-    for outbox_id in lost:
-        huey.enqueue(deliver_task.s(outbox_id, priority=delivery_priority(authors.get(outbox_id))))
+    _enqueue_deliveries(list(dict.fromkeys([*expired, *stale])))
     return {"expired": len(expired), "requeued": len(stale), "failed": len(gave_up), "parked_applied": swept}

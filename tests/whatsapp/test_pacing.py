@@ -260,20 +260,13 @@ def test_no_free_slot_when_the_request_would_leave_waits_without_counting_an_att
 
     # The pacing store unreachable when the slot is taken, or when it goes in flight: nothing
     # sent, no attempt used up, tried again.
-    monkeypatch.setattr(pacing, "reserve", unreachable)
-    db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
-    db.session.commit()
-    before = utcnow()
-    assert outbox.deliver_outbound(row.id) == "paced"
-    db.session.refresh(row)
-    assert graph_api.sent == [] and row.state == "queued" and row.attempts == 0
-    assert row.next_attempt_at >= before + timedelta(seconds=outbox.RESTAMP_RETRY)
-    monkeypatch.undo()
-    monkeypatch.setattr(pacing, "restamp", unreachable)
-    db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
-    db.session.commit()
-    before = utcnow()
-    assert outbox.deliver_outbound(row.id) == "paced"
-    db.session.refresh(row)
-    assert graph_api.sent == [] and row.state == "queued" and row.attempts == 0
-    assert row.next_attempt_at >= before + timedelta(seconds=outbox.RESTAMP_RETRY)
+    for step in ("reserve", "restamp"):
+        monkeypatch.undo()
+        monkeypatch.setattr(pacing, step, unreachable)
+        db.session.execute(update(Outbox).where(Outbox.id == row.id).values(next_attempt_at=utcnow()))
+        db.session.commit()
+        before = utcnow()
+        assert outbox.deliver_outbound(row.id) == "paced"
+        db.session.refresh(row)
+        assert graph_api.sent == [] and row.state == "queued" and row.attempts == 0
+        assert row.next_attempt_at >= before + timedelta(seconds=outbox.RESTAMP_RETRY)
