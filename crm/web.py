@@ -47,7 +47,7 @@ def setup_blueprints(app: Flask) -> None:
     from crm.media import bp as media_bp
     from crm.media import tasks as media_tasks  # noqa: F401
     from crm.media import views as media_views  # noqa: F401
-    from crm.realtime import ws  # noqa: F401  (the /ws route)
+    from crm.realtime import ws  # the /ws route
     from crm.settings import ai_views, archive_views, numbers, webqr_views  # noqa: F401
     from crm.settings import bp as settings_bp
     from crm.settings import views as settings_views  # noqa: F401
@@ -69,6 +69,7 @@ def setup_blueprints(app: Flask) -> None:
     csrf.exempt(webhooks_bp)  # signed by the provider instead; see crm/whatsapp/webhooks.py
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
     sock.init_app(app)
+    app.before_request(ws.decline_compression)
     for bp in (
         health.bp,
         auth_bp,

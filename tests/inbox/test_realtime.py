@@ -184,3 +184,28 @@ def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
             stop()
         for ws in [*sockets, other]:
             ws.close()
+
+
+def test_the_socket_declines_compression_a_browser_offers(live_server: str) -> None:
+    """Every browser offers permessage-deflate; compressing each event for each open tab would
+    cost the fan-out thread per tab, so the handshake answers without it."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(live_server)
+    handshake = (
+        f"GET /ws HTTP/1.1\r\nHost: {address.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=5) as raw:
+        raw.sendall(handshake.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = raw.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    head = answer.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 101")
+    assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head  # RFC 6455's example
+    assert "sec-websocket-extensions" not in head
