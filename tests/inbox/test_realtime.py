@@ -69,19 +69,25 @@ def test_the_relay_hands_other_processes_events_to_this_process(
         unsubscribe()
 
 
-def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
-    live_server: str, owner: factories.Person
-) -> None:
+def signed_in_cookie(live_server: str, person: factories.Person) -> str:
+    """The Cookie header of a browser that signed in as ``person`` on the live server."""
     import httpx
-    import simple_websocket
 
     with httpx.Client(base_url=live_server) as browser:
         page = browser.get("/login").text
         token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
         assert token is not None
-        form = {"email": owner.email, "password": factories.PASSWORD, "csrf_token": token.group(1)}
+        form = {"email": person.email, "password": factories.PASSWORD, "csrf_token": token.group(1)}
         assert browser.post("/login", data=form).status_code == 302
-        cookie = "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+        return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+
+
+def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
+    live_server: str, owner: factories.Person
+) -> None:
+    import simple_websocket
+
+    cookie = signed_in_cookie(live_server, owner)
     url = live_server.replace("http://", "ws://") + "/ws"
     same = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
     try:
@@ -209,3 +215,42 @@ def test_the_socket_declines_compression_a_browser_offers(live_server: str) -> N
     assert head.startswith("http/1.1 101")
     assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head  # RFC 6455's example
     assert "sec-websocket-extensions" not in head
+
+
+def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session_is_revoked(
+    app: Flask, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simple_websocket
+
+    from crm.auth.models import UserSession
+    from crm.auth.services import revoke_sessions_where
+    from crm.extensions import db
+    from crm.realtime import ws
+
+    cookie = signed_in_cookie(live_server, owner)
+    url = live_server.replace("http://", "ws://") + "/ws"
+    headers = {"Cookie": cookie, "Origin": live_server}
+    idle = simple_websocket.Client(url, headers=headers)
+    try:
+        assert idle.receive(timeout=1.0) is None  # open, and nothing to say
+        db.session.remove()  # this test's own connection back to the pool
+        held = []
+        for _ in range(10):
+            held.append(db.engine.pool.checkedout())
+            time.sleep(0.05)
+        assert held == [0] * 10
+    finally:
+        idle.close()
+
+    monkeypatch.setattr(ws, "RECHECK_SECONDS", 0.3)  # instead of every 30 s
+    watched = simple_websocket.Client(url, headers=headers)
+    try:
+        assert watched.receive(timeout=1.0) is None
+        revoke_sessions_where(UserSession.user_id == owner.user_id, reason="logout")
+        db.session.commit()
+        with pytest.raises(simple_websocket.ConnectionClosed):
+            watched.receive(timeout=5)
+        assert (watched.close_reason, watched.close_message) == (1008, "session ended")
+    finally:
+        if watched.connected:
+            watched.close()
