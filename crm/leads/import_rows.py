@@ -105,11 +105,25 @@ class BadRow:
 
 
 @dataclass
+class Part:
+    """A share of a batch, merged in a transaction of its own: the leads whose phone falls in it
+    (a phone falls in the same part in every batch), and in part 0 the bad rows; as COPY text
+    on PostgreSQL."""
+
+    index: int
+    lead_count: int = 0
+    occurrences: int = 0  # rows with a good phone (a phone may be on several)
+    error_count: int = 0
+    copy_leads: bytes = b""
+    copy_errors: bytes = b""
+
+
+@dataclass
 class Batch:
     """Consecutive records of the file: ``rows`` of them, good ones by phone, bad ones listed.
 
     ``seal`` counts them once the batch is full; on PostgreSQL the reading thread then renders
-    them as COPY text (``crm.leads.import_merge.render_copy``) and drops the objects."""
+    them as COPY text in parts (``crm.leads.import_merge.render_copy``) and drops the objects."""
 
     leads: dict[str, StagedLead] = field(default_factory=dict)
     errors: list[BadRow] = field(default_factory=list)
@@ -117,8 +131,7 @@ class Batch:
     lead_count: int = 0
     occurrences: int = 0  # rows with a good phone (a phone may be on several)
     error_count: int = 0
-    copy_leads: bytes = b""
-    copy_errors: bytes = b""
+    parts: list[Part] = field(default_factory=list)
 
     def seal(self) -> Batch:
         self.lead_count = len(self.leads)

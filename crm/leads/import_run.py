@@ -115,6 +115,7 @@ def _claim(workspace_id: int, import_id: int) -> tuple[Job, dict[str, Any]] | No
         opt_in=row.opt_in,
         processed_rows=row.processed_rows,
         reasons=_reasons(row.locale),
+        parts_merged=row.parts_merged,
     )
     tag_names = clean_tags(row.tags or [])
     values = {

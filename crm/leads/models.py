@@ -117,7 +117,8 @@ class LeadImport(Model):
     """A CSV import: the stored file, how its columns map, and its progress.
 
     ``processed_rows`` is the checkpoint: each batch of rows is merged and counted in one
-    transaction, so a crash resumes after the last committed batch and never half-merges one.
+    transaction (per part, on PostgreSQL: ``parts_merged``), so a crash resumes after the last
+    committed batch (or part) and never half-merges one.
     """
 
     __tablename__ = "lead_imports"
@@ -141,6 +142,10 @@ class LeadImport(Model):
     default_country: Mapped[str] = mapped_column(String(2), default="BR")
     total_rows: Mapped[int | None] = mapped_column(Integer)
     processed_rows: Mapped[int] = mapped_column(Integer, default=0)
+    # Bit n set: part n of the batch at the checkpoint is committed (PostgreSQL merges a batch's
+    # leads as parts, at once, on separate connections); when the last part commits, the
+    # checkpoint moves past the batch and this is 0 again.
+    parts_merged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)

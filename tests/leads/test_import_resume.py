@@ -15,6 +15,7 @@ from crm.leads import import_merge, import_run
 from crm.leads.models import ConsentEvent, Lead, LeadImport, LeadImportError
 from crm.media.storage import get_storage
 from tests import factories
+from tests.conftest import BACKEND
 from tests.leads.csvs import csv_bytes, import_file, with_bad_rows
 
 
@@ -44,13 +45,12 @@ def test_a_crash_mid_import_leaves_whole_batches_and_the_next_run_resumes(
     rows, bad_lines = with_bad_rows(20, every=4)  # 5 bad rows, on lines 5, 9, 13, 17, 21
     lead_import = queued(owner, csv_bytes(rows), opt_in=True, tags=["x"])
     key = lead_import.storage_key
-    real_counts, calls = import_merge._counts, []
+    real_counts = import_merge._counts
 
-    def crash_in_the_second_batch(*args: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:  # after its leads, tags and consent events were written, before the commit
+    def crash_in_the_second_batch(job: import_merge.Job, *args: Any) -> Any:
+        if job.processed_rows == 6:  # after its leads, tags and consent events, before the commit
             raise RuntimeError("worker killed")
-        return real_counts(*args)
+        return real_counts(job, *args)
 
     monkeypatch.setattr(import_merge, "_counts", crash_in_the_second_batch)
     with pytest.raises(RuntimeError):
@@ -60,6 +60,7 @@ def test_a_crash_mid_import_leaves_whole_batches_and_the_next_run_resumes(
     assert count(Lead) == after_crash.created == 5 and count(ConsentEvent) == 5
     assert count(LeadImportError) == after_crash.errors_count == 1
 
+    monkeypatch.setattr(import_merge, "_counts", real_counts)
     assert import_run.run_import(owner.workspace_id, lead_import.id, batch_rows=6) == "done"
     done = reloaded(lead_import)
     assert (done.status, done.processed_rows, done.attempts) == ("done", 20, 2)
@@ -68,6 +69,39 @@ def test_a_crash_mid_import_leaves_whole_batches_and_the_next_run_resumes(
     lines = list(db.session.scalars(select(LeadImportError.line).order_by(LeadImportError.line)))
     assert lines == sorted(bad_lines)
     assert key is not None and not get_storage().exists(key) and done.storage_key is None  # file let go
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="PostgreSQL merges a batch as parts at once")
+def test_a_run_that_stops_between_the_parts_of_a_batch_resumes_with_the_part_not_merged(
+    owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows, bad_lines = with_bad_rows(20, every=4)
+    lead_import = queued(owner, csv_bytes(rows), opt_in=True, tags=["x"])
+    real_counts, parts_seen = import_merge._counts, set()
+
+    def crash_in_the_second_part_of_the_second_batch(job: import_merge.Job, part: Any, merged: Any) -> Any:
+        if job.processed_rows == 6:
+            parts_seen.add(part.index)
+            if part.index == 1:
+                raise RuntimeError("worker killed")
+        return real_counts(job, part, merged)
+
+    monkeypatch.setattr(import_merge, "_counts", crash_in_the_second_part_of_the_second_batch)
+    with pytest.raises(RuntimeError):
+        import_run.run_import(owner.workspace_id, lead_import.id, batch_rows=6)
+    after_crash = reloaded(lead_import)
+    assert parts_seen == {0, 1}  # the batch had leads in both parts
+    assert (after_crash.status, after_crash.processed_rows, after_crash.parts_merged) == ("queued", 6, 1)
+    assert count(Lead) == after_crash.created > 5  # the first batch, and part 0 of the second
+
+    monkeypatch.setattr(import_merge, "_counts", real_counts)
+    assert import_run.run_import(owner.workspace_id, lead_import.id, batch_rows=6) == "done"
+    done = reloaded(lead_import)
+    assert (done.status, done.processed_rows, done.parts_merged) == ("done", 20, 0)
+    assert (done.created, done.skipped, done.errors_count) == (15, 0, 5)  # nothing counted twice
+    assert count(Lead) == 15 and count(ConsentEvent) == 15
+    lines = list(db.session.scalars(select(LeadImportError.line).order_by(LeadImportError.line)))
+    assert lines == sorted(bad_lines)
 
 
 def test_a_run_that_lost_the_import_merges_nothing(owner: factories.Person) -> None:
