@@ -88,6 +88,7 @@ class Tab(asyncio.Protocol):
         self.sock = sock
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.transport: asyncio.Transport | None = None
+        self.closing = False  # this client closes it (the run is over)
         self.buffer = ""
         origin = f"http://{HOST}:{port}"
         self.request = self.ws.send(
@@ -124,18 +125,24 @@ class Tab(asyncio.Protocol):
                 self.sock.error = self.sock.error or f"closed: {event.code} {event.reason}"
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.sock.error = self.sock.error or "closed by the server"
+        if not self.closing:
+            self.sock.error = self.sock.error or "closed by the server"
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
 
 
-async def open_socket(port: int, cookie: str, sock: Socket) -> asyncio.Transport | None:
+async def open_socket(port: int, cookie: str, sock: Socket) -> Tab | None:
     try:
-        transport, _ = await asyncio.get_running_loop().create_connection(
+        _transport, tab = await asyncio.get_running_loop().create_connection(
             lambda: Tab(port, cookie, sock), HOST, port
         )
     except OSError as exc:
         sock.error = f"connect: {exc}"
         return None
-    return transport
+    return tab
 
 
 def probe(base: str, token: str, stop: threading.Event, out: list[float]) -> None:
@@ -166,9 +173,9 @@ def client_process(port: int, cookies: list[str], count: int, offset: int, conn:
             await asyncio.sleep(0.05)
         conn.send((began, [s.opened for s in sockets], [s.error for s in sockets]))
         await asyncio.to_thread(conn.recv)  # "stop"
-        for transport in await asyncio.gather(*tasks):
-            if transport is not None:
-                transport.close()
+        for tab in await asyncio.gather(*tasks):
+            if tab is not None:
+                tab.close()
         conn.send(([s.arrived for s in sockets], [s.error for s in sockets]))
 
     asyncio.run(main())

@@ -226,14 +226,19 @@ def sign_in(base: str) -> Any:
     return client
 
 
+RETRIED = Counter[str]()  # requests sent again, by the error that made them
+
+
 def get(client: Any, path: str, headers: dict[str, str]) -> Any:
     """GET as a browser does: a request that meets a kept-alive connection the server closed
-    (idle past gunicorn's 2 s keep-alive) just as it was sent is sent again once on a new one."""
+    (idle past gunicorn's 2 s keep-alive) just as it was sent is sent again once on a new one.
+    The report counts them: many would be a server dropping connections."""
     import httpx
 
     try:
         return client.get(path, headers=headers)
-    except httpx.RemoteProtocolError:
+    except httpx.RemoteProtocolError as exc:
+        RETRIED[f"{type(exc).__name__}: {exc}"] += 1
         return client.get(path, headers=headers)
 
 
@@ -325,11 +330,20 @@ def prewarm(bench: InboxBench, threads: int = 8) -> None:
     failed: list[int] = []
 
     def work(k: int) -> None:
-        client = sign_in(bench.base)
+        mine = todo[k::threads]
         try:
-            for conversation in todo[k::threads]:
-                response = client.get(f"/conversations/{conversation}", headers={"HX-Request": "true"})
-                if response.status_code != 200:
+            client = sign_in(bench.base)
+        except Exception:
+            failed.extend(mine)
+            return
+        try:
+            for conversation in mine:
+                try:
+                    response = get(client, f"/conversations/{conversation}", {"HX-Request": "true"})
+                    ok = response.status_code == 200
+                except Exception:
+                    ok = False
+                if not ok:
                     failed.append(conversation)
         finally:
             client.close()
@@ -417,6 +431,8 @@ def report(runs: list[Run], buffers_mb: int) -> int:
         log(f"  {ms:8.1f} ms  {statement}")
     met = med["list"] <= TARGETS["list"] and med["thread"] <= TARGETS["thread"] and not slow
     log("targets: " + ("MET" if met else "NOT MET"))
+    for error, count in RETRIED.most_common():
+        log(f"sent again: {count} after {error}")
     errors = Counter(s.error for r in runs for s in r.samples if not s.ok)
     for error, count in errors.most_common():
         log(f"errors: {count} of {error}")

@@ -1,20 +1,20 @@
-"""Merging one batch of an import into the leads: one transaction per batch, set-based.
+"""Merging one batch of an import into the leads: set-based, in one transaction per part.
 
-Each batch commits its leads, tags, consent events, bad rows, counters and the ``processed_rows``
-checkpoint together, so a crash loses at most the batch in flight and never leaves half of one:
-the next run starts after the last committed batch. The checkpoint is also the lease: a batch
-commits only if ``processed_rows`` is still what this run last wrote, so two workers that both
-think they own an import can't both merge the same rows.
+A batch is cut in parts by phone (one part on SQLite, ``PARTS`` on PostgreSQL). Each part
+commits its leads, tags, consent events, bad rows (part 0 has them), counters and its bit in
+``parts_merged`` together; the last part of the batch to commit moves the ``processed_rows``
+checkpoint past it. So a crash loses at most the parts in flight and never leaves half of one:
+the next run starts at the checkpoint and merges the parts not committed, cutting that batch the
+same way (``parts_rows``, ``parts_count``). The checkpoint and the run's attempt number are
+also the lease: a part commits only if they are still what this run knows, so two workers that
+both think they own an import can't both merge the same rows.
 
-PostgreSQL (here): the batch is COPYed into temporary tables and merged by a few ``INSERT …
-SELECT … ON CONFLICT`` / ``UPDATE … FROM`` statements, never row by row. A single backend
-inserting the leads (heap, indexes, trigram indexes, keys) was what held a large import, so
-the batch is merged as ``PARTS`` parts at once, each on a connection and in a transaction of
-its own: a phone falls in the same part in every batch, so the parts never wait on each other's
-leads. Each part commits with its counters and its bit in ``parts_merged``; the last part of
-the batch to commit moves the checkpoint, so a run that stops between them resumes with the
-parts not committed. SQLite (one writer at a time): the batch is one part, merged with
-``executemany`` (``crm.leads.import_sqlite``).
+PostgreSQL (here): each part is COPYed into temporary tables and merged by a few ``INSERT …
+SELECT … ON CONFLICT`` / ``UPDATE … FROM`` statements, never row by row. One backend inserting
+the leads (heap, indexes, trigram indexes, keys) was what held a large import, so the parts of a
+batch are merged at once, each on a connection of its own; the leads of a batch are keyed by
+phone, so the parts never touch the same lead. SQLite (one writer at a time): the batch is one
+part, merged with ``executemany`` (``crm.leads.import_sqlite``).
 
 Rules, the same on both: a phone that is already a lead (the trash included) is skipped, or
 with ``update`` gets the row's non-empty name, email and custom fields, the tags added, and is
@@ -28,6 +28,7 @@ history (source ``import``, the file name as detail).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from crm.leads.models import (
     LeadSource,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Job:
@@ -60,14 +63,17 @@ class Job:
     opt_in: bool
     processed_rows: int
     reasons: Reasons  # the bad rows' reasons, in the language of whoever started it
+    attempt: int = 0  # the import's attempts when this run claimed it: the run's own number
     parts_merged: int = 0  # the parts of the batch at the checkpoint already committed (bits)
+    parts_rows: int = 0  # that batch's records, and in how many parts it was cut
+    parts_count: int = 0
 
 
 PARTS = 2  # PostgreSQL: a batch merged as two parts at once (this machine's two cores)
 
 
 def part_of(phone: str, parts: int) -> int:
-    """The part a phone's rows fall in, the same in every batch and every run (its last digit)."""
+    """The part a phone's rows fall in (by its last digit): the same for a resumed batch."""
     return ord(phone[-1]) % parts
 
 
@@ -80,11 +86,13 @@ class Counts:
 
 
 def owned_by(job: Job) -> ColumnElement[bool]:
-    """The import's row as this run left it: still running, its checkpoint where the run put it.
-    Every write of a run is conditioned on it, so a run that lost the import changes nothing."""
+    """The import's row as this run left it: still running, claimed by this run (a later claim
+    counts another attempt), its checkpoint where the run put it. Every write of a run is
+    conditioned on it, so a run that lost the import changes nothing."""
     return and_(
         LeadImport.id == job.id,
         LeadImport.status == ImportStatus.RUNNING,
+        LeadImport.attempts == job.attempt,
         LeadImport.processed_rows == job.processed_rows,
     )
 
@@ -97,6 +105,12 @@ def merge_batch(job: Job, batch: Batch) -> bool:
     if db.session.get_bind().dialect.name == "postgresql":
         parts = batch.parts or render_copy(batch).parts
     else:
+        # SQLite reads existing leads before it writes: the lease's UPDATE first opens the write
+        # transaction, so no other writer (a webhook making a lead) comes in between.
+        owned = db.session.execute(update(LeadImport).where(owned_by(job)).values(heartbeat_at=now))
+        if owned.rowcount != 1:  # type: ignore[attr-defined]
+            db.session.rollback()
+            return False
         parts = [Part(0, batch.lead_count, batch.occurrences, batch.error_count)]
     todo = [part for part in parts if not job.parts_merged & (1 << part.index)]
 
@@ -106,7 +120,7 @@ def merge_batch(job: Job, batch: Batch) -> bool:
     if not all(_at_once(merge, todo)):
         return False
     job.processed_rows += batch.rows
-    job.parts_merged = 0
+    job.parts_merged = job.parts_rows = job.parts_count = 0
     return True
 
 
@@ -123,6 +137,7 @@ def _at_once(merge: Callable[[Part], bool], parts: list[Part]) -> list[bool]:
             try:
                 results.append(merge(part))
             except BaseException as exc:  # raised on the import's own thread below
+                log.warning("lead import: merging part %s failed", part.index, exc_info=True)
                 failures.append(exc)
             finally:
                 db.session.remove()
@@ -162,6 +177,8 @@ def _merge_part(job: Job, batch: Batch, part: Part, parts: int, now: datetime) -
         .values(
             processed_rows=imports.c.processed_rows + case((last, batch.rows), else_=0),
             parts_merged=case((last, 0), else_=with_this),
+            parts_rows=case((last, 0), else_=batch.rows),
+            parts_count=case((last, 0), else_=parts),
             created=imports.c.created + counts.created,
             updated=imports.c.updated + counts.updated,
             skipped=imports.c.skipped + counts.skipped,

@@ -81,6 +81,7 @@ class ReadSpec:
     skip: int  # records already merged by an earlier run
     batch_rows: int
     reasons: Reasons
+    first_batch_rows: int = 0  # the first batch's size when not batch_rows (a batch resumed)
 
 
 @dataclass(slots=True)
@@ -252,19 +253,20 @@ class RowReader:
 
 def read_batches(spec: ReadSpec) -> Iterator[Batch]:
     """The file's records after the header, minus the ``skip`` first, in batches of
-    ``batch_rows`` records (the last one may be shorter; an empty file gives one empty batch)."""
+    ``batch_rows`` records (the first one ``first_batch_rows`` if given; the last one may be
+    shorter; an empty file gives one empty batch)."""
     reader = RowReader(spec)
     rows = records(spec.path, spec.encoding, spec.delimiter)
     next(rows, None)  # the header
     for _done in range(spec.skip):
         if next(rows, None) is None:
             break
-    batch = Batch()
+    batch, size = Batch(), spec.first_batch_rows or spec.batch_rows
     for line, cells in rows:
         reader.add(batch, line, cells)
-        if batch.rows >= spec.batch_rows:
+        if batch.rows >= size:
             yield batch.seal()
-            batch = Batch()
+            batch, size = Batch(), spec.batch_rows
     yield batch.seal()
 
 

@@ -1,14 +1,15 @@
 """Running a CSV import: one run at a time per import, resumable, and a reconciler for lost ones.
 
 A run reads the stored file in batches of ``BATCH_ROWS`` records on a helper thread while the
-previous batch is merged (``crm.leads.import_merge``); each batch commits with its checkpoint,
-so a run that dies is resumed, by a retry of the task or by ``reconcile_imports``, right after
-the last committed batch. The queue is not trusted to keep its jobs: the database says what
-still has to run (``status`` and ``heartbeat_at``, the lease).
+previous batch is merged (``crm.leads.import_merge``: in parts, each committing with the
+checkpoint's state), so a run that dies is resumed, by a retry of the task or by
+``reconcile_imports``, right after what it committed. The queue is not trusted to keep its
+jobs: the database says what still has to run (``status`` and ``heartbeat_at``, the lease).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from datetime import timedelta
@@ -23,7 +24,7 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from crm.db import utcnow
 from crm.extensions import db
 from crm.leads.csvfile import MalformedCSV
-from crm.leads.import_merge import Job, merge_batch, owned_by, render_copy
+from crm.leads.import_merge import PARTS, Job, merge_batch, owned_by, render_copy
 from crm.leads.import_rows import Columns, ReadSpec, Reasons, prefetched, read_batches
 from crm.leads.imports import ImportStatus
 from crm.leads.models import LeadImport
@@ -33,7 +34,7 @@ from crm.media.storage import get_storage
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 20_000
-# A run renews its lease with every batch (a second or two); one silent this long has died.
+# A run renews its lease with every part it commits (a second or two); one silent this long has died.
 LEASE = timedelta(minutes=5)
 QUEUE_GRACE = timedelta(minutes=1)  # a queued import not picked up by then lost its task
 DRAFT_DAYS = 2  # an upload never started is removed after this
@@ -60,10 +61,19 @@ def run_import(workspace_id: int, import_id: int, *, batch_rows: int | None = No
                 return _fail(job, _("The uploaded file is gone: upload it again."))
             storage.fetch(key, path)
             rows = batch_rows or BATCH_ROWS
-            spec = ReadSpec(path=path, batch_rows=rows, skip=job.processed_rows, **spec_values["read"])
+            # A batch some of whose parts are committed is cut again as it was then.
+            first_rows, first_parts = (job.parts_rows, job.parts_count) if job.parts_merged else (rows, PARTS)
+            spec = ReadSpec(
+                path=path,
+                batch_rows=rows,
+                first_batch_rows=first_rows,
+                skip=job.processed_rows,
+                **spec_values["read"],
+            )
             batches = read_batches(spec)
             if db.session.get_bind().dialect.name == "postgresql":
-                batches = map(render_copy, batches)  # lazily: on the reading thread
+                cuts = itertools.chain([first_parts], itertools.repeat(PARTS))
+                batches = map(render_copy, batches, cuts)  # lazily: on the reading thread
             for batch in prefetched(batches):
                 if not merge_batch(job, batch):
                     log.warning("lead import %s: taken over by another run", job.id)
@@ -115,7 +125,10 @@ def _claim(workspace_id: int, import_id: int) -> tuple[Job, dict[str, Any]] | No
         opt_in=row.opt_in,
         processed_rows=row.processed_rows,
         reasons=_reasons(row.locale),
+        attempt=row.attempts,
         parts_merged=row.parts_merged,
+        parts_rows=row.parts_rows,
+        parts_count=row.parts_count,
     )
     tag_names = clean_tags(row.tags or [])
     values = {

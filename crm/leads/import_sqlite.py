@@ -1,7 +1,7 @@
 """Merging one batch of an import on SQLite (the embedded database): ``crm.leads.import_merge``'s
 rules with ``executemany``.
 
-Everything runs in the batch's write transaction, which the checkpoint's UPDATE opened: SQLite has
+Everything runs in the batch's write transaction, which the lease's UPDATE opened: SQLite has
 one writer at a time, so no lead can appear between reading which phones exist and inserting
 the new ones.
 """

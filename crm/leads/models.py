@@ -143,9 +143,12 @@ class LeadImport(Model):
     total_rows: Mapped[int | None] = mapped_column(Integer)
     processed_rows: Mapped[int] = mapped_column(Integer, default=0)
     # Bit n set: part n of the batch at the checkpoint is committed (PostgreSQL merges a batch's
-    # leads as parts, at once, on separate connections); when the last part commits, the
-    # checkpoint moves past the batch and this is 0 again.
+    # leads as parts, at once, on separate connections), that batch being ``parts_rows`` records
+    # cut in ``parts_count`` parts (a resumed run cuts it the same way); when the last part
+    # commits, the checkpoint moves past the batch and all three are 0 again.
     parts_merged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    parts_rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    parts_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,7 +1,8 @@
 """lead_imports.parts_merged: on PostgreSQL a batch's leads are merged as parts on separate
 connections at once, each part in its own transaction; the bits say which parts of the batch at
 the checkpoint (processed_rows) are committed, so a run that stops between them resumes with the
-others
+others; parts_rows and parts_count say how that batch was cut (its rows, its parts), so the
+resume cuts it the same way
 
 Revision ID: 0020
 Revises: 0019
@@ -19,11 +20,16 @@ branch_labels = None
 depends_on = None
 
 
+COLUMNS = ('parts_merged', 'parts_rows', 'parts_count')
+
+
 def upgrade():
-    with op.batch_alter_table('lead_imports', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('parts_merged', sa.Integer(), server_default='0', nullable=False))
+    for name in COLUMNS:
+        op.add_column('lead_imports', sa.Column(name, sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade():
-    with op.batch_alter_table('lead_imports', schema=None) as batch_op:
-        batch_op.drop_column('parts_merged')
+    # Not batch mode: on SQLite that recreates the table, and dropping the old one would take
+    # the imports' error rows with it (their foreign key cascades). SQLite 3.35+ drops columns.
+    for name in COLUMNS:
+        op.execute(f'ALTER TABLE lead_imports DROP COLUMN {name}')

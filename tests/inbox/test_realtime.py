@@ -247,7 +247,6 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
     try:
         assert watched.receive(timeout=1.0) is None
         revoke_sessions_where(UserSession.user_id == owner.user_id, reason="logout")
-        db.session.commit()
         with pytest.raises(simple_websocket.ConnectionClosed):
             watched.receive(timeout=5)
         assert (watched.close_reason, watched.close_message) == (1008, "session ended")

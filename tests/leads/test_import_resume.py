@@ -92,10 +92,12 @@ def test_a_run_that_stops_between_the_parts_of_a_batch_resumes_with_the_part_not
     after_crash = reloaded(lead_import)
     assert parts_seen == {0, 1}  # the batch had leads in both parts
     assert (after_crash.status, after_crash.processed_rows, after_crash.parts_merged) == ("queued", 6, 1)
+    assert (after_crash.parts_rows, after_crash.parts_count) == (6, 2)
     assert count(Lead) == after_crash.created > 5  # the first batch, and part 0 of the second
 
     monkeypatch.setattr(import_merge, "_counts", real_counts)
-    assert import_run.run_import(owner.workspace_id, lead_import.id, batch_rows=6) == "done"
+    # Even a run with another batch size (a new release) cuts the half-merged batch as it was.
+    assert import_run.run_import(owner.workspace_id, lead_import.id, batch_rows=4) == "done"
     done = reloaded(lead_import)
     assert (done.status, done.processed_rows, done.parts_merged) == ("done", 20, 0)
     assert (done.created, done.skipped, done.errors_count) == (15, 0, 5)  # nothing counted twice
@@ -104,14 +106,22 @@ def test_a_run_that_stops_between_the_parts_of_a_batch_resumes_with_the_part_not
     assert lines == sorted(bad_lines)
 
 
-def test_a_run_that_lost_the_import_merges_nothing(owner: factories.Person) -> None:
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        {"processed_rows": 4},  # its lease ran out and another worker merged a batch
+        {"attempts": 2},  # its lease ran out and another worker claimed it (nothing merged yet)
+    ],
+)
+def test_a_run_that_lost_the_import_merges_nothing(
+    owner: factories.Person, meanwhile: dict[str, int]
+) -> None:
     lead_import = queued(owner, csv_bytes(with_bad_rows(10)[0]))
     claimed = import_run._claim(owner.workspace_id, lead_import.id)
     assert claimed is not None
     job, _spec = claimed
-    # Meanwhile its lease ran out and another worker merged a batch.
     db.session.execute(
-        LeadImport.__table__.update().where(LeadImport.id == lead_import.id).values(processed_rows=4)  # type: ignore[attr-defined]
+        LeadImport.__table__.update().where(LeadImport.id == lead_import.id).values(**meanwhile)  # type: ignore[attr-defined]
     )
     db.session.commit()
     from crm.leads.import_rows import Batch, StagedLead
@@ -120,7 +130,9 @@ def test_a_run_that_lost_the_import_merges_nothing(owner: factories.Person) -> N
         leads={"+5511999990000": StagedLead(2, "+5511999990000", "X", None, [], None)}, rows=1
     ).seal()
     assert import_merge.merge_batch(job, batch) is False
-    assert count(Lead) == 0 and reloaded(lead_import).processed_rows == 4
+    after = reloaded(lead_import)
+    assert count(Lead) == 0 and after.created == 0
+    assert after.processed_rows == meanwhile.get("processed_rows", 0)
 
 
 def test_one_run_at_a_time(owner: factories.Person) -> None:
