@@ -240,7 +240,9 @@ def test_the_lead_page_writes_first_with_a_template_outside_the_window(
     elsewhere = make_cloud_account(other, graph_api, phone_number_id="999888777", name="Deles")
     assert logged_in.get(f"/leads/{lead_id}/first-message?account_id={elsewhere.id}").status_code == 404
 
-    fields = logged_in.get(f"/leads/{lead_id}/template", query_string={"template_id": template.id})
+    assert f"/leads/{lead_id}/template?account_id={cloud_account.id}" in page  # the number in the form
+    chosen = {"template_id": template.id, "account_id": cloud_account.id}
+    fields = logged_in.get(f"/leads/{lead_id}/template", query_string=chosen)
     assert 'name="param-1"' in fields.get_data(as_text=True)
     form = {"template_id": str(template.id), "param-1": "Ana", "param-2": "#7", "send_key": "k1"}
     assert post(**form)[0] == 200
@@ -251,6 +253,9 @@ def test_the_lead_page_writes_first_with_a_template_outside_the_window(
         ("template", "Olá Ana, seu pedido #7 saiu.", "sent", "agent")
     ]
     assert len(graph_api.sent) == 1 and graph_api.sent[0].json["to"] == "5511987654321"
+    another = make_cloud_account(owner, graph_api, phone_number_id="111222333", name="Outro")
+    mismatched = {"template_id": template.id, "account_id": another.id}
+    assert logged_in.get(f"/leads/{lead_id}/template", query_string=mismatched).status_code == 404
 
 
 def test_the_lead_page_offers_text_where_the_window_is_open(
