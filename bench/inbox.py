@@ -231,13 +231,14 @@ RETRIED = Counter[str]()  # requests sent again, by the error that made them
 
 def get(client: Any, path: str, headers: dict[str, str]) -> Any:
     """GET as a browser does: a request that meets a kept-alive connection the server closed
-    (idle past gunicorn's 2 s keep-alive) just as it was sent is sent again once on a new one.
-    The report counts them: many would be a server dropping connections."""
+    (idle past gunicorn's 2 s keep-alive) just as it was sent, seen as a close or as a reset
+    before any answer, is sent again once on a new one. The report counts them: many would be a
+    server dropping connections."""
     import httpx
 
     try:
         return client.get(path, headers=headers)
-    except httpx.RemoteProtocolError as exc:
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         RETRIED[f"{type(exc).__name__}: {exc}"] += 1
         return client.get(path, headers=headers)
 
