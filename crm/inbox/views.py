@@ -231,10 +231,8 @@ def template_fields(conversation_id: int) -> str:
 
     current = inbox.get_conversation(g.workspace_id, conversation_id)
     template_id = parse_id(request.args.get("template_id"))
-    template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
-    if template is not None and template.account_id != current.account_id:
-        abort(404)
-    return render_template("inbox/_template_fields.html", **templates.fields_context(template))
+    context = templates.fields_context(g.workspace_id, template_id, current.account_id)
+    return render_template("inbox/_template_fields.html", **context)
 
 
 @bp.post("/conversations/<int:conversation_id>/template")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import ngettext
 from flask_login import current_user, login_required
@@ -189,11 +189,8 @@ def template_fields(lead_id: int) -> str:
     from crm.whatsapp import templates
 
     get_lead(g.workspace_id, lead_id)
-    template_id = parse_id(request.args.get("template_id"))
-    template = templates.get_template(g.workspace_id, template_id) if template_id is not None else None
-    if template is not None and template.account_id != parse_id(request.args.get("account_id")):
-        abort(404)
-    return render_template("inbox/_template_fields.html", **templates.fields_context(template))
+    chosen = parse_id(request.args.get("template_id")), parse_id(request.args.get("account_id"))
+    return render_template("inbox/_template_fields.html", **templates.fields_context(g.workspace_id, *chosen))
 
 
 @bp.post("/<int:lead_id>/messages")

@@ -16,7 +16,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from crm.db import utcnow
-from crm.errors import ValidationFailed
+from crm.errors import NotFound, ValidationFailed
 from crm.extensions import db
 from crm.tenancy import get_scoped, scoped
 from crm.whatsapp.models import MessageTemplate, WhatsAppAccount
@@ -173,8 +173,12 @@ def fill(template: MessageTemplate, values: dict[str, str]) -> FilledTemplate:
     return FilledTemplate(text=text, payload=payload)
 
 
-def fields_context(template: MessageTemplate | None) -> dict[str, Any]:
-    """What ``inbox/_template_fields.html`` shows of the chosen template: its variables and text."""
+def fields_context(workspace_id: int, template_id: int | None, account_id: int | None) -> dict[str, Any]:
+    """What ``inbox/_template_fields.html`` shows of the template chosen in a picker for a number:
+    its variables and text (nothing chosen: nothing). Another number's template is not found."""
+    template = get_template(workspace_id, template_id) if template_id is not None else None
+    if template is not None and template.account_id != account_id:
+        raise NotFound()
     return {
         "template": template,
         "params": body_params(template) if template else [],
