@@ -7,15 +7,17 @@ import io
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
+from crm.auth.models import Workspace
 from crm.db import utcnow
 from crm.errors import NotFound, ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import Conversation, Message
 from crm.leads.consent import ConsentChange
 from crm.leads.merge import merge_leads, phone_variants, possible_duplicates
-from crm.leads.models import ConsentEvent, ConsentSource, Lead
+from crm.leads.models import ConsentEvent, ConsentSource, Lead, LeadTag
 from crm.leads.phones import for_humans, to_e164
 from crm.leads.search import Consent, LeadFilter, Sort, capped_count, list_leads
 from crm.leads.services import DuplicateLead, LeadChanges, create_lead, get_lead, update_lead
@@ -70,6 +72,19 @@ def test_a_phone_is_one_lead_per_workspace_even_in_the_trash(owner: factories.Pe
     assert "trash" in error.value.message and error.value.lead_id == first
     other = factories.person("Other", "other@example.com", role="owner")
     assert factories.lead(other, "+5511987654321")  # another workspace may have the same person
+
+
+def test_a_tag_belongs_to_its_leads_workspace_and_goes_with_it(owner: factories.Person) -> None:
+    lead_id = factories.lead(owner, "+5511987654321", "Ana", tags=("vip",))
+    other = factories.person("Other", "other@example.com", role="owner")
+    with pytest.raises(IntegrityError):  # one key holds the lead and its workspace together
+        db.session.execute(
+            insert(LeadTag).values(workspace_id=other.workspace_id, lead_id=lead_id, name="x", key="x")
+        )
+    db.session.rollback()
+    db.session.execute(delete(Workspace).where(Workspace.id == owner.workspace_id))
+    db.session.commit()
+    assert db.session.scalar(select(func.count()).select_from(LeadTag)) == 0
 
 
 def test_an_edit_is_checked_whole_before_anything_changes(owner: factories.Person) -> None:
