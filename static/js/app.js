@@ -240,9 +240,43 @@
     if (tag && (item.getAttribute("data-tags") || "").split("|").indexOf(tag) < 0) return false;
     return true;
   }
+  // A list asked for (a filter changed, or the refetch after a reconnect) is the server's picture
+  // from when it answered: a conversation pushed live while the list was on its way may be missing
+  // there, or older. Such items are kept and put back at the top of the new list.
+  var asked = null; // the list that was showing when a new one was asked for
+  var arrived = null; // the items pushed live since, newest first
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var list = document.getElementById("conversations");
+    if (!list || event.detail.target !== list) return;
+    asked = list;
+    arrived = [];
+    list.querySelectorAll("li.conversation-item").forEach(function (item) { item.setAttribute("data-listed", ""); });
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (asked && event.detail.target === asked && !event.detail.successful) asked = arrived = null;
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    var list = document.getElementById("conversations");
+    if (!asked || !list || list === asked) return;
+    var form = document.querySelector("form.inbox-filters");
+    arrived.slice().reverse().forEach(function (item) {
+      var listed = document.getElementById(item.id);
+      if (listed) listed.remove();
+      list.insertBefore(item, list.firstChild);
+    });
+    if (arrived.length) {
+      var empty = document.getElementById("conversations-empty");
+      if (empty) empty.remove();
+    }
+    if (form) arrived.forEach(function (item) { item.hidden = !shown(item, list, form); });
+    asked = arrived = null;
+  });
   document.addEventListener("htmx:oobAfterSwap", function () {
     var list = document.getElementById("conversations");
     var form = document.querySelector("form.inbox-filters");
+    if (asked && list === asked) {
+      arrived = Array.prototype.slice.call(list.querySelectorAll("li.conversation-item:not([data-listed])"));
+    }
     // A list item pushed anew is the same conversation: it stays highlighted if its thread is open.
     var open = document.querySelector(".thread[data-conversation-id]");
     var item = open && document.getElementById("conversation-" + open.getAttribute("data-conversation-id"));

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import APIResponse, Browser, Page, Route, expect
 
 from crm.whatsapp import simulator
 from tests import factories
@@ -155,4 +155,31 @@ def test_live_conversations_respect_the_lists_filters(
     other_number = page.locator("#conversations li.conversation-item", has_text="Davi")
     expect(other_number).to_have_count(1)  # it arrived over the websocket…
     expect(other_number).to_be_hidden()  # …and the filter keeps it out of sight
+    page.context.close()
+
+
+def test_a_conversation_pushed_while_the_filtered_list_loads_stays_in_it(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    shop = factories.sandbox_account(owner, name="Loja")
+    factories.sandbox_account(owner, name="Suporte")  # with two numbers, the list filters by number
+    page = open_inbox(browser, live_server, owner.email)
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold(route: Route) -> None:  # the server answers now; the browser gets it later
+        held.append((route, route.fetch()))
+
+    page.route(re.compile(rf".*[?&]account={shop}(&|$)"), hold)
+    page.select_option("#inbox-account", str(shop))
+    for _ in range(50):  # the route's handler runs while the page waits
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 1
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-3333", "Ainda abertos?", name="Fábio")
+    expect(page.locator("#conversations")).to_contain_text("Fábio")  # live, in the list still showing
+    route, answer = held[0]
+    route.fulfill(response=answer)  # the filtered list, from before Fábio wrote
+    expect(page.locator("#conversations-empty")).to_have_count(0)
+    expect(page.locator("#conversations li.conversation-item", has_text="Fábio")).to_be_visible()
     page.context.close()
