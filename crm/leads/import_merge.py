@@ -273,7 +273,7 @@ WITH old AS (
     INSERT INTO lead_tags (workspace_id, lead_id, name, key)
     SELECT :ws, o.id, t.name, t.key
     FROM old o JOIN import_rows s ON s.line = o.line, unnest(s.tag_names, s.tag_keys) AS t(name, key)
-    ON CONFLICT (lead_id, key) DO NOTHING
+    ON CONFLICT (lead_id, workspace_id, key) DO NOTHING
 ), consented AS (
     INSERT INTO consent_events (workspace_id, lead_id, opted_in, source, user_id, detail, created_at)
     SELECT :ws, o.id, true, :source, :user_id, :detail, :now FROM old o

@@ -199,7 +199,9 @@ class LeadTag(Model):
 
     __tablename__ = "lead_tags"
     __table_args__ = (
-        UniqueConstraint("lead_id", "key"),
+        # Unique as (lead_id, key) is (a lead has one workspace); with workspace_id second,
+        # lookups by the foreign key's two columns use it, on SQLite too (no statistics there).
+        UniqueConstraint("lead_id", "workspace_id", "key"),
         Index("ix_lead_tags_workspace_id_key", "workspace_id", "key"),
         # One key for the lead and its workspace: a tag can't sit in another workspace than its
         # lead, the workspace's cascade reaches tags through the leads, and each tag written

@@ -3,7 +3,10 @@ one to workspaces and one to leads. A tag row's lead and workspace are checked t
 can't sit in another workspace than its lead), the workspace's cascade reaches the tags through
 its leads, and inserting a tag fires one key check instead of two: those checks were ~20% of
 PostgreSQL's CPU in a 1M-row import (bench/import_leads.py). leads (workspace_id, id) becomes a
-unique index so that it can be the key's target (it already was an index on those columns).
+unique index so that it can be the key's target (it already was an index on those columns), and
+the tags' unique (lead_id, key) becomes (lead_id, workspace_id, key): the same rows are unique
+(a lead has one workspace), and lookups by the key's two columns (a lead's tags, the cascade)
+find their index on SQLite, which keeps no statistics to choose it over (workspace_id, key).
 
 Revision ID: 0021
 Revises: 0020
@@ -22,6 +25,8 @@ depends_on = None
 LEAD_FK = 'fk_lead_tags_lead_id_leads'
 WORKSPACE_FK = 'fk_lead_tags_workspace_id_workspaces'
 COMPOSITE_FK = 'fk_lead_tags_workspace_id_leads'
+OLD_UNIQUE = 'uq_lead_tags_lead_id_key'
+UNIQUE = 'uq_lead_tags_lead_id_workspace_id_key'
 
 
 def upgrade():
@@ -36,6 +41,8 @@ def upgrade():
     with op.batch_alter_table('lead_tags', schema=None) as batch_op:
         batch_op.drop_constraint(LEAD_FK, type_='foreignkey')
         batch_op.drop_constraint(WORKSPACE_FK, type_='foreignkey')
+        batch_op.drop_constraint(OLD_UNIQUE, type_='unique')
+        batch_op.create_unique_constraint(UNIQUE, ['lead_id', 'workspace_id', 'key'])
         batch_op.create_foreign_key(
             COMPOSITE_FK, 'leads', ['workspace_id', 'lead_id'], ['workspace_id', 'id'], ondelete='CASCADE'
         )
@@ -44,6 +51,8 @@ def upgrade():
 def downgrade():
     with op.batch_alter_table('lead_tags', schema=None) as batch_op:
         batch_op.drop_constraint(COMPOSITE_FK, type_='foreignkey')
+        batch_op.drop_constraint(UNIQUE, type_='unique')
+        batch_op.create_unique_constraint(OLD_UNIQUE, ['lead_id', 'key'])
         batch_op.create_foreign_key(LEAD_FK, 'leads', ['lead_id'], ['id'], ondelete='CASCADE')
         batch_op.create_foreign_key(WORKSPACE_FK, 'workspaces', ['workspace_id'], ['id'], ondelete='CASCADE')
     with op.batch_alter_table('leads', schema=None) as batch_op:

@@ -7,7 +7,7 @@ import io
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from crm.auth.models import Workspace
@@ -85,6 +85,26 @@ def test_a_tag_belongs_to_its_leads_workspace_and_goes_with_it(owner: factories.
     db.session.execute(delete(Workspace).where(Workspace.id == owner.workspace_id))
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(LeadTag)) == 0
+
+
+def test_a_leads_tags_are_found_by_its_key_through_an_index(owner: factories.Person) -> None:
+    """The cascade and the lazy load look tags up by (workspace_id, lead_id): an index, not a scan
+    of every tag in the workspace (SQLite has no statistics to choose between them)."""
+    lead_id = factories.lead(owner, "+5511987654321", "Ana", tags=("vip",))
+    where = "workspace_id = :ws AND lead_id = :lead"
+    if db.engine.dialect.name == "sqlite":
+        plan = " ".join(
+            str(row[-1])
+            for row in db.session.execute(
+                text(f"EXPLAIN QUERY PLAN SELECT name FROM lead_tags WHERE {where}"),
+                {"ws": owner.workspace_id, "lead": lead_id},
+            )
+        )
+        assert "USING INDEX" in plan and "(lead_id=? AND workspace_id=?)" in plan, plan
+    found = db.session.scalars(
+        text(f"SELECT name FROM lead_tags WHERE {where}"), {"ws": owner.workspace_id, "lead": lead_id}
+    )
+    assert list(found) == ["vip"]
 
 
 def test_an_edit_is_checked_whole_before_anything_changes(owner: factories.Person) -> None:
