@@ -241,41 +241,84 @@
     return true;
   }
   // A list asked for (a filter changed, or the refetch after a reconnect) is the server's picture
-  // from when it answered: a conversation pushed live while the list was on its way may be missing
-  // there, or older. Such items are kept and put back at the top of the new list.
-  var asked = null; // the list that was showing when a new one was asked for
-  var arrived = null; // the items pushed live since, newest first
+  // from when it answered: a conversation pushed live while it was on its way may be missing there
+  // (a new message) or older (an update). What was pushed meanwhile is laid over the new list: a
+  // new message's conversation at the top (during a search, only if the search found it), an
+  // updated one where the new list has it.
+  var waiting = 0; // lists asked for and not answered yet
+  var shownList = null; // the list the pushes below went into
+  var pushed = null; // conversation item id -> {item, top}, since the first of those was asked for
+  var order = []; // ids of items pushed to the top, oldest first
+  function listRequest(event) {
+    var target = event.detail.target;
+    return target && target.id === "conversations";
+  }
   document.addEventListener("htmx:beforeRequest", function (event) {
-    var list = document.getElementById("conversations");
-    if (!list || event.detail.target !== list) return;
-    asked = list;
-    arrived = [];
-    list.querySelectorAll("li.conversation-item").forEach(function (item) { item.setAttribute("data-listed", ""); });
+    if (!listRequest(event)) return;
+    waiting += 1;
+    if (!pushed) {
+      pushed = {};
+      order = [];
+      shownList = document.getElementById("conversations");
+    }
   });
   document.addEventListener("htmx:afterRequest", function (event) {
-    if (asked && event.detail.target === asked && !event.detail.successful) asked = arrived = null;
+    if (!listRequest(event) || !pushed) return;
+    waiting -= 1;
+    if (waiting <= 0) {
+      waiting = 0;
+      pushed = shownList = null;
+      order = [];
+    }
   });
   document.addEventListener("htmx:afterSwap", function () {
     var list = document.getElementById("conversations");
-    if (!asked || !list || list === asked) return;
+    if (!pushed || !list || list === shownList) return;
+    shownList = list;
     var form = document.querySelector("form.inbox-filters");
-    arrived.slice().reverse().forEach(function (item) {
-      var listed = document.getElementById(item.id);
-      if (listed) listed.remove();
-      list.insertBefore(item, list.firstChild);
-    });
-    if (arrived.length) {
-      var empty = document.getElementById("conversations-empty");
-      if (empty) empty.remove();
+    var searching = value(form, "q") !== "";
+    function listed(id) {
+      var item = document.getElementById(id);
+      return item && list.contains(item) ? item : null;
     }
-    if (form) arrived.forEach(function (item) { item.hidden = !shown(item, list, form); });
-    asked = arrived = null;
+    var laid = [];
+    Object.keys(pushed).forEach(function (id) {
+      var there = listed(id);
+      if (pushed[id].top || !there || there === pushed[id].item) return;
+      there.replaceWith(pushed[id].item);
+      laid.push(pushed[id].item);
+    });
+    order.forEach(function (id) {
+      var there = listed(id);
+      if (searching && !there) return;
+      if (there && there !== pushed[id].item) there.remove();
+      list.insertBefore(pushed[id].item, list.firstChild);
+      laid.push(pushed[id].item);
+    });
+    laid.forEach(function (item) { item.hidden = form ? !shown(item, list, form) : false; });
+    var empty = document.getElementById("conversations-empty");
+    if (empty && laid.some(function (item) { return !item.hidden; })) empty.remove();
   });
-  document.addEventListener("htmx:oobAfterSwap", function () {
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
     var list = document.getElementById("conversations");
     var form = document.querySelector("form.inbox-filters");
-    if (asked && list === asked) {
-      arrived = Array.prototype.slice.call(list.querySelectorAll("li.conversation-item:not([data-listed])"));
+    var target = event.detail.target;
+    if (pushed && list && target) {
+      if (target === list) { // a new message: its conversation went in at the top
+        var first = list.querySelector("li.conversation-item");
+        if (first) {
+          pushed[first.id] = { item: first, top: true };
+          order = order.filter(function (id) { return id !== first.id; }).concat([first.id]);
+        }
+      } else if (target.classList && target.classList.contains("conversation-item")) {
+        var now = document.getElementById(target.id); // replaced where it was, or deleted
+        if (now) {
+          pushed[target.id] = { item: now, top: Boolean(pushed[target.id] && pushed[target.id].top) };
+        } else {
+          delete pushed[target.id];
+          order = order.filter(function (id) { return id !== target.id; });
+        }
+      }
     }
     // A list item pushed anew is the same conversation: it stays highlighted if its thread is open.
     var open = document.querySelector(".thread[data-conversation-id]");

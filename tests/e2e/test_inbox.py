@@ -6,7 +6,12 @@ import re
 
 import pytest
 from playwright.sync_api import APIResponse, Browser, Page, Route, expect
+from sqlalchemy import select
 
+from crm.extensions import db
+from crm.leads.consent import ConsentChange
+from crm.leads.models import ConsentSource, Lead
+from crm.leads.services import LeadChanges, update_lead
 from crm.whatsapp import simulator
 from tests import factories
 from tests.e2e.conftest import DESKTOP, sign_in
@@ -158,11 +163,13 @@ def test_live_conversations_respect_the_lists_filters(
     page.context.close()
 
 
-def test_a_conversation_pushed_while_the_filtered_list_loads_stays_in_it(
+def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
     shop = factories.sandbox_account(owner, name="Loja")
     factories.sandbox_account(owner, name="Suporte")  # with two numbers, the list filters by number
+    ana = simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-1111", "Oi", name="Ana")
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-2222", "Olá", name="Bia")
     page = open_inbox(browser, live_server, owner.email)
     held: list[tuple[Route, APIResponse]] = []
 
@@ -177,9 +184,17 @@ def test_a_conversation_pushed_while_the_filtered_list_loads_stays_in_it(
         page.wait_for_timeout(100)
     assert len(held) == 1
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-3333", "Ainda abertos?", name="Fábio")
-    expect(page.locator("#conversations")).to_contain_text("Fábio")  # live, in the list still showing
+    ana_id = db.session.scalar(
+        select(Lead.id).where(Lead.workspace_id == owner.workspace_id, Lead.phone == ana)
+    )
+    update_lead(owner.workspace_id, ana_id, LeadChanges(name="Ana Paula"), ConsentChange(ConsentSource.FORM))
+    items = page.locator("#conversations li.conversation-item")
+    expect(items).to_have_count(3)
+    expect(items.first).to_contain_text("Fábio")  # live, in the list still showing
+    expect(page.locator("#conversations")).to_contain_text("Ana Paula")
     route, answer = held[0]
-    route.fulfill(response=answer)  # the filtered list, from before Fábio wrote
-    expect(page.locator("#conversations-empty")).to_have_count(0)
-    expect(page.locator("#conversations li.conversation-item", has_text="Fábio")).to_be_visible()
+    route.fulfill(response=answer)  # the filtered list, from before Fábio wrote and Ana was renamed
+    expect(page.locator("#conversations[data-me]")).to_have_count(1)
+    # Fábio's new message on top; Ana renamed where the list has her, not moved up.
+    expect(items).to_have_text([re.compile("Fábio"), re.compile("Bia"), re.compile("Ana Paula")])
     page.context.close()
