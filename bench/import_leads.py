@@ -272,9 +272,9 @@ def _reset_peak_rss() -> None:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     _reset_peak_rss()
-    from crm.worker import limit_malloc_arenas
+    from crm.worker import tune_task_process
 
-    limit_malloc_arenas()  # as `flask crm worker` does
+    tune_task_process()  # as `flask crm worker` does
     instance = Path(spec["instance"])
     app = make_app(instance)
     from sqlalchemy import text

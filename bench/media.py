@@ -203,9 +203,9 @@ def worker(paths: Sequence[str], out: Path, threads: int) -> dict[str, Any]:
     from crm import create_app
     from crm.media import images
     from crm.media.limits import limit_for
-    from crm.worker import limit_malloc_arenas
+    from crm.worker import tune_task_process
 
-    limit_malloc_arenas()  # as `flask crm worker` does at start
+    tune_task_process()  # as `flask crm worker` does at start
     app = create_app(
         {
             "TESTING": True,

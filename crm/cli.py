@@ -70,10 +70,10 @@ def serve_command(host: str, port: int) -> None:
     from flask_migrate import upgrade
 
     from crm.server import serve
-    from crm.worker import limit_malloc_arenas
+    from crm.worker import tune_task_process
 
     if not current_app.config["REDIS_URL"]:
-        limit_malloc_arenas()  # the embedded worker prepares photos in this process
+        tune_task_process()  # the embedded worker runs its tasks in this process
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     upgrade()  # pending migrations are applied before the first request
     from crm.ops.partitions import ensure_partitions
@@ -94,9 +94,9 @@ def serve_command(host: str, port: int) -> None:
 @click.option("--threads", type=int, default=None, help="Worker threads (default WORKER_THREADS).")
 def worker_command(threads: int | None) -> None:
     """Run the task consumer (sends, media, AI, broadcasts, periodic jobs) until stopped."""
-    from crm.worker import ai_huey, huey, limit_malloc_arenas, start_in_process_consumer
+    from crm.worker import ai_huey, huey, start_in_process_consumer, tune_task_process
 
-    limit_malloc_arenas()
+    tune_task_process()
     consumer = huey.create_consumer(
         workers=threads or current_app.config["WORKER_THREADS"], worker_type="thread", periodic=True
     )

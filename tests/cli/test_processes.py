@@ -218,3 +218,17 @@ def test_the_gunicorn_entry_point_freezes_what_start_up_allocated(env: dict[str,
     )
     frozen, still_tracked = map(int, done.stdout.split())
     assert frozen > 50_000 and still_tracked < frozen / 10
+
+
+def test_a_task_process_gives_threads_waiting_on_the_database_the_gil_back_quickly() -> None:
+    """``flask crm worker`` (and ``serve`` in embedded mode) shorten the GIL's turns: a thread
+    back from PostgreSQL otherwise waits up to 5 ms behind one that computes (an import's reader)."""
+    from crm.worker import THREAD_TURN_SECONDS, tune_task_process
+
+    before = sys.getswitchinterval()
+    try:
+        tune_task_process()
+        assert before > THREAD_TURN_SECONDS
+        assert sys.getswitchinterval() == pytest.approx(THREAD_TURN_SECONDS)
+    finally:
+        sys.setswitchinterval(before)
