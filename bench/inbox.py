@@ -62,6 +62,18 @@ CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"|value="([^"]+)"[^>]*na
 OLDER = re.compile(r'/conversations/\d+/older\?cursor=([^"&]+)')
 TARGETS = {"thread": 50.0, "list": 100.0}
 SCALED_SHARED_BUFFERS_MB = 1024  # compose.yaml's POSTGRES_SHARED_BUFFERS default
+# --explain-slow: PostgreSQL logs the plan of every statement over 5 ms with the pages it found in
+# its buffers and the pages it read (auto_explain; row counts but no per-node timing, so the
+# measurement itself costs little): a slow statement that read nothing waited for something else
+# (the CPU, a lock), one that read pages waited for the disk.
+EXPLAIN_SETTINGS = (
+    ("session_preload_libraries", "'auto_explain'"),
+    ("auto_explain.log_min_duration", "5"),
+    ("auto_explain.log_analyze", "on"),
+    ("auto_explain.log_buffers", "on"),
+    ("auto_explain.log_timing", "off"),
+    ("track_io_timing", "on"),
+)
 
 
 class InboxBench(Bench):
@@ -175,6 +187,9 @@ class InboxBench(Bench):
     def start(self) -> None:
         with self.pg_admin() as conn:
             conn.execute(f'ALTER DATABASE "{self.db_name}" SET log_min_duration_statement = 5')
+            if self.args.explain_slow:
+                for name, value in EXPLAIN_SETTINGS:
+                    conn.execute(f'ALTER DATABASE "{self.db_name}" SET {name} = {value}')
         super().start()
 
     def check_ready(self) -> None:
@@ -184,6 +199,8 @@ class InboxBench(Bench):
         try:
             with self.pg_admin() as conn:
                 conn.execute(f'ALTER DATABASE "{self.db_name}" RESET log_min_duration_statement')
+                for name, _value in EXPLAIN_SETTINGS:
+                    conn.execute(f'ALTER DATABASE "{self.db_name}" RESET {name}')
         except Exception as exc:  # the database may be gone already
             log(f"cleanup: log_min_duration_statement not reset: {exc}")
         super().cleanup()
@@ -198,12 +215,23 @@ class Sample:
 
 
 @dataclass
+class SlowPlan:
+    """A plan auto_explain logged (--explain-slow): how long, and the pages it read from disk."""
+
+    ms: float
+    read: int  # shared buffers read (not found in PostgreSQL's buffers)
+    read_ms: float  # time spent reading them (track_io_timing)
+    query: str
+
+
+@dataclass
 class Run:
     label: str
     samples: list[Sample] = field(default_factory=list)
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     slow: list[tuple[float, str]] = field(default_factory=list)
+    plans: list[SlowPlan] = field(default_factory=list)
 
     def ms(self, kind: str) -> list[float]:
         return [s.ms for s in self.samples if s.kind == kind and s.ok]
@@ -295,6 +323,42 @@ def slow_statements(offset: int, db_name: str) -> list[tuple[float, str]]:
         if match:
             found.append((float(match.group(1)), match.group(2)[:160]))
     return found
+
+
+def slow_plans(offset: int, db_name: str) -> list[SlowPlan]:
+    """The plans auto_explain logged for the bench database since ``offset`` (--explain-slow).
+
+    An entry is a line with the prefix (``duration: … ms  plan:``) and its continuation lines,
+    which start with a tab; a plan's pages read are the top node's (it counts its children's)."""
+    try:
+        with PG_LOG.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    plans: list[SlowPlan] = []
+    entry: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("\t"):
+            entry.append(line)
+            continue
+        if entry and f"@{db_name} " in entry[0]:
+            head = re.search(r"duration: ([\d.]+) ms\s+plan:", entry[0])
+            body = "\n".join(entry[1:])
+            if head:
+                read = re.search(r"Buffers: shared [^\n]*?read=(\d+)", body)
+                read_ms = re.search(r"I/O Timings: [^\n]*?read=([\d.]+)", body)
+                query = re.search(r"Query Text: (.*)", body)
+                plans.append(
+                    SlowPlan(
+                        float(head.group(1)),
+                        int(read.group(1)) if read else 0,
+                        float(read_ms.group(1)) if read_ms else 0.0,
+                        (query.group(1) if query else "")[:120],
+                    )
+                )
+        entry = [line]
+    return plans
 
 
 def opened_conversations(bench: InboxBench) -> tuple[list[int], int]:
@@ -396,6 +460,7 @@ def run_once(
     run.cpu["client"] = (time.process_time() - client_cpu) / run.seconds
     time.sleep(1.0)  # the log collector writes a moment later
     run.slow = slow_statements(offset, bench.db_name)
+    run.plans = slow_plans(offset, bench.db_name)
     return run
 
 
@@ -430,14 +495,24 @@ def report(runs: list[Run], buffers_mb: int) -> int:
     )
     for ms, statement in sorted(slow, reverse=True)[:15]:
         log(f"  {ms:8.1f} ms  {statement}")
+    plans = [p for r in runs for p in r.plans]
+    if plans:
+        from_disk = [p for p in plans if p.read]
+        log(
+            f"their plans (--explain-slow): {len(from_disk)} of {len(plans)} read pages from disk "
+            f"({sum(p.read for p in from_disk)} pages, {sum(p.read_ms for p in from_disk):.1f} ms reading); "
+            f"the other {len(plans) - len(from_disk)} found every page in the buffers"
+        )
+        for plan in sorted(plans, key=lambda p: p.ms, reverse=True)[:15]:
+            log(f"  {plan.ms:8.1f} ms  read {plan.read:>4} pages in {plan.read_ms:6.1f} ms  {plan.query}")
     met = med["list"] <= TARGETS["list"] and med["thread"] <= TARGETS["thread"] and not slow
     log("targets: " + ("MET" if met else "NOT MET"))
     for error, count in RETRIED.most_common():
         log(f"sent again: {count} after {error}")
-    errors = Counter(s.error for r in runs for s in r.samples if not s.ok)
-    for error, count in errors.most_common():
+    causes = Counter(s.error for r in runs for s in r.samples if not s.ok)
+    for error, count in causes.most_common():
         log(f"errors: {count} of {error}")
-    return 1 if errors else 0
+    return 1 if causes else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -458,6 +533,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="open each conversation the agents open once before the first run",
+    )
+    p.add_argument(
+        "--explain-slow",
+        action="store_true",
+        help="log the plans of statements over 5 ms with their buffers (auto_explain): read from disk or not",
     )
     p.add_argument("--reuse", action="store_true", help="use the database a previous --keep run seeded")
     p.add_argument("--keep", action="store_true", help="keep the seeded database for --reuse")
