@@ -144,6 +144,14 @@ def decline_compression() -> None:
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
+# The socket's first frame, once its tab is registered: the page shows the connection as live
+# (templates/shell.html); when the socket drops, the page says it is reconnecting. Before closing
+# a socket for good (no session), the server says so: the browser may not see the close's code
+# (it reports a closed socket as dropped), and the page should offer a reload, not a reconnect.
+LIVE = '<span id="live-state" hx-swap-oob="true" data-state="on" hidden></span>'
+CLOSED = '<span id="live-state" hx-swap-oob="true" data-state="closed" hidden></span>'
+
+
 @sock.route("/ws")
 def events_socket(ws: Any) -> None:
     origin = request.headers.get("Origin")
@@ -153,6 +161,7 @@ def events_socket(ws: Any) -> None:
         ws.close(reason=1008, message="cross-site")
         return
     if not current_user.is_authenticated:
+        ws.send(CLOSED)
         ws.close(reason=1008, message="sign in first")
         return
     from crm.auth.services import load_session
@@ -215,6 +224,7 @@ def events_socket(ws: Any) -> None:
 
     idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
     try:
+        tab.send(LIVE)  # from here on nothing published for this tab is missed
         while True:
             wake.wait(idle)
             wake.clear()
@@ -243,6 +253,7 @@ def events_socket(ws: Any) -> None:
                 alive = isinstance(token, str) and load_session(token) is not None
                 db.session.remove()
                 if not alive:
+                    tab.send(CLOSED)
                     ws.close(reason=1008, message="session ended")
                     return
                 checked = time.monotonic()

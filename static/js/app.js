@@ -197,9 +197,19 @@
 })();
 
 // Pub/sub is lossy: when the websocket comes back after a drop, refetch what the page shows.
+// Meanwhile the page says it is reconnecting (the server's first frame on a socket says "on";
+// before it closes one for good, it says "closed", which only a reload changes).
 (function () {
   "use strict";
   var opened = false;
+  // The ws extension reconnects after these closes only (a dropped connection, a server restart).
+  var RETRIED = [1006, 1011, 1012, 1013];
+  document.addEventListener("htmx:wsClose", function (event) {
+    var state = document.getElementById("live-state");
+    if (!state || state.getAttribute("data-state") === "closed") return;
+    var code = event.detail && event.detail.event ? event.detail.event.code : 1006;
+    state.setAttribute("data-state", RETRIED.indexOf(code) >= 0 ? "off" : "closed");
+  });
   document.addEventListener("htmx:wsOpen", function () {
     if (!opened) { opened = true; return; }
     if (!window.htmx) return;

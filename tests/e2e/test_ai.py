@@ -149,8 +149,7 @@ def test_ai_settings_and_a_thread_with_ai_messages(
 
     page.goto(f"{live_server}/conversations/{conversation_id}")
     expect(page.locator("#ai-banner")).to_have_count(0)
-    page.wait_for_function("() => window.htmx && document.querySelector('[ws-connect]')")
-    page.wait_for_timeout(300)  # the websocket handshake
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")  # the socket is live
     messages = page.locator(f"#messages-{conversation_id}")
     expect(messages.locator(".ai-badge")).to_have_count(3)
     expect(messages).to_contain_text("Fallback: AI could not answer — Gemini's rate limit was hit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 from playwright.sync_api import APIResponse, Browser, Page, Route, expect
@@ -24,8 +25,8 @@ def open_inbox(browser: Browser, live_server: str, email: str) -> Page:
     page = context.new_page()
     sign_in(page, live_server, email)
     expect(page).to_have_title(re.compile("Inbox"))
-    page.wait_for_function("() => window.htmx && document.querySelector('[ws-connect]')")
-    page.wait_for_timeout(300)  # the websocket handshake
+    # The server's first frame on the socket: from then on, nothing published is missed.
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
     return page
 
 
@@ -67,23 +68,61 @@ def test_two_agents_see_messages_and_replies_live(
         page.context.close()
 
 
+def drop_sockets(workspace_id: int) -> None:
+    """What a dropped connection does to the workspace's open tabs: the server's end of each
+    socket goes away without a close frame (the browser sees 1006 and reconnects)."""
+    from crm.realtime import fanout
+
+    with fanout._lock:
+        tabs = list(fanout._tabs.get(workspace_id, ()))
+    assert tabs
+    for tab in tabs:
+        tab.ws.sock.shutdown(socket.SHUT_RDWR)
+
+
 def test_a_page_that_reconnects_fetches_what_it_missed(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
     account_id = factories.sandbox_account(owner)
     page = open_inbox(browser, live_server, owner.email)
     page.evaluate("window.__notReloaded = true")
-    page.context.set_offline(True)
-    page.wait_for_timeout(500)
+    # The socket comes back 3 s after it dropped (not at once, as it may): time to miss an event.
+    page.evaluate("htmx.config.wsReconnectDelay = function () { return 3000; }")
+    banner = page.get_by_role("status").filter(has_text="Connection lost. Reconnecting…")
+    expect(banner).to_be_hidden()
+    drop_sockets(owner.workspace_id)
+    expect(banner).to_be_visible()  # the page knows its socket dropped, and says so
     # Sent while the page's websocket is down: this event never reaches it.
     simulator.customer_writes(
         owner.workspace_id, account_id, "+55 11 97777-2222", "Mensagem perdida?", name="Rui"
     )
     page.wait_for_timeout(300)
     expect(page.locator("#conversations")).not_to_contain_text("Rui")
-    page.context.set_offline(False)
+    page.screenshot(path="test-artifacts/inbox-reconnecting.png")
+    # Back: the page fetches its list again, and shows itself live once more.
     expect(page.locator("#conversations")).to_contain_text("Mensagem perdida?", timeout=15_000)
+    expect(banner).to_be_hidden()
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
     assert page.evaluate("window.__notReloaded") is True
+    page.context.close()
+
+
+def test_a_page_whose_session_ended_says_live_updates_stopped(
+    browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.auth.models import UserSession
+    from crm.auth.services import revoke_sessions_where
+    from crm.realtime import ws
+
+    monkeypatch.setattr(ws, "RECHECK_SECONDS", 0.3)  # instead of every 30 s
+    page = open_inbox(browser, live_server, owner.email)
+    revoke_sessions_where(UserSession.user_id == owner.user_id, reason="logout")
+    # Closed by the server for good: no reconnecting to promise, a reload (to sign in) instead.
+    banner = page.get_by_role("status").filter(has_text="Live updates stopped.")
+    expect(banner).to_be_visible(timeout=5_000)
+    expect(page.get_by_text("Connection lost. Reconnecting…")).to_be_hidden()
+    banner.get_by_role("link", name="Reload the page").click()
+    expect(page).to_have_url(re.compile(r"/login"))
     page.context.close()
 
 

@@ -48,7 +48,7 @@ def test_qr_codes_replace_each_other_then_connected_without_reload(
     page.get_by_role("button", name="Connect with a QR code").click()
     page.wait_for_url(re.compile(rf"/settings/numbers/{account_id}$"))
     page.evaluate("window.__notReloaded = true")
-    page.wait_for_function("() => document.querySelector('[ws-connect]') && window.htmx")
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")  # the socket is live
 
     client = fake_gateway.wait_for_client(f"zapdesk-{account_id}")
     client.wait_connected()

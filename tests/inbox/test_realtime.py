@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -82,6 +83,13 @@ def signed_in_cookie(live_server: str, person: factories.Person) -> str:
         return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
 
 
+def live(socket: Any) -> None:
+    """A socket's first frame: its tab is registered, the page shows itself live."""
+    from crm.realtime.ws import LIVE
+
+    assert socket.receive(timeout=5) == LIVE
+
+
 def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
     live_server: str, owner: factories.Person
 ) -> None:
@@ -91,6 +99,7 @@ def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
     url = live_server.replace("http://", "ws://") + "/ws"
     same = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
     try:
+        live(same)
         assert same.receive(timeout=1.5) is None  # open and quiet: nothing happened yet
     finally:
         same.close()
@@ -232,6 +241,7 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
     headers = {"Cookie": cookie, "Origin": live_server}
     idle = simple_websocket.Client(url, headers=headers)
     try:
+        live(idle)
         assert idle.receive(timeout=1.0) is None  # open, and nothing to say
         db.session.remove()  # this test's own connection back to the pool
         held = []
@@ -245,8 +255,10 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
     monkeypatch.setattr(ws, "RECHECK_SECONDS", 0.3)  # instead of every 30 s
     watched = simple_websocket.Client(url, headers=headers)
     try:
+        live(watched)
         assert watched.receive(timeout=1.0) is None
         revoke_sessions_where(UserSession.user_id == owner.user_id, reason="logout")
+        assert watched.receive(timeout=5) == ws.CLOSED  # the page offers a reload, not a reconnect
         with pytest.raises(simple_websocket.ConnectionClosed):
             watched.receive(timeout=5)
         assert (watched.close_reason, watched.close_message) == (1008, "session ended")
