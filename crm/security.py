@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, g, request, session
+from flask import Flask, Response, g, make_response, redirect, request, session
 from flask.sessions import SecureCookieSessionInterface
+from flask_login import login_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from crm.auth.models import User
@@ -84,5 +85,21 @@ def setup_security(app: Flask) -> None:
     login_manager.session_protection = None  # our session rows do this job
     login_manager.login_view = "auth.login"
     login_manager.login_message = None
+    login_manager.unauthorized_handler(_sign_in_first)
     login_manager.request_loader(_load_user_from_session)
     app.after_request(_security_headers)
+
+
+def _sign_in_first() -> Any:
+    """A request without a live session goes to the sign-in page, and comes back after it.
+
+    A page's HTMX request (a filter changed, a reply sent, the refetch after a reconnect) from a
+    tab whose session ended or was revoked would otherwise have the sign-in page swapped into a
+    fragment of the page: it gets ``HX-Redirect`` instead, and htmx loads the sign-in page as the
+    whole page; back from it, the agent lands on the page the tab showed."""
+    if request.headers.get("HX-Request") != "true":
+        return redirect(login_url(login_manager.login_view, next_url=request.url))
+    shown = request.headers.get("HX-Current-URL") or request.url
+    response = make_response("", 401)
+    response.headers["HX-Redirect"] = login_url(login_manager.login_view, next_url=shown)
+    return response

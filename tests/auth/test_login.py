@@ -25,6 +25,30 @@ def test_anonymous_visitor_is_sent_to_login(client: FlaskClient, owner: factorie
     assert response.headers["Location"].startswith("/login")
 
 
+def test_a_tab_whose_session_ended_loads_the_sign_in_page_whole(
+    client: FlaskClient, owner: factories.Person
+) -> None:
+    """An HTMX request (a filter, a reply, the refetch after a reconnect) gets no sign-in page to
+    swap into a fragment: htmx is told to load it as the page, and back from it the agent lands
+    on the page the tab showed."""
+    from urllib.parse import urlencode
+
+    login(client, owner.email)
+    row = db.session.scalar(select(UserSession))
+    assert row is not None
+    row.revoked_at, row.revoked_reason = utcnow(), "logout_everywhere"
+    db.session.commit()
+    shown = "http://localhost/conversations/7?view=mine"
+    response = client.get("/?view=mine", headers={"HX-Request": "true", "HX-Current-URL": shown})
+    assert response.status_code == 401 and response.get_data() == b""
+    assert "Location" not in response.headers
+    sign_in = response.headers["HX-Redirect"]
+    assert sign_in == "/login?" + urlencode({"next": "/conversations/7?view=mine"})
+    form = {"email": owner.email, "password": factories.PASSWORD, "csrf_token": csrf_from(client, sign_in)}
+    back = client.post(sign_in, data=form)
+    assert back.status_code == 302 and back.headers["Location"] == "/conversations/7?view=mine"
+
+
 def test_login_shows_the_inbox(client: FlaskClient, owner: factories.Person) -> None:
     response = login(client, owner.email)
     assert response.status_code == 302 and response.headers["Location"] == "/"
