@@ -70,10 +70,12 @@ def serve_command(host: str, port: int) -> None:
     from flask_migrate import upgrade
 
     from crm.server import serve
-    from crm.worker import tune_task_process
+    from crm.worker import limit_malloc_arenas
 
     if not current_app.config["REDIS_URL"]:
-        tune_task_process()  # the embedded worker runs its tasks in this process
+        # The embedded worker prepares photos in this process. Its GIL turns stay Python's own:
+        # the web's threads mostly compute, and shorter turns made pages slower (BENCHMARKS.md).
+        limit_malloc_arenas()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     upgrade()  # pending migrations are applied before the first request
     from crm.ops.partitions import ensure_partitions

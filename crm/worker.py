@@ -115,14 +115,15 @@ def enqueue_after_commit(task: TaskWrapper, *args: Any, priority: int | None = N
 # How long a thread that computes may keep the GIL while another wants it (Python's default: 5
 # ms). Threads that wait on PostgreSQL or Redis need it back each time an answer comes in; beside
 # a thread that computes (an import's reader checking rows, a photo being resized) each of them
-# waited up to 5 ms at every step. A 1M-row import's merge threads spent 16 s of ~40 that way;
-# with 0.5 ms, 2.7 s, and the import took 0.78x the time (bench/import_leads.py, alternating).
+# may wait up to 5 ms at every step. A 1M-row import's merge threads spent 14.7-16.1 s of ~39 s
+# staging and COPYing parts that take milliseconds in psql; with 0.5 ms turns, 2.6-2.9 s, and the
+# import took 0.86x the time for the same CPU (bench/import_leads.py, alternating). Not for the
+# web processes: their threads mostly compute, and shorter turns made pages slower.
 THREAD_TURN_SECONDS = 0.0005
 
 
 def tune_task_process() -> None:
-    """What a process that runs tasks sets up at start (``flask crm worker``, and ``serve`` in
-    embedded mode): shorter GIL turns, fewer malloc arenas."""
+    """What ``flask crm worker`` sets up at start: shorter GIL turns, fewer malloc arenas."""
     sys.setswitchinterval(THREAD_TURN_SECONDS)
     limit_malloc_arenas()
 

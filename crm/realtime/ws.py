@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from flask import current_app, g, request, session
 from flask_babel import get_locale
 from flask_login import current_user
+from simple_websocket import ConnectionClosed
 from sqlalchemy import select
 
 from crm.auth.models import Membership
@@ -161,7 +162,8 @@ def events_socket(ws: Any) -> None:
         ws.close(reason=1008, message="cross-site")
         return
     if not current_user.is_authenticated:
-        ws.send(CLOSED)
+        with contextlib.suppress(ConnectionClosed, OSError):  # the page may be gone already
+            ws.send(CLOSED)
         ws.close(reason=1008, message="sign in first")
         return
     from crm.auth.services import load_session
@@ -206,24 +208,25 @@ def events_socket(ws: Any) -> None:
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unregister = fanout.register(app, tab)
-    ensure_relay()  # events of the other web processes (scaled mode)
-    if manager:  # what changed between the page's rendering and now
-        missed, mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
-        for account_id in missed:
-            inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
-        with _webqr_lock:  # the polls go on from here: nothing changed after this is missed
-            _webqr_marks.setdefault(workspace_id, (0.0, mark))
-    db.session.remove()
-    presence.touch(workspace_id, user_id, socket_id, None)
-    checked = touched = time.monotonic()
-
-    def fresh_context() -> None:
-        # Fresh rows for the templates' shared context: the ones loaded at connect time were
-        # released with their database session.
-        g.membership = db.session.get(Membership, membership_id)
-
-    idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
+    # From here on the tab is registered: whatever happens, the finally below unregisters it.
     try:
+        ensure_relay()  # events of the other web processes (scaled mode)
+        if manager:  # what changed between the page's rendering and now
+            missed, mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
+            for account_id in missed:
+                inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
+            with _webqr_lock:  # the polls go on from here: nothing changed after this is missed
+                _webqr_marks.setdefault(workspace_id, (0.0, mark))
+        db.session.remove()
+        presence.touch(workspace_id, user_id, socket_id, None)
+        checked = touched = time.monotonic()
+
+        def fresh_context() -> None:
+            # Fresh rows for the templates' shared context: the ones loaded at connect time were
+            # released with their database session.
+            g.membership = db.session.get(Membership, membership_id)
+
+        idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
         tab.send(LIVE)  # from here on nothing published for this tab is missed
         while True:
             wake.wait(idle)

@@ -197,21 +197,25 @@
 })();
 
 // Pub/sub is lossy: when the websocket comes back after a drop, refetch what the page shows.
-// Meanwhile the page says it is reconnecting (the server's first frame on a socket says "on";
-// before it closes one for good, it says "closed", which only a reload changes).
+// Meanwhile the page says it is reconnecting. The server's first frame on a socket says "on"
+// once the socket's tab is registered (what is published from then on arrives): that, not the
+// handshake, is when the page refetches. Before the server closes a socket for good (no session)
+// it says "closed", which only a reload changes; the socket never says "on" again, so the page
+// keeps what it shows and offers the reload.
 (function () {
   "use strict";
-  var opened = false;
   // The ws extension reconnects after these closes only (a dropped connection, a server restart).
   var RETRIED = [1006, 1011, 1012, 1013];
+  var dropped = false; // down since the page was last live: refetch once it is live again
   document.addEventListener("htmx:wsClose", function (event) {
     var state = document.getElementById("live-state");
     if (!state || state.getAttribute("data-state") === "closed") return;
     var code = event.detail && event.detail.event ? event.detail.event.code : 1006;
-    state.setAttribute("data-state", RETRIED.indexOf(code) >= 0 ? "off" : "closed");
+    var retried = RETRIED.indexOf(code) >= 0;
+    state.setAttribute("data-state", retried ? "off" : "closed");
+    dropped = dropped || retried;
   });
-  document.addEventListener("htmx:wsOpen", function () {
-    if (!opened) { opened = true; return; }
+  function refetch() {
     if (!window.htmx) return;
     if (document.getElementById("conversations")) {
       htmx.ajax("GET", window.location.pathname.indexOf("/conversations/") === 0 ? "/" + window.location.search : window.location.pathname + window.location.search,
@@ -225,6 +229,14 @@
     document.querySelectorAll(".webqr-panel[id^='webqr-']").forEach(function (panel) {
       htmx.ajax("GET", window.location.pathname, { target: "#" + panel.id, select: "#" + panel.id, swap: "outerHTML" });
     });
+  }
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var target = event.detail.target;
+    if (!dropped || !target || target.id !== "live-state") return;
+    var state = document.getElementById("live-state");
+    if (!state || state.getAttribute("data-state") !== "on") return;
+    dropped = false;
+    refetch();
   });
 })();
 
@@ -466,7 +478,11 @@
   document.addEventListener("input", announce);
   document.addEventListener("change", announce);
 
-  document.addEventListener("htmx:wsOpen", function () {
+  // Each time the socket is live (the server's first frame), the state it may have missed.
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var state = document.getElementById("live-state");
+    if (!event.detail.target || event.detail.target.id !== "live-state") return;
+    if (!state || state.getAttribute("data-state") !== "on") return;
     var page = document.querySelector("[data-broadcast-live]");
     if (page && window.htmx) htmx.ajax("GET", page.getAttribute("data-broadcast-live"), { source: page, swap: "none" });
   });

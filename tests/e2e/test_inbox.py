@@ -88,10 +88,13 @@ def test_a_page_that_reconnects_fetches_what_it_missed(
     page.evaluate("window.__notReloaded = true")
     # The socket comes back 3 s after it dropped (not at once, as it may): time to miss an event.
     page.evaluate("htmx.config.wsReconnectDelay = function () { return 3000; }")
-    banner = page.get_by_role("status").filter(has_text="Connection lost. Reconnecting…")
+    state = page.locator("#live-state")
+    banner = page.get_by_text("Connection lost. Reconnecting…")
     expect(banner).to_be_hidden()
     drop_sockets(owner.workspace_id)
+    expect(state).to_have_attribute("data-state", "off")
     expect(banner).to_be_visible()  # the page knows its socket dropped, and says so
+    expect(page.get_by_text("Live updates stopped.")).to_be_hidden()
     # Sent while the page's websocket is down: this event never reaches it.
     simulator.customer_writes(
         owner.workspace_id, account_id, "+55 11 97777-2222", "Mensagem perdida?", name="Rui"
@@ -102,7 +105,7 @@ def test_a_page_that_reconnects_fetches_what_it_missed(
     # Back: the page fetches its list again, and shows itself live once more.
     expect(page.locator("#conversations")).to_contain_text("Mensagem perdida?", timeout=15_000)
     expect(banner).to_be_hidden()
-    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    expect(state).to_have_attribute("data-state", "on")
     assert page.evaluate("window.__notReloaded") is True
     page.context.close()
 
@@ -118,10 +121,14 @@ def test_a_page_whose_session_ended_says_live_updates_stopped(
     page = open_inbox(browser, live_server, owner.email)
     revoke_sessions_where(UserSession.user_id == owner.user_id, reason="logout")
     # Closed by the server for good: no reconnecting to promise, a reload (to sign in) instead.
-    banner = page.get_by_role("status").filter(has_text="Live updates stopped.")
-    expect(banner).to_be_visible(timeout=5_000)
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "closed", timeout=5_000)
+    expect(page.get_by_text("Live updates stopped.")).to_be_visible()
     expect(page.get_by_text("Connection lost. Reconnecting…")).to_be_hidden()
-    expect(banner.get_by_role("link", name="Reload the page")).to_have_attribute("href", "")
+    expect(page.get_by_role("link", name="Reload the page")).to_have_attribute("href", "")
+    # The socket tries again meanwhile and is refused: the page stays as it was, saying so.
+    page.wait_for_timeout(1_500)
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.get_by_text("Live updates stopped.")).to_be_visible()
     # Whatever the tab asks for next loads the sign-in page as the page, not into the list.
     page.locator("form.inbox-filters select[name=status]").select_option("closed")
     expect(page).to_have_url(re.compile(r"/login\?next="))
