@@ -350,7 +350,23 @@
     list.querySelectorAll("li.conversation-item").forEach(function (item) {
       item.hidden = !shown(item, list, form);
     });
+    if (target === list && value(form, "q") !== "") {
+      // During a search the page can't tell whether the conversation that just wrote is found (by
+      // its name, its phone or any of its messages): it stays hidden and the search is asked
+      // again, whose answer (with what was pushed meanwhile, above) is the list.
+      var latest = list.querySelector("li.conversation-item");
+      if (latest) latest.hidden = true;
+      searchAgain(form);
+    }
   });
+  var again = null;
+  function searchAgain(form) {
+    clearTimeout(again);
+    again = setTimeout(function () {
+      again = null;
+      if (window.htmx && document.body.contains(form)) htmx.trigger(form, "change");
+    }, 200);
+  }
 })();
 
 // Leads: ticking rows for the bulk bar (select all, how many are ticked), confirmations before

@@ -212,6 +212,28 @@ def test_live_conversations_respect_the_lists_filters(
     page.context.close()
 
 
+def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_finds_it(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    shop = factories.sandbox_account(owner)
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-1111", "Quero um orçamento", name="Bia")
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-2222", "Oi", name="Caio")
+    page = open_inbox(browser, live_server, owner.email)
+    shown = page.locator("#conversations li.conversation-item:visible")
+    expect(shown).to_have_count(2)
+    page.fill("#inbox-q", "orçamento")
+    expect(shown).to_have_text([re.compile("Bia")])
+    # Caio writes again (the search doesn't find him), then Duda asks for a quote (it does).
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-2222", "Bom dia", name="Caio")
+    simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-3333", "Orçamento hoje?", name="Duda")
+    expect(shown).to_have_text([re.compile("Duda"), re.compile("Bia")])
+    page.wait_for_timeout(500)  # the search asked again after each of them has answered
+    expect(shown).to_have_text([re.compile("Duda"), re.compile("Bia")])
+    page.fill("#inbox-q", "")
+    expect(shown).to_have_text([re.compile("Duda"), re.compile("Caio"), re.compile("Bia")])
+    page.context.close()
+
+
 def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
