@@ -19,7 +19,8 @@ part, merged with ``executemany`` (``crm.leads.import_sqlite``).
 Rules, the same on both: a phone that is already a lead (the trash included) is skipped, or
 with ``update`` gets the row's non-empty name, email and custom fields, the tags added, and is
 restored from the trash, unless that would leave the lead with more custom fields or tags than a
-lead may have (50 of each, as everywhere else): then the row is a bad row and changes nothing.
+lead may have (50 of each, as everywhere else): then the row, and every row of the same phone in
+the batch (they are applied together), is a bad row on its own line and changes nothing.
 ``opt_in`` opts in new leads, and existing ones only when they never
 opted out: an import never overrides someone who said stop. Every opt-in is in the consent
 history (source ``import``, the file name as detail).
@@ -203,7 +204,7 @@ class Merged:
     created_rows: int
     matched_rows: int
     errors: int
-    refused: int = 0  # existing leads an update would have overfilled (among ``errors``)
+    refused: int = 0  # rows whose update would have overfilled their lead (among ``errors``)
 
 
 def _counts(job: Job, part: Part, merged: Merged) -> Counts:
@@ -221,13 +222,14 @@ def _counts(job: Job, part: Part, merged: Merged) -> Counts:
 _STAGE = """
 CREATE TEMPORARY TABLE import_rows (
     line integer, phone text, name text, email text, tag_names text[], tag_keys text[],
-    fields jsonb, occurrences integer
+    fields jsonb, occurrences integer, more_lines integer[]
 ) ON COMMIT DROP;
 CREATE TEMPORARY TABLE import_bad (line integer, reason text, raw text) ON COMMIT DROP
 """
 
 # An update that would leave a lead with more custom fields or tags than a lead may have: the row
-# leaves the batch and becomes a bad row (its lead unchanged).
+# leaves the batch and becomes a bad row, with each row of the phone folded into it (its lead
+# unchanged); the count is of those rows.
 # A lead saved without custom fields holds JSON null (not SQL NULL): NULLIF makes it an empty
 # object before merging, or ``null || {...}`` would be an array.
 _REFUSE_OVERFULL = """
@@ -242,12 +244,13 @@ WITH counted AS (
 ), over AS (
     DELETE FROM import_rows s USING counted a
     WHERE s.line = a.line AND (a.fields > :max_fields OR a.tags > :max_tags)
-    RETURNING s.line, a.fields > :max_fields AS fields_over
+    RETURNING s.line, s.more_lines, s.occurrences, a.fields > :max_fields AS fields_over
 ), bad AS (
     INSERT INTO import_bad (line, reason, raw)
-    SELECT line, CASE WHEN fields_over THEN :too_many_fields ELSE :too_many_tags END, '' FROM over
+    SELECT l.line, CASE WHEN o.fields_over THEN :too_many_fields ELSE :too_many_tags END, ''
+    FROM over o, unnest(ARRAY[o.line] || COALESCE(o.more_lines, '{}')) AS l(line)
 )
-SELECT count(*) FROM over
+SELECT COALESCE(sum(occurrences), 0) FROM over
 """
 
 _UPDATE_EXISTING = """
@@ -321,8 +324,8 @@ def _merge_postgresql(job: Job, part: Part, now: datetime) -> Merged:
     with driver.cursor() as cursor:
         if part.copy_leads:
             with cursor.copy(
-                "COPY import_rows (line, phone, name, email, tag_names, tag_keys, fields, occurrences) "
-                "FROM STDIN"
+                "COPY import_rows (line, phone, name, email, tag_names, tag_keys, fields, occurrences, "
+                "more_lines) FROM STDIN"
             ) as copy:
                 copy.write(part.copy_leads)
         if part.copy_errors:
@@ -385,12 +388,13 @@ def render_copy(batch: Batch, parts: int = PARTS) -> Batch:
         else:
             names = keys = "\\N"
         fields = _copy_text(json.dumps(lead.fields, ensure_ascii=False)) if lead.fields else "\\N"
+        more = "{" + ",".join(map(str, lead.more_lines)) + "}" if lead.more_lines else "\\N"
         index = part_of(lead.phone, parts)
         shares[index].lead_count += 1
         shares[index].occurrences += lead.occurrences
         lines[index].append(
             f"{lead.line}\t{_copy_text(lead.phone)}\t{_copy_text(lead.name)}\t{_copy_text(lead.email)}\t"
-            f"{names}\t{keys}\t{fields}\t{lead.occurrences}\n"
+            f"{names}\t{keys}\t{fields}\t{lead.occurrences}\t{more}\n"
         )
     for share, rendered in zip(shares, lines, strict=True):
         share.copy_leads = "".join(rendered).encode()

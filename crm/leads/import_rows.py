@@ -96,6 +96,9 @@ class StagedLead:
     tags: list[tuple[str, str]]  # (name, key)
     fields: dict[str, str] | None
     occurrences: int = 1
+    # With ``update``, the lines of the phone's later rows, folded into this one: refused with it
+    # when the update would overfill the lead, each reported on its own line.
+    more_lines: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,9 @@ class RowReader:
                 if lead.fields:
                     first.fields = {**(first.fields or {}), **lead.fields}
                 first.tags = tags
+                if first.more_lines is None:
+                    first.more_lines = []
+                first.more_lines.append(line)
             first.occurrences += 1
         except RowError as exc:
             raw = as_csv_line(cells, self.spec.delimiter)[:MAX_RAW]

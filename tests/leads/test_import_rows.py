@@ -179,7 +179,7 @@ def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
         (br_mobile(1), "Mudou", "", "", "1", "2"),  # 49 fields + "nova" + "outra": 51
         (br_mobile(2), "Mudou", "", "t1; nova; outra", "", ""),  # 49 tags + 2 new: 51
         (br_mobile(3), "Nova", "", "", "1", "2"),  # a new lead: 2 fields
-        (br_mobile(1), "De novo", "", "", "", ""),  # the refused phone again: skipped
+        (br_mobile(1), "De novo", "", "", "", ""),  # the refused phone again: refused with it
         (br_mobile(4), "Cheia", "", "", "", ""),  # an existing lead that fits: updated
         (br_mobile(5), "Muitas", "", ", ".join(f"x{n}" for n in range(51)), "", ""),  # 51 on one row
     ]
@@ -191,10 +191,11 @@ def test_an_update_that_would_overfill_a_lead_is_a_bad_row_and_changes_nothing(
     lead_import = db.session.get(LeadImport, draft.id)
     assert lead_import is not None and lead_import.status == "done"
     counts = (lead_import.created, lead_import.updated, lead_import.skipped, lead_import.errors_count)
-    assert counts == (1, 1, 1, 3)
+    assert counts == (1, 1, 0, 4)
     assert errors_of(lead_import) == {
         2: "The lead would have more than 50 custom fields.",
         3: "The lead would have more than 50 tags.",
+        5: "The lead would have more than 50 custom fields.",
         7: "The lead would have more than 50 tags.",
     }
     leads = leads_by_phone(owner.workspace_id)
@@ -234,6 +235,29 @@ def test_update_mode_limits_hold_within_the_file_and_for_leads_already_over_them
     assert leads[br_e164(1)].id == over and leads[br_e164(1)].name == "Depois"
     assert len(leads[br_e164(3)].tag_names) == 30
     assert leads[br_e164(2)].id == no_fields and leads[br_e164(2)].custom_fields == {"cidade": "Recife"}
+
+
+def test_every_row_of_a_phone_whose_update_is_refused_is_reported(owner: factories.Person) -> None:
+    """The rows of one phone in a batch are applied together: when that would overfill the lead,
+    none of them is, and each is a bad row on its own line (not the first alone, the others
+    counted as skipped)."""
+    full = factories.lead(owner, phone=br_e164(1), name="Antes")
+    db.session.add_all(LeadTag(workspace_id=owner.workspace_id, lead_id=full, name=f"t{n}", key=f"t{n}")
+                       for n in range(49))  # fmt: skip
+    db.session.commit()
+    rows = [
+        (br_mobile(1), "Depois", "", "n1"),  # line 2
+        (br_mobile(2), "Outra", "", ""),  # line 3: a new lead
+        (br_mobile(1), "", "", "n2"),  # line 4: 51 tags with line 2
+        (br_mobile(1), "De novo", "", ""),  # line 5
+    ]
+    lead_import = import_file(owner, csv_bytes(rows), on_duplicate="update")
+    reason = "The lead would have more than 50 tags."
+    assert errors_of(lead_import) == {2: reason, 4: reason, 5: reason}
+    counts = (lead_import.created, lead_import.updated, lead_import.skipped, lead_import.errors_count)
+    assert counts == (1, 0, 0, 3)
+    lead = leads_by_phone(owner.workspace_id)[br_e164(1)]
+    assert lead.name == "Antes" and len(lead.tag_names) == 49
 
 
 def test_leads_in_the_trash_are_existing_leads(owner: factories.Person) -> None:
