@@ -169,6 +169,12 @@ def test_bad_files_are_refused_and_nothing_is_stored(owner: factories.Person, da
     assert reject(owner, data).code == code
 
 
+def test_an_unclosed_quote_is_reported_on_the_line_where_its_record_starts(owner: factories.Person) -> None:
+    data = b'phone,name\r\n11987654321,Ana\r\n\r\n11912345678,"Bia\r\n' + b"x" * 200_000 + b"\r\n"
+    rejected = reject(owner, data)
+    assert rejected.code == "malformed_csv" and rejected.message.startswith("Line 4 of the file")
+
+
 def test_a_file_over_the_limit_is_refused_while_it_is_read(
     owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
