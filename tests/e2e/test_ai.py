@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Page, ViewportSize, expect
+from playwright.sync_api import Page, expect
 
 from crm.ai.models import AISettings
 from crm.ai.settings import update_settings
@@ -20,12 +20,11 @@ from crm.extensions import db
 from crm.inbox.models import ConversationNote
 from crm.realtime import broker
 from tests import factories
-from tests.e2e.conftest import DESKTOP, BrowserProblems, sign_in
+from tests.e2e.conftest import DESKTOP, PHONE, BrowserProblems, sign_in
 from tests.fakes.gemini import GeminiStub, Outcome
 
 pytestmark = pytest.mark.e2e
 
-PHONE: ViewportSize = {"width": 390, "height": 844}
 KNOWLEDGE = """Barbearia Central — Rua Augusta, 1200, São Paulo.
 Horário: segunda a sexta, 9h às 19h; sábado, 9h às 13h.
 Corte: R$ 50. Barba: R$ 35. Corte + barba: R$ 75.

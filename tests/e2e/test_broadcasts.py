@@ -16,14 +16,13 @@ from crm.broadcasts.services import Draft, create_broadcast
 from crm.extensions import db
 from crm.realtime import fanout
 from tests import factories
-from tests.e2e.conftest import BrowserProblems, sign_in
+from tests.e2e.conftest import PHONE, BrowserProblems, sign_in
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, ViewportSize
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
 
-PHONE: ViewportSize = {"width": 390, "height": 844}
 BROADCAST_PAGE = re.compile(r"/broadcasts/(\d+)$")
 CUSTOMERS = [
     ("+5511987650001", "Ana Beatriz Souza", "São Paulo"),

@@ -11,14 +11,13 @@ import pytest
 from crm.leads.consent import ConsentChange, set_consent
 from crm.leads.models import ConsentSource, LeadSource
 from tests import factories
-from tests.e2e.conftest import ARTIFACTS, BrowserProblems, sign_in
+from tests.e2e.conftest import ARTIFACTS, PHONE, BrowserProblems, sign_in
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, ViewportSize
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
 
-PHONE: ViewportSize = {"width": 390, "height": 844}
 LEAD_PAGE = re.compile(r"/leads/\d+$")
 
 # (phone, name, tags, consent): a workspace's list as it looks after a few weeks.

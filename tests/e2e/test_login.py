@@ -8,16 +8,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests import factories
-from tests.e2e.conftest import BrowserProblems, sign_in
+from tests.e2e.conftest import PHONE, BrowserProblems, sign_in
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, ViewportSize
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
 
 HOME = re.compile(r"^http://127\.0\.0\.1:\d+/$")
 LOGIN = re.compile(r"/login(\?.*)?$")
-PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def test_login_through_the_real_page_shows_the_inbox_shell(
