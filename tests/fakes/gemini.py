@@ -41,6 +41,7 @@ import math
 import random
 import re
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -706,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
+    # Ctrl-C or a plain kill stops it and prints the counts, even when the shell that started it in
+    # the background left Ctrl-C ignored (as non-interactive shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with stub:
         print(stub.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -423,7 +423,11 @@ def test_runs_standalone() -> None:
             assert httpx.post(path, json=body, headers=headers).status_code == 429
         finally:
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=5)
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # or leaving the with block would wait for it forever
+                raise
     assert proc.returncode == 0
     assert json.loads(err.strip().splitlines()[-1]) == {
         "calls": 2,
