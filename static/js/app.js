@@ -249,6 +249,7 @@
     return field ? String(field.value || "").trim() : "";
   }
   function shown(item, list, form) {
+    if (item.hasAttribute("data-awaiting-search")) return false; // the search asked again decides
     var view = value(form, "view") || "all";
     var status = value(form, "status") || "open";
     var account = value(form, "account");
@@ -293,6 +294,14 @@
       order = [];
     }
   });
+  // A list item pushed anew, or a new list, shows the open conversation highlighted. A new list
+  // once it has settled: htmx sets its items' own attributes (the class) only then.
+  function markOpen() {
+    var open = document.querySelector(".thread[data-conversation-id]");
+    var item = open && document.getElementById("conversation-" + open.getAttribute("data-conversation-id"));
+    if (item) item.classList.add("selected");
+  }
+  document.addEventListener("htmx:afterSettle", markOpen);
   document.addEventListener("htmx:afterSwap", function () {
     var list = document.getElementById("conversations");
     if (!pushed || !list || list === shownList) return;
@@ -317,7 +326,10 @@
       list.insertBefore(pushed[id].item, list.firstChild);
       laid.push(pushed[id].item);
     });
-    laid.forEach(function (item) { item.hidden = form ? !shown(item, list, form) : false; });
+    laid.forEach(function (item) {
+      item.removeAttribute("data-awaiting-search"); // the search found it
+      item.hidden = form ? !shown(item, list, form) : false;
+    });
     var empty = document.getElementById("conversations-empty");
     if (empty && laid.some(function (item) { return !item.hidden; })) empty.remove();
   });
@@ -342,22 +354,21 @@
         }
       }
     }
-    // A list item pushed anew is the same conversation: it stays highlighted if its thread is open.
-    var open = document.querySelector(".thread[data-conversation-id]");
-    var item = open && document.getElementById("conversation-" + open.getAttribute("data-conversation-id"));
-    if (item) item.classList.add("selected");
+    markOpen();
     if (!list || !form) return;
+    if (target === list && value(form, "q") !== "") {
+      // During a search the page can't tell whether the conversation that just wrote is found (by
+      // its name, its phone or any of its messages): it stays hidden, whatever is pushed next,
+      // until the search asked again answers (with what was pushed meanwhile, above).
+      var latest = list.querySelector("li.conversation-item");
+      if (latest && shown(latest, list, form)) {
+        latest.setAttribute("data-awaiting-search", "");
+        searchAgain(form);
+      }
+    }
     list.querySelectorAll("li.conversation-item").forEach(function (item) {
       item.hidden = !shown(item, list, form);
     });
-    if (target === list && value(form, "q") !== "") {
-      // During a search the page can't tell whether the conversation that just wrote is found (by
-      // its name, its phone or any of its messages): it stays hidden and the search is asked
-      // again, whose answer (with what was pushed meanwhile, above) is the list.
-      var latest = list.querySelector("li.conversation-item");
-      if (latest) latest.hidden = true;
-      searchAgain(form);
-    }
   });
   var again = null;
   function searchAgain(form) {

@@ -221,14 +221,25 @@ def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_fin
     page = open_inbox(browser, live_server, owner.email)
     shown = page.locator("#conversations li.conversation-item:visible")
     expect(shown).to_have_count(2)
+    page.get_by_text("Bia").click()  # her conversation open: it stays highlighted in new lists
+    expect(page.locator(".thread .messages")).to_contain_text("Quero um orçamento")
     page.fill("#inbox-q", "orçamento")
     expect(shown).to_have_text([re.compile("Bia")])
+    # Whenever the page is between two tasks, record whether Caio's item shows.
+    page.evaluate(
+        """() => { window.__caioShown = false; new MutationObserver(() => {
+          document.querySelectorAll('#conversations li.conversation-item').forEach((li) => {
+            if (!li.hidden && li.textContent.includes('Caio')) window.__caioShown = true; });
+        }).observe(document.body, { subtree: true, childList: true, attributes: true }); }"""
+    )
     # Caio writes again (the search doesn't find him), then Duda asks for a quote (it does).
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-2222", "Bom dia", name="Caio")
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 93333-3333", "Orçamento hoje?", name="Duda")
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Bia")])
     page.wait_for_timeout(500)  # the search asked again after each of them has answered
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Bia")])
+    assert page.evaluate("window.__caioShown") is False  # not even for a moment
+    expect(page.locator("#conversations li.conversation-item.selected")).to_have_text(re.compile("Bia"))
     page.fill("#inbox-q", "")
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Caio"), re.compile("Bia")])
     page.context.close()
