@@ -309,15 +309,21 @@ def agent(
         time.sleep(rnd.expovariate(1 / think) if think > 0 else 0)
 
 
-def slow_statements(offset: int, db_name: str) -> list[tuple[float, str]]:
-    """(ms, statement) that PostgreSQL logged over 5 ms for the bench database since ``offset``."""
-    found: list[tuple[float, str]] = []
+def log_since(offset: int) -> str | None:
+    """What PostgreSQL logged since ``offset`` (None: the log can't be read)."""
     try:
         with PG_LOG.open("rb") as fh:
             fh.seek(offset)
-            text = fh.read().decode(errors="replace")
+            return fh.read().decode(errors="replace")
     except OSError:
+        return None
+
+
+def slow_statements(text: str | None, db_name: str) -> list[tuple[float, str]]:
+    """(ms, statement) that PostgreSQL logged over 5 ms for the bench database in ``text``."""
+    if text is None:
         return [(-1.0, f"(cannot read {PG_LOG})")]
+    found: list[tuple[float, str]] = []
     for line in text.splitlines():
         if f"@{db_name} " not in line:
             continue
@@ -327,16 +333,12 @@ def slow_statements(offset: int, db_name: str) -> list[tuple[float, str]]:
     return found
 
 
-def slow_plans(offset: int, db_name: str) -> list[SlowPlan]:
-    """The plans auto_explain logged for the bench database since ``offset`` (--explain-slow).
+def slow_plans(text: str | None, db_name: str) -> list[SlowPlan]:
+    """The plans auto_explain logged for the bench database in ``text`` (--explain-slow).
 
     An entry is a line with the prefix (``duration: … ms  plan:``) and its continuation lines,
     which start with a tab; a plan's pages read are the top node's (it counts its children's)."""
-    try:
-        with PG_LOG.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode(errors="replace")
-    except OSError:
+    if text is None:
         return []
     plans: list[SlowPlan] = []
     entry: list[str] = []
@@ -461,8 +463,9 @@ def run_once(
     run.cpu["machine"] = (after["busy"] - before["busy"]) / max(1, after["total"] - before["total"]) * 2
     run.cpu["client"] = (time.process_time() - client_cpu) / run.seconds
     time.sleep(1.0)  # the log collector writes a moment later
-    run.slow = slow_statements(offset, bench.db_name)
-    run.plans = slow_plans(offset, bench.db_name)
+    logged = log_since(offset)
+    run.slow = slow_statements(logged, bench.db_name)
+    run.plans = slow_plans(logged, bench.db_name)
     return run
 
 

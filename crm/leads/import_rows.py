@@ -100,6 +100,10 @@ class StagedLead:
     # when the update would overfill the lead, each reported on its own line.
     more_lines: list[int] | None = None
 
+    def lines(self) -> list[int]:
+        """Every line of the file whose row went into this one."""
+        return [self.line, *(self.more_lines or [])]
+
 
 @dataclass(frozen=True, slots=True)
 class BadRow:

@@ -51,11 +51,6 @@ def _existing(workspace_id: int, phones: Sequence[str]) -> dict[str, Any]:
     return found
 
 
-def _lines(lead: StagedLead) -> list[int]:
-    """Every line of the file whose row went into ``lead``."""
-    return [lead.line, *(lead.more_lines or [])]
-
-
 def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
     leads = cast(Table, Lead.__table__)
     existing = _existing(job.workspace_id, list(batch.leads))
@@ -73,11 +68,11 @@ def merge_sqlite(job: Job, batch: Batch, now: datetime) -> Merged:
             fields = {**(row.custom_fields or {}), **lead.fields} if lead.fields else row.custom_fields
             # Refused only when the row adds to them, as on PostgreSQL.
             if lead.fields and len(fields or {}) > MAX_FIELDS:
-                refused.extend((line, job.reasons.too_many_fields) for line in _lines(lead))
+                refused.extend((line, job.reasons.too_many_fields) for line in lead.lines())
                 continue
             new_tags = {key for _name, key in lead.tags}
             if new_tags and len(tag_keys.get(row.id, set()) | new_tags) > MAX_TAGS_PER_LEAD:
-                refused.extend((line, job.reasons.too_many_tags) for line in _lines(lead))
+                refused.extend((line, job.reasons.too_many_tags) for line in lead.lines())
                 continue
             opting_in = job.opt_in and not row.opt_in and row.opted_out_at is None
             changes.append(

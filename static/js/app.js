@@ -230,13 +230,17 @@
       htmx.ajax("GET", window.location.pathname, { target: "#" + panel.id, select: "#" + panel.id, swap: "outerHTML" });
     });
   }
+  // The one place that tells the page's scripts the socket is live: "zapdesk:live" on document.
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     var target = event.detail.target;
-    if (!dropped || !target || target.id !== "live-state") return;
+    if (!target || target.id !== "live-state") return;
     var state = document.getElementById("live-state");
     if (!state || state.getAttribute("data-state") !== "on") return;
-    dropped = false;
-    refetch();
+    if (dropped) {
+      dropped = false;
+      refetch();
+    }
+    document.dispatchEvent(new CustomEvent("zapdesk:live"));
   });
 })();
 
@@ -506,10 +510,7 @@
   document.addEventListener("change", announce);
 
   // Each time the socket is live (the server's first frame), the state it may have missed.
-  document.addEventListener("htmx:oobAfterSwap", function (event) {
-    var state = document.getElementById("live-state");
-    if (!event.detail.target || event.detail.target.id !== "live-state") return;
-    if (!state || state.getAttribute("data-state") !== "on") return;
+  document.addEventListener("zapdesk:live", function () {
     var page = document.querySelector("[data-broadcast-live]");
     if (page && window.htmx) htmx.ajax("GET", page.getAttribute("data-broadcast-live"), { source: page, swap: "none" });
   });
