@@ -283,6 +283,23 @@ def test_tags_for_everyone_and_per_row_match_without_case(owner: factories.Perso
     assert keys == {"vip", "feira 2026", "cliente", "são paulo"}
 
 
+def test_text_that_copy_or_an_array_must_escape_arrives_as_written(owner: factories.Person) -> None:
+    """Backslashes, quotes, tabs and line breaks (PostgreSQL receives rows as COPY text and tags as
+    array literals, where each means something) are stored as the file has them."""
+    rows = [
+        (br_mobile(1), "Ana \\ Lima", "", 'a"b; c\\d', "linha 1\nlinha\t2 \\N"),
+        (br_mobile(2), "Bia", "", "x\\", "\\"),
+    ]
+    draft = import_file(owner, csv_bytes(rows, ("phone", "name", "email", "tags", "Obs")), start=False)
+    mapping = {"phone": 0, "name": 1, "email": 2, "tags": 3, "custom": {"Obs": 4}}
+    start_import(owner.workspace_id, draft.id, mapping, _options())
+    leads = leads_by_phone(owner.workspace_id)
+    first, second = leads[br_e164(1)], leads[br_e164(2)]
+    assert (first.name, set(first.tag_names)) == ("Ana \\ Lima", {'a"b', "c\\d"})
+    assert first.custom_fields == {"Obs": "linha 1\nlinha\t2 \\N"}
+    assert (second.tag_names, second.custom_fields) == (["x\\"], {"Obs": "\\"})
+
+
 def test_opt_in_records_the_import_in_the_consent_history(owner: factories.Person) -> None:
     lead_import = import_file(owner, csv_bytes([(br_mobile(1), "A", "", "")]), "clientes.csv", opt_in=True)
     lead = leads_by_phone(owner.workspace_id)[br_e164(1)]
