@@ -48,9 +48,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _lower(value: Any) -> str | None:
+    return None if value is None else str(value).lower()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL lets the web threads read while the embedded worker writes; busy_timeout waits
     # for a lock instead of failing at once; foreign keys are off by default in SQLite.
+    # SQLite's own lower() changes only A-Z, so "Érica" stayed "Érica" and a search for "érica"
+    # (lower-cased in Python) missed it: Python's lower() replaces it, as PostgreSQL's handles
+    # every letter. No SQLite index uses lower(), so nothing stored depends on the old one.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")

@@ -13,7 +13,7 @@ from tests.conftest import hx
 
 def _names(client: FlaskClient, **query: str) -> list[str]:
     html = client.get("/", query_string=query).get_data(as_text=True)
-    return [name for name in ("Ana", "Bia", "Caio") if f'<span class="who">{name}</span>' in html]
+    return [name for name in ("Ana", "Bia", "Caio", "Érica") if f'<span class="who">{name}</span>' in html]
 
 
 def _tag(conversation_id: int, *names: str) -> None:
@@ -48,6 +48,9 @@ def test_search_finds_names_phones_and_message_text(logged_in: FlaskClient, owne
     assert _names(logged_in, q="BOLETO") == ["Ana"]
     assert _names(logged_in, q="0% d") == ["Caio"]  # % is matched literally
     assert _names(logged_in, q="o_b") == []  # and so is _
+    factories.inbound(account_id, phone="+5511900000004", name="Érica", text="ÓTIMO atendimento, Ângela!")
+    assert _names(logged_in, q="érica") == _names(logged_in, q="ÉRICA") == ["Érica"]  # any letter's case
+    assert _names(logged_in, q="ótimo") == _names(logged_in, q="ângela") == ["Érica"]
 
 
 def test_tags_are_added_and_removed_from_the_thread(logged_in: FlaskClient, owner: factories.Person) -> None:

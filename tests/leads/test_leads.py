@@ -171,6 +171,18 @@ def test_search_finds_name_email_notes_and_phone_as_typed(owner: factories.Perso
     assert found("nobody") == []
 
 
+def test_search_lower_cases_accented_capitals_on_every_database(owner: factories.Person) -> None:
+    erica = factories.lead(owner, "+5511987654321", "ÉRICA Ávila", notes="Ótima cliente, ÇA")
+    assert [
+        lead.id
+        for lead in list_leads(owner.workspace_id, LeadFilter(q="érica ávila"), Sort.NEWEST, 50, None).items
+    ] == [erica]
+    for q in ("Ávila", "ÁVILA", "ótima", "ça"):
+        assert [
+            lead.id for lead in list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 50, None).items
+        ] == [erica], q
+
+
 def test_filters_by_consent_tag_source_and_contact(
     owner: factories.Person, sandbox_account: WhatsAppAccount
 ) -> None:
