@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from flask import g, redirect, render_template, request, url_for
@@ -15,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from crm.auth.decorators import manager_required
 from crm.errors import DomainError, ValidationFailed
+from crm.extensions import db
 from crm.htmx import render
 from crm.leads import bp, csvfile
 from crm.leads import imports as service
@@ -92,12 +94,47 @@ def upload_import() -> Any:
     return redirect(url_for("leads.import_mapping", import_id=lead_import.id), code=303)
 
 
-def _mapping_page(lead_import: Any, error: str | None = None, status: int = 200) -> Any:
+@dataclass(frozen=True)
+class _Form:
+    """What the mapping form shows: the draft's choices, or after an error what was sent."""
+
+    columns: list[str]  # what each column is set to
+    fields: list[str]  # each column's custom field name
+    on_duplicate: str
+    tags: str
+    country: str
+    opt_in: bool
+
+    @classmethod
+    def of(cls, lead_import: Any) -> _Form:
+        header = [cell or "" for cell in lead_import.header or []]
+        return cls(
+            _column_choices(lead_import.mapping or {}, len(header)),
+            header,
+            lead_import.on_duplicate or "skip",
+            ", ".join(lead_import.tags or []),
+            lead_import.default_country or "",
+            bool(lead_import.opt_in),
+        )
+
+    @classmethod
+    def sent(cls, width: int) -> _Form:
+        form = request.form
+        return cls(
+            [form.get(f"column-{index}", "ignore") for index in range(width)],
+            [form.get(f"field-{index}", "") for index in range(width)],
+            form.get("on_duplicate", "skip"),
+            form.get("tags", ""),
+            form.get("default_country", ""),
+            form.get("opt_in") == "y",
+        )
+
+
+def _mapping_page(
+    lead_import: Any, form: _Form | None = None, error: str | None = None, status: int = 200
+) -> Any:
     return render_template(
-        "leads/import_mapping.html",
-        imp=lead_import,
-        choices=_column_choices(lead_import.mapping or {}, len(lead_import.header or [])),
-        error=error,
+        "leads/import_mapping.html", imp=lead_import, form=form or _Form.of(lead_import), error=error
     ), status
 
 
@@ -154,8 +191,10 @@ def import_mapping(import_id: int) -> Any:
     try:
         mapping = _mapping_from_form(len(lead_import.header or []))
         service.start_import(g.workspace_id, import_id, mapping, options, locale=str(get_locale() or ""))
-    except DomainError as exc:
-        return _mapping_page(service.get_import(g.workspace_id, import_id), exc.message, exc.status)
+    except DomainError as exc:  # the page again, as it was sent: nothing chosen is lost
+        db.session.rollback()
+        lead_import = service.get_import(g.workspace_id, import_id)
+        return _mapping_page(lead_import, _Form.sent(len(lead_import.header or [])), exc.message, exc.status)
     return redirect(url_for("leads.import_progress", import_id=import_id), code=303)
 
 

@@ -214,7 +214,7 @@ def _country(workspace_id: int, raw: str | None) -> str:
     country = raw.strip().upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise ValidationFailed(
-            _("default_country must be a two-letter country code, such as BR or US."), code="invalid_country"
+            _("The country must be a two-letter code, such as BR or US."), code="invalid_country"
         )
     return country
 

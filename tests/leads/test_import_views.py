@@ -206,6 +206,32 @@ def test_a_wrong_mapping_is_explained_and_nothing_starts(
     assert the_import().status == "draft"
 
 
+def test_after_an_error_the_page_keeps_every_choice_sent(logged_in: FlaskClient) -> None:
+    send_file(logged_in, FILE)
+    draft = the_import()
+    form = {
+        "csrf_token": csrf_from(logged_in, PAGE),
+        "column-0": "name",
+        "column-1": "phone",
+        "column-3": "custom",
+        "field-3": "Empresa atual",
+        "on_duplicate": "update",
+        "tags": "feira 2026, sp",
+        "opt_in": "y",
+        "default_country": "XX",
+    }
+    response = logged_in.post(f"/leads/imports/{draft.id}/mapping", data=form)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "The country must be a two-letter code, such as BR or US." in html  # not a field's name
+    assert [selected(html, column) for column in range(5)] == ["name", "phone", "ignore", "custom", "ignore"]
+    assert 'name="field-3" value="Empresa atual"' in html
+    assert re.search(r'name="on_duplicate" value="update"\s+checked', html)
+    assert 'name="tags" value="feira 2026, sp"' in html and 'name="default_country" value="XX"' in html
+    assert re.search(r'name="opt_in" value="y"\s+checked', html)
+    assert the_import().status == "draft"
+
+
 def test_a_draft_can_be_discarded(logged_in: FlaskClient) -> None:
     send_file(logged_in, FILE)
     draft = the_import()
