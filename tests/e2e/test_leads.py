@@ -164,6 +164,14 @@ def test_the_list_with_its_bulk_bar_on_a_desktop_and_a_phone(
     expect(page.locator("#lead-count")).to_have_text("15 leads")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
     page.screenshot(path="test-artifacts/leads-phone.png", full_page=False)
+
+    # A name typed without a space wraps instead of widening the page, on a phone and a desktop.
+    long_name = factories.lead(owner, "+5511955550000", "X" * 200)
+    for size in (PHONE, {"width": 1280, "height": 1000}):
+        page.set_viewport_size(size)
+        for path in ("/leads/", f"/leads/{long_name}"):
+            page.goto(f"{live_server}{path}")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), (path, size)
     assert browser_problems.all() == []
 
 
