@@ -65,6 +65,7 @@ def _list_page(error: DomainError | None = None) -> Any:
         imports=service.list_imports(g.workspace_id),
         error=error.message if error else None,
         max_mb=csvfile.MAX_BYTES // MB,
+        max_rows=csvfile.MAX_ROWS,
     )
     return page, error.status if error else 200
 

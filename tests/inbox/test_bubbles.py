@@ -78,9 +78,9 @@ def test_each_reader_sees_their_language_and_zone(
     app: Flask, logged_in: FlaskClient, owner: factories.Person
 ) -> None:
     conversation_id = factories.inbound(factories.sandbox_account(owner))
-    message_id = factories.stored_message(conversation_id, "Oi", direction="out")
+    message_id = factories.stored_message(conversation_id, "Oi", direction="out", status="delivered")
     english = _bubble_of(_thread(logged_in, conversation_id), message_id)
-    assert "Delete from Zapdesk" in english
+    assert "Delete from Zapdesk" in english and 'title="Delivered"' in english  # the tick's status
 
     user = db.session.get(User, owner.user_id)
     assert user is not None
@@ -88,6 +88,7 @@ def test_each_reader_sees_their_language_and_zone(
     db.session.commit()
     portuguese = _bubble_of(_thread(logged_in, conversation_id), message_id)
     assert "Delete from Zapdesk" not in portuguese and portuguese != english
+    assert 'title="Entregue"' in portuguese
 
     times = re.compile(r'<small class="meta">\s*(.*?)\s*<')
     workspace = get_workspace(owner.workspace_id)

@@ -142,6 +142,12 @@ def test_a_bad_file_is_an_error_on_the_page(logged_in: FlaskClient, data: bytes,
     assert db.session.scalar(db.select(db.func.count()).select_from(LeadImport)) == 0
 
 
+def test_the_row_limit_is_written_in_the_readers_language(logged_in: FlaskClient) -> None:
+    assert "Up to 1,000,000 rows" in logged_in.get(PAGE).get_data(as_text=True)
+    portuguese = logged_in.get(PAGE, headers={"Accept-Language": "pt-BR"}).get_data(as_text=True)
+    assert "1.000.000" in portuguese and "1,000,000" not in portuguese
+
+
 def test_no_file_chosen(logged_in: FlaskClient) -> None:
     response = logged_in.post(PAGE, data={"csrf_token": csrf_from(logged_in, PAGE)})
     assert response.status_code == 422 and "Choose a CSV file to import." in response.get_data(as_text=True)
