@@ -56,7 +56,7 @@ def test_two_agents_see_messages_and_replies_live(
     composer.press("Enter")
     reply = second.locator(".thread .messages .bubble.from-business")
     expect(reply).to_contain_text("Entregamos sim, até as 18h!", timeout=2_000)
-    expect(reply.locator(".tick")).to_have_attribute("title", re.compile("^delivered"))
+    expect(reply.locator(".tick")).to_have_attribute("title", re.compile("^Delivered"))
     expect(first.locator(".thread .messages .bubble.from-business")).to_have_count(
         1
     )  # a double send shows twice
