@@ -554,3 +554,36 @@
     for (var i = 0; i < notices.length - 4; i++) notices[i].remove();
   });
 })();
+
+// Live pushes reach every open page of the workspace, and each page shows only part of what they
+// update (a thread that isn't open, a list on the lead page). htmx reports an out-of-band fragment
+// whose target isn't on the page as a console error, so the "live" extension, beside "ws" on the
+// socket's element, leaves such fragments out first: what it drops is what htmx would have dropped.
+(function () {
+  "use strict";
+  if (!window.htmx) return;
+  function selector(child) {
+    var spec = child.getAttribute("hx-swap-oob") || "true";
+    var colon = spec.indexOf(":");
+    if (colon >= 0) return spec.slice(colon + 1);
+    return child.id ? "#" + CSS.escape(child.id) : null;
+  }
+  htmx.defineExtension("live", {
+    transformResponse: function (text, xhr) {
+      if (xhr) return text; // an ordinary response of an element inside: not a live push
+      var template = document.createElement("template");
+      template.innerHTML = text;
+      var coming = {}; // ids the fragments kept so far put on the page, for the ones after them
+      Array.from(template.content.children).forEach(function (child) {
+        var where = selector(child);
+        var there = where && (coming[where] || document.querySelector(where));
+        if (!there) {
+          child.remove();
+          return;
+        }
+        child.querySelectorAll("[id]").forEach(function (el) { coming["#" + CSS.escape(el.id)] = true; });
+      });
+      return template.innerHTML;
+    }
+  });
+})();
