@@ -153,7 +153,12 @@ def consent(lead_id: int) -> Any:
     set_consent(g.workspace_id, [lead_id], choice == "true", _by_form())
     if wants_fragment():
         entries = consent_entries(g.workspace_id, lead_id)
-        return render_template("leads/_consent.html", lead=current, consent=entries)
+        # The "write to them" form follows (after an opt-out it says nothing can be sent).
+        profile = lead_profile(g.workspace_id, lead_id)
+        conversations = render_template(
+            "leads/_conversations.html", profile=profile, oob=True, **_composer(profile.lead)
+        )
+        return render_template("leads/_consent.html", lead=profile.lead, consent=entries) + conversations
     flash(_("Opted in.") if choice == "true" else _("Opted out."), "success")
     return redirect(url_for("leads.lead", lead_id=lead_id), 303)
 

@@ -74,6 +74,9 @@ def test_opting_out_and_in_is_recorded_with_the_member(
     assert fragment.lstrip().startswith(f'<section class="card lead-consent" id="lead-consent-{lead_id}"')
     assert "Opted out" in fragment and owner.email in fragment and "In the app" in fragment
     assert 'value="true"' in fragment and 'value="false"' not in fragment  # now only "Opt in"
+    # The "write to them" form on the same page follows: it says why nothing can be sent.
+    assert f'id="lead-conversations-{lead_id}" data-swap-errors hx-swap-oob="true"' in fragment
+    assert "They opted out: nothing can be sent to them until they opt in again." in fragment
     response = post(logged_in, f"/leads/{lead_id}/consent", opt_in="true")
     assert response.status_code == 303
     events = db.session.scalars(select(ConsentEvent).order_by(ConsentEvent.id)).all()
