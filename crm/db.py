@@ -49,7 +49,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def _lower(value: Any) -> str | None:
-    return None if value is None else str(value).lower()
+    if value is None:
+        return None
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return text.lower()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

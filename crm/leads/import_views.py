@@ -16,7 +16,6 @@ from werkzeug.wrappers import Response
 
 from crm.auth.decorators import manager_required
 from crm.errors import DomainError, ValidationFailed
-from crm.extensions import db
 from crm.htmx import render
 from crm.leads import bp, csvfile
 from crm.leads import imports as service
@@ -193,7 +192,6 @@ def import_mapping(import_id: int) -> Any:
         mapping = _mapping_from_form(len(lead_import.header or []))
         service.start_import(g.workspace_id, import_id, mapping, options, locale=str(get_locale() or ""))
     except DomainError as exc:  # the page again, as it was sent: nothing chosen is lost
-        db.session.rollback()
         lead_import = service.get_import(g.workspace_id, import_id)
         return _mapping_page(lead_import, _Form.sent(len(lead_import.header or [])), exc.message, exc.status)
     return redirect(url_for("leads.import_progress", import_id=import_id), code=303)

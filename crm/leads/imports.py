@@ -143,9 +143,10 @@ def start_import(
     if lead_import.status != ImportStatus.DRAFT:
         raise ValidationFailed(_("This import has already started."), code="invalid_state")
     clean = check_mapping(mapping, len(lead_import.header or []))
-    lead_import.default_country = _country(workspace_id, options.default_country)
-    lead_import.tags = clean_tags(options.tags)
-    lead_import.on_duplicate = _on_duplicate(options.on_duplicate)
+    # Everything is checked before the draft changes: a refused start leaves it as it was.
+    country, tags = _country(workspace_id, options.default_country), clean_tags(options.tags)
+    on_duplicate = _on_duplicate(options.on_duplicate)
+    lead_import.default_country, lead_import.tags, lead_import.on_duplicate = country, tags, on_duplicate
     lead_import.opt_in = options.opt_in
     lead_import.mapping = clean
     lead_import.locale = locale or lead_import.locale

@@ -563,9 +563,9 @@
   "use strict";
   if (!window.htmx) return;
   function selector(child) {
-    var spec = child.getAttribute("hx-swap-oob") || "true";
+    var spec = child.getAttribute("hx-swap-oob") || child.getAttribute("data-hx-swap-oob") || "true";
     var colon = spec.indexOf(":");
-    if (colon >= 0) return spec.slice(colon + 1);
+    if (colon > 0) return spec.slice(colon + 1); // htmx's own reading: "strategy:selector"
     return child.id ? "#" + CSS.escape(child.id) : null;
   }
   htmx.defineExtension("live", {

@@ -50,6 +50,9 @@ def test_search_finds_names_phones_and_message_text(logged_in: FlaskClient, owne
     assert _names(logged_in, q="o_b") == []  # and so is _
     nothing = logged_in.get("/", query_string={"q": "nobody"}).get_data(as_text=True)
     assert "No conversations match this search and these filters." in nothing and "yet" not in nothing
+    for narrowed in ({"view": "mine"}, {"status": "closed"}):  # none assigned to me, none closed
+        html = logged_in.get("/", query_string=narrowed).get_data(as_text=True)
+        assert "No conversations match this search and these filters." in html, narrowed
     factories.inbound(account_id, phone="+5511900000004", name="Érica", text="ÓTIMO atendimento, Ângela!")
     assert _names(logged_in, q="érica") == _names(logged_in, q="ÉRICA") == ["Érica"]  # any letter's case
     assert _names(logged_in, q="ótimo") == _names(logged_in, q="ângela") == ["Érica"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads.consent import ConsentChange, set_consent
 from crm.leads.imports import first_errors, start_import
@@ -271,6 +272,18 @@ def test_leads_in_the_trash_are_existing_leads(owner: factories.Person) -> None:
     assert (updated.created, updated.updated) == (0, 1)
     db.session.refresh(lead)
     assert lead.deleted_at is None and lead.name == "De volta"
+
+
+def test_a_refused_start_leaves_the_draft_as_it_was(owner: factories.Person) -> None:
+    draft = import_file(owner, csv_bytes([(br_mobile(1), "Ana", "", "")]), start=False)
+    as_uploaded = (draft.default_country, draft.tags, draft.on_duplicate, draft.opt_in)
+    mapping = {"phone": 0, "name": 1}
+    refused = _options(on_duplicate="merge", tags=["feira"], default_country="PT", opt_in=True)
+    with pytest.raises(ValidationFailed):
+        start_import(owner.workspace_id, draft.id, mapping, refused)
+    # Not even in the session: a commit later in the same request would have kept it.
+    assert (draft.default_country, draft.tags, draft.on_duplicate, draft.opt_in) == as_uploaded
+    assert draft.status == "draft"
 
 
 def test_tags_for_everyone_and_per_row_match_without_case(owner: factories.Person) -> None:
