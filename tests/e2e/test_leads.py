@@ -116,8 +116,6 @@ def test_create_a_lead_find_it_open_it_and_opt_it_out(
     expect(conversations).to_contain_text("They opted out: nothing can be sent to them")
     expect(conversations.get_by_label("Message")).to_have_count(0)
     page.screenshot(path="test-artifacts/lead-page.png", full_page=True)
-    # Nothing may go wrong (the inbox's live pushes about the message sent have no target here,
-    # and are left out quietly).
     assert browser_problems.all() == []
 
 
