@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 VIEWS = ("all", "mine", "unassigned", "unread")
 
 
+DEFAULT_FILTERS = {"view": "all", "status": "open", "q": "", "account": "", "tag": ""}
+
+
 def _filters() -> dict[str, str]:
     """What the list shows, from the query string; anything odd falls back to the default."""
-    view = request.args.get("view", "all")
-    status = request.args.get("status", "open")
+    view = request.args.get("view", "")
+    status = request.args.get("status", "")
     account = parse_id(request.args.get("account"))
     return {
-        "view": view if view in VIEWS else "all",
-        "status": status if status in ("open", "closed") else "open",
+        "view": view if view in VIEWS else DEFAULT_FILTERS["view"],
+        "status": status if status in ("open", "closed") else DEFAULT_FILTERS["status"],
         "q": request.args.get("q", "")[:100],
         "account": str(account) if account is not None else "",
         "tag": request.args.get("tag", "")[:64],
@@ -68,6 +71,8 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         "conversations": page.items,
         "next_cursor": page.next_cursor,
         "filters": filters,
+        # Something narrows the list (an empty one then says nothing matches, not "none yet").
+        "narrowed": {**filters, "q": filters["q"].strip()} != DEFAULT_FILTERS,
         "previews": inbox.last_messages([c.id for c in page.items]),
         "selected": selected,
         "for_humans": for_humans,

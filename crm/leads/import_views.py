@@ -155,17 +155,16 @@ def _labels() -> dict[str, str]:
     return {"phone": _("phone"), "name": _("name"), "email": _("email"), "tags": _("tags")}
 
 
-def _mapping_from_form(width: int) -> dict[str, Any]:
+def _mapping_of(form: _Form) -> dict[str, Any]:
     mapping: dict[str, Any] = {"phone": None, "name": None, "email": None, "tags": None, "custom": {}}
-    for index in range(width):
-        choice = request.form.get(f"column-{index}", "ignore")
+    for index, (choice, field_name) in enumerate(zip(form.columns, form.fields, strict=True)):
         if choice in csvfile.FIELDS:
             if mapping[choice] is not None:
                 message = _("Only one column can hold the %(what)s.", what=_labels()[choice])
                 raise ValidationFailed(message, code="invalid_mapping")
             mapping[choice] = index
         elif choice == "custom":
-            name = " ".join(request.form.get(f"field-{index}", "").split())
+            name = " ".join(field_name.split())
             if name.casefold() in {taken.casefold() for taken in mapping["custom"]}:
                 raise ValidationFailed(
                     _("Two columns go to the same custom field: %(name)s.", name=name), code="invalid_mapping"
@@ -182,18 +181,18 @@ def import_mapping(import_id: int) -> Any:
         return redirect(url_for("leads.import_progress", import_id=import_id))
     if request.method == "GET":
         return _mapping_page(lead_import)
+    sent = _Form.sent(len(lead_import.header or []))
     options = ImportOptions(
-        on_duplicate=request.form.get("on_duplicate", "skip"),
-        tags=request.form.get("tags", "").split(","),
-        opt_in=request.form.get("opt_in") == "y",
-        default_country=request.form.get("default_country") or None,
+        on_duplicate=sent.on_duplicate,
+        tags=sent.tags.split(","),
+        opt_in=sent.opt_in,
+        default_country=sent.country or None,
     )
     try:
-        mapping = _mapping_from_form(len(lead_import.header or []))
+        mapping = _mapping_of(sent)
         service.start_import(g.workspace_id, import_id, mapping, options, locale=str(get_locale() or ""))
     except DomainError as exc:  # the page again, as it was sent: nothing chosen is lost
-        lead_import = service.get_import(g.workspace_id, import_id)
-        return _mapping_page(lead_import, _Form.sent(len(lead_import.header or [])), exc.message, exc.status)
+        return _mapping_page(lead_import, sent, exc.message, exc.status)
     return redirect(url_for("leads.import_progress", import_id=import_id), code=303)
 
 

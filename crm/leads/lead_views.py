@@ -24,7 +24,7 @@ from crm.leads.forms import LeadForm, NewLeadForm, edit_form
 from crm.leads.merge import merge_leads
 from crm.leads.models import ConsentSource, Lead
 from crm.leads.outreach import first_message, start_conversation, start_with_template
-from crm.leads.pages import consent_entries, lead_profile
+from crm.leads.pages import lead_profile
 from crm.leads.services import DuplicateLead, LeadChanges, create_lead, get_lead, update_lead
 from crm.leads.trash import trash_leads
 from crm.params import parse_id
@@ -152,13 +152,13 @@ def consent(lead_id: int) -> Any:
         raise Forbidden(_("Only an owner or admin can opt back in a lead who opted out."))
     set_consent(g.workspace_id, [lead_id], choice == "true", _by_form())
     if wants_fragment():
-        entries = consent_entries(g.workspace_id, lead_id)
-        # The "write to them" form follows (after an opt-out it says nothing can be sent).
+        # The consent card, and the "write to them" form after it (an opt-out: nothing can be sent).
         profile = lead_profile(g.workspace_id, lead_id)
         conversations = render_template(
             "leads/_conversations.html", profile=profile, oob=True, **_composer(profile.lead)
         )
-        return render_template("leads/_consent.html", lead=profile.lead, consent=entries) + conversations
+        card = render_template("leads/_consent.html", lead=profile.lead, consent=profile.consent)
+        return card + conversations
     flash(_("Opted in.") if choice == "true" else _("Opted out."), "success")
     return redirect(url_for("leads.lead", lead_id=lead_id), 303)
 

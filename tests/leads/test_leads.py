@@ -154,33 +154,30 @@ def test_an_edit_changes_fields_and_records_consent(owner: factories.Person) -> 
     )
 
 
+def found(owner: factories.Person, q: str) -> list[int]:
+    """The ids of the leads a search for ``q`` lists, newest first."""
+    page = list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 50, None)
+    return [lead.id for lead in page.items]
+
+
 def test_search_finds_name_email_notes_and_phone_as_typed(owner: factories.Person) -> None:
     ana = factories.lead(owner, "+5511987654321", "Ana Souza", email="ana@padaria.com.br")
     bia = factories.lead(owner, "+5521911112222", "Bia", notes="Cliente da loja 100% fiel")
     factories.lead(owner, "+5531933334444", "Caio")
 
-    def found(q: str) -> list[int]:
-        page = list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 50, None)
-        return [lead.id for lead in page.items]
-
-    assert found("souza") == [ana]
-    assert found("PADARIA") == [ana]
-    assert found("100%") == [bia]  # LIKE wildcards are matched literally
-    assert found("(11) 98765-4321") == [ana]
-    assert found("1111") == [bia]
-    assert found("nobody") == []
+    assert found(owner, "souza") == [ana]
+    assert found(owner, "PADARIA") == [ana]
+    assert found(owner, "100%") == [bia]  # LIKE wildcards are matched literally
+    assert found(owner, "(11) 98765-4321") == [ana]
+    assert found(owner, "1111") == [bia]
+    assert found(owner, "nobody") == []
 
 
 def test_search_lower_cases_accented_capitals_on_every_database(owner: factories.Person) -> None:
     erica = factories.lead(owner, "+5511987654321", "ÉRICA Ávila", notes="Ótima cliente, ÇA")
-    assert [
-        lead.id
-        for lead in list_leads(owner.workspace_id, LeadFilter(q="érica ávila"), Sort.NEWEST, 50, None).items
-    ] == [erica]
+    assert found(owner, "érica ávila") == [erica]
     for q in ("Ávila", "ÁVILA", "ótima", "ça"):
-        assert [
-            lead.id for lead in list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 50, None).items
-        ] == [erica], q
+        assert found(owner, q) == [erica], q
 
 
 def test_filters_by_consent_tag_source_and_contact(
