@@ -5,7 +5,7 @@
     .venv/bin/python bench/import_leads.py --repeat 3       # 3 runs (fresh database each), medians
     .venv/bin/python bench/import_leads.py --opt-in --tags "feira 2026"   # consent events and tags too
     .venv/bin/python bench/import_leads.py --rows 100000    # a quick look
-    .venv/bin/python bench/import_leads.py --without-trigram-indexes   # what the search indexes cost
+    .venv/bin/python bench/import_leads.py --without-search-indexes   # what the search indexes cost
 
 1. Makes the file once (not timed; kept in ``bench/.cache/import_leads``, git-ignored): a
    spreadsheet export with the header ``Nome,Telefone,E-mail,Cidade,Tags`` (found by name, accents
@@ -17,7 +17,7 @@
    phone, a phone too short, letters, an email without a domain. The file's generator knows
    which lines are bad and how many distinct phones the good rows have.
 2. For each run: drops and recreates the database ``bench_import`` through the product's
-   migrations (the trigram indexes of migration 0010 included), creates a workspace.
+   migrations (the search indexes of migration 0022 included), creates a workspace.
 3. A separate process (this script with ``--_worker``) creates the app as ``flask crm worker``
    has it (two malloc arenas), then times the two halves of an import as the API runs them:
    ``create_import(..., start=True)`` (the upload: copy, encoding check of every byte, parse,
@@ -329,11 +329,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_once(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     workspace_id, user_id = fresh_database()
-    if args.without_trigram_indexes:  # an experiment: what the search indexes of 0010 cost
+    if args.without_search_indexes:  # an experiment: what the search indexes of 0022 cost
         import psycopg
 
         with psycopg.connect(URL.replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute("DROP INDEX IF EXISTS ix_leads_search_trgm, ix_leads_phone_trgm")
+            conn.execute(
+                "DROP INDEX IF EXISTS ix_leads_search_fold_trgm, ix_leads_workspace_id_email,"
+                " ix_leads_workspace_id_phone_tail"
+            )
     with tempfile.TemporaryDirectory(prefix="zapdesk-bench-import-") as folder:
         spec = {
             "path": str(path),
@@ -411,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update", action="store_true", help="on_duplicate=update")
     p.add_argument("--batch-rows", type=int, default=0, help="rows per batch (0: the product's default)")
     p.add_argument(
-        "--without-trigram-indexes",
+        "--without-search-indexes",
         action="store_true",
-        help="experiment: drop the leads' trigram search indexes (migration 0010) before importing",
+        help="experiment: drop the leads' search indexes (migration 0022) before importing",
     )
     p.add_argument("--database", default=DB, help="the database made (and dropped) for each run")
     p.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)

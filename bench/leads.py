@@ -71,7 +71,9 @@ CASES: dict[str, str] = {
     "contacted 30 d": "/leads/?contact=30",
     "quiet 90 d": "/leads/?contact=not90",
     "search name": "/leads/?q=souza",
-    "search phone": "/leads/?q=(21)%2090001",
+    "search no accents": "/leads/?q=fabio%20almeida",
+    "search phone start": "/leads/?q=(21)%2090001",
+    "search phone end": "/leads/?q=90012-3456",
     "search email": "/leads/?q=lead4242",
     "search none": "/leads/?q=zzzzzz",
 }

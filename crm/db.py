@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -9,11 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import DateTime, Table, event
+from sqlalchemy import ColumnElement, DateTime, String, Table, event, func, literal_column
 from sqlalchemy.dialects.postgresql import dml as pg_dml
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from crm.extensions import db
@@ -55,6 +58,67 @@ def _lower(value: Any) -> str | None:
     return text.lower()
 
 
+# Searches ignore accents: "joao" finds "João", "acougue" finds "Açougue". The same letters are
+# replaced in SQL (translate(), on PostgreSQL in the leads' trigram index, migration 0022) and
+# in Python (the text searched for). The accents written apart from their letter (Unicode's
+# decomposed form, as some systems save "João") are deleted: they have no letter in FOLD_TO.
+# Each letter here costs every lead an import writes a little (translate() reads the list for
+# each character), so the list holds the letters of Portuguese, Spanish and French.
+FOLD_FROM = "áàâãäåāçćčéèêëēęěíìîïīñńóòôõöøōśšúùûüūůýÿźżž" + "\u0300\u0301\u0302\u0303\u0308\u0327"
+FOLD_TO = "aaaaaaaccceeeeeeeiiiiinnooooooossuuuuuuyyzzz"
+
+
+def folded(expr: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[str]:
+    """The SQL of ``fold``: the letters as literals, so that PostgreSQL matches the expression
+    with an index on it."""
+    return func.translate(func.lower(expr), literal_column(f"'{FOLD_FROM}'"), literal_column(f"'{FOLD_TO}'"))
+
+
+@functools.lru_cache(maxsize=8)
+def _translation(source: str, target: str) -> dict[int, int | None]:
+    # PostgreSQL's rules: a letter's first place in ``source`` counts; letters past the end of
+    # ``target`` are deleted.
+    table: dict[int, int | None] = {}
+    for i, ch in enumerate(source):
+        table.setdefault(ord(ch), ord(target[i]) if i < len(target) else None)
+    return table
+
+
+_FOLD = _translation(FOLD_FROM, FOLD_TO)
+
+
+def fold(text: str) -> str:
+    """``text`` as searches compare it: lower case, without accents."""
+    return text.lower().translate(_FOLD)
+
+
+def _translate(value: Any, source: Any, target: Any) -> str | None:
+    if value is None or source is None or target is None:
+        return None
+    return str(value).translate(_translation(str(source), str(target)))
+
+
+class right(FunctionElement[str]):  # noqa: N801 (SQL's name)
+    """PostgreSQL's ``right(text, n)``, the last n characters; ``substr(text, -n)`` on SQLite,
+    where RIGHT is a keyword. Give n as a literal column: an index on the expression holds the
+    number, not a parameter."""
+
+    type = String()
+    name = "right"
+    inherit_cache = True
+
+
+@compiles(right)
+def _right(element: right, compiler: Any, **kw: Any) -> str:
+    return f"right({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(right, "sqlite")
+def _right_on_sqlite(element: right, compiler: Any, **kw: Any) -> str:
+    text, count = element.clauses
+    return f"substr({compiler.process(text, **kw)}, -{compiler.process(count, **kw)})"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL lets the web threads read while the embedded worker writes; busy_timeout waits
     # for a lock instead of failing at once; foreign keys are off by default in SQLite.
@@ -62,6 +126,8 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     # (lower-cased in Python) missed it: Python's lower() replaces it, as PostgreSQL's handles
     # every letter. No SQLite index uses lower(), so nothing stored depends on the old one.
     dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+    # PostgreSQL's translate(), which searches use (crm.db.folded); no SQLite index uses it.
+    dbapi_connection.create_function("translate", 3, _translate, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
@@ -166,8 +232,10 @@ def commit_without_waiting_for_disk() -> None:
 MESSAGE_PARTITION = re.compile(r"messages_(p\d{4}_\d{2}|past|future)\Z")
 
 # Indexes that migrations create with what the models can't say portably (PostgreSQL trigram
-# indexes for searching leads): schema comparisons must neither drop nor expect them.
-DATABASE_ONLY_INDEXES = frozenset({"ix_leads_search_trgm", "ix_leads_phone_trgm"})
+# and expression indexes for searching leads): schema comparisons must neither drop nor expect them.
+DATABASE_ONLY_INDEXES = frozenset(
+    {"ix_leads_search_fold_trgm", "ix_leads_workspace_id_phone_tail", "ix_leads_workspace_id_email"}
+)
 
 
 def compared_by_autogenerate(

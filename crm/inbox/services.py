@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, Row, Table, select, true, update
 from sqlalchemy.orm import aliased, contains_eager, joinedload
 
 from crm.auth.models import Membership, User
-from crm.db import LIKE_ESCAPE, insert_ignoring_conflicts, like_escaped, utcnow
+from crm.db import LIKE_ESCAPE, fold, folded, insert_ignoring_conflicts, like_escaped, utcnow
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.inbox.bubbles import ROW_FIELDS
@@ -160,7 +160,7 @@ def filtered_conversations(
 ) -> Page[Conversation]:
     """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose.
     The search looks at the customer's name and phone and, from 3 characters, at the messages."""
-    from sqlalchemy import and_, exists, func, or_
+    from sqlalchemy import and_, exists, or_
 
     from crm.leads.models import Lead, LeadTag
     from crm.leads.services import tag_key
@@ -185,16 +185,16 @@ def filtered_conversations(
         stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Conversation.lead_id, LeadTag.key == key)))
     q = q.replace("\x00", "").strip()
     if q:
-        like = f"%{like_escaped(q.lower())}%"
+        like = f"%{like_escaped(fold(q))}%"  # accents and case aside, as in the leads' search
         digits = "".join(ch for ch in q if ch.isdigit())
-        conditions: list[ColumnElement[bool]] = [func.lower(Lead.name).like(like, escape=LIKE_ESCAPE)]
+        conditions: list[ColumnElement[bool]] = [folded(Lead.name).like(like, escape=LIKE_ESCAPE)]
         if len(digits) >= 3:
             conditions.append(Lead.phone.like(f"%{digits}%"))
         if len(q) >= 3:
             conditions.append(
                 exists().where(
                     Message.conversation_id == Conversation.id,
-                    func.lower(Message.text).like(like, escape=LIKE_ESCAPE),
+                    folded(Message.text).like(like, escape=LIKE_ESCAPE),
                 )
             )
         stmt = stmt.where(or_(*conditions))

@@ -1,8 +1,12 @@
 """Finding leads: search, filters, sort orders and counts that stay fast at a million leads.
 
-Search matches a fragment of the name, email or notes (one trigram-indexed expression on
-PostgreSQL, see migration 0010) or the phone, typed in E.164 or as people write it. Lists are
-keyset-paginated; counts stop at ``COUNT_CAP`` ("1,000+") instead of counting every row.
+Search matches a fragment of the name or notes, accents and case aside (one trigram-indexed
+expression on PostgreSQL, migration 0022), the start of the email, and the phone: the whole
+number as people write it, its start (with or without the country code) or its last digits.
+Each of these has its index on PostgreSQL. Every index is written for each lead an import
+writes, so fragments from the middle of an email or a phone have none: a search reads every
+lead for them only when the indexed ways find nobody.
+Lists are keyset-paginated; counts stop at ``COUNT_CAP`` ("1,000+") instead of counting every row.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+import phonenumbers
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal_column, or_, select
 
-from crm.db import LIKE_ESCAPE, like_escaped, utcnow
+from crm.db import LIKE_ESCAPE, fold, folded, like_escaped, right, utcnow
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
-from crm.leads.phones import maybe_e164
+from crm.leads.phones import as_written, maybe_e164
 from crm.leads.services import tag_key, workspace_country
 from crm.pagination import Page, keyset_page
 from crm.tenancy import scoped
@@ -51,12 +56,83 @@ class LeadFilter:
     trash: bool = False
 
 
+TAIL_DIGITS = 4  # a phone's last digits in ix_leads_workspace_id_phone_tail (migration 0022)
+
+
 def search_text() -> ColumnElement[str]:
-    """Name, email and notes as one lower-cased text; the same expression as the trigram index."""
-    space: ColumnElement[str] = literal_column("' '")
-    return func.lower(
-        Lead.name + space + func.coalesce(Lead.email, literal_column("''")) + space + Lead.notes
-    )
+    """Name and notes as one text, folded (``crm.db.fold``); the trigram index's expression."""
+    return folded(Lead.name + literal_column("' '") + Lead.notes)
+
+
+def _phone_tail() -> ColumnElement[str]:
+    return right(Lead.phone, literal_column(str(TAIL_DIGITS)))
+
+
+def _phone_starts(prefix: str) -> ColumnElement[bool]:
+    """The phones that start with ``prefix`` (a "+" and digits), as a range of the workspace's
+    unique phone index: every E.164 number is a "+" and digits, which sort the same way in
+    every collation."""
+    rest = prefix.rstrip("9")
+    if rest == "+":  # "+99…": every larger number starts with it
+        return Lead.phone >= prefix
+    return and_(Lead.phone >= prefix, Lead.phone < rest[:-1] + str(int(rest[-1]) + 1))
+
+
+def _digits(q: str) -> str:
+    return "".join(ch for ch in q if ch.isascii() and ch.isdigit())
+
+
+def _phone_digits(q: str) -> str:
+    """The digits of a search that can be (part of) a phone, or "": at least TAIL_DIGITS of
+    them and no letter ("Maria 2024" is not a phone)."""
+    digits = _digits(q)
+    return digits if len(digits) >= TAIL_DIGITS and not any(ch.isalpha() for ch in q) else ""
+
+
+def _phone_conditions(q: str, country: str) -> list[ColumnElement[bool]]:
+    """A phone as people type it: whole, its start (with or without the country code) or its
+    last digits."""
+    digits = _phone_digits(q)
+    if not digits:
+        return []
+    conditions: list[ColumnElement[bool]] = [
+        and_(_phone_tail() == digits[-TAIL_DIGITS:], Lead.phone.like(f"%{digits}"))
+    ]
+    e164 = maybe_e164(q, country)
+    if e164:
+        conditions.append(Lead.phone == e164)
+    typed = as_written(q)
+    if typed.startswith("+"):  # "+55 11 9…", "0055 11 9…": with the country code
+        starts = {"+" + _digits(typed)}
+    else:  # "55 11 9…" without its "+", "11 9…" at home, "011 9…" with a trunk prefix
+        starts = {"+" + digits}
+        national = digits.lstrip("0")
+        if len(national) >= TAIL_DIGITS:  # "0015" is no start of a number
+            starts.add(f"+{phonenumbers.country_code_for_region(country)}{national}")
+    conditions.extend(_phone_starts(prefix) for prefix in sorted(starts))
+    return conditions
+
+
+def _indexed_matches(q: str, country: str) -> list[ColumnElement[bool]]:
+    """The ways a search finds leads through indexes (migration 0022), fast at a million."""
+    return [
+        search_text().like(f"%{like_escaped(fold(q))}%", escape=LIKE_ESCAPE),
+        func.lower(Lead.email).like(f"{like_escaped(q.lower())}%", escape=LIKE_ESCAPE),
+        *_phone_conditions(q, country),
+    ]
+
+
+def _fragment_matches(q: str) -> list[ColumnElement[bool]]:
+    """What only reading every lead finds: digits from the middle of a phone ("98765" of
+    "+55 11 98765-4321"), a part of an email from its middle ("@loja.com"). A search looks this
+    way when the indexed ways find nobody, and only for text that can be such a part."""
+    fragments: list[ColumnElement[bool]] = []
+    digits = _phone_digits(q)
+    if digits:
+        fragments.append(Lead.phone.like(f"%{digits}%"))
+    if " " not in q and ("@" in q or "." in q):
+        fragments.append(func.lower(Lead.email).like(f"%{like_escaped(q.lower())}%", escape=LIKE_ESCAPE))
+    return fragments
 
 
 def _last_message_since(days: int) -> Any:
@@ -70,17 +146,18 @@ def _last_message_since(days: int) -> Any:
 def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
     stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.kind == "person")
     stmt = stmt.where(Lead.deleted_at.isnot(None) if filters.trash else Lead.deleted_at.is_(None))
+    stmt = _with_filters(stmt, filters)
     q = filters.q.strip().replace("\x00", "")
-    if q:
-        like = f"%{like_escaped(q.lower())}%"
-        conditions: list[ColumnElement[bool]] = [search_text().like(like, escape=LIKE_ESCAPE)]
-        e164 = maybe_e164(q, workspace_country(workspace_id))
-        if e164:
-            conditions.append(Lead.phone == e164)
-        digits = "".join(ch for ch in q if ch.isdigit())
-        if len(digits) >= 4:
-            conditions.append(Lead.phone.like(f"%{digits}%"))
-        stmt = stmt.where(or_(*conditions))
+    if not q:
+        return stmt
+    found = stmt.where(or_(*_indexed_matches(q, workspace_country(workspace_id))))
+    fragments = _fragment_matches(q)
+    if fragments and not db.session.scalar(select(found.exists())):
+        return stmt.where(or_(*fragments))  # the same answer for every page: nothing indexed
+    return found
+
+
+def _with_filters(stmt: Select[tuple[Lead]], filters: LeadFilter) -> Select[tuple[Lead]]:
     if filters.tag.strip():
         stmt = stmt.where(
             exists().where(and_(LeadTag.lead_id == Lead.id, LeadTag.key == tag_key(filters.tag)))
