@@ -75,6 +75,10 @@ CASES: dict[str, str] = {
     "search phone start": "/leads/?q=(21)%2090001",
     "search phone end": "/leads/?q=90012-3456",
     "search email": "/leads/?q=lead4242",
+    # A part from the middle of a phone or an email, when no index finds anyone: read from every
+    # lead (crm.leads.search), so not held to the target.
+    "scan: phone middle": "/leads/?q=9001234",
+    "scan: email middle": "/leads/?q=@nowhere.org",
     "search none": "/leads/?q=zzzzzz",
 }
 
@@ -141,9 +145,10 @@ def measure(repeat: int) -> int:
     for kind, values in timings.items():
         values.sort()
         p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-        worst = max(worst, p95)
+        if not kind.startswith("scan:"):
+            worst = max(worst, p95)
         print(f"{kind:<20} {statistics.median(values):>8.1f} {p95:>8.1f} {len(values):>4}")
-    print(f"worst p95: {worst:.1f} ms (target ≤ 100 ms)")
+    print(f"worst p95: {worst:.1f} ms (target ≤ 100 ms; the scans apart)")
     return 0
 
 
