@@ -4,8 +4,8 @@ Search matches a fragment of the name or notes, accents and case aside (one trig
 expression on PostgreSQL, migration 0022), the start of the email, and the phone: the whole
 number as people write it, its start (with or without the country code) or its last digits.
 Each of these has its index on PostgreSQL. Every index is written for each lead an import
-writes, so fragments from the middle of an email or a phone have none: a search reads every
-lead for them only when the indexed ways find nobody.
+writes, so parts from the middle of an email or a phone have none: a search reads every lead
+for them only when the indexed ways find nobody.
 Lists are keyset-paginated; counts stop at ``COUNT_CAP`` ("1,000+") instead of counting every row.
 """
 
@@ -103,7 +103,8 @@ def _phone_conditions(q: str, country: str) -> list[ColumnElement[bool]]:
         conditions.append(Lead.phone == e164)
     typed = as_written(q)
     if typed.startswith("+"):  # "+55 11 9…", "0055 11 9…": with the country code
-        starts = {"+" + _digits(typed)}
+        international = _digits(typed)
+        starts = {"+" + international} if len(international) >= TAIL_DIGITS else set()  # not "0055"
     else:  # "55 11 9…" without its "+", "11 9…" at home, "011 9…" with a trunk prefix
         starts = {"+" + digits}
         national = digits.lstrip("0")
@@ -123,14 +124,15 @@ def _indexed_matches(q: str, country: str) -> list[ColumnElement[bool]]:
 
 
 def _fragment_matches(q: str) -> list[ColumnElement[bool]]:
-    """What only reading every lead finds: digits from the middle of a phone ("98765" of
-    "+55 11 98765-4321"), a part of an email from its middle ("@loja.com"). A search looks this
-    way when the indexed ways find nobody, and only for text that can be such a part."""
+    """What only reading every lead finds: digits from the middle of a phone ("1198765" of
+    "+55 11 98765-4321"), a part of an email from its middle ("padaria" of "ana@padaria.com").
+    A search looks this way when the indexed ways find nobody, and only for text that can be
+    such a part (an email has no space)."""
     fragments: list[ColumnElement[bool]] = []
     digits = _phone_digits(q)
     if digits:
         fragments.append(Lead.phone.like(f"%{digits}%"))
-    if " " not in q and ("@" in q or "." in q):
+    if " " not in q:
         fragments.append(func.lower(Lead.email).like(f"%{like_escaped(q.lower())}%", escape=LIKE_ESCAPE))
     return fragments
 
@@ -147,7 +149,7 @@ def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]
     stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.kind == "person")
     stmt = stmt.where(Lead.deleted_at.isnot(None) if filters.trash else Lead.deleted_at.is_(None))
     stmt = _with_filters(stmt, filters)
-    q = filters.q.strip().replace("\x00", "")
+    q = filters.q.replace("\x00", "").strip()
     if not q:
         return stmt
     found = stmt.where(or_(*_indexed_matches(q, workspace_country(workspace_id))))

@@ -56,7 +56,7 @@ def test_search_finds_names_phones_and_message_text(logged_in: FlaskClient, owne
     factories.inbound(account_id, phone="+5511900000004", name="Érica", text="ÓTIMO atendimento, Ângela!")
     assert _names(logged_in, q="érica") == _names(logged_in, q="ÉRICA") == ["Érica"]  # any letter's case
     assert _names(logged_in, q="ótimo") == _names(logged_in, q="ângela") == ["Érica"]
-    assert _names(logged_in, q="erica") == _names(logged_in, q="ANGELA") == ["Érica"]  # and accents aside
+    assert _names(logged_in, q="erica") == ["Érica"]  # a name, accents aside too
 
 
 def test_tags_are_added_and_removed_from_the_thread(logged_in: FlaskClient, owner: factories.Person) -> None:

@@ -179,7 +179,8 @@ def test_search_finds_name_email_notes_and_phone_as_typed(owner: factories.Perso
     assert found(owner, "ANA.S@PAD") == [ana]  # the email from its start
     assert found(owner, "ana.s@padaria.com.br") == [ana]
     assert found(owner, "padaria.com") == found(owner, "@PADARIA") == [ana]  # from its middle
-    assert found(owner, "padaria") == []  # a word alone is looked for in names and notes only
+    assert found(owner, "padaria") == [ana]  # from its middle too, when nothing else matched
+    assert found(owner, "padaria loja") == []  # with a space, no email
     assert found(owner, "100%") == [bia]  # LIKE wildcards are matched literally
     assert found(owner, "(11) 98765-4321") == [ana]
     assert found(owner, "nobody") == []
@@ -198,7 +199,9 @@ def test_search_finds_name_email_notes_and_phone_as_typed(owner: factories.Perso
         ("2222", "bia"),
         ("+1 415", "us"),
         ("999", None),  # three digits are too few to search a phone by
-        ("0015", None),  # no start of a number once the trunk prefix is off
+        ("0 015", None),  # no start of a number once the trunk prefix is off (not "+55 15")
+        ("0015", None),  # nor once "00" is read as "+" (not every number of "+15")
+        ("0055", None),  # (not every number of "+55")
         ("8765", "ana"),  # from the middle, looked for in every lead as nothing else matched
         ("Ana 4321", None),  # with letters, not a phone
     ],
@@ -211,6 +214,8 @@ def test_search_finds_a_phone_by_its_start_or_its_end(
         "bia": factories.lead(owner, "+5521911112222", "Bia"),
         "us": factories.lead(owner, "+14155552671", "Sam"),
         "nines": factories.lead(owner, "+5599999999999", "Nove"),
+        "sorocaba": factories.lead(owner, "+551534567890", "Sorocaba"),
+        "us2": factories.lead(owner, "+15125550123", "Pat"),
     }
     assert found(owner, query) == ([leads[expected]] if expected else [])
 
