@@ -75,11 +75,12 @@ CASES: dict[str, str] = {
     "search phone start": "/leads/?q=(21)%2090001",
     "search phone end": "/leads/?q=90012-3456",
     "search email": "/leads/?q=lead4242",
-    # A part from the middle of a phone or an email, when no index finds anyone: read from every
-    # lead (crm.leads.search), so not held to the target.
+    "search none, 2 words": "/leads/?q=zzzzzz%20yyyyyy",
+    # A part from the middle of a phone or an email, looked for when no index finds anyone: read
+    # from every lead (crm.leads.search), so not held to the target. A word found nowhere is one.
     "scan: phone middle": "/leads/?q=9001234",
     "scan: email middle": "/leads/?q=@nowhere.org",
-    "search none": "/leads/?q=zzzzzz",
+    "scan: none, 1 word": "/leads/?q=zzzzzz",
 }
 
 
