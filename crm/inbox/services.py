@@ -163,6 +163,7 @@ def filtered_conversations(
     from sqlalchemy import and_, exists, func, or_
 
     from crm.leads.models import Lead, LeadTag
+    from crm.leads.phones import digits_of
     from crm.leads.services import tag_key
 
     stmt = (
@@ -187,7 +188,7 @@ def filtered_conversations(
     if q:
         # Names accents and case aside, as in the leads' search; messages case aside only: they
         # are scanned, and folding accents (translate()) costs ten times what lowering does.
-        digits = "".join(ch for ch in q if ch.isdigit())
+        digits = digits_of(q)
         conditions: list[ColumnElement[bool]] = [
             folded(Lead.name).like(f"%{like_escaped(fold(q))}%", escape=LIKE_ESCAPE)
         ]

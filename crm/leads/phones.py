@@ -39,6 +39,12 @@ def as_written(raw: str) -> str:
     return "+" + text[2:] if text.startswith("00") else text
 
 
+def digits_of(text: str) -> str:
+    """The ASCII digits of what someone typed: "(11) 98765-4321" → "11987654321". Phones are
+    stored in E.164, so other digits could never match one."""
+    return "".join(ch for ch in text if ch.isascii() and ch.isdigit())
+
+
 def to_e164(raw: str, default_country: str) -> str:
     """E.164 for a number typed with or without country code; ValidationFailed otherwise."""
     e164 = e164_or_none(raw, default_country)

@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, literal_column
 from crm.db import LIKE_ESCAPE, fold, folded, like_escaped, right, utcnow
 from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
-from crm.leads.phones import as_written, maybe_e164
+from crm.leads.phones import as_written, digits_of, maybe_e164
 from crm.leads.services import tag_key, workspace_country
 from crm.pagination import Page, keyset_page
 from crm.tenancy import scoped
@@ -78,14 +78,10 @@ def _phone_starts(prefix: str) -> ColumnElement[bool]:
     return and_(Lead.phone >= prefix, Lead.phone < rest[:-1] + str(int(rest[-1]) + 1))
 
 
-def _digits(q: str) -> str:
-    return "".join(ch for ch in q if ch.isascii() and ch.isdigit())
-
-
 def _phone_digits(q: str) -> str:
     """The digits of a search that can be (part of) a phone, or "": at least TAIL_DIGITS of
     them and no letter ("Maria 2024" is not a phone)."""
-    digits = _digits(q)
+    digits = digits_of(q)
     return digits if len(digits) >= TAIL_DIGITS and not any(ch.isalpha() for ch in q) else ""
 
 
@@ -103,7 +99,7 @@ def _phone_conditions(q: str, country: str) -> list[ColumnElement[bool]]:
         conditions.append(Lead.phone == e164)
     typed = as_written(q)
     if typed.startswith("+"):  # "+55 11 9…", "0055 11 9…": with the country code
-        international = _digits(typed)
+        international = digits_of(typed)
         starts = {"+" + international} if len(international) >= TAIL_DIGITS else set()  # not "0055"
     else:  # "55 11 9…" without its "+", "11 9…" at home, "011 9…" with a trunk prefix
         starts = {"+" + digits}
