@@ -131,7 +131,7 @@ class Batch:
     """Consecutive records of the file: ``rows`` of them, good ones by phone, bad ones listed.
 
     ``seal`` counts them once the batch is full; on PostgreSQL the reading thread then renders
-    them as COPY text in parts (``crm.leads.import_merge.render_copy``) and drops the objects."""
+    them as COPY text in parts (``crm.leads.import_copy.render_copy``) and drops the objects."""
 
     leads: dict[str, StagedLead] = field(default_factory=dict)
     errors: list[BadRow] = field(default_factory=list)

@@ -24,7 +24,8 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from crm.db import utcnow
 from crm.extensions import db
 from crm.leads.csvfile import MalformedCSV
-from crm.leads.import_merge import PARTS, Job, merge_batch, owned_by, render_copy
+from crm.leads.import_copy import PARTS, render_copy
+from crm.leads.import_merge import Job, merge_batch, owned_by
 from crm.leads.import_rows import Columns, ReadSpec, Reasons, prefetched, read_batches
 from crm.leads.imports import ImportStatus
 from crm.leads.models import LeadImport

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from sqlalchemy import func, select
 
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.leads.consent import ConsentChange, set_consent
+from crm.leads.import_copy import _copy_fields
 from crm.leads.imports import first_errors, start_import
 from crm.leads.models import ConsentEvent, ConsentSource, Lead, LeadImport, LeadTag
 from crm.leads.trash import trash_leads
@@ -300,17 +304,38 @@ def test_text_that_copy_or_an_array_must_escape_arrives_as_written(owner: factor
     """Backslashes, quotes, tabs and line breaks (PostgreSQL receives rows as COPY text and tags as
     array literals, where each means something) are stored as the file has them."""
     rows = [
-        (br_mobile(1), "Ana \\ Lima", "", 'a"b; c\\d', "linha 1\nlinha\t2 \\N"),
-        (br_mobile(2), "Bia", "", "x\\", "\\"),
+        (br_mobile(1), "Ana \\ Lima", "", 'a"b; c\\d', "linha 1\nlinha\t2 \\N", "São Paulo"),
+        (br_mobile(2), "Bia", "", "x\\", "\\", 'Rua "A", 1'),
+        (br_mobile(3), "Caio", "", "", "nada a escapar", "Maceió"),
     ]
-    draft = import_file(owner, csv_bytes(rows, ("phone", "name", "email", "tags", "Obs")), start=False)
-    mapping = {"phone": 0, "name": 1, "email": 2, "tags": 3, "custom": {"Obs": 4}}
+    header = ("phone", "name", "email", "tags", "Obs", "Cidade")
+    draft = import_file(owner, csv_bytes(rows, header), start=False)
+    mapping = {"phone": 0, "name": 1, "email": 2, "tags": 3, "custom": {"Obs": 4, "Cidade": 5}}
     start_import(owner.workspace_id, draft.id, mapping, _options())
     leads = leads_by_phone(owner.workspace_id)
-    first, second = leads[br_e164(1)], leads[br_e164(2)]
+    first, second, third = leads[br_e164(1)], leads[br_e164(2)], leads[br_e164(3)]
     assert (first.name, set(first.tag_names)) == ("Ana \\ Lima", {'a"b', "c\\d"})
-    assert first.custom_fields == {"Obs": "linha 1\nlinha\t2 \\N"}
-    assert (second.tag_names, second.custom_fields) == (["x\\"], {"Obs": "\\"})
+    assert first.custom_fields == {"Obs": "linha 1\nlinha\t2 \\N", "Cidade": "São Paulo"}
+    assert (second.tag_names, second.custom_fields) == (["x\\"], {"Obs": "\\", "Cidade": 'Rua "A", 1'})
+    assert third.custom_fields == {"Obs": "nada a escapar", "Cidade": "Maceió"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"Cidade": "São Paulo", "Obs": ""},
+        {"Obs": 'diz "oi"'},
+        {"Obs": "a\\b", "x": "\t"},
+        {"k\n": "\x1f", "Emoji": "🙂\u2028\x7f"},
+    ],
+)
+def test_custom_fields_reach_copy_as_json_dumps_writes_them(fields: dict[str, str]) -> None:
+    """Custom fields are sent to PostgreSQL as JSON text without json.dumps when nothing needs
+    escaping; the result is what json.dumps gives, as PostgreSQL reads it."""
+    copied = _copy_fields(fields)
+    assert "\t" not in copied and "\n" not in copied
+    unescaped = re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m[1], m[1]), copied)
+    assert json.loads(unescaped) == fields
 
 
 def test_opt_in_records_the_import_in_the_consent_history(owner: factories.Person) -> None:
