@@ -237,13 +237,20 @@ DATABASE_ONLY_INDEXES = frozenset(
     {"ix_leads_search_fold_trgm", "ix_leads_workspace_id_phone_tail", "ix_leads_workspace_id_email"}
 )
 
+# Foreign keys that PostgreSQL checks with triggers, once per statement, instead of once per row
+# (migration 0023): the models keep them (SQLite has them, and the ORM joins by them).
+DATABASE_CHECKED_KEYS = frozenset({"fk_leads_workspace_id_workspaces", "fk_lead_tags_workspace_id_leads"})
+
 
 def compared_by_autogenerate(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """Alembic's ``include_object``: everything but the WhatsApp Web session store (whatsmeow_*
     tables, written by the gateway's library in scaled mode), the monthly partitions of
-    ``messages`` on PostgreSQL (crm.ops.partitions) and the database-only indexes."""
+    ``messages`` on PostgreSQL (crm.ops.partitions), the database-only indexes and the keys
+    PostgreSQL checks with triggers."""
     if type_ == "table" and name and (name.startswith("whatsmeow_") or MESSAGE_PARTITION.match(name)):
+        return False
+    if type_ == "foreign_key_constraint" and name in DATABASE_CHECKED_KEYS:
         return False
     return not (type_ == "index" and name in DATABASE_ONLY_INDEXES)

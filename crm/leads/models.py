@@ -60,6 +60,8 @@ class Lead(Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # On PostgreSQL this key and the tags' below are triggers that check a statement's rows at once
+    # (migration 0023, crm.db.DATABASE_CHECKED_KEYS): an import writes a million.
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     phone: Mapped[str | None] = mapped_column(String(32))  # E.164
     bsuid: Mapped[str | None] = mapped_column(String(128))  # WhatsApp business-scoped user id
