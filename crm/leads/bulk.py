@@ -79,7 +79,8 @@ def tag_leads(workspace_id: int, lead_ids: list[int], tag: Any) -> int:
         {"workspace_id": workspace_id, "lead_id": lead_id, "name": name, "key": key} for lead_id in tagged
     ]
     if rows:
-        # One statement (not one per row): PostgreSQL checks a statement's tags at once (0023).
+        # One statement (psycopg's executemany sends one per row): PostgreSQL checks a statement's
+        # tags at once (migration 0023). Compiled afresh each time, for at most MAX_SELECTION rows.
         db.session.execute(insert_ignoring_conflicts(LeadTag).values(rows))
     announce_leads_changed(workspace_id, tagged)
     db.session.commit()

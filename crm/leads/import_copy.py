@@ -1,8 +1,4 @@
-"""An import's batch as COPY text for PostgreSQL, cut in parts by phone (crm.leads.import_merge).
-
-Rendered on the reading thread, so the threads that talk to PostgreSQL only send bytes (they would
-otherwise wait for the GIL).
-"""
+"""An import's batch as COPY text for PostgreSQL, cut in parts by phone, for crm.leads.import_merge."""
 
 from __future__ import annotations
 

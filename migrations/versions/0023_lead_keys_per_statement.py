@@ -3,7 +3,8 @@
 leads.workspace_id → workspaces and lead_tags (workspace_id, lead_id) → leads (workspace_id, id)
 were checked by PostgreSQL once per row written: a query and a row lock each. A 1M-row import
 writes a million leads and hundreds of thousands of tags, and with its two parts at once every
-lead's check locked the same workspace row (bench/import_leads.py: 0.91x PostgreSQL's CPU).
+lead's check locked the same workspace row. With these triggers instead, PostgreSQL's CPU
+was 0.91x (bench/import_leads.py, BENCHMARKS.md).
 The keys are now triggers that check all the rows of a statement at once, and keep what the keys
 kept:
 - a lead names a workspace that exists, and that can't be deleted until the lead is committed
@@ -24,7 +25,7 @@ Create Date: 2026-12-05 14:30:00.000000
 
 """
 
-from alembic import op
+from alembic import context, op
 
 # revision identifiers, used by Alembic.
 revision = "0023"
@@ -39,7 +40,7 @@ TAGS_KEY = "fk_lead_tags_workspace_id_leads"
 # (id = ANY), or the planner may read every lead to join a few thousand tags.
 UPGRADE = r"""
 CREATE FUNCTION zapdesk_leads_check_workspace() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
+SET search_path = {schema}, pg_temp AS $$
 BEGIN
     PERFORM 1
     FROM (SELECT DISTINCT workspace_id FROM added) a
@@ -59,7 +60,7 @@ CREATE TRIGGER leads_workspace_key AFTER INSERT ON leads
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION zapdesk_leads_check_workspace();
 
 CREATE FUNCTION zapdesk_lead_tags_check_lead() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
+SET search_path = {schema}, pg_temp AS $$
 DECLARE
     wanted bigint;
     present bigint;
@@ -85,7 +86,7 @@ CREATE TRIGGER lead_tags_lead_key_on_update AFTER UPDATE ON lead_tags
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION zapdesk_lead_tags_check_lead();
 
 CREATE FUNCTION zapdesk_leads_delete_tags() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
+SET search_path = {schema}, pg_temp AS $$
 BEGIN
     DELETE FROM lead_tags t
     WHERE t.lead_id = ANY (ARRAY(SELECT id FROM removed))
@@ -97,7 +98,7 @@ CREATE TRIGGER leads_delete_tags AFTER DELETE ON leads
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION zapdesk_leads_delete_tags();
 
 CREATE FUNCTION zapdesk_workspaces_delete_leads() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
+SET search_path = {schema}, pg_temp AS $$
 BEGIN
     DELETE FROM leads WHERE workspace_id = OLD.id;
     RETURN NULL;
@@ -107,7 +108,7 @@ CREATE TRIGGER workspaces_delete_leads AFTER DELETE ON workspaces
     FOR EACH ROW EXECUTE FUNCTION zapdesk_workspaces_delete_leads();
 
 CREATE FUNCTION zapdesk_keys_never_change() RETURNS trigger LANGUAGE plpgsql
-SET search_path FROM CURRENT AS $$
+SET search_path = {schema}, pg_temp AS $$
 BEGIN
     IF TG_TABLE_NAME = 'leads' THEN
         RAISE foreign_key_violation USING MESSAGE = 'a lead''s id and workspace never change';
@@ -153,12 +154,21 @@ def _execute(script):
     assert not statement and not quoted, "a statement without its end"
 
 
+def _schema():
+    """The schema the tables are in, quoted: the functions look for them there whatever the
+    caller's search_path ("$user" would be each caller's own schema)."""
+    if context.is_offline_mode():
+        return "public"
+    name = op.get_bind().exec_driver_sql("SELECT current_schema()").scalar()
+    return '"' + name.replace('"', '""') + '"'
+
+
 def upgrade():
     if op.get_context().dialect.name != "postgresql":
         return
     op.drop_constraint(TAGS_KEY, "lead_tags", type_="foreignkey")
     op.drop_constraint(LEADS_KEY, "leads", type_="foreignkey")
-    _execute(UPGRADE)
+    _execute(UPGRADE.replace("{schema}", _schema()))
 
 
 def downgrade():

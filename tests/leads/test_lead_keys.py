@@ -151,8 +151,8 @@ def test_a_workspace_can_not_be_deleted_under_a_lead_being_written(
 def test_a_lead_can_not_be_deleted_under_a_tag_being_written(
     owner: factories.Person, other_connection: Connection, updated_first: bool
 ) -> None:
-    """The tag's check locks the lead, or the transaction already holds it: a lead it updated
-    (its row then reads as written by this transaction, which the check doesn't lock again)."""
+    """The tag's check locks the lead FOR KEY SHARE; after an update of the lead in the same
+    transaction, the update's stronger lock holds the delete off as well."""
     lead_id = factories.lead(owner, "+5511900000001")
     if updated_first:
         db.session.execute(text("UPDATE leads SET name = 'Bia' WHERE id = :id"), {"id": lead_id})
@@ -193,3 +193,22 @@ def test_the_keys_of_leads_and_workspaces_never_change(two_workspaces: tuple[fac
     db.session.execute(text("UPDATE workspaces SET id = :new WHERE id = :ws"), {"new": 9000, "ws": bare.id})
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(Workspace).where(Workspace.id == 9000)) == 1
+
+
+def test_the_triggers_find_the_tables_whatever_the_callers_search_path(owner: factories.Person) -> None:
+    """Each function looks in the tables' schema ("$user" would be each caller's own)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no triggers for these keys")
+    schema = db.session.scalar(text("SELECT current_schema()"))
+    settings = db.session.execute(
+        text("SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'zapdesk_%'")
+    ).all()
+    assert len(settings) == 5
+    assert {tuple(config) for _name, config in settings} == {(f"search_path={schema}, pg_temp",)}
+    db.session.execute(text("SET LOCAL search_path = pg_catalog"))
+    with pytest.raises(IntegrityError):
+        db.session.execute(
+            text(NEW_LEAD.replace("INTO leads", f'INTO "{schema}".leads')),
+            {"ws": 0, "phone": "+5511900000001"},
+        )
+    db.session.rollback()

@@ -201,10 +201,12 @@ def test_bulk_tag_untag_and_opt_out_by_an_agent(agent: FlaskClient, owner: facto
     ana = factories.lead(owner, "+5511900000001", "Ana", opt_in=True, tags=("vip",))
     bia = factories.lead(owner, "+5511900000002", "Bia")
     untouched = factories.lead(owner, "+5511900000003", "Caio")
+    duda = factories.lead(owner, "+5511900000004", "Duda")
 
-    html = bulk(agent, "tag", [ana, bia], tag="VIP", back="q=a&sort=name")
-    assert "Tag added to 1 lead." in html  # Ana had it already
-    assert [t.casefold() for t in db.session.get(Lead, bia).tag_names] == ["vip"]  # type: ignore[union-attr]
+    html = bulk(agent, "tag", [ana, bia, duda], tag="VIP", back="q=a&sort=name")
+    assert "Tag added to 2 leads." in html  # Ana had it already
+    for tagged in (bia, duda):
+        assert [t.casefold() for t in db.session.get(Lead, tagged).tag_names] == ["vip"]  # type: ignore[union-attr]
     assert db.session.get(Lead, untouched).tag_names == []  # type: ignore[union-attr]
 
     html = bulk(agent, "untag", [ana, bia], tag="vip")
