@@ -142,18 +142,6 @@ DROP FUNCTION zapdesk_leads_check_workspace();
 """
 
 
-def _execute(script):
-    """Each statement of ``script`` on its own (a function's body, between $$, holds semicolons)."""
-    statement, quoted = [], False
-    for line in script.strip().splitlines():
-        statement.append(line)
-        quoted ^= line.count("$$") % 2 == 1
-        if line.rstrip().endswith(";") and not quoted:
-            op.execute("\n".join(statement))
-            statement = []
-    assert not statement and not quoted, "a statement without its end"
-
-
 def _schema():
     """The schema the tables are in, quoted: the functions look for them there whatever the
     caller's search_path ("$user" would be each caller's own schema)."""
@@ -168,13 +156,13 @@ def upgrade():
         return
     op.drop_constraint(TAGS_KEY, "lead_tags", type_="foreignkey")
     op.drop_constraint(LEADS_KEY, "leads", type_="foreignkey")
-    _execute(UPGRADE.replace("{schema}", _schema()))
+    op.execute(UPGRADE.replace("{schema}", _schema()))  # one script: psycopg runs its statements in turn
 
 
 def downgrade():
     if op.get_context().dialect.name != "postgresql":
         return
-    _execute(DOWNGRADE)
+    op.execute(DOWNGRADE)
     # Rows the triggers would not have let in can't be there; the keys are checked as they come back.
     op.create_foreign_key(LEADS_KEY, "leads", "workspaces", ["workspace_id"], ["id"], ondelete="CASCADE")
     op.create_foreign_key(
