@@ -61,3 +61,19 @@ def test_a_thread_costs_the_same_for_3_or_60_messages(
     assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 3
     inbox.add_note(owner.workspace_id, conversation_id, owner.user_id, "Cliente VIP")
     assert _statements(logged_in, f"/conversations/{conversation_id}") == few + 1  # and its notes
+
+
+def test_the_list_previews_are_one_statement_text_for_any_page_length(owner: factories.Person) -> None:
+    """On PostgreSQL the previews' statement is prepared once per connection: its text doesn't
+    change with how many conversations the page has (an IN list of each length would be a
+    statement of its own, planned again over every partition of the messages)."""
+    account_id = factories.sandbox_account(owner)
+    ids = [factories.inbound(account_id, phone=f"+55119000001{n:02d}", text=f"oi {n}") for n in range(3)]
+    with counted() as statements:
+        one = inbox.last_messages(ids[:1])
+        three = inbox.last_messages(ids)
+    assert {n: row.text for n, row in three.items()} == {ids[n]: f"oi {n}" for n in range(3)}
+    assert list(one) == ids[:1]
+    assert len(statements) == 2
+    if db.engine.dialect.name == "postgresql":
+        assert statements[0] == statements[1]
