@@ -142,17 +142,27 @@ def _last_message_since(days: int) -> Any:
 
 
 def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
+    return _searched(workspace_id, filters)[0]
+
+
+def _searched(
+    workspace_id: int, filters: LeadFilter, by_fragments: bool | None = None
+) -> tuple[Select[tuple[Lead]], bool | None]:
+    """The leads ``filters`` select, and whether the search looked for fragments (None: no
+    search). ``by_fragments`` keeps the choice an earlier page made; None makes it now."""
     stmt = scoped(select(Lead), Lead, workspace_id).where(Lead.kind == "person")
     stmt = stmt.where(Lead.deleted_at.isnot(None) if filters.trash else Lead.deleted_at.is_(None))
     stmt = _with_filters(stmt, filters)
     q = filters.q.replace("\x00", "").strip()
     if not q:
-        return stmt
+        return stmt, None
     found = stmt.where(or_(*_indexed_matches(q, workspace_country(workspace_id))))
     fragments = _fragment_matches(q)
-    if fragments and not db.session.scalar(select(found.exists())):
-        return stmt.where(or_(*fragments))  # the same answer for every page: nothing indexed
-    return found
+    if by_fragments is None:
+        by_fragments = bool(fragments) and not db.session.scalar(select(found.exists()))
+    if by_fragments and fragments:
+        return stmt.where(or_(*fragments)), True
+    return found, False
 
 
 def _with_filters(stmt: Select[tuple[Lead]], filters: LeadFilter) -> Select[tuple[Lead]]:
@@ -177,13 +187,28 @@ def _with_filters(stmt: Select[tuple[Lead]], filters: LeadFilter) -> Select[tupl
     return stmt
 
 
+# A search's next pages look the way its first page did: a lead written or deleted between two
+# pages could otherwise switch a search from the indexed ways to fragments (or back), and the
+# next page would continue another list from the cursor. The way is the cursor's prefix ("." is
+# not in the cursor's alphabet); a cursor without one decides again.
+_BY_FRAGMENTS, _BY_INDEXES = "f.", "i."
+
+
 def list_leads(
     workspace_id: int, filters: LeadFilter, sort: Sort, limit: int, cursor: str | None
 ) -> Page[Lead]:
-    stmt = filtered_leads(workspace_id, filters)
+    by_fragments: bool | None = None
+    for prefix, chosen in ((_BY_FRAGMENTS, True), (_BY_INDEXES, False)):
+        if cursor and cursor.startswith(prefix):
+            by_fragments, cursor = chosen, cursor[len(prefix) :]
+    stmt, by_fragments = _searched(workspace_id, filters, by_fragments)
     if sort in (Sort.NAME, Sort.NAME_DESC):
-        return keyset_page(stmt, [Lead.name, Lead.id], limit, cursor, ascending=sort == Sort.NAME)
-    return keyset_page(stmt, [Lead.id], limit, cursor, ascending=sort == Sort.OLDEST)
+        page = keyset_page(stmt, [Lead.name, Lead.id], limit, cursor, ascending=sort == Sort.NAME)
+    else:
+        page = keyset_page(stmt, [Lead.id], limit, cursor, ascending=sort == Sort.OLDEST)
+    if page.next_cursor and by_fragments is not None:
+        return Page(page.items, (_BY_FRAGMENTS if by_fragments else _BY_INDEXES) + page.next_cursor)
+    return page
 
 
 def capped_count(workspace_id: int, filters: LeadFilter, cap: int = COUNT_CAP) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crm.auth.models import Workspace
 from crm.db import FOLD_FROM, FOLD_TO, utcnow
-from crm.errors import NotFound, ValidationFailed
+from crm.errors import DomainError, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import Conversation, Message
 from crm.leads.consent import ConsentChange
@@ -229,6 +230,45 @@ def test_fragments_are_looked_for_only_when_nothing_else_matches(owner: factorie
     assert found(owner, "@loja.com") == [bia]  # only in an email, from its middle
     assert found(owner, "1111") == [bia]  # only in a phone, from its middle
     assert capped_count(owner.workspace_id, LeadFilter(q="1111")) == 1
+
+
+def test_a_search_pages_on_the_way_its_first_page_chose(owner: factories.Person) -> None:
+    """A lead written or deleted between two pages doesn't switch a search between the indexed
+    ways and fragments: the next page would continue another list from the cursor."""
+    other = factories.lead(owner, "+5531999990000", "Other", email="o@padaria-sul.com")  # a fragment
+    shops = [
+        factories.lead(owner, f"+55219111{n}2222", f"Loja {n}", email=f"l{n}@loja.com") for n in range(3)
+    ]
+    bakeries = [factories.lead(owner, f"+55319222{n}3333", f"Padaria {n}") for n in range(3)]
+
+    def pages(q: str, between: Callable[[], object]) -> list[list[int]]:
+        first = list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 2, None)
+        assert first.next_cursor is not None
+        between()
+        second = list_leads(owner.workspace_id, LeadFilter(q=q), Sort.NEWEST, 2, first.next_cursor)
+        return [[lead.id for lead in first.items], [lead.id for lead in second.items]]
+
+    # By fragments (an email's middle); a lead whose notes have the text arrives between the pages.
+    newcomer: list[int] = []
+
+    def arrives() -> None:
+        newcomer.append(factories.lead(owner, "+5531900000001", "X", notes="at @loja.com"))
+
+    assert pages("@loja.com", arrives) == [[shops[2], shops[1]], [shops[0]]]
+    assert found(owner, "@loja.com") == newcomer  # a new search decides again
+    # By the indexes (names); every lead found that way leaves between the pages.
+    assert pages("padaria", lambda: trash_leads(owner.workspace_id, bakeries)) == [
+        [bakeries[2], bakeries[1]],
+        [],
+    ]
+    assert found(owner, "padaria") == [other]
+    # A cursor without the way (an older one) decides again, as before; a bad one is refused.
+    cursor = list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 1, None).next_cursor
+    assert cursor is not None and cursor.startswith("i.")
+    again = list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 5, cursor[2:])
+    assert [lead.id for lead in again.items] == [shops[2], shops[1], shops[0]]
+    with pytest.raises(DomainError):
+        list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 1, "f.!!")
 
 
 def test_search_by_a_start_of_nines_has_no_upper_bound_to_miss(owner: factories.Person) -> None:
