@@ -66,9 +66,11 @@ def _decode(cursor: str, kinds: Sequence[type]) -> list[Any]:
                 raise ValueError("type")
         return values
     except (ValueError, TypeError, OverflowError, binascii.Error, json.JSONDecodeError):
-        raise DomainError(
-            _("The cursor is not valid; start again without it."), code="invalid_cursor"
-        ) from None
+        raise invalid_cursor() from None
+
+
+def invalid_cursor() -> DomainError:
+    return DomainError(_("The cursor is not valid; start again without it."), code="invalid_cursor")
 
 
 def _kind(key: InstrumentedAttribute[Any]) -> type:

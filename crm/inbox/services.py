@@ -216,14 +216,14 @@ _PREVIEW_COLUMNS = (
 )
 
 
-def last_messages(conversation_ids: list[int]) -> dict[int, Row[Any]]:
-    """The newest message of each conversation (the columns a list row shows), in one statement:
-    for each conversation an indexed "newest first, LIMIT 1" subquery picks the id, then the rows
-    are read by key."""
+def last_messages(workspace_id: int, conversation_ids: list[int]) -> dict[int, Row[Any]]:
+    """The newest message of each of the workspace's conversations (the columns a list row
+    shows), in one statement: for each conversation an indexed "newest first, LIMIT 1" subquery
+    picks the id, then the rows are read by key."""
     if not conversation_ids:
         return {}
     if db.session.get_bind().dialect.name == "postgresql":
-        return _last_messages_by_key(conversation_ids)
+        return _last_messages_by_key(workspace_id, conversation_ids)
     newest = (
         select(Message.id)
         .where(Message.conversation_id == Conversation.id)
@@ -233,20 +233,22 @@ def last_messages(conversation_ids: list[int]) -> dict[int, Row[Any]]:
         .scalar_subquery()
     )
     ids = select(newest).where(Conversation.id.in_(conversation_ids))
-    rows = db.session.execute(select(*_PREVIEW_COLUMNS).where(Message.id.in_(ids)))
+    rows = db.session.execute(
+        select(*_PREVIEW_COLUMNS).where(Message.id.in_(ids), Message.workspace_id == workspace_id)
+    )
     return {row.conversation_id: row for row in rows}
 
 
-def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
+def _last_messages_by_key(workspace_id: int, conversation_ids: list[int]) -> dict[int, Row[Any]]:
     """PostgreSQL (messages partitioned by month): each conversation's newest (id, created_at) from
     the index alone (LATERAL … LIMIT 1), then each row read from the one partition its created_at
     names. Reading the rows by id alone would probe every partition's index for every id.
 
     The ids arrive as one array, not as a join to ``conversations``: the callers took them from
     the workspace's conversations already, and reading those rows again was a fifth of the
-    statement's pages. One array is also one statement text whatever the page's length, so each
-    connection prepares it once instead of planning it again (over every partition) for each
-    length an ``IN`` list has."""
+    statement's pages; each message read is checked to be the workspace's instead, on the row
+    read anyway. One array is also one statement text whatever the page's length (an ``IN``
+    list has one per length, each planned over every partition until it is prepared)."""
     ids = literal(conversation_ids, ARRAY(Integer))
     wanted = func.unnest(ids).table_valued("id").render_derived("wanted")
     found = aliased(Message)
@@ -262,6 +264,7 @@ def _last_messages_by_key(conversation_ids: list[int]) -> dict[int, Row[Any]]:
         .select_from(wanted)
         .join(newest, true())
         .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))
+        .where(Message.workspace_id == workspace_id)
     )
     return {row.conversation_id: row for row in db.session.execute(stmt)}
 

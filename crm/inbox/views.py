@@ -73,7 +73,7 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         "filters": filters,
         # Something narrows the list (an empty one then says nothing matches, not "none yet").
         "narrowed": {**filters, "q": filters["q"].strip()} != DEFAULT_FILTERS,
-        "previews": inbox.last_messages([c.id for c in page.items]),
+        "previews": inbox.last_messages(workspace_id, [c.id for c in page.items]),
         "selected": selected,
         "for_humans": for_humans,
         # For the filter form of the whole page only: a list fragment never loads them.

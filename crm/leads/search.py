@@ -1,7 +1,7 @@
 """Finding leads: search, filters, sort orders and counts that stay fast at a million leads.
 
 Search matches a fragment of the name or notes, accents and case aside (one trigram-indexed
-expression on PostgreSQL, migration 0022), the start of the email, and the phone: the whole
+expression on PostgreSQL, migrations 0022 and 0024), the start of the email, and the phone: the whole
 number as people write it, its start (with or without the country code) or its last digits.
 Each of these has its index on PostgreSQL. Every index is written for each lead an import
 writes, so parts from the middle of an email or a phone have none: a search reads every lead
@@ -24,7 +24,7 @@ from crm.extensions import db
 from crm.leads.models import Lead, LeadTag
 from crm.leads.phones import as_written, digits_of, maybe_e164
 from crm.leads.services import tag_key, workspace_country
-from crm.pagination import Page, keyset_page
+from crm.pagination import Page, invalid_cursor, keyset_page
 from crm.tenancy import scoped
 
 COUNT_CAP = 1000
@@ -111,7 +111,7 @@ def _phone_conditions(q: str, country: str) -> list[ColumnElement[bool]]:
 
 
 def _indexed_matches(q: str, country: str) -> list[ColumnElement[bool]]:
-    """The ways a search finds leads through indexes (migration 0022), fast at a million."""
+    """The ways a search finds leads through indexes (migrations 0022, 0024), fast at a million."""
     return [
         search_text().like(f"%{like_escaped(fold(q))}%", escape=LIKE_ESCAPE),
         func.lower(Lead.email).like(f"{like_escaped(q.lower())}%", escape=LIKE_ESCAPE),
@@ -142,6 +142,8 @@ def _last_message_since(days: int) -> Any:
 
 
 def filtered_leads(workspace_id: int, filters: LeadFilter) -> Select[tuple[Lead]]:
+    """The leads ``filters`` select, the search's way chosen now (an export, a count, a
+    broadcast's audience: one statement each; only pages keep an earlier page's way)."""
     return _searched(workspace_id, filters)[0]
 
 
@@ -198,9 +200,10 @@ def list_leads(
     workspace_id: int, filters: LeadFilter, sort: Sort, limit: int, cursor: str | None
 ) -> Page[Lead]:
     by_fragments: bool | None = None
-    for prefix, chosen in ((_BY_FRAGMENTS, True), (_BY_INDEXES, False)):
-        if cursor and cursor.startswith(prefix):
-            by_fragments, cursor = chosen, cursor[len(prefix) :]
+    if cursor and cursor[:2] in (_BY_FRAGMENTS, _BY_INDEXES):
+        by_fragments, cursor = cursor[:2] == _BY_FRAGMENTS, cursor[2:]
+        if not cursor:
+            raise invalid_cursor()
     stmt, by_fragments = _searched(workspace_id, filters, by_fragments)
     if sort in (Sort.NAME, Sort.NAME_DESC):
         page = keyset_page(stmt, [Lead.name, Lead.id], limit, cursor, ascending=sort == Sort.NAME)

@@ -74,7 +74,7 @@ def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
     from crm.leads.phones import for_humans
 
     conversation = inbox.get_conversation(workspace_id, conversation_id)
-    preview = inbox.last_messages([conversation.id]).get(conversation.id)
+    preview = inbox.last_messages(workspace_id, [conversation.id]).get(conversation.id)
     item = render_template(
         "inbox/_conversation_item.html",
         conversation=conversation,

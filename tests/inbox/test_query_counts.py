@@ -70,10 +70,19 @@ def test_the_list_previews_are_one_statement_text_for_any_page_length(owner: fac
     account_id = factories.sandbox_account(owner)
     ids = [factories.inbound(account_id, phone=f"+55119000001{n:02d}", text=f"oi {n}") for n in range(3)]
     with counted() as statements:
-        one = inbox.last_messages(ids[:1])
-        three = inbox.last_messages(ids)
+        one = inbox.last_messages(owner.workspace_id, ids[:1])
+        three = inbox.last_messages(owner.workspace_id, ids)
     assert {n: row.text for n, row in three.items()} == {ids[n]: f"oi {n}" for n in range(3)}
     assert list(one) == ids[:1]
     assert len(statements) == 2
     if db.engine.dialect.name == "postgresql":
         assert statements[0] == statements[1]
+
+
+def test_the_list_previews_show_only_the_workspaces_messages(owner: factories.Person) -> None:
+    mine = factories.inbound(factories.sandbox_account(owner), phone="+5511900000201", text="meu")
+    other = factories.person("Outra loja", "dona@outra.example", role="owner")
+    theirs = factories.inbound(factories.sandbox_account(other), phone="+5511900000202", text="deles")
+    previews = inbox.last_messages(owner.workspace_id, [mine, theirs])
+    assert {n: row.text for n, row in previews.items()} == {mine: "meu"}
+    assert list(inbox.last_messages(other.workspace_id, [mine, theirs])) == [theirs]

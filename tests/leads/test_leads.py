@@ -268,8 +268,9 @@ def test_a_search_pages_on_the_way_its_first_page_chose(owner: factories.Person)
     assert cursor is not None and cursor.startswith("i.")
     again = list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 5, cursor[2:])
     assert [lead.id for lead in again.items] == [shops[2], shops[1], shops[0]]
-    with pytest.raises(DomainError):
-        list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 1, "f.!!")
+    for bad in ("f.!!", "f.", "i.", "f.i." + cursor[2:]):
+        with pytest.raises(DomainError):
+            list_leads(owner.workspace_id, LeadFilter(q="loja"), Sort.NEWEST, 1, bad)
 
 
 def test_search_by_a_start_of_nines_has_no_upper_bound_to_miss(owner: factories.Person) -> None:

@@ -341,10 +341,10 @@ def test_the_inbox_previews_each_conversations_newest_message_across_months(owne
     tie_low = factories.stored_message(second, "tie a", created_at=later)
     tie_high = factories.stored_message(second, "tie b", created_at=later)
     assert tie_high > tie_low
-    previews = last_messages([first, second])
+    previews = last_messages(owner.workspace_id, [first, second])
     assert previews[first].text == "next month"
     assert previews[second].id == tie_high  # equal times: the higher id is the newer
-    assert last_messages([]) == {}
+    assert last_messages(owner.workspace_id, []) == {}
 
 
 def test_the_partitions_command_lists_them(runner: Any) -> None:
