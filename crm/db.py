@@ -60,8 +60,9 @@ def _lower(value: Any) -> str | None:
 
 # Searches ignore accents: "joao" finds "João", "acougue" finds "Açougue". The same letters are
 # replaced in SQL (translate(), on PostgreSQL in the leads' trigram index, migrations 0022 and
-# 0024) and in Python (the text searched for). The accents written apart from their letter (Unicode's
-# decomposed form, as some systems save "João") are deleted: they have no letter in FOLD_TO.
+# 0024) and in Python (the text searched for). The accents written apart from their letter
+# (Unicode's decomposed form, as some systems save "João") are deleted: they have no letter in
+# FOLD_TO.
 # Each letter here costs every lead an import writes a little (translate() reads the list for
 # each character), so the list holds the letters of Portuguese, Spanish and French.
 FOLD_FROM = "áàâãäåāçćčéèêëēęěíìîïīñńóòôõöøōśšúùûüūůýÿźżž" + "\u0300\u0301\u0302\u0303\u0308\u0327"

@@ -1,8 +1,8 @@
 """Finding leads: search, filters, sort orders and counts that stay fast at a million leads.
 
 Search matches a fragment of the name or notes, accents and case aside (one trigram-indexed
-expression on PostgreSQL, migrations 0022 and 0024), the start of the email, and the phone: the whole
-number as people write it, its start (with or without the country code) or its last digits.
+expression on PostgreSQL, migrations 0022 and 0024), the start of the email, and the phone: the
+whole number as people write it, its start (with or without the country code) or its last digits.
 Each of these has its index on PostgreSQL. Every index is written for each lead an import
 writes, so parts from the middle of an email or a phone have none: a search reads every lead
 for them only when the indexed ways find nobody.

@@ -64,9 +64,9 @@ def test_a_thread_costs_the_same_for_3_or_60_messages(
 
 
 def test_the_list_previews_are_one_statement_text_for_any_page_length(owner: factories.Person) -> None:
-    """On PostgreSQL the previews' statement is prepared once per connection: its text doesn't
-    change with how many conversations the page has (an IN list of each length would be a
-    statement of its own, planned again over every partition of the messages)."""
+    """On PostgreSQL the previews' statement text doesn't change with how many conversations the
+    page has (an IN list of each length would be a statement of its own, planned over every
+    partition of the messages until psycopg prepares it)."""
     account_id = factories.sandbox_account(owner)
     ids = [factories.inbound(account_id, phone=f"+55119000001{n:02d}", text=f"oi {n}") for n in range(3)]
     with counted() as statements:

@@ -343,8 +343,8 @@ def test_postgresql_folds_ascii_and_other_texts_as_translate_alone_does(owner: f
 
 def test_the_search_uses_its_indexes_on_postgresql(owner: factories.Person) -> None:
     """Each way of finding a lead reads an index: the query's expressions are the ones of
-    migrations 0022 and 0024, and the planner knows how few leads each finds, so a search stays fast at a
-    million leads."""
+    migrations 0022 and 0024, and the planner knows how few leads each finds, so a search stays
+    fast at a million leads."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite searches by scanning")
     factories.lead(owner, "+5511987654321", "Ana", email="ana@example.com")  # found: no fragment search
