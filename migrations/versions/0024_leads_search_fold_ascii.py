@@ -58,7 +58,7 @@ def _trigram_ops():
 
 
 def _replace_index(expression):
-    if context.get_context().dialect.name != "postgresql":
+    if op.get_context().dialect.name != "postgresql":
         return
     ops = _trigram_ops()
     if not ops:
