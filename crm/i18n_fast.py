@@ -45,6 +45,11 @@ def translations() -> support.NullTranslations:
     return found
 
 
+def N_(message: str) -> str:  # noqa: N802 (the name pybabel looks for)
+    """Marks a text for translation where it is written; ``gettext`` looks it up when shown."""
+    return message
+
+
 def gettext(message: str) -> str:
     return str(translations().ugettext(message))
 

@@ -11,6 +11,8 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.local import LocalProxy
 
+from crm.i18n_fast import N_, gettext
+
 
 def _shell_context() -> dict[str, Any]:
     if not current_user or not current_user.is_authenticated or g.get("membership") is None:
@@ -45,6 +47,23 @@ def message_summary(message: Any) -> str:
     return str(labels.get(message.type, f"[{message.type}]"))
 
 
+MESSAGE_STATUSES = {
+    "queued": N_("Queued"),
+    "sending": N_("Sending"),
+    "sent": N_("Sent"),
+    "delivered": N_("Delivered"),
+    "read": N_("Read"),
+    "played": N_("Played"),
+    "failed": N_("Failed"),
+}
+
+
+def message_status(status: str) -> str:
+    """A message's status in the reader's language (one lookup: every bubble shows one)."""
+    found = MESSAGE_STATUSES.get(status)
+    return gettext(found) if found is not None else status
+
+
 def _ai_error(code: str | None) -> str:
     """Why the AI could not answer, in a few words (the codes of ``crm.ai``)."""
     from crm.settings.ai import error_text
@@ -70,6 +89,7 @@ def setup_templating(app: Flask) -> None:
     app.jinja_env.filters["media_size"] = human_size
     app.jinja_env.filters["number"] = format_number  # 1,234 or 1.234, in the reader's locale
     app.jinja_env.filters["message_summary"] = message_summary
+    app.jinja_env.filters["message_status"] = message_status
     app.jinja_env.filters["ai_error"] = _ai_error
     app.jinja_env.filters["ai_error_advice"] = _ai_error_advice
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
