@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask_babel import gettext as _
-from sqlalchemy import ARRAY, ColumnElement, Integer, Row, Table, func, literal, select, true, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import aliased, contains_eager, joinedload
 
 from crm.auth.models import Membership, User
@@ -249,8 +262,15 @@ def _last_messages_by_key(workspace_id: int, conversation_ids: list[int]) -> dic
     statement's pages; each message read is checked to be the workspace's instead, on the row
     read anyway. One array is also one statement text whatever the page's length (an ``IN``
     list has one per length, each planned over every partition until it is prepared)."""
-    ids = literal(conversation_ids, ARRAY(Integer))
-    wanted = func.unnest(ids).table_valued("id").render_derived("wanted")
+    rows = db.session.execute(_newest_by_key(), {"ids": conversation_ids, "workspace_id": workspace_id})
+    return {row.conversation_id: row for row in rows}
+
+
+@functools.cache
+def _newest_by_key() -> Select[Any]:
+    """The statement of ``_last_messages_by_key``, built once: an alias of ``messages`` copies
+    every column, which cost about a millisecond of Python on each list page."""
+    wanted = func.unnest(bindparam("ids", type_=ARRAY(Integer))).table_valued("id").render_derived("wanted")
     found = aliased(Message)
     newest = (
         select(found.id.label("id"), found.created_at.label("created_at"))
@@ -259,14 +279,13 @@ def _last_messages_by_key(workspace_id: int, conversation_ids: list[int]) -> dic
         .limit(1)
         .lateral("newest")
     )
-    stmt = (
+    return (
         select(*_PREVIEW_COLUMNS)
         .select_from(wanted)
         .join(newest, true())
         .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))
-        .where(Message.workspace_id == workspace_id)
+        .where(Message.workspace_id == bindparam("workspace_id"))
     )
-    return {row.conversation_id: row for row in db.session.execute(stmt)}
 
 
 class OpenedThread(NamedTuple):
