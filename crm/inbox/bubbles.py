@@ -22,7 +22,7 @@ from typing import Any
 from flask import current_app, request
 from markupsafe import Markup
 
-from crm.i18n_fast import reader_key
+from crm.i18n_fast import N_, gettext, reader_key
 from crm.inbox.models import Message
 from crm.leads.phones import for_humans
 
@@ -74,10 +74,29 @@ def _remembered(key: tuple[Any, ...], template_name: str, **context: Any) -> Mar
     return html
 
 
+# Texts every bubble shows alike, looked up once per language (a template's gettext call costs
+# more than the rest of a short bubble).
+BUBBLE_TEXTS = {
+    "delete": N_("Delete from Zapdesk"),
+    "confirm_delete": N_("Delete this message and its file from Zapdesk? The customer keeps their copy."),
+}
+_texts: dict[str, dict[str, str]] = {}
+
+
+def bubble_texts(language: str) -> dict[str, str]:
+    """``BUBBLE_TEXTS`` in ``language``, the current request's (the first element of ``reader_key``)."""
+    found = _texts.get(language)
+    if found is None:
+        found = _texts[language] = {name: gettext(text) for name, text in BUBBLE_TEXTS.items()}
+    return found
+
+
 def bubble(message: Message, oob: bool = False) -> Markup:
     """The bubble of ``inbox/_message.html`` for this message, from memory when nothing changed."""
+    key = bubble_key(message, oob)
+    language = key[0][0]
     return _remembered(
-        ("message", *bubble_key(message, oob)), "inbox/_message.html", message=message, oob=oob
+        ("message", *key), "inbox/_message.html", message=message, oob=oob, texts=bubble_texts(language)
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, g, render_template
+from flask import abort, g
 from flask_login import login_required
 
 from crm.media import bp
@@ -65,7 +65,8 @@ def thumbnail(media_id: int) -> Any:
 @login_required
 def retry(media_id: int) -> str:
     """Download a failed file again; answers the message's bubble (now "downloading")."""
+    from crm.inbox.bubbles import bubble
     from crm.media.inbound import message_of, request_retry
 
     media = request_retry(g.workspace_id, media_id)
-    return render_template("inbox/_message.html", message=message_of(media))
+    return bubble(message_of(media))

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def _message_fragments(workspace_id: int, event: Event) -> str | None:
     from crm.extensions import db
+    from crm.inbox import bubbles
     from crm.inbox import services as inbox
     from crm.inbox.models import Message
     from crm.leads.phones import for_humans
@@ -31,12 +32,12 @@ def _message_fragments(workspace_id: int, event: Event) -> str | None:
     if message is None or message.workspace_id != workspace_id:
         return None  # never another workspace's data, whatever the event says
     if event["type"] == "message.status":
-        return render_template("inbox/_message.html", message=message, oob=True)
+        return bubbles.bubble(message, oob=True)
     conversation = inbox.get_conversation(workspace_id, message.conversation_id)
     item = render_template(
         "inbox/_conversation_item.html", conversation=conversation, preview=message, for_humans=for_humans
     )
-    bubble = render_template("inbox/_message.html", message=message)
+    bubble = bubbles.bubble(message)
     html = (
         '<div id="conversations-empty" hx-swap-oob="delete"></div>'
         f'<div id="conversation-{conversation.id}" hx-swap-oob="delete"></div>'

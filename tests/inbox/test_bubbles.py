@@ -80,7 +80,8 @@ def test_each_reader_sees_their_language_and_zone(
     conversation_id = factories.inbound(factories.sandbox_account(owner))
     message_id = factories.stored_message(conversation_id, "Oi", direction="out", status="delivered")
     english = _bubble_of(_thread(logged_in, conversation_id), message_id)
-    assert "Delete from Zapdesk" in english and 'title="Delivered"' in english  # the tick's status
+    assert 'title="Delivered"' in english  # the tick's status
+    assert 'aria-label="Delete from Zapdesk"' in english and "The customer keeps their copy." in english
 
     user = db.session.get(User, owner.user_id)
     assert user is not None
@@ -89,6 +90,8 @@ def test_each_reader_sees_their_language_and_zone(
     portuguese = _bubble_of(_thread(logged_in, conversation_id), message_id)
     assert "Delete from Zapdesk" not in portuguese and portuguese != english
     assert 'title="Entregue"' in portuguese
+    assert 'aria-label="Excluir do Zapdesk"' in portuguese
+    assert "O cliente continua com a cópia dele." in portuguese  # the confirmation
 
     times = re.compile(r'<small class="meta">\s*(.*?)\s*<')
     workspace = get_workspace(owner.workspace_id)
