@@ -93,9 +93,9 @@ def setup_templating(app: Flask) -> None:
     app.jinja_env.filters["ai_error"] = _ai_error
     app.jinja_env.filters["ai_error_advice"] = _ai_error_advice
     app.jinja_env.globals["for_humans"] = for_humans  # phones as people write them, in any template
-    from crm.inbox.bubbles import bubble, conversation_row
+    from crm.inbox.bubbles import bubbles, conversation_row
 
-    app.jinja_env.globals["bubble"] = bubble  # a message bubble, remembered while it doesn't change
+    app.jinja_env.globals["bubbles"] = bubbles  # message bubbles, remembered while they don't change
     app.jinja_env.globals["conversation_row"] = conversation_row  # a list row, the same way
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

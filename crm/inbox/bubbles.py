@@ -16,11 +16,12 @@ import json
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import current_app, request
 from markupsafe import Markup
+from sqlalchemy import JSON
 
 from crm.i18n_fast import N_, gettext, reader_key
 from crm.inbox.models import Message
@@ -31,16 +32,20 @@ _bubbles: OrderedDict[tuple[Any, ...], Markup] = OrderedDict()
 _lock = threading.Lock()
 
 
-_readers: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+# Per mapped class: reads every column at once, and the positions of its JSON columns.
+_readers: dict[type, tuple[Callable[[Any], tuple[Any, ...]], tuple[int, ...]]] = {}
 
 
 def _row(obj: Any) -> tuple[Any, ...]:
     """Every column of the row, JSON values as sorted text (so that they hash and compare)."""
-    read = _readers.get(type(obj))
-    if read is None:
-        read = _readers[type(obj)] = operator.attrgetter(*(c.key for c in obj.__table__.columns))
+    reader = _readers.get(type(obj))
+    if reader is None:
+        columns = list(obj.__table__.columns)
+        json_columns = tuple(n for n, c in enumerate(columns) if isinstance(c.type, JSON))
+        reader = _readers[type(obj)] = (operator.attrgetter(*(c.key for c in columns)), json_columns)
+    read, json_columns = reader
     values = read(obj)
-    if any(isinstance(value, dict | list) for value in values):
+    if any(isinstance(values[n], dict | list) for n in json_columns):
         return tuple(
             json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else value
             for value in values
@@ -48,15 +53,9 @@ def _row(obj: Any) -> tuple[Any, ...]:
     return values
 
 
-def bubble_key(message: Message, oob: bool = False) -> tuple[Any, ...]:
+def _message_rows(message: Message) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
     media = message.media_file if message.media_file_id is not None else None
-    return (
-        reader_key(),
-        request.script_root,
-        oob,
-        _row(message),
-        _row(media) if media is not None else None,
-    )
+    return _row(message), _row(media) if media is not None else None
 
 
 def _remembered(key: tuple[Any, ...], template_name: str, **context: Any) -> Markup:
@@ -91,13 +90,23 @@ def bubble_texts(language: str) -> dict[str, str]:
     return found
 
 
-def bubble(message: Message, oob: bool = False) -> Markup:
-    """The bubble of ``inbox/_message.html`` for this message, from memory when nothing changed."""
-    key = bubble_key(message, oob)
-    language = key[0][0]
-    return _remembered(
-        ("message", *key), "inbox/_message.html", message=message, oob=oob, texts=bubble_texts(language)
+def bubbles(messages: Iterable[Message], oob: bool = False) -> Markup:
+    """The bubbles of ``inbox/_message.html`` for these messages, each from memory when nothing
+    changed; what the request adds to each key (language, zone, URL prefix) is read once."""
+    reader = reader_key()
+    prefix = ("message", reader, request.script_root, oob)
+    texts = bubble_texts(reader[0])
+    return Markup("").join(
+        _remembered(
+            (*prefix, *_message_rows(message)), "inbox/_message.html", message=message, oob=oob, texts=texts
+        )
+        for message in messages
     )
+
+
+def bubble(message: Message, oob: bool = False) -> Markup:
+    """One message's bubble, as ``bubbles`` makes it."""
+    return bubbles((message,), oob)
 
 
 # What a row of the conversation list shows (inbox/_conversation_item.html), by object; the
