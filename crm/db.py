@@ -7,13 +7,13 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
-from sqlalchemy import DateTime, String, Table, event
+from sqlalchemy import ColumnElement, DateTime, Select, String, Table, event, literal
 from sqlalchemy.dialects.postgresql import dml as pg_dml
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -22,6 +22,8 @@ from sqlalchemy.types import TypeDecorator
 from crm.extensions import db
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -166,6 +168,56 @@ def setup_db(app: Flask) -> None:
         engine: Engine = db.engine
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+        elif engine.dialect.driver == "psycopg":
+            event.listen(engine, "begin", _reading_only)
+            event.listen(engine, "before_cursor_execute", _note_what_runs)
+            event.listen(engine, "rollback", _commit_what_only_read)
+
+
+# --- prepared statements last beyond read-only transactions (psycopg) --------------------------
+#
+# psycopg prepares a statement on a connection once it has run five times there, so PostgreSQL
+# plans it once instead of on every run (planning a statement over the monthly partitions of
+# messages takes longer than running it). But psycopg forgets every prepared statement on
+# ROLLBACK (a rolled-back transaction may have dropped what they refer to), and a request that
+# only read ends its transaction with one. A transaction that ran nothing but SELECTs built by
+# SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
+# as a rollback would; anything else rolls back as before.
+
+_ONLY_READ = "crm_only_read"
+
+
+def written(value: T) -> ColumnElement[T]:
+    """``value`` written into the statement's text instead of sent as a parameter, for a value
+    from a small set (a LIMIT, a status): a prepared statement's generic plan then estimates it
+    as a plan made for the value does. Against an unknown LIMIT or status the generic plan looks
+    dearer, and PostgreSQL goes on planning the statement afresh on every run."""
+    return literal(value, literal_execute=True)
+
+
+def _reading_only(conn: Connection) -> None:
+    conn.info[_ONLY_READ] = True
+
+
+def _note_what_runs(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    if not isinstance(getattr(context.compiled, "statement", None), Select):
+        conn.info[_ONLY_READ] = False
+
+
+def _commit_what_only_read(conn: Connection) -> None:
+    if not conn.info.pop(_ONLY_READ, False):
+        return
+    from psycopg.pq import TransactionStatus
+
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None or dbapi_connection.info.transaction_status != TransactionStatus.INTRANS:
+        return  # a failed transaction (or none): it rolls back
+    try:
+        dbapi_connection.commit()  # the rollback that follows finds no transaction and does nothing
+    except Exception:  # the connection broke: the rollback that follows sees it
+        log.debug("committing a read-only transaction failed", exc_info=True)
 
 
 # --- work that runs only once the current transaction has committed -------------------------

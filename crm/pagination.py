@@ -18,6 +18,7 @@ from flask_babel import gettext as _
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
+from crm.db import written
 from crm.errors import DomainError
 from crm.extensions import db
 
@@ -100,7 +101,7 @@ def keyset_page(
         # lets PostgreSQL skip partitions (messages are partitioned on created_at).
         first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
         stmt = stmt.where(first, or_(*clauses))
-    stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(limit + 1)
+    stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(written(limit + 1))
     rows = list(db.session.scalars(stmt))
     more = len(rows) > limit
     items = rows[:limit]

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased, contains_eager, joinedload
 
 from crm.auth.models import Membership, User
-from crm.db import LIKE_ESCAPE, fold, folded, insert_ignoring_conflicts, like_escaped, utcnow
+from crm.db import LIKE_ESCAPE, fold, folded, insert_ignoring_conflicts, like_escaped, utcnow, written
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
 from crm.inbox.bubbles import ROW_FIELDS
@@ -80,7 +80,7 @@ def latest_conversation_of_lead(workspace_id: int, lead_id: int) -> Conversation
         scoped(select(Conversation), Conversation, workspace_id)
         .where(Conversation.lead_id == lead_id)
         .order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
-        .limit(1)
+        .limit(written(1))
     )
 
 
@@ -191,7 +191,7 @@ def filtered_conversations(
     elif view == "unread":
         stmt = stmt.where(Conversation.unread_count > 0)
     if status in ("open", "closed"):
-        stmt = stmt.where(Conversation.status == status)
+        stmt = stmt.where(Conversation.status == written(status))
     if account_id is not None:
         stmt = stmt.where(Conversation.account_id == account_id)
     key = tag_key(tag)
@@ -276,7 +276,7 @@ def _newest_by_key() -> Select[Any]:
         select(found.id.label("id"), found.created_at.label("created_at"))
         .where(found.conversation_id == wanted.c.id)
         .order_by(found.created_at.desc(), found.id.desc())
-        .limit(1)
+        .limit(written(1))
         .lateral("newest")
     )
     return (
@@ -532,7 +532,7 @@ def window_closed(conversation: Conversation, account: WhatsAppAccount | None = 
         select(Message.created_at)
         .where(Message.conversation_id == conversation.id, Message.direction == "in")
         .order_by(Message.created_at.desc())
-        .limit(1)
+        .limit(written(1))
     )
     return last_inbound is None or utcnow() - last_inbound > CUSTOMER_CARE_WINDOW
 
