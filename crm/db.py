@@ -182,7 +182,9 @@ def setup_db(app: Flask) -> None:
 # ROLLBACK (a rolled-back transaction may have dropped what they refer to), and a request that
 # only read ends its transaction with one. A transaction that ran nothing but SELECTs built by
 # SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
-# as a rollback would; anything else rolls back as before.
+# as a rollback would; anything else rolls back as before. That holds while no such SELECT writes
+# by other means (a function that writes, notifies or sets a setting, a CTE that inserts) and no
+# write goes through the driver's own connection beside text statements: none does.
 
 _ONLY_READ = "crm_only_read"
 
@@ -207,6 +209,8 @@ def _note_what_runs(
 
 
 def _commit_what_only_read(conn: Connection) -> None:
+    if conn.invalidated or conn.closed:  # lost mid-transaction: nothing to commit, nor to ask it
+        return
     if not conn.info.pop(_ONLY_READ, False):
         return
     from psycopg.pq import TransactionStatus

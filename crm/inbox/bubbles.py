@@ -21,7 +21,8 @@ from typing import Any
 
 from flask import current_app, request
 from markupsafe import Markup
-from sqlalchemy import JSON
+from sqlalchemy import ARRAY, JSON, TypeDecorator
+from sqlalchemy.types import TypeEngine
 
 from crm.i18n_fast import N_, gettext, reader_key
 from crm.inbox.models import Message
@@ -36,12 +37,19 @@ _lock = threading.Lock()
 _readers: dict[type, tuple[Callable[[Any], tuple[Any, ...]], tuple[int, ...]]] = {}
 
 
+def _holds_json(column_type: TypeEngine[Any]) -> bool:
+    """Whether a column's values can be dicts or lists (which don't hash): JSON, an array, or a
+    type built on one of them."""
+    impl = column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
+    return isinstance(impl, JSON | ARRAY)
+
+
 def _row(obj: Any) -> tuple[Any, ...]:
     """Every column of the row, JSON values as sorted text (so that they hash and compare)."""
     reader = _readers.get(type(obj))
     if reader is None:
         columns = list(obj.__table__.columns)
-        json_columns = tuple(n for n, c in enumerate(columns) if isinstance(c.type, JSON))
+        json_columns = tuple(n for n, c in enumerate(columns) if _holds_json(c.type))
         reader = _readers[type(obj)] = (operator.attrgetter(*(c.key for c in columns)), json_columns)
     read, json_columns = reader
     values = read(obj)
@@ -82,8 +90,9 @@ BUBBLE_TEXTS = {
 _texts: dict[str, dict[str, str]] = {}
 
 
-def bubble_texts(language: str) -> dict[str, str]:
-    """``BUBBLE_TEXTS`` in ``language``, the current request's (the first element of ``reader_key``)."""
+def bubble_texts() -> dict[str, str]:
+    """``BUBBLE_TEXTS`` in the current request's language, remembered per language."""
+    language = reader_key()[0]
     found = _texts.get(language)
     if found is None:
         found = _texts[language] = {name: gettext(text) for name, text in BUBBLE_TEXTS.items()}
@@ -93,9 +102,8 @@ def bubble_texts(language: str) -> dict[str, str]:
 def bubbles(messages: Iterable[Message], oob: bool = False) -> Markup:
     """The bubbles of ``inbox/_message.html`` for these messages, each from memory when nothing
     changed; what the request adds to each key (language, zone, URL prefix) is read once."""
-    reader = reader_key()
-    prefix = ("message", reader, request.script_root, oob)
-    texts = bubble_texts(reader[0])
+    prefix = ("message", reader_key(), request.script_root, oob)
+    texts = bubble_texts()
     return Markup("").join(
         _remembered(
             (*prefix, *_message_rows(message)), "inbox/_message.html", message=message, oob=oob, texts=texts
@@ -144,3 +152,4 @@ def conversation_row(conversation: Any, preview: Message | None, selected: int |
 def forget_all() -> None:
     with _lock:
         _bubbles.clear()
+    _texts.clear()

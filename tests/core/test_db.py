@@ -111,3 +111,12 @@ def test_a_written_value_is_in_the_statement_text(app: Flask) -> None:
     stmt = select(Lead.id).where(Lead.name == written("Ana")).limit(written(51))
     sql = str(stmt.compile(dialect=db.engine.dialect, compile_kwargs={"render_postcompile": True}))
     assert "LIMIT 51" in sql and "'Ana'" in sql
+
+
+@postgresql_only
+def test_a_connection_lost_in_a_read_rolls_back_quietly(owner: factories.Person) -> None:
+    with db.engine.connect() as conn:
+        conn.execute(_lead_names(owner.workspace_id)).all()
+        conn.invalidate()  # as when the server goes away in the middle of a transaction
+        conn.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Lead)) == 0  # the pool goes on
