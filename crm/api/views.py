@@ -10,6 +10,7 @@ from flask_babel import gettext as _
 from crm.api import bp
 from crm.errors import DomainError, ValidationFailed
 from crm.extensions import db
+from crm.inbox import listing
 from crm.inbox import services as inbox
 from crm.inbox.sending import reply, send_to_phone
 from crm.leads import services as leads
@@ -52,7 +53,7 @@ def accounts() -> Any:
 
 @bp.get("/conversations")
 def conversations() -> Any:
-    page = inbox.list_conversations(g.workspace_id, page_limit(), request.args.get("cursor"))
+    page = listing.list_conversations(g.workspace_id, page_limit(), request.args.get("cursor"))
     return _page([inbox.conversation_json(c) for c in page.items], page.next_cursor)
 
 

@@ -1,32 +1,25 @@
-"""Conversations and messages: reading them (keyset pages) and the conversation upsert."""
+"""Conversations and messages: the conversation upsert, a thread and its pages, assignment, tags,
+status, the 24-hour window and deleting a message (the list: crm.inbox.listing; notes:
+crm.inbox.notes)."""
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import (
-    ARRAY,
-    ColumnElement,
-    Integer,
-    Row,
-    Select,
     Table,
-    bindparam,
     func,
     select,
-    true,
     update,
 )
-from sqlalchemy.orm import aliased, contains_eager, joinedload
+from sqlalchemy.orm import joinedload
 
-from crm.auth.models import Membership, User
-from crm.db import LIKE_ESCAPE, fold, folded, insert_ignoring_conflicts, like_escaped, utcnow, written
+from crm.auth.models import Membership
+from crm.db import insert_ignoring_conflicts, utcnow, written
 from crm.errors import Conflict, NotFound, ValidationFailed
 from crm.extensions import db
-from crm.inbox.bubbles import ROW_FIELDS
 from crm.inbox.keys import forget_messages
 from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.inbox.team import team_facts
@@ -86,11 +79,6 @@ def latest_conversation_of_lead(workspace_id: int, lead_id: int) -> Conversation
 
 def get_conversation(workspace_id: int, conversation_id: int) -> Conversation:
     return get_scoped(Conversation, workspace_id, conversation_id)
-
-
-def list_conversations(workspace_id: int, limit: int, cursor: str | None) -> Page[Conversation]:
-    stmt = scoped(select(Conversation), Conversation, workspace_id)
-    return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
 
 
 def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
@@ -157,135 +145,6 @@ def media_json(message: Message) -> dict[str, Any] | None:
         "error": media.error_title if media.status == "failed" else None,
         "url": f"/api/v1/media/{media.id}" if media.is_ready else None,
     }
-
-
-def filtered_conversations(
-    workspace_id: int,
-    *,
-    user_id: int,
-    view: str = "all",
-    status: str = "open",
-    q: str = "",
-    account_id: int | None = None,
-    tag: str = "",
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page[Conversation]:
-    """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose.
-    The search looks at the customer's name and phone and, from 3 characters, at the messages."""
-    from sqlalchemy import and_, exists, or_
-
-    from crm.leads.models import Lead, LeadTag
-    from crm.leads.phones import digits_of
-    from crm.leads.services import tag_key
-
-    stmt = (
-        scoped(select(Conversation), Conversation, workspace_id)
-        .join(Lead, Lead.id == Conversation.lead_id)
-        .where(Lead.deleted_at.is_(None))  # a lead in the trash is out of the inbox until they write
-    )
-    if view == "mine":
-        stmt = stmt.where(Conversation.assignee_id == user_id)
-    elif view == "unassigned":
-        stmt = stmt.where(Conversation.assignee_id.is_(None))
-    elif view == "unread":
-        stmt = stmt.where(Conversation.unread_count > 0)
-    if status in ("open", "closed"):
-        stmt = stmt.where(Conversation.status == written(status))
-    if account_id is not None:
-        stmt = stmt.where(Conversation.account_id == account_id)
-    key = tag_key(tag)
-    if key:
-        stmt = stmt.where(exists().where(and_(LeadTag.lead_id == Conversation.lead_id, LeadTag.key == key)))
-    q = q.replace("\x00", "").strip()
-    if q:
-        # Names accents and case aside, as in the leads' search; messages case aside only: they
-        # are scanned, and folding accents (translate()) costs ten times what lowering does.
-        digits = digits_of(q)
-        conditions: list[ColumnElement[bool]] = [
-            folded(Lead.name).like(f"%{like_escaped(fold(q))}%", escape=LIKE_ESCAPE)
-        ]
-        if len(digits) >= 3:
-            conditions.append(Lead.phone.like(f"%{digits}%"))
-        if len(q) >= 3:
-            conditions.append(
-                exists().where(
-                    Message.conversation_id == Conversation.id,
-                    func.lower(Message.text).like(f"%{like_escaped(q.lower())}%", escape=LIKE_ESCAPE),
-                )
-            )
-        stmt = stmt.where(or_(*conditions))
-    # The join above loads each customer; their tags come in one more statement.
-    stmt = stmt.options(contains_eager(Conversation.lead).selectinload(Lead.tags))
-    return keyset_page(stmt, [Conversation.last_message_at, Conversation.id], limit, cursor)
-
-
-# What a list row shows of a conversation's last message, with its ids: plain columns, no ORM
-# object to build for each of the 50 rows.
-_PREVIEW_COLUMNS = (
-    Message.id,
-    Message.conversation_id,
-    *(getattr(Message, name) for name in ROW_FIELDS["preview"]),
-)
-
-
-def last_messages(workspace_id: int, conversation_ids: list[int]) -> dict[int, Row[Any]]:
-    """The newest message of each of the workspace's conversations (the columns a list row
-    shows), in one statement: for each conversation an indexed "newest first, LIMIT 1" subquery
-    picks the id, then the rows are read by key."""
-    if not conversation_ids:
-        return {}
-    if db.session.get_bind().dialect.name == "postgresql":
-        return _last_messages_by_key(workspace_id, conversation_ids)
-    newest = (
-        select(Message.id)
-        .where(Message.conversation_id == Conversation.id)
-        .order_by(Message.created_at.desc(), Message.id.desc())
-        .limit(1)
-        .correlate(Conversation)
-        .scalar_subquery()
-    )
-    ids = select(newest).where(Conversation.id.in_(conversation_ids))
-    rows = db.session.execute(
-        select(*_PREVIEW_COLUMNS).where(Message.id.in_(ids), Message.workspace_id == workspace_id)
-    )
-    return {row.conversation_id: row for row in rows}
-
-
-def _last_messages_by_key(workspace_id: int, conversation_ids: list[int]) -> dict[int, Row[Any]]:
-    """PostgreSQL (messages partitioned by month): each conversation's newest (id, created_at) from
-    the index alone (LATERAL … LIMIT 1), then each row read from the one partition its created_at
-    names. Reading the rows by id alone would probe every partition's index for every id.
-
-    The ids arrive as one array, not as a join to ``conversations``: the callers took them from
-    the workspace's conversations already, and reading those rows again was a fifth of the
-    statement's pages; each message read is checked to be the workspace's instead, on the row
-    read anyway. One array is also one statement text whatever the page's length (an ``IN``
-    list has one per length, each planned over every partition until it is prepared)."""
-    rows = db.session.execute(_newest_by_key(), {"ids": conversation_ids, "workspace_id": workspace_id})
-    return {row.conversation_id: row for row in rows}
-
-
-@functools.cache
-def _newest_by_key() -> Select[Any]:
-    """The statement of ``_last_messages_by_key``, built once: an alias of ``messages`` copies
-    every column, which cost about a millisecond of Python on each list page."""
-    wanted = func.unnest(bindparam("ids", type_=ARRAY(Integer))).table_valued("id").render_derived("wanted")
-    found = aliased(Message)
-    newest = (
-        select(found.id.label("id"), found.created_at.label("created_at"))
-        .where(found.conversation_id == wanted.c.id)
-        .order_by(found.created_at.desc(), found.id.desc())
-        .limit(written(1))
-        .lateral("newest")
-    )
-    return (
-        select(*_PREVIEW_COLUMNS)
-        .select_from(wanted)
-        .join(newest, true())
-        .join(Message, (Message.id == newest.c.id) & (Message.created_at == newest.c.created_at))
-        .where(Message.workspace_id == bindparam("workspace_id"))
-    )
 
 
 class OpenedThread(NamedTuple):
@@ -468,53 +327,6 @@ def member_names(workspace_id: int, user_ids: set[int]) -> dict[int, str]:
     if not user_ids:
         return {}
     return {user_id: name for user_id, name in assignable_members(workspace_id) if user_id in user_ids}
-
-
-def add_note(workspace_id: int, conversation_id: int, user_id: int, text: object) -> ConversationNote:
-    """A note for the team; it is never sent to the customer."""
-    from crm.textcheck import check_clean_text
-
-    conversation = get_conversation(workspace_id, conversation_id)
-    if not isinstance(text, str) or not text.strip() or len(text) > 4000:
-        raise ValidationFailed(_("Write the note (up to 4000 characters)."), code="invalid_note")
-    note = ConversationNote(
-        workspace_id=workspace_id,
-        conversation_id=conversation.id,
-        author_user_id=user_id,
-        text=check_clean_text(text.strip(), code="invalid_note"),
-    )
-    db.session.add(note)
-    db.session.flush()
-    from crm.realtime.broker import publish_after_commit
-
-    publish_after_commit(
-        workspace_id, {"type": "note.created", "note_id": note.id, "conversation_id": conversation.id}
-    )
-    db.session.commit()
-    return note
-
-
-def recent_notes(workspace_id: int, conversation_id: int, limit: int = 20) -> list[ConversationNote]:
-    get_conversation(workspace_id, conversation_id)
-    notes = db.session.scalars(
-        scoped(select(ConversationNote), ConversationNote, workspace_id)
-        .where(ConversationNote.conversation_id == conversation_id)
-        .order_by(ConversationNote.created_at.desc(), ConversationNote.id.desc())
-        .limit(limit)
-    )
-    return list(reversed(list(notes)))
-
-
-def note_author_names(workspace_id: int, notes: list[ConversationNote]) -> dict[int, str]:
-    """The authors' names: the team's (remembered), and someone who left read by id."""
-    ids = {n.author_user_id for n in notes if n.author_user_id}
-    names = {user_id: name for user_id, name in assignable_members(workspace_id) if user_id in ids}
-    if ids - names.keys():
-        names.update(
-            (u.id, u.name or u.email)
-            for u in db.session.scalars(select(User).where(User.id.in_(ids - names.keys())))
-        )
-    return names
 
 
 CUSTOMER_CARE_WINDOW = timedelta(hours=24)

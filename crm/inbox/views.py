@@ -14,7 +14,7 @@ from crm.auth.decorators import manager_required
 from crm.errors import DomainError
 from crm.extensions import db
 from crm.htmx import render
-from crm.inbox import bp
+from crm.inbox import bp, listing, notes
 from crm.inbox import services as inbox
 from crm.inbox.team import team_facts
 from crm.leads.phones import for_humans
@@ -56,7 +56,7 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
 
     workspace_id = g.workspace_id
     filters = _filters()
-    page = inbox.filtered_conversations(
+    page = listing.filtered_conversations(
         g.workspace_id,
         user_id=current_user.id,
         view=filters["view"],
@@ -73,7 +73,7 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         "filters": filters,
         # Something narrows the list (an empty one then says nothing matches, not "none yet").
         "narrowed": {**filters, "q": filters["q"].strip()} != DEFAULT_FILTERS,
-        "previews": inbox.last_messages(workspace_id, [c.id for c in page.items]),
+        "previews": listing.last_messages(workspace_id, [c.id for c in page.items]),
         "selected": selected,
         "for_humans": for_humans,
         # For the filter form of the whole page only: a list fragment never loads them.
@@ -104,8 +104,8 @@ def conversation(conversation_id: int) -> str:
         "for_humans": for_humans,
         "members": inbox.assignable_members(g.workspace_id),
         "window_closed": inbox.window_closed(current, number),
-        "notes": (notes := inbox.recent_notes(g.workspace_id, conversation_id) if has_notes else []),
-        "note_authors": inbox.note_author_names(g.workspace_id, notes),
+        "notes": (recent := notes.recent_notes(g.workspace_id, conversation_id) if has_notes else []),
+        "note_authors": notes.note_author_names(g.workspace_id, recent),
         "viewer_names": other_viewers(g.workspace_id, conversation_id, current_user.id),
         "ai_on": _ai_on(),
     }
@@ -365,7 +365,7 @@ def _suggestion(
 @bp.post("/conversations/<int:conversation_id>/notes")
 @login_required
 def add_note(conversation_id: int) -> str:
-    inbox.add_note(g.workspace_id, conversation_id, current_user.id, request.form.get("text", ""))
+    notes.add_note(g.workspace_id, conversation_id, current_user.id, request.form.get("text", ""))
     # The note itself arrives over the websocket, in every open tab; this answers a clean form.
     return render_template("inbox/_note_form.html", conversation_id=conversation_id)
 

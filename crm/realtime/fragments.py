@@ -71,11 +71,12 @@ def _thread_header(workspace_id: int, conversation: Conversation, *, ai_on: bool
 
 
 def _conversation_fragments(workspace_id: int, conversation_id: int) -> str:
+    from crm.inbox import listing
     from crm.inbox import services as inbox
     from crm.leads.phones import for_humans
 
     conversation = inbox.get_conversation(workspace_id, conversation_id)
-    preview = inbox.last_messages(workspace_id, [conversation.id]).get(conversation.id)
+    preview = listing.last_messages(workspace_id, [conversation.id]).get(conversation.id)
     item = render_template(
         "inbox/_conversation_item.html",
         conversation=conversation,
@@ -148,7 +149,7 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
     if kind == "note.created":
         from crm.extensions import db
         from crm.inbox.models import ConversationNote
-        from crm.inbox.services import note_author_names
+        from crm.inbox.notes import note_author_names
 
         note = db.session.get(ConversationNote, int(event.get("note_id", 0)))
         if note is None or note.workspace_id != workspace_id:

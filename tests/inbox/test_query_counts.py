@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event
 
 from crm.extensions import db
-from crm.inbox import services as inbox
+from crm.inbox import listing, notes
 from tests import factories
 
 
@@ -59,7 +59,7 @@ def test_a_thread_costs_the_same_for_3_or_60_messages(
     _statements(logged_in, f"/conversations/{conversation_id}")
     # The session, the conversation (customer, tags, number, whether it has notes), its messages.
     assert _statements(logged_in, f"/conversations/{conversation_id}") == few <= 3
-    inbox.add_note(owner.workspace_id, conversation_id, owner.user_id, "Cliente VIP")
+    notes.add_note(owner.workspace_id, conversation_id, owner.user_id, "Cliente VIP")
     assert _statements(logged_in, f"/conversations/{conversation_id}") == few + 1  # and its notes
 
 
@@ -70,8 +70,8 @@ def test_the_list_previews_are_one_statement_text_for_any_page_length(owner: fac
     account_id = factories.sandbox_account(owner)
     ids = [factories.inbound(account_id, phone=f"+55119000001{n:02d}", text=f"oi {n}") for n in range(3)]
     with counted() as statements:
-        one = inbox.last_messages(owner.workspace_id, ids[:1])
-        three = inbox.last_messages(owner.workspace_id, ids)
+        one = listing.last_messages(owner.workspace_id, ids[:1])
+        three = listing.last_messages(owner.workspace_id, ids)
     assert {n: row.text for n, row in three.items()} == {ids[n]: f"oi {n}" for n in range(3)}
     assert list(one) == ids[:1]
     assert len(statements) == 2
@@ -83,6 +83,6 @@ def test_the_list_previews_show_only_the_workspaces_messages(owner: factories.Pe
     mine = factories.inbound(factories.sandbox_account(owner), phone="+5511900000201", text="meu")
     other = factories.person("Outra loja", "dona@outra.example", role="owner")
     theirs = factories.inbound(factories.sandbox_account(other), phone="+5511900000202", text="deles")
-    previews = inbox.last_messages(owner.workspace_id, [mine, theirs])
+    previews = listing.last_messages(owner.workspace_id, [mine, theirs])
     assert {n: row.text for n, row in previews.items()} == {mine: "meu"}
-    assert list(inbox.last_messages(other.workspace_id, [mine, theirs])) == [theirs]
+    assert list(listing.last_messages(other.workspace_id, [mine, theirs])) == [theirs]

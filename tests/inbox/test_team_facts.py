@@ -89,16 +89,16 @@ def test_remembered_until_forgotten(app: object, owner: factories.Person) -> Non
 def test_a_note_keeps_its_authors_name_after_they_leave(
     logged_in: FlaskClient, owner: factories.Person, conversation_id: int
 ) -> None:
-    from crm.inbox import services as inbox
+    from crm.inbox import notes
 
     agent = factories.person(workspace="Acme", email="agent@acme.example")
-    inbox.add_note(owner.workspace_id, conversation_id, agent.user_id, "Pediu boleto")
-    inbox.add_note(owner.workspace_id, conversation_id, owner.user_id, "Enviado")
+    notes.add_note(owner.workspace_id, conversation_id, agent.user_id, "Pediu boleto")
+    notes.add_note(owner.workspace_id, conversation_id, owner.user_id, "Enviado")
     members.set_member_disabled(owner.workspace_id, owner.membership, agent.membership_id, True)
     page = thread(logged_in, conversation_id)
     assert not _assignable(page, agent.user_id)
-    notes = page.split('class="notes"', 1)[1]
-    assert "agent@acme.example" in notes and "owner@acme.example" in notes
+    shown = page.split('class="notes"', 1)[1]
+    assert "agent@acme.example" in shown and "owner@acme.example" in shown
 
 
 def test_a_thread_opens_while_redis_does_not_answer(

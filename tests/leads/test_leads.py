@@ -465,7 +465,7 @@ def test_trash_hides_restores_and_purges_after_the_workspace_days(
 def test_a_trashed_lead_is_out_of_the_inbox_until_they_write(
     owner: factories.Person, sandbox_account: WhatsAppAccount
 ) -> None:
-    from crm.inbox.services import filtered_conversations
+    from crm.inbox.listing import filtered_conversations
 
     conversation_id = factories.inbound(sandbox_account.id, phone="+5511988887777", text="Oi")
     lead_id = db.session.scalar(select(Conversation.lead_id))

@@ -331,7 +331,7 @@ def test_the_migration_moves_existing_messages_keys_and_all(
 
 
 def test_the_inbox_previews_each_conversations_newest_message_across_months(owner: factories.Person) -> None:
-    from crm.inbox.services import last_messages
+    from crm.inbox.listing import last_messages
 
     number = factories.sandbox_account(owner)
     first = factories.inbound(number, phone="+5511911110001", text="first")
