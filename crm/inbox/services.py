@@ -1,6 +1,6 @@
-"""Conversations and messages: the conversation upsert, a thread and its pages, assignment, tags,
-status, the 24-hour window and deleting a message (the list: crm.inbox.listing; notes:
-crm.inbox.notes)."""
+"""One conversation and its messages: the upsert, opening a thread and its pages, assignment,
+tags, status, the AI switch, the 24-hour window, deleting a message, and their API JSON (the
+list is crm.inbox.listing; team notes are crm.inbox.notes)."""
 
 from __future__ import annotations
 
