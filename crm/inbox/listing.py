@@ -6,14 +6,27 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Integer, Row, Select, bindparam, func, select, true
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import aliased, contains_eager
 
 from crm.db import LIKE_ESCAPE, fold, folded, like_escaped, written
 from crm.extensions import db
 from crm.inbox.bubbles import ROW_FIELDS
 from crm.inbox.models import Conversation, Message
-from crm.leads.models import Lead
+from crm.leads.models import Lead, LeadTag
 from crm.pagination import Page, keyset_page
 from crm.tenancy import scoped
 
@@ -37,9 +50,6 @@ def filtered_conversations(
 ) -> Page[Conversation]:
     """The inbox list: newest activity first, keyset-paginated, filtered as the agent chose.
     The search looks at the customer's name and phone and, from 3 characters, at the messages."""
-    from sqlalchemy import and_, exists, or_
-
-    from crm.leads.models import LeadTag
     from crm.leads.phones import digits_of
     from crm.leads.services import tag_key
 

@@ -9,7 +9,7 @@ from crm.auth.models import User
 from crm.errors import ValidationFailed
 from crm.extensions import db
 from crm.inbox.models import ConversationNote
-from crm.inbox.services import assignable_members, get_conversation
+from crm.inbox.services import get_conversation, member_names
 from crm.tenancy import scoped
 
 
@@ -51,7 +51,7 @@ def recent_notes(workspace_id: int, conversation_id: int, limit: int = 20) -> li
 def note_author_names(workspace_id: int, notes: list[ConversationNote]) -> dict[int, str]:
     """The authors' names: the team's (remembered), and someone who left read by id."""
     ids = {n.author_user_id for n in notes if n.author_user_id}
-    names = {user_id: name for user_id, name in assignable_members(workspace_id) if user_id in ids}
+    names = member_names(workspace_id, ids)
     if ids - names.keys():
         names.update(
             (u.id, u.name or u.email)
