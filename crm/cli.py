@@ -70,6 +70,7 @@ def serve_command(host: str, port: int) -> None:
     from flask_migrate import upgrade
 
     from crm.server import serve
+    from crm.warmup import warm_up
     from crm.worker import limit_malloc_arenas
 
     if not current_app.config["REDIS_URL"]:
@@ -87,6 +88,7 @@ def serve_command(host: str, port: int) -> None:
         click.echo(f"No user yet: open http://{host}:{port}/setup to create the first workspace and owner,")
         click.echo("or run: flask crm create-admin --workspace NAME --email E --password P")
     db.session.remove()
+    warm_up(app)
     _emit({"serving": f"http://{host}:{port}", "mode": "scaled" if app.config["REDIS_URL"] else "embedded"})
     freeze_startup_objects()
     serve(app, host, port)
