@@ -3,8 +3,9 @@
 Waking one server thread per open socket for each event (1,000 threads taking the GIL in turn to
 send the same frame) delayed delivery and every other request of the process. Instead, each
 process has one fan-out thread: it renders the event's fragment once per language and writes it
-to each socket of the workspace itself. A socket whose send buffer is full (a stalled client)
-is not waited for: the event goes to that socket's own thread, which may block on it alone.
+to each socket of the workspace itself, as one websocket frame built once for all of them. A
+socket whose send buffer is full (a stalled client) is not waited for: the event goes to that
+socket's own thread, which may block on it alone.
 Per-tab events (presence, WebQR panels for managers) still go through the socket's own thread.
 
 A broadcast's events reach only the tabs showing that broadcast, and its progress (a dispatcher
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, g
+from simple_websocket import ConnectionClosed
+from wsproto.frame_protocol import FrameProtocol
 
 from crm.realtime.broker import Event, subscribe_local
 
@@ -55,18 +58,34 @@ class Tab:
     manager: bool = False  # sees the WebQR pairing panels (a manager on a settings page)
     inbox: bool = True  # the page shows the inbox (conversations, threads, presence)
     broadcast_id: int | None = None  # the broadcast whose progress page this is
+    # No extension was agreed in the handshake (compression is declined, crm/realtime/ws.py): the
+    # socket's frames are the same bytes as every other plain socket's (``frame``).
+    plain: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, html: str) -> None:
-        """Frames from two threads must never interleave: every send to this socket holds its lock."""
+    def send(self, html: str, frame: bytes | None = None) -> None:
+        """Frames from two threads must never interleave: every send to this socket holds its lock.
+        ``frame`` is ``html`` as ``frame`` built it, written as it is when the socket is plain."""
         with self.lock:
-            self.ws.send(html)
+            if frame is None or not self.plain:
+                self.ws.send(html)
+            elif not self.ws.connected:  # as the library's own send
+                raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
+            else:
+                self.ws.sock.sendall(frame)
 
     def fileno(self) -> int:
         try:
             return int(self.ws.sock.fileno())
         except (OSError, ValueError, AttributeError):
             return -1
+
+
+def frame(html: str) -> bytes:
+    """``html`` as one unmasked text frame, as a server sends it on a plain socket. The websocket
+    library encodes the text and builds the frame again for each socket (10 µs a socket for a
+    5 KB fragment, against 3 µs to write bytes built once)."""
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(html, True))
 
 
 def writable(tabs: list[Tab]) -> set[Tab]:
@@ -267,13 +286,14 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
         html = render(app, workspace_id, event, locale)
         if not html:
             continue
+        built = frame(html)
         ready = writable(group)
         for tab in group:
             if tab not in ready:  # a stalled (or closing) client: its own thread waits for it
                 tab.slow(event)
                 continue
             try:
-                tab.send(html)
+                tab.send(html, built)
                 sent += 1
             except Exception:  # closed under us: its own thread sees it and cleans up
                 log.debug("fan-out to a closing socket failed", exc_info=True)

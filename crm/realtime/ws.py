@@ -205,6 +205,7 @@ def events_socket(ws: Any) -> None:
         manager=manager,
         inbox=page.startswith("inbox."),
         broadcast_id=_watched_broadcast(workspace_id, page, request.args.get("broadcast")),
+        plain="HTTP_SEC_WEBSOCKET_EXTENSIONS" not in request.environ,  # none offered, none agreed
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unregister = fanout.register(app, tab)

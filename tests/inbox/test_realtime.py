@@ -265,3 +265,58 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
     finally:
         if watched.connected:
             watched.close()
+
+
+@pytest.mark.parametrize("size", [10, 200, 70_000])  # the three lengths a frame's header can give
+def test_a_frame_built_once_reads_back_as_the_text_on_any_plain_socket(size: int) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    from crm.realtime import fanout
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="example.com", target="/ws")))
+    request = next(server.events())
+    assert isinstance(request, Request)
+    client.receive_data(server.send(AcceptConnection()))
+    assert isinstance(next(client.events()), AcceptConnection)
+    html = ("<p>Olá, ação às 10h ✓</p>" * (size // 20 + 1))[:size]
+    client.receive_data(fanout.frame(html) + fanout.frame(html))  # the same bytes, written twice
+    texts = [event.data for event in client.events() if isinstance(event, TextMessage)]
+    assert texts == [html, html]
+
+
+def test_the_fanout_writes_its_built_frame_to_a_real_socket(
+    app: Flask, live_server: str, owner: factories.Person
+) -> None:
+    """A browser's socket is plain (compression declined), so the fan-out thread writes the frame
+    it built once; the page reads the fragment whole, accents included."""
+    import simple_websocket
+
+    from crm.realtime import fanout
+
+    conversation_id = factories.inbound(factories.sandbox_account(owner), name="João Conceição")
+    cookie = signed_in_cookie(live_server, owner)
+    url = live_server.replace("http://", "ws://") + "/ws"
+    socket = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
+    try:
+        live(socket)
+        with fanout._lock:
+            tabs = list(fanout._tabs.get(owner.workspace_id, ()))
+        assert len(tabs) == 1 and tabs[0].plain
+        sent: list[bytes] = []
+        real_frame = fanout.frame
+
+        def counted(html: str) -> bytes:
+            sent.append(real_frame(html))
+            return sent[-1]
+
+        event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "frame-1"}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fanout, "frame", counted)
+            assert fanout.deliver(app, owner.workspace_id, event) == 1
+        html = socket.receive(timeout=5)
+        assert f'id="conversation-{conversation_id}"' in html and "João Conceição" in html
+        assert len(sent) == 1 and sent[0].endswith(html.encode()) and len(sent[0]) - len(html.encode()) <= 4
+    finally:
+        socket.close()
