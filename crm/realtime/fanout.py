@@ -28,6 +28,7 @@ from typing import Any
 
 from flask import Flask, g
 from simple_websocket import ConnectionClosed
+from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameProtocol
 
 from crm.realtime.broker import Event, subscribe_local
@@ -63,16 +64,22 @@ class Tab:
     plain: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, html: str, frame: bytes | None = None) -> None:
+    def send(self, html: str, built: bytes | None = None) -> None:
         """Frames from two threads must never interleave: every send to this socket holds its lock.
-        ``frame`` is ``html`` as ``frame`` built it, written as it is when the socket is plain."""
+        ``built`` is ``html``'s frame (``frame``), written as it is when the socket is plain."""
         with self.lock:
-            if frame is None or not self.plain:
+            if built is None or not self.plain:
                 self.ws.send(html)
-            elif not self.ws.connected:  # as the library's own send
+            elif not self.ws.connected or self.ws.ws.state is not ConnectionState.OPEN:
+                # As the library's own send: nothing after a close frame, sent or received.
                 raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
             else:
-                self.ws.sock.sendall(frame)
+                self.ws.sock.sendall(built)
+
+    def close(self, reason: int, message: str) -> None:
+        """Close the socket between two frames, never in the middle of one."""
+        with self.lock:
+            self.ws.close(reason=reason, message=message)
 
     def fileno(self) -> int:
         try:

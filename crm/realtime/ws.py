@@ -258,7 +258,7 @@ def events_socket(ws: Any) -> None:
                 db.session.remove()
                 if not alive:
                     tab.send(CLOSED)
-                    ws.close(reason=1008, message="session ended")
+                    tab.close(1008, "session ended")
                     return
                 checked = time.monotonic()
             for event in events:

@@ -289,8 +289,8 @@ def test_a_frame_built_once_reads_back_as_the_text_on_any_plain_socket(size: int
 def test_the_fanout_writes_its_built_frame_to_a_real_socket(
     app: Flask, live_server: str, owner: factories.Person
 ) -> None:
-    """A browser's socket is plain (compression declined), so the fan-out thread writes the frame
-    it built once; the page reads the fragment whole, accents included."""
+    """A browser offers compression; declined, its socket is plain, so the fan-out thread writes
+    the frame it built once; the page reads the fragment whole, accents included."""
     import simple_websocket
 
     from crm.realtime import fanout
@@ -298,7 +298,9 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
     conversation_id = factories.inbound(factories.sandbox_account(owner), name="João Conceição")
     cookie = signed_in_cookie(live_server, owner)
     url = live_server.replace("http://", "ws://") + "/ws"
-    socket = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
+    offer = "permessage-deflate; client_max_window_bits"  # as browsers offer it
+    headers = {"Cookie": cookie, "Origin": live_server, "Sec-WebSocket-Extensions": offer}
+    socket = simple_websocket.Client(url, headers=headers)
     try:
         live(socket)
         with fanout._lock:
@@ -312,11 +314,46 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
             return sent[-1]
 
         event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "frame-1"}
+
+        def library_send(html: str) -> None:
+            raise AssertionError("the library built this frame again")
+
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(fanout, "frame", counted)
+            patch.setattr(tabs[0].ws, "send", library_send)
             assert fanout.deliver(app, owner.workspace_id, event) == 1
         html = socket.receive(timeout=5)
         assert f'id="conversation-{conversation_id}"' in html and "João Conceição" in html
         assert len(sent) == 1 and sent[0].endswith(html.encode()) and len(sent[0]) - len(html.encode()) <= 4
     finally:
         socket.close()
+
+
+def test_no_built_frame_goes_to_a_socket_that_is_closing() -> None:
+    """As the websocket library's own send: after a close frame, sent or received, nothing more."""
+    from types import SimpleNamespace
+
+    from simple_websocket import ConnectionClosed
+    from wsproto.connection import ConnectionState
+
+    from crm.realtime import fanout
+
+    written: list[bytes] = []
+    sock = SimpleNamespace(sendall=written.append)
+    for connected, state in [
+        (False, ConnectionState.OPEN),
+        (True, ConnectionState.LOCAL_CLOSING),
+        (True, ConnectionState.REMOTE_CLOSING),
+    ]:
+        ws = SimpleNamespace(
+            connected=connected,
+            ws=SimpleNamespace(state=state),
+            sock=sock,
+            close_reason=1000,
+            close_message="",
+        )
+        with pytest.raises(ConnectionClosed):
+            fanout.Tab(1, "en", ws, slow=print, plain=True).send("<p>x</p>", fanout.frame("<p>x</p>"))
+    ws = SimpleNamespace(connected=True, ws=SimpleNamespace(state=ConnectionState.OPEN), sock=sock)
+    fanout.Tab(1, "en", ws, slow=print, plain=True).send("<p>x</p>", fanout.frame("<p>x</p>"))
+    assert written == [fanout.frame("<p>x</p>")]
