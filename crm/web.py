@@ -70,6 +70,8 @@ def setup_blueprints(app: Flask) -> None:
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
     sock.init_app(app)
     app.before_request(ws.decline_compression)
+    app.before_request(ws.take_opening_turn)
+    app.teardown_request(ws.end_opening_turn)
     for bp in (
         health.bp,
         auth_bp,

@@ -145,6 +145,28 @@ def decline_compression() -> None:
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
+# How many sockets a process opens at once. When every open tab reconnects at once (after a
+# restart), hundreds of threads opening their sockets contended for the interpreter lock and
+# each opening took several times its CPU: 1,000 sockets took 4.6-6.7 s of the web processes'
+# CPU to open, 3.5-4.2 s four at a time (bench/fanout.py). The others wait for their turn asleep;
+# a turn not come within OPENING_WAIT_SECONDS (a stuck opening) is not waited for any longer.
+OPENING_AT_ONCE = 4
+OPENING_WAIT_SECONDS = 5.0
+_opening = threading.BoundedSemaphore(OPENING_AT_ONCE)
+
+
+def take_opening_turn() -> None:
+    """Before a request: a socket's opening waits for its turn (see OPENING_AT_ONCE)."""
+    if request.path == "/ws" and _opening.acquire(timeout=OPENING_WAIT_SECONDS):
+        g.opening_turn = True
+
+
+def end_opening_turn(_error: BaseException | None = None) -> None:
+    """Once the socket is live, or the request ended without it (teardown): the next one's turn."""
+    if g.pop("opening_turn", False):
+        _opening.release()
+
+
 # The socket's first frame, once its tab is registered: the page shows the connection as live
 # (templates/shell.html); when the socket drops, the page says it is reconnecting. Before closing
 # a socket for good (no session), the server says so: the browser may not see the close's code
@@ -229,6 +251,7 @@ def events_socket(ws: Any) -> None:
 
         idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
         tab.send(LIVE)  # from here on nothing published for this tab is missed
+        end_opening_turn()
         while True:
             wake.wait(idle)
             wake.clear()

@@ -357,3 +357,36 @@ def test_no_built_frame_goes_to_a_socket_that_is_closing() -> None:
     ws = SimpleNamespace(connected=True, ws=SimpleNamespace(state=ConnectionState.OPEN), sock=sock)
     fanout.Tab(1, "en", ws, slow=print, plain=True).send("<p>x</p>", fanout.frame("<p>x</p>"))
     assert written == [fanout.frame("<p>x</p>")]
+
+
+def test_a_socket_gives_back_its_opening_turn_once_live_or_refused(
+    live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sockets open a few at a time (a burst of reconnecting tabs); a socket that stays open, or
+    one refused, must not keep its turn, or the next tab would wait for it."""
+    import threading
+
+    import simple_websocket
+
+    from crm.realtime import ws
+
+    monkeypatch.setattr(ws, "_opening", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(ws, "OPENING_WAIT_SECONDS", 15.0)  # a turn kept would stall the next socket
+    url = live_server.replace("http://", "ws://") + "/ws"
+    stranger = simple_websocket.Client(url, headers={"Origin": live_server})
+    with pytest.raises(simple_websocket.ConnectionClosed):
+        while True:
+            stranger.receive(timeout=5)  # CLOSED, then the close: nobody signed in
+    headers = {"Cookie": signed_in_cookie(live_server, owner), "Origin": live_server}
+    first = simple_websocket.Client(url, headers=headers)
+    try:
+        live(first)
+        second = simple_websocket.Client(url, headers=headers)  # while the first stays open
+        try:
+            live(second)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert ws._opening.acquire(blocking=False)  # every turn given back
+    ws._opening.release()
