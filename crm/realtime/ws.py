@@ -157,14 +157,21 @@ _opening = threading.BoundedSemaphore(OPENING_AT_ONCE)
 
 def take_opening_turn() -> None:
     """Before a request: a socket's opening waits for its turn (see OPENING_AT_ONCE)."""
-    if request.path == "/ws" and _opening.acquire(timeout=OPENING_WAIT_SECONDS):
-        g.opening_turn = True
+    rule = request.url_rule
+    if rule is None or not rule.websocket:  # other requests, and whatever routing will refuse
+        return
+    turns = _opening
+    if turns.acquire(timeout=OPENING_WAIT_SECONDS):
+        g.opening_turn = turns  # given back to the semaphore it was taken from
+    else:
+        log.warning("a socket opened without its turn: openings stuck for %.0f s", OPENING_WAIT_SECONDS)
 
 
 def end_opening_turn(_error: BaseException | None = None) -> None:
     """Once the socket is live, or the request ended without it (teardown): the next one's turn."""
-    if g.pop("opening_turn", False):
-        _opening.release()
+    turns = g.pop("opening_turn", None)
+    if turns is not None:
+        turns.release()
 
 
 # The socket's first frame, once its tab is registered: the page shows the connection as live

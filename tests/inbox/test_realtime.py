@@ -370,23 +370,31 @@ def test_a_socket_gives_back_its_opening_turn_once_live_or_refused(
 
     from crm.realtime import ws
 
-    monkeypatch.setattr(ws, "_opening", threading.BoundedSemaphore(1))
-    monkeypatch.setattr(ws, "OPENING_WAIT_SECONDS", 15.0)  # a turn kept would stall the next socket
+    turns = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(ws, "_opening", turns)
+    monkeypatch.setattr(ws, "OPENING_WAIT_SECONDS", 15.0)  # a turn kept would hold the next socket
+
+    def opened(headers: dict[str, str]) -> simple_websocket.Client:
+        started = time.monotonic()
+        client = simple_websocket.Client(url, headers=headers)  # returns once the server answered
+        assert time.monotonic() - started < 5, "the socket waited for a turn kept by another"
+        return client
+
     url = live_server.replace("http://", "ws://") + "/ws"
-    stranger = simple_websocket.Client(url, headers={"Origin": live_server})
+    stranger = opened({"Origin": live_server})
     with pytest.raises(simple_websocket.ConnectionClosed):
         while True:
             stranger.receive(timeout=5)  # CLOSED, then the close: nobody signed in
     headers = {"Cookie": signed_in_cookie(live_server, owner), "Origin": live_server}
-    first = simple_websocket.Client(url, headers=headers)
+    first = opened(headers)
     try:
         live(first)
-        second = simple_websocket.Client(url, headers=headers)  # while the first stays open
+        second = opened(headers)  # while the first stays open
         try:
             live(second)
         finally:
             second.close()
     finally:
         first.close()
-    assert ws._opening.acquire(blocking=False)  # every turn given back
-    ws._opening.release()
+    assert turns.acquire(timeout=5)  # every turn given back (the server's thread may be a moment late)
+    turns.release()
