@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from typing import Any
+
+
+def own_environment() -> dict[str, str]:
+    """This environment without the settings a product process must take from the test instead
+    (a developer's DATABASE_URL, REDIS_URL or SECRET_KEY)."""
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
 
 
 def stop_gracefully(proc: subprocess.Popen[Any], timeout: float = 30) -> None:

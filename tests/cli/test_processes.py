@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from tests.processes import stop_gracefully
+from tests.processes import own_environment, stop_gracefully
 
 ROOT = Path(__file__).resolve().parents[2]
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -31,9 +30,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
     return {
-        **clean,
+        **own_environment(),
         "FLASK_APP": "app.py",
         "CRM_INSTANCE_PATH": str(tmp_path / "instance"),
         "LOG_LEVEL": "INFO",

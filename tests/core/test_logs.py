@@ -35,7 +35,7 @@ from tests import factories
 from tests.conftest import GEMINI_KEY
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.graph_api import GraphEmulator
-from tests.processes import stop_gracefully
+from tests.processes import own_environment, stop_gracefully
 from tests.whatsapp.conftest import (
     ACCESS_TOKEN,
     APP_SECRET,
@@ -300,7 +300,7 @@ def test_serve_writes_only_json_lines_to_stderr(tmp_path: Path) -> None:
     """``flask crm serve`` with LOG_FORMAT=json: the migrations, gunicorn's master and worker, the
     task consumer and the app all write one JSON object per line."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    env = own_environment()
     env.update(
         FLASK_APP="app.py",
         CRM_INSTANCE_PATH=str(tmp_path / "instance"),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from flask import Flask
+
+from tests.processes import own_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,12 +48,10 @@ with app.test_request_context("/"), force_locale("pt_BR"):
 
 
 def first_render(mode: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    # The process's own settings come from make_test_config, not from the developer's environment.
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}}
     return subprocess.run(
         [sys.executable, "-c", FIRST_RENDER, mode, str(tmp_path)],
         cwd=ROOT,
-        env=env,
+        env=own_environment(),  # its settings come from make_test_config
         capture_output=True,
         text=True,
         timeout=120,
