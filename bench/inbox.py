@@ -320,16 +320,21 @@ def log_since(offset: int) -> str | None:
 
 
 def slow_statements(text: str | None, db_name: str) -> list[tuple[float, str]]:
-    """(ms, statement) that PostgreSQL logged over 5 ms for the bench database in ``text``."""
+    """(ms, statement) that PostgreSQL logged over 5 ms for the bench database in ``text``.
+
+    A statement sent with the extended protocol (psycopg with parameters) has its steps logged
+    apart: parse, bind (where an unprepared statement is planned) and execute; each one over 5 ms
+    counts, named by its step."""
     if text is None:
         return [(-1.0, f"(cannot read {PG_LOG})")]
     found: list[tuple[float, str]] = []
     for line in text.splitlines():
         if f"@{db_name} " not in line:
             continue
-        match = re.search(r"duration: ([\d.]+) ms\s+(?:statement|execute [^:]*): (.*)", line)
+        match = re.search(r"duration: ([\d.]+) ms\s+(statement|parse|bind|execute)[^:]*: (.*)", line)
         if match:
-            found.append((float(match.group(1)), match.group(2)[:160]))
+            step = "" if match.group(2) in ("statement", "execute") else f"({match.group(2)}) "
+            found.append((float(match.group(1)), (step + match.group(3))[:160]))
     return found
 
 
