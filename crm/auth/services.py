@@ -5,12 +5,13 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import gettext as _
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import contains_eager
 
 from crm.auth.models import LoginFailure, Membership, Role, User, UserSession, Workspace
@@ -233,14 +234,12 @@ class LiveSession:
     membership: Membership
 
 
-def load_session(token: str) -> LiveSession | None:
-    """The live session for a cookie token, or None when it is unknown, revoked, expired or idle.
-
-    An expired or idle session is revoked on the spot, so it can never come back.
-    """
-    # One round trip on every request: the session with its person, membership and workspace (the
-    # page's language, zone and shell read them; they stay in the session's identity map).
-    found = db.session.execute(
+@cache
+def _session_by_token() -> Select[tuple[UserSession, Membership]]:
+    """One round trip on every request: the session with its person, membership and workspace (the
+    page's language, zone and shell read them; they stay in the session's identity map). Built once:
+    building it and its cache key took ~0.17 ms of CPU on every request."""
+    return (
         select(UserSession, Membership)
         .outerjoin(
             Membership,
@@ -250,8 +249,16 @@ def load_session(token: str) -> LiveSession | None:
         .join(UserSession.user)
         .outerjoin(Membership.workspace)
         .options(contains_eager(UserSession.user), contains_eager(Membership.workspace))
-        .where(UserSession.token_hash == token_digest(token))
-    ).first()
+        .where(UserSession.token_hash == bindparam("token_hash"))
+    )
+
+
+def load_session(token: str) -> LiveSession | None:
+    """The live session for a cookie token, or None when it is unknown, revoked, expired or idle.
+
+    An expired or idle session is revoked on the spot, so it can never come back.
+    """
+    found = db.session.execute(_session_by_token(), {"token_hash": token_digest(token)}).first()
     if found is None:
         return None
     row, membership = found
