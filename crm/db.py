@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -162,10 +164,25 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+# Engines whose pooled connections a forked child must not use: they are its parent's (gunicorn
+# forks its workers after `flask crm serve` has run the migrations, say). The child starts with an
+# empty pool; the parent's connections stay open for the parent.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 def setup_db(app: Flask) -> None:
     db.init_app(app)
     with app.app_context():
         engine: Engine = db.engine
+        _engines.add(engine)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         elif engine.dialect.driver == "psycopg":

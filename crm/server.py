@@ -110,6 +110,9 @@ def serve(app: Flask, host: str, port: int) -> None:
     services = EmbeddedServices(app) if embedded else None
 
     def post_worker_init(worker: Any) -> None:
+        from crm.warmup import open_connections
+
+        open_connections(app)  # in the worker once forked: connections are not shared across a fork
         if services is not None:
             services.start()
 

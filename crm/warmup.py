@@ -8,6 +8,15 @@ for it: Babel read the language's data from disk (~55 ms) and Jinja compiled the
 page's first view paid the same for its own templates. So each web process compiles every
 template (86, ~0.5 s in all) and loads each language's data and catalogue once, at start-up,
 before the garbage collector's walks are spared what start-up made (crm/heap.py).
+
+On PostgreSQL a new connection is slow in the same way: its first statements load the catalog
+entries of every table and index they touch (for messages, those of each monthly partition). On
+the inbox's database (bench/inbox.py) the first conversation-list preview on a new connection took
+4.7 ms against 1.0 ms later, more when the machine was busy, and 50 agents starting to work made
+each web process open a burst of connections. So each web process, once forked (gunicorn's
+``post_worker_init``: gunicorn.conf.py, crm/server.py), opens its first connections before it
+serves, and every new connection of a web process plans a scan of every table of the app's schema
+once, before it is used (one round trip, ~8 ms).
 """
 
 from __future__ import annotations
@@ -15,12 +24,36 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask
+from sqlalchemy import event
 
 log = logging.getLogger(__name__)
 
 DATE_FORMATS = ("short", "medium", "long")
+
+# Connections each web process opens before it serves: the threads bench/inbox.py gives a process,
+# all of which 50 agents kept busy at times. The pool opens more when more requests run at once.
+CONNECTIONS_AT_START = 16
+
+# Planning (not running) a scan of a table loads its catalog entries and its indexes', and those of
+# all its partitions; a new table needs no change here. It never waits long for a lock (a migration
+# holding one): the connection is then left to load what its statements need.
+LOAD_CATALOG = """
+DO $$
+DECLARE t regclass;
+BEGIN
+    PERFORM set_config('lock_timeout', '100ms', true);
+    PERFORM set_config('statement_timeout', '2s', true);
+    FOR t IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND has_table_privilege(c.oid, 'SELECT')
+    LOOP
+        EXECUTE format('EXPLAIN SELECT * FROM %s', t);
+    END LOOP;
+END $$
+"""
 
 
 def warm_up(app: Flask) -> dict[str, float | int]:
@@ -63,3 +96,46 @@ def load_languages(app: Flask) -> None:
                 for fmt in DATE_FORMATS:
                     i18n_fast.format_datetime(now, fmt)
                 format_decimal(1234.5)
+
+
+def load_catalog(dbapi_connection: Any, _connection_record: Any) -> None:
+    """The pool's ``connect`` event: this new connection's catalog loaded (``LOAD_CATALOG``). A
+    failure only leaves the connection as it was (its first statements load what they need)."""
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(LOAD_CATALOG)
+    except Exception:
+        log.warning("loading the catalog into a new database connection failed", exc_info=True)
+    try:
+        dbapi_connection.rollback()  # the connection goes into the pool as it came: no transaction
+    except Exception:
+        log.debug("rollback after loading the catalog failed", exc_info=True)
+
+
+def open_connections(app: Flask) -> int:
+    """On PostgreSQL, in a web process once forked: ``CONNECTIONS_AT_START`` connections (at most
+    the pool's size) opened with their catalog loaded, and every later new connection's loaded as it
+    opens; returns how many were opened. A database that cannot be reached does not keep the server
+    from starting (its health check reports it)."""
+    from sqlalchemy.pool import QueuePool
+
+    from crm.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name != "postgresql":
+            return 0
+        if not event.contains(engine, "connect", load_catalog):
+            event.listen(engine, "connect", load_catalog)
+        opened = []
+        try:
+            engine.dispose()  # one opened before (by a migration, say) has not loaded its catalog
+            pool = engine.pool
+            for _ in range(min(CONNECTIONS_AT_START, pool.size()) if isinstance(pool, QueuePool) else 0):
+                opened.append(engine.connect())
+        except Exception:
+            log.warning("opening database connections at start failed", exc_info=True)
+        finally:
+            for connection in opened:
+                connection.close()
+        return len(opened)

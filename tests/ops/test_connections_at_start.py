@@ -1,0 +1,144 @@
+"""A web process opens its first database connections, their catalog loaded, before it serves; a
+forked worker never uses its parent's connections."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import Connection
+
+from crm import warmup
+from crm.extensions import db
+from tests.conftest import BACKEND
+from tests.ops.conftest import closed_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+postgresql_only = pytest.mark.skipif(BACKEND != "postgresql", reason="the catalog is PostgreSQL's")
+
+THREAD_QUERY = (
+    "EXPLAIN SELECT * FROM messages WHERE conversation_id = 1 ORDER BY created_at DESC, id DESC LIMIT 51"
+)
+CATALOG_SCANS = (
+    "SELECT coalesce(sum(coalesce(idx_scan, 0) + coalesce(seq_scan, 0)), 0) FROM pg_stat_xact_sys_tables"
+)
+
+
+def catalog_scans_planning_a_thread(connection: Connection) -> int:
+    """Scans of PostgreSQL's catalog this connection made to plan the thread's query, its first."""
+    with connection.begin():  # one transaction: the backend's counts stay pending, not reported
+        connection.exec_driver_sql(CATALOG_SCANS)  # loads what counting itself reads
+        before = connection.exec_driver_sql(CATALOG_SCANS).scalar_one()
+        after_counting = connection.exec_driver_sql(CATALOG_SCANS).scalar_one()
+        connection.exec_driver_sql(THREAD_QUERY).all()
+        after = connection.exec_driver_sql(CATALOG_SCANS).scalar_one()
+        connection.rollback()
+    return int(after - after_counting - (after_counting - before))
+
+
+def transaction_left_open(app: Flask) -> bool:
+    """Whether a connection the pool just opened (its ``connect`` events run) is in a transaction."""
+    from psycopg.pq import TransactionStatus
+
+    with app.app_context():
+        db.engine.dispose()
+        raw = db.engine.raw_connection()
+        try:
+            return bool(raw.driver_connection.info.transaction_status != TransactionStatus.IDLE)  # type: ignore[union-attr]
+        finally:
+            raw.close()
+
+
+@pytest.fixture
+def web_app(other_app: Callable[..., Flask], database_url: str) -> Flask:
+    """An app of its own on the test database, with a pool as big as a web process's."""
+    return other_app(database_url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 32})
+
+
+@postgresql_only
+def test_a_web_process_opens_its_connections_with_their_catalog_loaded(web_app: Flask) -> None:
+    with web_app.app_context():
+        with db.engine.connect() as connection:  # as a connection opened without it
+            cold = catalog_scans_planning_a_thread(connection)
+        assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
+        pool: Any = db.engine.pool
+        assert pool.checkedin() == warmup.CONNECTIONS_AT_START  # open and idle, waiting for requests
+        with db.engine.connect() as connection:  # one of them
+            warm = catalog_scans_planning_a_thread(connection)
+        pool.dispose()  # a connection opened later (more requests at once, one dropped) is loaded too
+        with db.engine.connect() as connection:
+            later = catalog_scans_planning_a_thread(connection)
+    # The tables', columns', indexes' and statistics' entries are in; operators and casts that only
+    # a statement's own conditions need are left to it.
+    assert cold > 50 and warm * 4 < cold and later * 4 < cold, (cold, warm, later)
+    assert not transaction_left_open(web_app)
+
+
+@postgresql_only
+def test_a_catalog_that_does_not_load_leaves_the_connection_as_it_came(
+    web_app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(warmup, "LOAD_CATALOG", "EXPLAIN SELECT * FROM no_such_table")
+    assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
+    assert "loading the catalog into a new database connection failed" in caplog.text
+    assert not transaction_left_open(web_app)  # not a failed transaction that every request would hit
+
+
+def test_an_unreachable_database_does_not_stop_the_start(
+    other_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    unreachable = other_app(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nothing")
+    assert warmup.open_connections(unreachable) == 0
+    assert "opening database connections at start failed" in caplog.text
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's case")
+def test_sqlite_opens_no_connections_at_start(app: Flask) -> None:
+    assert warmup.open_connections(app) == 0
+
+
+def test_both_servers_open_the_connections_in_each_worker(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn (gunicorn.conf.py) and ``flask crm serve`` (crm/server.py) open them in the
+    worker once forked, with the worker's app, and not in the parent."""
+    from crm import server
+
+    opened: list[Flask] = []
+    monkeypatch.setattr(warmup, "open_connections", opened.append)
+    hooks = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    hooks["post_worker_init"](SimpleNamespace(wsgi=app))
+    assert opened == [app]
+
+    options: dict[str, Any] = {}
+    monkeypatch.setattr(server.Server, "run", lambda self: options.update(self.options))
+    monkeypatch.setattr(server.EmbeddedServices, "start", lambda self: None)
+    server.serve(app, "127.0.0.1", closed_port())
+    assert opened == [app]  # not before the fork
+    options["post_worker_init"](SimpleNamespace(wsgi=app))
+    assert opened == [app, app]
+
+
+def test_a_forked_worker_does_not_use_its_parents_connections(app: Flask) -> None:
+    with app.app_context():
+        with db.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        pool: Any = db.engine.pool
+        kept = pool.checkedin()
+        assert kept >= 1  # the parent's, kept for the parent
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (Python 3.12+)
+            child = os.fork()
+        if child == 0:
+            os._exit(0 if db.engine.pool.checkedin() == 0 else 1)  # type: ignore[attr-defined]
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert pool.checkedin() == kept
