@@ -88,6 +88,7 @@ def serve_command(host: str, port: int) -> None:
         click.echo(f"No user yet: open http://{host}:{port}/setup to create the first workspace and owner,")
         click.echo("or run: flask crm create-admin --workspace NAME --email E --password P")
     db.session.remove()
+    db.engine.dispose()  # the server's parent keeps no connection; its workers open their own
     warm_up(app)
     _emit({"serving": f"http://{host}:{port}", "mode": "scaled" if app.config["REDIS_URL"] else "embedded"})
     freeze_startup_objects()

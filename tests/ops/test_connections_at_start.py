@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,15 +47,19 @@ def catalog_scans_planning_a_thread(connection: Connection) -> int:
     return int(after - after_counting - (after_counting - before))
 
 
-def transaction_left_open(app: Flask) -> bool:
-    """Whether a connection the pool just opened (its ``connect`` events run) is in a transaction."""
+def left_as_it_came(app: Flask) -> bool:
+    """Whether a connection the pool just opened (its ``connect`` events run) is as psycopg opened
+    it: no transaction, and not in autocommit mode (SQLAlchemy's transactions need that)."""
     from psycopg.pq import TransactionStatus
 
     with app.app_context():
         db.engine.dispose()
-        raw = db.engine.raw_connection()
+        raw: Any = db.engine.raw_connection()
         try:
-            return bool(raw.driver_connection.info.transaction_status != TransactionStatus.IDLE)  # type: ignore[union-attr]
+            info = raw.driver_connection.info
+            return bool(
+                info.transaction_status == TransactionStatus.IDLE and not raw.driver_connection.autocommit
+            )
         finally:
             raw.close()
 
@@ -79,17 +86,46 @@ def test_a_web_process_opens_its_connections_with_their_catalog_loaded(web_app: 
     # The tables', columns', indexes' and statistics' entries are in; operators and casts that only
     # a statement's own conditions need are left to it.
     assert cold > 50 and warm * 4 < cold and later * 4 < cold, (cold, warm, later)
-    assert not transaction_left_open(web_app)
+    assert left_as_it_came(web_app)
 
 
 @postgresql_only
 def test_a_catalog_that_does_not_load_leaves_the_connection_as_it_came(
     web_app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(warmup, "LOAD_CATALOG", "EXPLAIN SELECT * FROM no_such_table")
+    monkeypatch.setattr(warmup, "APP_TABLES", "SELECT * FROM no_such_table")
     assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
     assert "loading the catalog into a new database connection failed" in caplog.text
-    assert not transaction_left_open(web_app)  # not a failed transaction that every request would hit
+    assert left_as_it_came(web_app)  # not a failed transaction that every request would hit
+
+
+@postgresql_only
+def test_a_table_locked_by_a_migration_does_not_hold_up_a_new_connection(web_app: Flask) -> None:
+    """A migration holding a table locked: a new connection loads the other tables and goes on."""
+    warmup.open_connections(web_app)  # the pool's connections load their catalog from now on
+    took: list[float] = []
+    with web_app.app_context():
+        db.engine.dispose()
+        locker = db.engine.connect()
+        try:
+            locker.exec_driver_sql("LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
+
+            def open_one() -> None:
+                began = time.monotonic()
+                with web_app.app_context(), db.engine.connect():
+                    took.append(time.monotonic() - began)
+
+            opener = threading.Thread(target=open_one)
+            opener.start()
+            opener.join(timeout=10)
+        finally:
+            locker.rollback()  # the lock goes, so a stuck opener would end too
+            locker.close()
+        opener.join(timeout=10)
+        with db.engine.connect() as connection:
+            warm = catalog_scans_planning_a_thread(connection)
+    assert took and took[0] < 1.5, took  # lock_timeout: 100 ms for the locked table
+    assert warm < 150  # messages' catalog was loaded all the same
 
 
 def test_an_unreachable_database_does_not_stop_the_start(
@@ -127,18 +163,41 @@ def test_both_servers_open_the_connections_in_each_worker(
     assert opened == [app, app]
 
 
-def test_a_forked_worker_does_not_use_its_parents_connections(app: Flask) -> None:
-    with app.app_context():
+def test_a_forked_worker_does_not_use_its_parents_connections(
+    other_app: Callable[..., Flask], database_url: str
+) -> None:
+    """The child starts with an empty pool, and the parent's connection stays the parent's: the
+    child neither uses nor closes it (closing it would end the parent's session on PostgreSQL)."""
+    own = other_app(database_url)
+    with own.app_context():
         with db.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
+            session_before = session_of(connection)
         pool: Any = db.engine.pool
-        kept = pool.checkedin()
-        assert kept >= 1  # the parent's, kept for the parent
+        assert pool.checkedin() == 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (Python 3.12+)
             child = os.fork()
         if child == 0:
-            os._exit(0 if db.engine.pool.checkedin() == 0 else 1)  # type: ignore[attr-defined]
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert pool.checkedin() == kept
+            try:
+                os._exit(0 if db.engine.pool.checkedin() == 0 else 1)  # type: ignore[attr-defined]
+            finally:
+                os._exit(2)
+        deadline = time.monotonic() + 30
+        while (waited := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if waited[0] == 0:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the forked child did not exit")
+        assert os.waitstatus_to_exitcode(waited[1]) == 0
+        assert pool.checkedin() == 1
+        with db.engine.connect() as connection:
+            assert session_of(connection) == session_before  # the same live session
+
+
+def session_of(connection: Connection) -> int | None:
+    """PostgreSQL's backend pid of this connection (None on SQLite)."""
+    if connection.dialect.name != "postgresql":
+        connection.exec_driver_sql("SELECT 1")
+        return None
+    return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
