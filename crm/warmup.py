@@ -13,7 +13,7 @@ On PostgreSQL a new connection is slow in the same way: its first statements loa
 entries of every table and index they touch (for messages, those of each monthly partition). On
 the inbox's database (bench/inbox.py) the first conversation-list preview on a new connection took
 4.7 ms against 1.0 ms later, more when the machine was busy, and 50 agents starting to work made
-each web process open a burst of connections. So each web process, once forked (gunicorn's
+the web processes open bursts of connections. So each web process, once forked (gunicorn's
 ``post_worker_init``: gunicorn.conf.py, crm/server.py), opens its first connections before it
 serves, and every new connection of a web process plans a scan of every table of the app's schema
 once, before it is used (~11 ms).
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 DATE_FORMATS = ("short", "medium", "long")
 
-# Connections each web process opens before it serves: the threads bench/inbox.py gives a process,
-# all of which 50 agents kept busy at times. The pool opens more when more requests run at once.
+# Connections each web process opens before it serves: as many as bench/inbox.py gives a process
+# threads. The pool opens more when more requests run at once.
 CONNECTIONS_AT_START = 16
 
 # A new connection plans (does not run) a scan of each table: that loads the table's catalog
