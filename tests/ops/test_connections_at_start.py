@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from crm import warmup
 from crm.extensions import db
@@ -161,6 +161,33 @@ def test_both_servers_open_the_connections_in_each_worker(
     assert opened == [app]  # not before the fork
     options["post_worker_init"](SimpleNamespace(wsgi=app))
     assert opened == [app, app]
+
+
+def test_the_serve_commands_parent_keeps_no_connection(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flask crm serve`` runs the migrations in gunicorn's parent: the connection they used is
+    closed before the workers are forked, not kept open there for the parent's lifetime."""
+    import flask_migrate
+
+    from crm import cli, server, worker
+    from crm.ops import partitions
+
+    with app.app_context():
+        db.session.execute(select(1))  # a connection in the pool, as the migrations leave one
+        db.session.remove()
+        assert db.engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
+    pooled_when_serving: list[int] = []
+    monkeypatch.setattr(flask_migrate, "upgrade", lambda: None)
+    monkeypatch.setattr(partitions, "ensure_partitions", lambda: None)
+    monkeypatch.setattr(worker, "limit_malloc_arenas", lambda: None)
+    monkeypatch.setattr(cli, "freeze_startup_objects", lambda: None)  # not the test process's heap
+    monkeypatch.setattr(
+        server,
+        "serve",
+        lambda *_: pooled_when_serving.append(db.engine.pool.checkedin()),  # type: ignore[attr-defined]
+    )
+    result = app.test_cli_runner().invoke(args=["crm", "serve", "--port", str(closed_port())])
+    assert result.exit_code == 0, result.output
+    assert pooled_when_serving == [0]
 
 
 def test_a_forked_worker_does_not_use_its_parents_connections(
