@@ -142,7 +142,7 @@ def open_connections(app: Flask) -> int:
                 return 0
             if not event.contains(engine, "connect", load_catalog):
                 event.listen(engine, "connect", load_catalog)
-            engine.dispose()  # one opened before (by a migration, say) has not loaded its catalog
+            engine.dispose()  # a connection the caller opened before the listener has no catalog loaded
             pool = engine.pool
             wanted = min(CONNECTIONS_AT_START, pool.size()) if isinstance(pool, QueuePool) else 0
             while len(opened) < wanted and time.monotonic() - began < OPENING_SECONDS:
