@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from typing import Any
+
+
+def free_port() -> int:
+    """A local port nothing listens on: a server can bind it, a client is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def own_environment() -> dict[str, str]:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from tests import factories
 from tests.conftest import GEMINI_KEY
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.graph_api import GraphEmulator
-from tests.processes import own_environment, stop_gracefully
+from tests.processes import free_port, own_environment, stop_gracefully
 from tests.whatsapp.conftest import (
     ACCESS_TOKEN,
     APP_SECRET,
@@ -290,16 +289,10 @@ def test_an_inbound_message_and_its_replies_never_reach_info_logs(
 # --- the real process ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_writes_only_json_lines_to_stderr(tmp_path: Path) -> None:
     """``flask crm serve`` with LOG_FORMAT=json: the migrations, gunicorn's master and worker, the
     task consumer and the app all write one JSON object per line."""
-    port = _free_port()
+    port = free_port()
     env = own_environment()
     env.update(
         FLASK_APP="app.py",

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select
 from crm import warmup
 from crm.extensions import db
 from tests.conftest import BACKEND
-from tests.ops.conftest import closed_port
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +131,7 @@ def test_a_table_locked_by_a_migration_does_not_hold_up_a_new_connection(web_app
 def test_an_unreachable_database_does_not_stop_the_start(
     other_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
-    unreachable = other_app(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nothing")
+    unreachable = other_app(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing")
     assert warmup.open_connections(unreachable) == 0
     assert "opening database connections at start failed" in caplog.text
 
@@ -157,7 +157,7 @@ def test_both_servers_open_the_connections_in_each_worker(
     options: dict[str, Any] = {}
     monkeypatch.setattr(server.Server, "run", lambda self: options.update(self.options))
     monkeypatch.setattr(server.EmbeddedServices, "start", lambda self: None)
-    server.serve(app, "127.0.0.1", closed_port())
+    server.serve(app, "127.0.0.1", free_port())
     assert opened == [app]  # not before the fork
     options["post_worker_init"](SimpleNamespace(wsgi=app))
     assert opened == [app, app]
@@ -185,7 +185,7 @@ def test_the_serve_commands_parent_keeps_no_connection(app: Flask, monkeypatch: 
         "serve",
         lambda *_: pooled_when_serving.append(db.engine.pool.checkedin()),  # type: ignore[attr-defined]
     )
-    result = app.test_cli_runner().invoke(args=["crm", "serve", "--port", str(closed_port())])
+    result = app.test_cli_runner().invoke(args=["crm", "serve", "--port", str(free_port())])
     assert result.exit_code == 0, result.output
     assert pooled_when_serving == [0]
 

@@ -23,7 +23,7 @@ from crm.ops.heartbeat import GATEWAY, WORKER, Heartbeat
 from crm.whatsapp.accounts import create_account
 from crm.whatsapp.gateway import Gateway
 from tests import factories
-from tests.ops.conftest import closed_port
+from tests.processes import free_port
 
 BOTH_QUEUES = {"queues": {"zapdesk": 4, "zapdesk-ai": 8}}
 
@@ -135,7 +135,7 @@ def test_a_gateway_that_cannot_load_whatsapp_web_is_not_ready(
 
 
 def test_not_ready_when_redis_is_down(database_url: str, other_app: Callable[..., Flask]) -> None:
-    port = closed_port()
+    port = free_port()
     broken = other_app(database_url, REDIS_URL=f"redis://127.0.0.1:{port}/0")
     started = time.monotonic()
     response = broken.test_client().get("/readyz")
@@ -180,7 +180,7 @@ def test_not_ready_when_the_database_is_down(
     url = (
         f"sqlite:///{tmp_path}/missing-dir/x.sqlite3"
         if backend == "sqlite"
-        else f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nothing"
+        else f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     )
     response = other_app(url).test_client().get("/readyz")
     assert response.status_code == 503

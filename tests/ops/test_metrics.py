@@ -21,7 +21,7 @@ from crm.whatsapp.accounts import CloudSettings, create_account, webhook_path
 from crm.whatsapp.models import WhatsAppAccount
 from crm.worker import huey
 from tests import factories
-from tests.ops.conftest import closed_port
+from tests.processes import free_port
 from tests.whatsapp.conftest import signature
 
 INTERNAL = {"REMOTE_ADDR": "127.0.0.1"}
@@ -230,7 +230,7 @@ def test_behind_trusted_proxies_the_forwarded_client_counts(
 
 
 def test_redis_down_is_a_gauge_not_a_hang(database_url: str, other_app: Callable[..., Flask]) -> None:
-    broken = other_app(database_url, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    broken = other_app(database_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     families = scrape(broken.test_client())
     assert time.monotonic() - started < 3
