@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import Flask
-from sqlalchemy import ColumnElement, DateTime, Select, String, Table, event, literal
+from sqlalchemy import ColumnElement, DateTime, String, Table, event, literal
 from sqlalchemy.dialects.postgresql import dml as pg_dml
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -186,24 +186,9 @@ def setup_db(app: Flask) -> None:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         elif engine.dialect.driver == "psycopg":
-            event.listen(engine, "begin", _reading_only)
-            event.listen(engine, "before_cursor_execute", _note_what_runs)
-            event.listen(engine, "rollback", _commit_what_only_read)
+            from crm import pg
 
-
-# --- prepared statements last beyond read-only transactions (psycopg) --------------------------
-#
-# psycopg prepares a statement on a connection once it has run five times there, so PostgreSQL
-# plans it once instead of on every run (planning a statement over the monthly partitions of
-# messages takes longer than running it). But psycopg forgets every prepared statement on
-# ROLLBACK (a rolled-back transaction may have dropped what they refer to), and a request that
-# only read ends its transaction with one. A transaction that ran nothing but SELECTs built by
-# SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
-# as a rollback would; anything else rolls back as before. That holds while no such SELECT writes
-# by other means (a function that writes, notifies or sets a setting, a CTE that inserts) and no
-# write goes through the driver's own connection beside text statements: none does.
-
-_ONLY_READ = "crm_only_read"
+            pg.listen(engine)
 
 
 def written(value: T) -> ColumnElement[T]:
@@ -212,33 +197,6 @@ def written(value: T) -> ColumnElement[T]:
     as a plan made for the value does. Against an unknown LIMIT or status the generic plan looks
     dearer, and PostgreSQL goes on planning the statement afresh on every run."""
     return literal(value, literal_execute=True)
-
-
-def _reading_only(conn: Connection) -> None:
-    conn.info[_ONLY_READ] = True
-
-
-def _note_what_runs(
-    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-) -> None:
-    if not isinstance(getattr(context.compiled, "statement", None), Select):
-        conn.info[_ONLY_READ] = False
-
-
-def _commit_what_only_read(conn: Connection) -> None:
-    if conn.invalidated or conn.closed:  # lost mid-transaction: nothing to commit, nor to ask it
-        return
-    if not conn.info.pop(_ONLY_READ, False):
-        return
-    from psycopg.pq import TransactionStatus
-
-    dbapi_connection = conn.connection.dbapi_connection
-    if dbapi_connection is None or dbapi_connection.info.transaction_status != TransactionStatus.INTRANS:
-        return  # a failed transaction (or none): it rolls back
-    try:
-        dbapi_connection.commit()  # the rollback that follows finds no transaction and does nothing
-    except Exception:  # the connection broke: the rollback that follows sees it
-        log.debug("committing a read-only transaction failed", exc_info=True)
 
 
 # --- work that runs only once the current transaction has committed -------------------------

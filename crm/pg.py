@@ -1,0 +1,153 @@
+"""PostgreSQL through psycopg: a statement prepared once per connection and kept, whatever the
+size of its ids, and planned once where planning it afresh buys nothing.
+
+On the inbox's database (bench/inbox.py) planning a statement over the monthly partitions of
+messages takes longer than running it, so each plan saved is time taken off a request and a
+burst of work that a busy core can stretch past 5 ms."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Select, event, select, text
+from sqlalchemy.engine import Connection, Engine
+
+from crm.extensions import db
+
+log = logging.getLogger(__name__)
+
+
+def listen(engine: Engine) -> None:
+    """What every psycopg engine of the app does (crm.db.setup_db)."""
+    event.listen(engine, "begin", _reading_only)
+    event.listen(engine, "before_cursor_execute", _note_what_runs)
+    event.listen(engine, "rollback", _commit_what_only_read)
+    event.listen(engine, "connect", _ints_from_int4)
+
+
+# --- prepared statements last beyond read-only transactions (psycopg) --------------------------
+#
+# psycopg prepares a statement on a connection once it has run five times there, so PostgreSQL
+# plans it once instead of on every run (planning a statement over the monthly partitions of
+# messages takes longer than running it). But psycopg forgets every prepared statement on
+# ROLLBACK (a rolled-back transaction may have dropped what they refer to), and a request that
+# only read ends its transaction with one. A transaction that ran nothing but SELECTs built by
+# SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
+# as a rollback would; anything else rolls back as before. That holds while no such SELECT writes
+# by other means (a function that writes or notifies, a CTE that inserts) and no write goes
+# through the driver's own connection beside text statements: none does. A setting made for the
+# transaction only (generic_plans, below) ends with a commit as with a rollback.
+
+_ONLY_READ = "crm_only_read"
+
+
+def _reading_only(conn: Connection) -> None:
+    conn.info[_ONLY_READ] = True
+
+
+def _note_what_runs(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    if not isinstance(getattr(context.compiled, "statement", None), Select):
+        conn.info[_ONLY_READ] = False
+
+
+def _commit_what_only_read(conn: Connection) -> None:
+    if conn.invalidated or conn.closed:  # lost mid-transaction: nothing to commit, nor to ask it
+        return
+    if not conn.info.pop(_ONLY_READ, False):
+        return
+    from psycopg.pq import TransactionStatus
+
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None or dbapi_connection.info.transaction_status != TransactionStatus.INTRANS:
+        return  # a failed transaction (or none): it rolls back
+    try:
+        dbapi_connection.commit()  # the rollback that follows finds no transaction and does nothing
+    except Exception:  # the connection broke: the rollback that follows sees it
+        log.debug("committing a read-only transaction failed", exc_info=True)
+
+
+# --- one prepared statement per statement, whatever the size of its ids (psycopg) -------------
+#
+# psycopg sends a Python int as the smallest type that holds it: a conversation 300 as smallint,
+# a conversation 40,000 as integer. Its prepared statements are keyed by the parameters' types
+# too, so one statement became one prepared statement per mix of sizes, each planned afresh on its
+# first ten runs on each connection (bench/inbox.py: the thread's messages and the conversation's
+# row planned twice as often as the others). Ints that fit in an integer are sent as one; bigger
+# ones as psycopg sends them (bigint, then numeric). PostgreSQL casts an integer up where a bigint
+# is wanted, and SQLAlchemy's statements cast their parameters to the column's type anyway.
+
+
+@functools.cache
+def _int_dumpers() -> tuple[type, ...]:
+    """psycopg's dumpers of ``int`` (binary, which SQLAlchemy's parameters take, and text, which
+    lists of ints take), with smallint left out. Built on first use: psycopg is imported only where
+    PostgreSQL is used."""
+    import psycopg
+    from psycopg.adapt import Dumper, PyFormat
+    from psycopg.pq import Format
+
+    def dumper(pq_format: Format) -> type:
+        by_size = psycopg.adapters.get_dumper(int, PyFormat.from_pq(pq_format))  # psycopg's own
+
+        class IntsFromInt4(Dumper):
+            format = pq_format
+
+            def __init__(self, cls: type, context: Any = None) -> None:
+                super().__init__(cls, context)
+                self._by_size = by_size(int, context)
+                self._int4 = self._by_size.upgrade(2**15, PyFormat.from_pq(pq_format))
+
+            def dump(self, obj: Any) -> Any:  # pragma: no cover - psycopg asks upgrade() first
+                raise TypeError("a dispatcher: upgrade() gives the dumper")
+
+            def get_key(self, obj: int, format: Any) -> Any:
+                return self.upgrade(obj, format).cls
+
+            def upgrade(self, obj: int, format: Any) -> Any:
+                return self._int4 if -(2**15) <= obj < 2**15 else self._by_size.upgrade(obj, format)
+
+        return IntsFromInt4
+
+    return dumper(Format.TEXT), dumper(Format.BINARY)  # the last one registered is the default
+
+
+def _ints_from_int4(dbapi_connection: Any, _connection_record: Any) -> None:
+    for dumper in _int_dumpers():
+        dbapi_connection.adapters.register_dumper(int, dumper)
+
+
+# --- a statement planned once although a plan made for its values would prune more -------------
+#
+# PostgreSQL plans a prepared statement for its values on its first five runs, then keeps its
+# generic plan unless the plans made for the values cost less. A thread's older page bounds
+# created_at by its cursor, so a plan made for the cursor leaves out the newer partitions of
+# messages and always looks cheaper: the page was planned afresh on every run (bench/inbox.py, 617
+# plans in 586 runs, each taking longer than the run). Its generic plan leaves those partitions out
+# as it starts (run-time pruning, "Subplans Removed"), at the cost of a few locks.
+
+# The mode as it was (the columns of a SELECT are computed in order), then the generic one.
+_GENERIC_PLANS = select(
+    text("current_setting('plan_cache_mode')"),
+    text("set_config('plan_cache_mode', 'force_generic_plan', true)"),
+)
+_PLANS_AS_BEFORE = select(text("set_config('plan_cache_mode', :mode, true)"))
+
+
+@contextlib.contextmanager
+def generic_plans(wanted: bool = True) -> Iterator[None]:
+    """On PostgreSQL (and when ``wanted``), the prepared statements the session runs inside use
+    their generic plan (planned once per connection); the mode is put back as it was after them
+    (after an error the transaction rolls back, which ends it anyway). Both are SELECTs: a
+    transaction that only read still ends in a commit that keeps the prepared statements (above)."""
+    if not wanted or db.session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    before = db.session.execute(_GENERIC_PLANS).scalar_one()
+    yield
+    db.session.execute(_PLANS_AS_BEFORE, {"mode": before})
