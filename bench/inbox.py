@@ -19,10 +19,12 @@
    those conversations is opened once (``--prewarm``), and the agents work 5 s (``--warmup``)
    before each measured run: what is measured is a server that has been up for hours, not one
    that just started (whose first reads of a conversation come from disk).
-4. Prints p50/p95/p99 per kind of request, requests/s, errors, CPU use, and every statement
-   PostgreSQL logged over 5 ms during the runs. Targets: thread p95 ≤ 50 ms, list p95 ≤ 100 ms,
-   no SQL statement over 5 ms in the hot path. Run PostgreSQL as scaled mode does (compose.yaml:
-   ``shared_buffers`` 1 GB); the report says what the server had.
+4. Prints p50/p95/p99 per kind of request, requests/s, errors, CPU use, every statement
+   PostgreSQL logged over 5 ms during the runs and, where PostgreSQL loads pg_stat_statements
+   with ``track_planning`` on, how many plans it made while measured (and their milliseconds).
+   Targets: thread p95 ≤ 50 ms, list p95 ≤ 100 ms, no SQL statement over 5 ms in the hot path.
+   Run PostgreSQL as scaled mode does (compose.yaml: ``shared_buffers`` 1 GB); the report says
+   what the server had.
 """
 
 from __future__ import annotations
@@ -234,6 +236,7 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)
     slow: list[tuple[float, str]] = field(default_factory=list)
     plans: list[SlowPlan] = field(default_factory=list)
+    planned: tuple[int, float] | None = None  # plans PostgreSQL made while measured, their ms in all
 
     def ms(self, kind: str) -> list[float]:
         return [s.ms for s in self.samples if s.kind == kind and s.ok]
@@ -307,6 +310,43 @@ def agent(
             found = OLDER.search(response.text)
             older_cursor = found.group(1) if found else None  # scroll up further next time
         time.sleep(rnd.expovariate(1 / think) if think > 0 else 0)
+
+
+# Plans made while measured: counted by pg_stat_statements with track_planning, when the server
+# loads it (shared_preload_libraries); without it the report says n/a. All of the bench
+# database's connections count (web processes, task worker, this script's own few statements).
+PLANNED = """
+SELECT coalesce(sum(plans), 0)::bigint, coalesce(sum(total_plan_time), 0)::float8
+FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def can_count_plans(bench: InboxBench) -> bool:
+    """Whether pg_stat_statements counts plans here; creates its view in the bench database."""
+    try:
+        with bench.pg_bench() as conn:
+            setting = "SELECT current_setting('pg_stat_statements.track_planning', true)"
+            if conn.execute(setting).fetchone()[0] != "on":
+                return False
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return True
+    except Exception as exc:
+        log(f"plans not counted: {exc}")
+        return False
+
+
+def count_plans(bench: InboxBench, reset: bool = False) -> tuple[int, float] | None:
+    """Plans made and their milliseconds since the last reset (then reset, if asked); None when
+    they can't be read."""
+    try:
+        with bench.pg_bench() as conn:
+            count, ms = conn.execute(PLANNED).fetchone()
+            if reset:
+                conn.execute("SELECT pg_stat_statements_reset()")
+        return int(count), float(ms)
+    except Exception as exc:
+        log(f"plans not counted: {exc}")
+        return None
 
 
 def log_since(offset: int) -> str | None:
@@ -433,7 +473,14 @@ def prewarm(bench: InboxBench, threads: int = 8) -> None:
 
 
 def run_once(
-    bench: InboxBench, label: str, agents: int, seconds: float, think: float, seed: int, warmup: float
+    bench: InboxBench,
+    label: str,
+    agents: int,
+    seconds: float,
+    think: float,
+    seed: int,
+    warmup: float,
+    plans_countable: bool = False,
 ) -> Run:
     recent, big = opened_conversations(bench)
     clients = [sign_in(bench.base) for _ in range(agents)]
@@ -454,6 +501,7 @@ def run_once(
     # connections, statements and templates not compiled yet) is not what agents live with.
     time.sleep(max(0.0, measured_from - time.monotonic()))
     offset = PG_LOG.stat().st_size if PG_LOG.exists() else 0
+    counting_plans = plans_countable and count_plans(bench, reset=True) is not None
     before = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
     client_cpu = time.process_time()  # the 50 agents' own CPU (this process)
     started = time.monotonic()
@@ -461,6 +509,7 @@ def run_once(
         th.join(seconds + 60)
     run.seconds = time.monotonic() - started
     after = cpu_snapshot(bench.web.pid if bench.web else None, bench.worker.pid if bench.worker else None)
+    run.planned = count_plans(bench) if counting_plans else None
     for client in clients:
         client.close()
     span = run.seconds * CLK_TCK
@@ -480,7 +529,7 @@ def report(runs: list[Run], buffers_mb: int) -> int:
     log(f"PostgreSQL shared_buffers: {buffers_mb} MB{note}")
     log(
         f"{'run':<8}{'req/s':>8}  {'list p50/p95/p99':>20}  {'thread p50/p95/p99':>20}  "
-        f"{'older p50/p95/p99':>20}  errors  slow SQL  cpu web/pg/agents/machine (cores)"
+        f"{'older p50/p95/p99':>20}  errors  slow SQL  plans (ms)  cpu web/pg/agents/machine (cores)"
     )
     for run in runs:
         cells = []
@@ -488,10 +537,11 @@ def report(runs: list[Run], buffers_mb: int) -> int:
             values = run.ms(kind)
             cells.append(f"{pct(values, 50):6.1f}/{pct(values, 95):5.1f}/{pct(values, 99):5.1f}")
         errors = sum(1 for s in run.samples if not s.ok)
+        plans = f"{run.planned[0]} ({run.planned[1]:.0f})" if run.planned else "n/a"
         log(
             f"{run.label:<8}{len(run.samples) / run.seconds:8.1f}  "
             f"{cells[0]:>20}  {cells[1]:>20}  {cells[2]:>20}"
-            f"  {errors:>6}  {len(run.slow):>8}  {run.cpu['web']:.2f}/{run.cpu['pg']:.2f}"
+            f"  {errors:>6}  {len(run.slow):>8}  {plans:>10}  {run.cpu['web']:.2f}/{run.cpu['pg']:.2f}"
             f"/{run.cpu['client']:.2f}/{run.cpu['machine']:.2f}"
         )
     med = {kind: statistics.median(pct(r.ms(kind), 95) for r in runs) for kind in ("list", "thread", "older")}
@@ -569,9 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [args.seed + 1000 * k for k in range(args.repeat)]
         if args.prewarm:
             prewarm(bench)
+        countable = can_count_plans(bench)  # before any run: it may create pg_stat_statements' view
         return report(
             [
-                run_once(bench, f"run {k + 1}", args.agents, args.seconds, args.think, s, args.warmup)
+                run_once(
+                    bench, f"run {k + 1}", args.agents, args.seconds, args.think, s, args.warmup, countable
+                )
                 for k, s in enumerate(seeds)
             ],
             shared_buffers_mb(bench),

@@ -1,5 +1,5 @@
 """PostgreSQL through psycopg: a statement prepared once per connection and kept, whatever the
-size of its ids, and planned once where planning it afresh buys nothing.
+size of its ids.
 
 On the inbox's database (bench/inbox.py) planning a statement over the monthly partitions of
 messages takes longer than running it, so each plan saved is time taken off a request and a
@@ -7,16 +7,12 @@ burst of work that a busy core can stretch past 5 ms."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Select, event, select, text
+from sqlalchemy import Select, event
 from sqlalchemy.engine import Connection, Engine
-
-from crm.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +35,7 @@ def listen(engine: Engine) -> None:
 # SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
 # as a rollback would; anything else rolls back as before. That holds while no such SELECT writes
 # by other means (a function that writes or notifies, a CTE that inserts) and no write goes
-# through the driver's own connection beside text statements: none does. A setting made for the
-# transaction only (generic_plans, below) ends with a commit as with a rollback.
+# through the driver's own connection beside text statements: none does.
 
 _ONLY_READ = "crm_only_read"
 
@@ -93,15 +88,18 @@ def _int_dumpers() -> tuple[type, ...]:
     from psycopg.pq import Format
 
     def dumper(pq_format: Format) -> type:
-        by_size = psycopg.adapters.get_dumper(int, PyFormat.from_pq(pq_format))  # psycopg's own
+        py_format = PyFormat.from_pq(pq_format)
+        psycopg_dumper = psycopg.adapters.get_dumper(int, py_format)  # psycopg's own, by size
 
         class IntsFromInt4(Dumper):
             format = pq_format
 
             def __init__(self, cls: type, context: Any = None) -> None:
                 super().__init__(cls, context)
-                self._by_size = by_size(int, context)
-                self._int4 = self._by_size.upgrade(2**15, PyFormat.from_pq(pq_format))
+                by_size = psycopg_dumper(int, context)  # asked once per range, not per value
+                self._int4 = by_size.upgrade(2**15, py_format)
+                self._int8 = by_size.upgrade(2**31, py_format)
+                self._numeric = by_size.upgrade(2**63, py_format)
 
             def dump(self, obj: Any) -> Any:  # pragma: no cover - psycopg asks upgrade() first
                 raise TypeError("a dispatcher: upgrade() gives the dumper")
@@ -110,7 +108,9 @@ def _int_dumpers() -> tuple[type, ...]:
                 return self.upgrade(obj, format).cls
 
             def upgrade(self, obj: int, format: Any) -> Any:
-                return self._int4 if -(2**15) <= obj < 2**15 else self._by_size.upgrade(obj, format)
+                if -(2**31) <= obj < 2**31:
+                    return self._int4
+                return self._int8 if -(2**63) <= obj < 2**63 else self._numeric
 
         return IntsFromInt4
 
@@ -120,34 +120,3 @@ def _int_dumpers() -> tuple[type, ...]:
 def _ints_from_int4(dbapi_connection: Any, _connection_record: Any) -> None:
     for dumper in _int_dumpers():
         dbapi_connection.adapters.register_dumper(int, dumper)
-
-
-# --- a statement planned once although a plan made for its values would prune more -------------
-#
-# PostgreSQL plans a prepared statement for its values on its first five runs, then keeps its
-# generic plan unless the plans made for the values cost less. A thread's older page bounds
-# created_at by its cursor, so a plan made for the cursor leaves out the newer partitions of
-# messages and always looks cheaper: the page was planned afresh on every run (bench/inbox.py, 617
-# plans in 586 runs, each taking longer than the run). Its generic plan leaves those partitions out
-# as it starts (run-time pruning, "Subplans Removed"), at the cost of a few locks.
-
-# The mode as it was (the columns of a SELECT are computed in order), then the generic one.
-_GENERIC_PLANS = select(
-    text("current_setting('plan_cache_mode')"),
-    text("set_config('plan_cache_mode', 'force_generic_plan', true)"),
-)
-_PLANS_AS_BEFORE = select(text("set_config('plan_cache_mode', :mode, true)"))
-
-
-@contextlib.contextmanager
-def generic_plans(wanted: bool = True) -> Iterator[None]:
-    """On PostgreSQL (and when ``wanted``), the prepared statements the session runs inside use
-    their generic plan (planned once per connection); the mode is put back as it was after them
-    (after an error the transaction rolls back, which ends it anyway). Both are SELECTs: a
-    transaction that only read still ends in a commit that keeps the prepared statements (above)."""
-    if not wanted or db.session.get_bind().dialect.name != "postgresql":
-        yield
-        return
-    before = db.session.execute(_GENERIC_PLANS).scalar_one()
-    yield
-    db.session.execute(_PLANS_AS_BEFORE, {"mode": before})

@@ -26,7 +26,6 @@ from crm.inbox.team import team_facts
 from crm.leads.models import Lead
 from crm.leads.services import iso
 from crm.pagination import Page, keyset_page
-from crm.pg import generic_plans
 from crm.tenancy import get_scoped, scoped
 
 if TYPE_CHECKING:
@@ -85,9 +84,7 @@ def get_conversation(workspace_id: int, conversation_id: int) -> Conversation:
 def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
     get_conversation(workspace_id, conversation_id)
     stmt = scoped(select(Message), Message, workspace_id).where(Message.conversation_id == conversation_id)
-    # An older page: planned once per connection, not on every scroll (crm.pg.generic_plans).
-    with generic_plans(cursor is not None):
-        page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
+    page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
     load_media(page.items)
     return page
 

@@ -1,5 +1,5 @@
-"""Database helpers: conflict-ignoring inserts that the compiled cache can keep; prepared statements
-that outlive transactions which only read; values written into a statement's text."""
+"""Database helpers: conflict-ignoring inserts that the compiled cache can keep; values written into
+a statement's text. What is psycopg's alone is in test_pg.py."""
 
 from __future__ import annotations
 
