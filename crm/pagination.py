@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from crm.db import written
 from crm.errors import DomainError
 from crm.extensions import db
+from crm.pg import ordered_generic_plans
 
 T = TypeVar("T")
 
@@ -86,9 +87,12 @@ def keyset_page(
     cursor: str | None,
     *,
     ascending: bool = False,
+    plan_once: bool = False,
 ) -> Page[Any]:
     """One page of ``stmt`` ordered by ``keys``, descending unless ``ascending`` (the last key must
-    be unique, e.g. id; the keys must not be NULL)."""
+    be unique, e.g. id; the keys must not be NULL). ``plan_once``: the pages after the first are
+    planned once per connection, reading an index of the keys in its order (for a table partitioned
+    on the first key: crm.pg.ordered_generic_plans)."""
     kinds = [_kind(k) for k in keys]
     if cursor:
         values = _decode(cursor, kinds)
@@ -102,7 +106,8 @@ def keyset_page(
         first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
         stmt = stmt.where(first, or_(*clauses))
     stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(written(limit + 1))
-    rows = list(db.session.scalars(stmt))
+    with ordered_generic_plans(plan_once and bool(cursor)):
+        rows = list(db.session.scalars(stmt))
     more = len(rows) > limit
     items = rows[:limit]
     next_cursor = _encode([getattr(items[-1], k.key) for k in keys]) if more and items else None

@@ -1,5 +1,5 @@
 """PostgreSQL through psycopg: a statement prepared once per connection and kept, whatever the
-size of its ids.
+size of its ids; a thread's older pages planned once per connection.
 
 On the inbox's database (bench/inbox.py) planning a statement over the monthly partitions of
 messages takes longer than running it, so each plan saved is time taken off a request and a
@@ -7,12 +7,16 @@ burst of work that a busy core can stretch past 5 ms."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Select, event
+from sqlalchemy import Select, event, select, text
 from sqlalchemy.engine import Connection, Engine
+
+from crm.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,44 @@ def _int_dumpers() -> tuple[type, ...]:
 def _ints_from_int4(dbapi_connection: Any, _connection_record: Any) -> None:
     for dumper in _int_dumpers():
         dbapi_connection.adapters.register_dumper(int, dumper)
+
+
+# --- a thread's older pages planned once per connection -----------------------------------------
+#
+# PostgreSQL plans a prepared statement for its values on its first five runs, then keeps one
+# generic plan unless the plans made for the values cost less. An older page of a thread bounds
+# created_at by its cursor, so a plan made for the cursor leaves out the newer monthly partitions
+# and always looks cheaper: the page was planned on every scroll (bench/inbox.py: every older page,
+# each plan taking longer than the run). Its generic plan alone is no answer: made for an average
+# conversation of ~25 messages, it sorts them, and on the 100,000-message conversation it read and
+# sorted every older message (0.5-2.9 s a page). With sorting ruled out the generic plan reads the
+# index in order, newest partition first, and leaves the newer partitions out as it starts (run-time
+# pruning): the plan a page of any conversation gets when planned for its values, made once.
+
+_ORDERED_ONCE = select(
+    text("was.mode, was.sort"),
+    text("set_config('plan_cache_mode', 'force_generic_plan', true)"),
+    text("set_config('enable_sort', 'off', true)"),
+).select_from(
+    text(
+        "(SELECT current_setting('plan_cache_mode') AS mode, current_setting('enable_sort') AS sort"
+        " OFFSET 0) AS was"  # read before they are set
+    )
+)
+_AS_BEFORE = select(
+    text("set_config('plan_cache_mode', :mode, true)"), text("set_config('enable_sort', :sort, true)")
+)
+
+
+@contextlib.contextmanager
+def ordered_generic_plans(wanted: bool = True) -> Iterator[None]:
+    """On PostgreSQL (and when ``wanted``), the statements the session runs inside are planned once
+    per connection (their generic plan), without sorting: for reads of an index in its order only.
+    Both settings are put back after them; after an error the transaction ends, and they with it.
+    Both statements are SELECTs, so a transaction that only read still commits (above)."""
+    if not wanted or db.session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    mode, sort = db.session.execute(_ORDERED_ONCE).one()[:2]
+    yield
+    db.session.execute(_AS_BEFORE, {"mode": mode, "sort": sort})
