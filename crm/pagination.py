@@ -87,12 +87,13 @@ def keyset_page(
     cursor: str | None,
     *,
     ascending: bool = False,
-    plan_once: bool = False,
+    ordered_plan_once: bool = False,
 ) -> Page[Any]:
     """One page of ``stmt`` ordered by ``keys``, descending unless ``ascending`` (the last key must
-    be unique, e.g. id; the keys must not be NULL). ``plan_once``: the pages after the first are
-    planned once per connection, reading an index of the keys in its order (for a table partitioned
-    on the first key: crm.pg.ordered_generic_plans)."""
+    be unique, e.g. id; the keys must not be NULL). ``ordered_plan_once``: on PostgreSQL the pages
+    after the first are planned once per connection, without sorting (crm.pg.ordered_generic_plans),
+    for a table partitioned on the first key where every partition has an index on the keys, in
+    their order; no eager load in ``stmt`` then (it would run under the same settings)."""
     kinds = [_kind(k) for k in keys]
     if cursor:
         values = _decode(cursor, kinds)
@@ -106,7 +107,7 @@ def keyset_page(
         first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
         stmt = stmt.where(first, or_(*clauses))
     stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(written(limit + 1))
-    with ordered_generic_plans(plan_once and bool(cursor)):
+    with ordered_generic_plans(ordered_plan_once and bool(cursor)):
         rows = list(db.session.scalars(stmt))
     more = len(rows) > limit
     items = rows[:limit]

@@ -4,8 +4,10 @@ once per connection."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -195,21 +197,60 @@ def test_a_plan_made_once_is_made_without_sorting_and_the_settings_come_back(own
     db.session.remove()
 
 
-def test_a_first_page_and_sqlite_change_no_setting(owner: factories.Person) -> None:
+def _set_configs() -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
+        if "set_config" in statement:
+            statements.append(statement)
 
     event.listen(db.engine, "before_cursor_execute", record)
     try:
-        with ordered_generic_plans(False):
-            pass
-        with ordered_generic_plans():
-            pass
+        yield statements
     finally:
         event.remove(db.engine, "before_cursor_execute", record)
-    # Only the second, and only on PostgreSQL: the settings made, then put back.
-    assert len(statements) == (0 if BACKEND == "sqlite" else 2)
-    assert all("set_config" in statement for statement in statements)
+
+
+set_configs = contextlib.contextmanager(_set_configs)
+
+
+def test_a_first_page_and_sqlite_change_no_setting(owner: factories.Person) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
+    with set_configs() as first_page:
+        inbox.thread_page(owner.workspace_id, conversation_id, None)
+    with set_configs() as not_wanted, ordered_generic_plans(False):
+        pass
+    with set_configs() as wanted, ordered_generic_plans():
+        pass
+    assert first_page == not_wanted == []
+    assert len(wanted) == (0 if BACKEND == "sqlite" else 2)  # the settings made, then put back
     db.session.remove()
+
+
+@postgresql_only
+def test_the_settings_come_back_after_an_error_in_python(owner: factories.Person) -> None:
+    with pytest.raises(LookupError), ordered_generic_plans():
+        raise LookupError("a page's rows could not be shown")
+    assert _settings() == ("auto", "on")  # the transaction goes on, planned as before
+    db.session.remove()
+
+
+@postgresql_only
+def test_the_plan_made_once_for_an_older_page_reads_the_index_in_order(owner: factories.Person) -> None:
+    conversation_id, _cursor = _older_page_cursor(owner)
+    statement = (
+        "PREPARE older_page(int, int, timestamptz, int) AS SELECT id FROM messages"
+        " WHERE workspace_id = $1 AND conversation_id = $2 AND created_at <= $3"
+        " AND (created_at < $3 OR created_at = $3 AND id < $4)"
+        " ORDER BY created_at DESC, id DESC LIMIT 21"
+    )
+    connection = db.session.connection()
+    connection.exec_driver_sql(statement)
+    try:
+        with ordered_generic_plans():
+            explain = f"EXPLAIN EXECUTE older_page({owner.workspace_id:d}, {conversation_id:d}, now(), 0)"
+            plan = "\n".join(connection.exec_driver_sql(explain).scalars())
+    finally:
+        connection.exec_driver_sql("DEALLOCATE older_page")
+        db.session.remove()
+    assert "Sort" not in plan and "conversation_id_created_at_id" in plan, plan
