@@ -21,7 +21,6 @@ from sqlalchemy.orm import InstrumentedAttribute
 from crm.db import written
 from crm.errors import DomainError
 from crm.extensions import db
-from crm.pg import ordered_generic_plans
 
 T = TypeVar("T")
 
@@ -87,13 +86,9 @@ def keyset_page(
     cursor: str | None,
     *,
     ascending: bool = False,
-    ordered_plan_once: bool = False,
 ) -> Page[Any]:
     """One page of ``stmt`` ordered by ``keys``, descending unless ``ascending`` (the last key must
-    be unique, e.g. id; the keys must not be NULL). ``ordered_plan_once``: on PostgreSQL the pages
-    after the first are planned once per connection, without sorting (crm.pg.ordered_generic_plans),
-    for a table partitioned on the first key where every partition has an index on the keys, in
-    their order; no eager load in ``stmt`` then (it would run under the same settings)."""
+    be unique, e.g. id; the keys must not be NULL)."""
     kinds = [_kind(k) for k in keys]
     if cursor:
         values = _decode(cursor, kinds)
@@ -107,8 +102,7 @@ def keyset_page(
         first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
         stmt = stmt.where(first, or_(*clauses))
     stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(written(limit + 1))
-    with ordered_generic_plans(ordered_plan_once and bool(cursor)):
-        rows = list(db.session.scalars(stmt))
+    rows = list(db.session.scalars(stmt))
     more = len(rows) > limit
     items = rows[:limit]
     next_cursor = _encode([getattr(items[-1], k.key) for k in keys]) if more and items else None

@@ -1,5 +1,5 @@
 """PostgreSQL through psycopg: a statement prepared once per connection and kept, whatever the
-size of its ids; a thread's older pages planned once per connection.
+size of its ids.
 
 On the inbox's database (bench/inbox.py) planning a statement over the monthly partitions of
 messages takes longer than running it, so each plan saved is time taken off a request and a
@@ -7,16 +7,12 @@ burst of work that a busy core can stretch past 5 ms."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Select, event, select, text
+from sqlalchemy import Select, event
 from sqlalchemy.engine import Connection, Engine
-
-from crm.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +35,7 @@ def listen(engine: Engine) -> None:
 # SQLAlchemy (no text, no INSERT, UPDATE or DELETE) is committed instead, which leaves the data
 # as a rollback would; anything else rolls back as before. That holds while no such SELECT writes
 # by other means (a function that writes or notifies, a CTE that inserts) and no write goes
-# through the driver's own connection beside text statements: none does. The settings made for
-# the transaction only (ordered_generic_plans, below) end with a commit as with a rollback.
+# through the driver's own connection beside text statements: none does.
 
 _ONLY_READ = "crm_only_read"
 
@@ -61,8 +56,10 @@ def _commit_what_only_read(conn: Connection) -> None:
         return
     if not conn.info.pop(_ONLY_READ, False):
         return
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if not _open_and_sound(dbapi_connection):
+    from psycopg.pq import TransactionStatus
+
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None or dbapi_connection.info.transaction_status != TransactionStatus.INTRANS:
         return  # a failed transaction (or none): it rolls back
     try:
         dbapi_connection.commit()  # the rollback that follows finds no transaction and does nothing
@@ -123,67 +120,3 @@ def _int_dumpers() -> tuple[type, ...]:
 def _ints_from_int4(dbapi_connection: Any, _connection_record: Any) -> None:
     for dumper in _int_dumpers():
         dbapi_connection.adapters.register_dumper(int, dumper)
-
-
-# --- a thread's older pages planned once per connection -----------------------------------------
-#
-# PostgreSQL plans a prepared statement for its values on its first five runs, then keeps one
-# generic plan unless the plans made for the values cost less. An older page of a thread bounds
-# created_at by its cursor, so a plan made for the cursor leaves out the newer monthly partitions
-# and always looks cheaper: the page was planned on every scroll (bench/inbox.py: every older page,
-# each plan taking longer than the run). Its generic plan alone is no answer: made for an average
-# conversation of ~25 messages, it sorts them, and on the 100,000-message conversation it read and
-# sorted every older message (0.5-2.9 s a page). With sorting ruled out the generic plan reads the
-# index in order, newest partition first, and leaves the newer partitions out as it starts (run-time
-# pruning): the plan a page of any conversation gets when planned for its values, made once per
-# connection (and again when the table's statistics or partitions change). Ruling sorting out only
-# makes it look dear: every partition needs the index in the keys' order (crm/ops/partitions.py
-# creates each with the table's indexes), or the plan falls back to the sort.
-
-_FORCE_ORDERED_GENERIC = select(
-    text("was.mode, was.sort"),
-    text("set_config('plan_cache_mode', 'force_generic_plan', true)"),
-    text("set_config('enable_sort', 'off', true)"),
-).select_from(
-    text(
-        "(SELECT current_setting('plan_cache_mode') AS mode, current_setting('enable_sort') AS sort"
-        " OFFSET 0) AS was"  # read before they are set
-    )
-)
-_RESTORE_PLANNER_SETTINGS = select(
-    text("set_config('plan_cache_mode', :mode, true)"), text("set_config('enable_sort', :sort, true)")
-)
-
-
-@contextlib.contextmanager
-def ordered_generic_plans(wanted: bool = True) -> Iterator[None]:
-    """On PostgreSQL (and when ``wanted``), what the session runs inside is planned once per
-    connection (its generic plan) and without sorting: for one statement reading an index in its
-    order. Whatever else runs inside (a flush, an eager load) runs under the same settings.
-    Both settings are put back after it, unless the transaction failed (its rollback drops them).
-    Both statements are SELECTs, so a transaction that only read still commits (above)."""
-    if not wanted or db.session.get_bind().dialect.name != "postgresql":
-        yield
-        return
-    mode, sort = db.session.execute(_FORCE_ORDERED_GENERIC).one()[:2]
-    try:
-        yield
-    finally:
-        if _transaction_usable():
-            db.session.execute(_RESTORE_PLANNER_SETTINGS, {"mode": mode, "sort": sort})
-
-
-def _transaction_usable() -> bool:
-    """Whether the session's transaction is open and has not failed."""
-    if not db.session().in_transaction():
-        return False
-    return _open_and_sound(db.session.connection().connection.dbapi_connection)
-
-
-def _open_and_sound(dbapi_connection: Any) -> bool:
-    """Whether psycopg's connection is in a transaction that has not failed."""
-    from psycopg.pq import TransactionStatus
-
-    return (
-        dbapi_connection is not None and dbapi_connection.info.transaction_status == TransactionStatus.INTRANS
-    )

@@ -84,7 +84,7 @@ def get_conversation(workspace_id: int, conversation_id: int) -> Conversation:
 def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
     get_conversation(workspace_id, conversation_id)
     stmt = scoped(select(Message), Message, workspace_id).where(Message.conversation_id == conversation_id)
-    page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor, ordered_plan_once=True)
+    page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
     load_media(page.items)
     return page
 

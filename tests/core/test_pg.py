@@ -1,25 +1,18 @@
 """PostgreSQL through psycopg (crm/pg.py): prepared statements kept across transactions that only
-read, one prepared statement whatever the size of its ids, and a thread's older pages planned
-once per connection."""
+read, and one prepared statement whatever the size of its ids."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
-from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Integer, Select, cast, event, func, literal, select, text, update
+from sqlalchemy import Connection, Integer, Select, cast, func, literal, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from crm.db import utcnow
 from crm.extensions import db
-from crm.inbox import services as inbox
 from crm.leads.models import Lead
-from crm.pg import ordered_generic_plans
 from tests import factories
 from tests.conftest import BACKEND
 
@@ -141,116 +134,3 @@ def test_one_prepared_statement_serves_ids_of_every_size(owner: factories.Person
         conn.rollback()
     # Not one for ids that fit a smallint and one for the others.
     assert prepared == [(_as_prepared(select(Lead.name).where(Lead.id == 7)), "{integer}")]
-
-
-# --- a thread's older pages are planned once per connection ------------------------------------
-
-
-def _older_page_cursor(owner: factories.Person) -> tuple[int, str]:
-    conversation_id = factories.inbound(factories.sandbox_account(owner), text="m0")
-    start = utcnow() - timedelta(hours=2)  # m0 arrived now: the newest
-    for i in range(1, 60):
-        at = start + timedelta(seconds=i)
-        factories.stored_message(conversation_id, f"m{i}", provider_message_id=f"older-{i}", created_at=at)
-    cursor = inbox.thread_page(owner.workspace_id, conversation_id, None, limit=20).next_cursor
-    assert cursor is not None
-    return conversation_id, cursor
-
-
-def _settings() -> tuple[str, str]:
-    row = db.session.execute(
-        select(func.current_setting("plan_cache_mode"), func.current_setting("enable_sort"))
-    ).one()
-    return row[0], row[1]
-
-
-@postgresql_only
-def test_an_older_thread_page_is_planned_once_per_connection(owner: factories.Person) -> None:
-    conversation_id, cursor = _older_page_cursor(owner)
-    db.session.remove()
-    db.engine.dispose()  # from here on one connection, which each "request" below gets back
-    for _ in range(8):
-        page = inbox.thread_page(owner.workspace_id, conversation_id, cursor, limit=20)
-        assert [m.text for m in page.items] == [f"m{i}" for i in range(40, 20, -1)]
-        assert _settings() == ("auto", "on")
-        db.session.remove()  # a request's end: it only read, so it commits and keeps what is prepared
-    plans = db.session.execute(
-        text(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE '%messages.created_at <=%'"
-        )
-    ).all()
-    db.session.remove()
-    # Prepared at its sixth run (psycopg), then never planned for its values again.
-    [(generic, custom)] = plans
-    assert generic >= 1 and custom == 0
-
-
-@postgresql_only
-def test_a_plan_made_once_is_made_without_sorting_and_the_settings_come_back(owner: factories.Person) -> None:
-    db.session.execute(select(func.set_config("plan_cache_mode", "force_custom_plan", True))).all()
-    before = _settings()
-    with ordered_generic_plans():
-        inside = _settings()
-    assert inside == ("force_generic_plan", "off")
-    assert _settings() == before == ("force_custom_plan", "on")
-    db.session.remove()
-
-
-def _set_configs() -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "set_config" in statement:
-            statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
-
-
-set_configs = contextlib.contextmanager(_set_configs)
-
-
-def test_a_first_page_and_sqlite_change_no_setting(owner: factories.Person) -> None:
-    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
-    with set_configs() as first_page:
-        inbox.thread_page(owner.workspace_id, conversation_id, None)
-    with set_configs() as not_wanted, ordered_generic_plans(False):
-        pass
-    with set_configs() as wanted, ordered_generic_plans():
-        pass
-    assert first_page == not_wanted == []
-    assert len(wanted) == (0 if BACKEND == "sqlite" else 2)  # the settings made, then put back
-    db.session.remove()
-
-
-@postgresql_only
-def test_the_settings_come_back_after_an_error_in_python(owner: factories.Person) -> None:
-    with pytest.raises(LookupError), ordered_generic_plans():
-        raise LookupError("a page's rows could not be shown")
-    assert _settings() == ("auto", "on")  # the transaction goes on, planned as before
-    db.session.remove()
-
-
-@postgresql_only
-def test_the_plan_made_once_for_an_older_page_reads_the_index_in_order(owner: factories.Person) -> None:
-    conversation_id, _cursor = _older_page_cursor(owner)
-    statement = (
-        "PREPARE older_page(int, int, timestamptz, int) AS SELECT id FROM messages"
-        " WHERE workspace_id = $1 AND conversation_id = $2 AND created_at <= $3"
-        " AND (created_at < $3 OR created_at = $3 AND id < $4)"
-        " ORDER BY created_at DESC, id DESC LIMIT 21"
-    )
-    connection = db.session.connection()
-    connection.exec_driver_sql(statement)
-    try:
-        with ordered_generic_plans():
-            explain = f"EXPLAIN EXECUTE older_page({owner.workspace_id:d}, {conversation_id:d}, now(), 0)"
-            plan = "\n".join(connection.exec_driver_sql(explain).scalars())
-    finally:
-        connection.exec_driver_sql("DEALLOCATE older_page")
-        db.session.remove()
-    assert "Sort" not in plan and "conversation_id_created_at_id" in plan, plan
