@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from crm import pg
 from crm.extensions import db
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,6 @@ def setup_db(app: Flask) -> None:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         elif engine.dialect.driver == "psycopg":
-            from crm import pg
-
             pg.listen(engine)
 
 
