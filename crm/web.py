@@ -67,7 +67,9 @@ def setup_blueprints(app: Flask) -> None:
     csrf.init_app(app)
     csrf.exempt(api_bp)  # bearer tokens only; see crm/api/auth.py
     csrf.exempt(webhooks_bp)  # signed by the provider instead; see crm/whatsapp/webhooks.py
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})
+    # The sockets' own threads ping (crm/realtime/ws.py, PING_SECONDS); the library's pings would
+    # write from its reader thread, past the tab's lock, and answer for the same pongs.
+    app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}), "ping_interval": None}
     sock.init_app(app)
     app.before_request(ws.decline_compression)
     app.before_request(ws.take_opening_turn)

@@ -143,7 +143,7 @@ _shared_lock = threading.Lock()
 
 def shared_snapshot(workspace_id: int, broadcast_id: int, key: str) -> Progress:
     """``snapshot`` read once per ``key`` (the realtime event's id) in this process: the fan-out
-    renders an event once per language, and a slow tab renders it again on its own thread."""
+    thread renders an event once per language."""
     if not key:
         return snapshot(workspace_id, broadcast_id)
     now = time.monotonic()

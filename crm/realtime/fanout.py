@@ -3,10 +3,12 @@
 Waking one server thread per open socket for each event (1,000 threads taking the GIL in turn to
 send the same frame) delayed delivery and every other request of the process. Instead, each
 process has one fan-out thread: it renders the event's fragment once per language and writes it
-to each socket of the workspace itself, as one websocket frame built once for all of them. A
-socket whose send buffer is full (a stalled client) is not waited for: the event goes to that
-socket's own thread, which may block on it alone.
-Per-tab events (presence, WebQR panels for managers) still go through the socket's own thread.
+to each socket of the workspace itself, as one websocket frame built once for all of them.
+
+The fan-out thread never waits for one socket: a client that stops reading (a phone on a bad
+network) would hold back every other tab. What a socket cannot take at once is left to that
+socket's own thread, in order (``crm.realtime.tab.Tab.offer``).
+Per-tab events (presence, WebQR panels for managers) go through the socket's own thread.
 
 A broadcast's events reach only the tabs showing that broadcast, and its progress (a dispatcher
 tick every second) is pushed at most once per ``PROGRESS_SECONDS`` per broadcast and process; the
@@ -18,20 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import select
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from flask import Flask, g
-from simple_websocket import ConnectionClosed
-from wsproto.connection import ConnectionState
-from wsproto.frame_protocol import FrameProtocol
 
 from crm.realtime.broker import Event, subscribe_local
+from crm.realtime.tab import STUCK_SECONDS, Tab, frame
 
 log = logging.getLogger(__name__)
 
@@ -46,69 +43,6 @@ def broadcast_of(event: Event) -> int | None:
     """The broadcast a broadcast event is about (from Redis too, so checked)."""
     value = event.get("broadcast_id")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclass(eq=False)
-class Tab:
-    """One open socket, as the fan-out thread sees it."""
-
-    workspace_id: int
-    locale: str
-    ws: Any  # simple_websocket.Server
-    slow: Callable[[Event], None]  # hands an event to the socket's own thread
-    manager: bool = False  # sees the WebQR pairing panels (a manager on a settings page)
-    inbox: bool = True  # the page shows the inbox (conversations, threads, presence)
-    broadcast_id: int | None = None  # the broadcast whose progress page this is
-    # No extension was agreed in the handshake (compression is declined, crm/realtime/ws.py): the
-    # socket's frames are the same bytes as every other plain socket's (``frame``).
-    plain: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def send(self, html: str, built: bytes | None = None) -> None:
-        """Frames from two threads must never interleave: every send to this socket holds its lock.
-        ``built`` is ``html``'s frame (``frame``), written as it is when the socket is plain."""
-        with self.lock:
-            if built is None or not self.plain:
-                self.ws.send(html)
-            elif not self.ws.connected or self.ws.ws.state is not ConnectionState.OPEN:
-                # As the library's own send: nothing after a close frame, sent or received.
-                raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
-            else:
-                self.ws.sock.sendall(built)
-
-    def close(self, reason: int, message: str) -> None:
-        """Close the socket between two frames, never in the middle of one."""
-        with self.lock:
-            self.ws.close(reason=reason, message=message)
-
-    def fileno(self) -> int:
-        try:
-            return int(self.ws.sock.fileno())
-        except (OSError, ValueError, AttributeError):
-            return -1
-
-
-def frame(html: str) -> bytes:
-    """``html`` as one unmasked text frame, as a server sends it on a plain socket. The websocket
-    library encodes the text and builds the frame again for each socket (10 µs a socket for a
-    5 KB fragment, against 3 µs to write bytes built once)."""
-    return bytes(FrameProtocol(client=False, extensions=[]).send_data(html, True))
-
-
-def writable(tabs: list[Tab]) -> set[Tab]:
-    """The tabs whose socket can take a frame now, in one poll() for all of them."""
-    poller = select.poll()
-    by_fd: dict[int, Tab] = {}
-    for tab in tabs:
-        fd = tab.fileno()
-        if fd >= 0:
-            by_fd[fd] = tab
-            poller.register(fd, select.POLLOUT)
-    ready = set()
-    for fd, flags in poller.poll(0):
-        if flags & select.POLLOUT and not flags & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-            ready.add(by_fd[fd])
-    return ready
 
 
 _tabs: dict[int, set[Tab]] = defaultdict(set)
@@ -250,6 +184,18 @@ def _run(app: Flask) -> None:
         if time.monotonic() - polled >= POLL_SECONDS:
             polled = time.monotonic()
             _poll_webqr(app)
+            _cut_off_stuck(polled)
+
+
+def _cut_off_stuck(now: float) -> None:
+    """Sockets whose own thread has waited too long for its client are cut off (``Tab.stuck``):
+    that thread cannot ping or see the session end while it waits."""
+    with _lock:
+        tabs = [tab for group in _tabs.values() for tab in group]
+    for tab in tabs:
+        if tab.stuck(now):
+            log.info("cut off a websocket client that took no frame for %.0f s", STUCK_SECONDS)
+            tab.drop()
 
 
 def _poll_webqr(app: Flask) -> None:
@@ -278,7 +224,7 @@ def _shows(tab: Tab, event: Event) -> bool:
 
 def deliver(app: Flask, workspace_id: int, event: Event) -> int:
     """Render ``event`` once per language and write it to every tab of the workspace; returns how
-    many tabs got it from here (the others got it through their own thread)."""
+    many tabs it was written to, or left in order for their own thread to write."""
     with _lock:
         # Only pages that show what the event updates: elsewhere its fragments would find nothing
         # to replace (the inbox, or the page of the broadcast it is about).
@@ -294,14 +240,9 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
         if not html:
             continue
         built = frame(html)
-        ready = writable(group)
         for tab in group:
-            if tab not in ready:  # a stalled (or closing) client: its own thread waits for it
-                tab.slow(event)
-                continue
             try:
-                tab.send(html, built)
-                sent += 1
+                sent += tab.offer(html, built)
             except Exception:  # closed under us: its own thread sees it and cleans up
                 log.debug("fan-out to a closing socket failed", exc_info=True)
     return sent

@@ -13,7 +13,7 @@ from flask import render_template
 
 from crm.errors import DomainError
 from crm.realtime.broker import Event
-from crm.realtime.fanout import BROADCAST_KINDS, SHARED_KINDS, broadcast_of
+from crm.realtime.fanout import BROADCAST_KINDS, broadcast_of
 
 if TYPE_CHECKING:
     from crm.inbox.models import Conversation
@@ -188,8 +188,9 @@ def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int
     return None
 
 
-# Fragments that are the same for everyone in the workspace (per language) are rendered once per
-# process and event, however many sockets are open: 1,000 tabs must not mean 1,000 renders.
+# A WebQR panel is the same for every manager's tab of the workspace (per language): rendered once
+# per process and event, however many sockets render it on their own threads. (Events every tab
+# sees alike are rendered once per language by the fan-out thread: crm/realtime/fanout.py.)
 SHARED_SECONDS = 30.0
 _shared: dict[tuple[str, ...], tuple[float, threading.Event, list[str | None]]] = {}
 _shared_lock = threading.Lock()
@@ -212,11 +213,9 @@ def render_for_socket(
         return render_event(workspace_id, event, manager=manager, user_id=user_id)
 
     kind, eid = str(event.get("type", "")), event.get("eid")
-    if not isinstance(eid, str) or not (
-        kind in SHARED_KINDS or kind in BROADCAST_KINDS or kind.startswith("webqr.")
-    ):
+    if not isinstance(eid, str) or not kind.startswith("webqr."):
         return render()
-    key = (str(workspace_id), eid, str(get_locale()), str(manager) if kind.startswith("webqr.") else "")
+    key = (str(workspace_id), eid, str(get_locale()), str(manager))
     now = time.monotonic()
     with _shared_lock:
         entry = _shared.get(key)

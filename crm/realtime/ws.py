@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from crm.extensions import db, sock
 from crm.realtime import fanout, presence
 from crm.realtime.broker import Event, deliver_local, ensure_relay, publish, with_id
 from crm.realtime.fragments import render_for_socket
+from crm.realtime.tab import Tab, direct
 from crm.tenancy import get_scoped
 from crm.whatsapp.models import WebQRSession
 
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 30.0
 POLL_SECONDS = 2.0
+# A ping every PING_SECONDS from the socket's own thread (not the websocket library's reader
+# thread, whose writes would bypass the tab's lock): a client that has not answered the last one
+# is gone, and its socket is cut off. Pings also keep proxies from closing a quiet socket.
+PING_SECONDS = 25.0
 
 
 def changed_webqr_sessions(workspace_id: int, since: datetime) -> tuple[list[int], datetime]:
@@ -206,7 +210,10 @@ def events_socket(ws: Any) -> None:
     user_id: int = current_user.id
     socket_id = uuid.uuid4().hex[:12]
     viewing: int | None = None
-    inbox: queue.Queue[Event] = queue.Queue(maxsize=1000)
+    # Per-tab events waiting for this thread, the latest per thing they are about: each renders
+    # what is true when it is rendered, so a newer one makes an older one of the same key moot.
+    waiting: dict[tuple[object, ...], Event] = {}
+    waiting_lock = threading.Lock()
 
     # The thread sleeps until there is something to do: an event for this tab, or the page saying
     # something (the websocket library's own reader thread wakes it), or a periodic check.
@@ -220,13 +227,21 @@ def events_socket(ws: Any) -> None:
     ws.event.set = page_spoke
 
     def to_this_thread(event: Event) -> None:
-        with contextlib.suppress(queue.Full):  # lossy by design: pages catch up on reconnect
-            inbox.put_nowait(event)
+        key = (
+            event.get("type"),
+            event.get("conversation_id"),
+            event.get("account_id"),
+            event.get("message_id"),
+        )
+        with waiting_lock:
+            waiting.pop(key, None)
+            waiting[key] = event  # in the order of their latest
         wake.set()
 
-    # Events every tab sees alike are written by the process's fan-out thread; the others (and
-    # those a stalled client could not take at once) come to this thread through to_this_thread.
-    tab = fanout.Tab(
+    # Events every tab sees alike are written by the process's fan-out thread (what a stalled
+    # client could not take at once is left to this thread: tab.flush); the others come to this
+    # thread through to_this_thread.
+    tab = Tab(
         workspace_id,
         str(get_locale() or "en"),
         ws,
@@ -234,7 +249,9 @@ def events_socket(ws: Any) -> None:
         manager=manager,
         inbox=page.startswith("inbox."),
         broadcast_id=_watched_broadcast(workspace_id, page, request.args.get("broadcast")),
-        plain="HTTP_SEC_WEBSOCKET_EXTENSIONS" not in request.environ,  # none offered, none agreed
+        # No extension offered (none agreed), and a socket the fan-out thread can write to directly.
+        plain="HTTP_SEC_WEBSOCKET_EXTENSIONS" not in request.environ and direct(ws.sock),
+        wake=wake.set,
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     unregister = fanout.register(app, tab)
@@ -244,7 +261,7 @@ def events_socket(ws: Any) -> None:
         if manager:  # what changed between the page's rendering and now
             missed, mark = changed_webqr_sessions(workspace_id, _since(request.args.get("since")))
             for account_id in missed:
-                inbox.put_nowait({"type": "webqr.state", "account_id": account_id})
+                to_this_thread({"type": "webqr.state", "account_id": account_id})
             with _webqr_lock:  # the polls go on from here: nothing changed after this is missed
                 _webqr_marks.setdefault(workspace_id, (0.0, mark))
         db.session.remove()
@@ -259,13 +276,14 @@ def events_socket(ws: Any) -> None:
         idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
         tab.send(LIVE)  # from here on nothing published for this tab is missed
         end_opening_turn()
-        while True:
-            wake.wait(idle)
+        pinged = time.monotonic()
+        while not tab.dropped:
+            wake.wait(max(0.0, min(idle, pinged + PING_SECONDS - time.monotonic())))
             wake.clear()
-            events: list[Event] = []
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    events.append(inbox.get_nowait())
+            tab.flush()  # what the fan-out thread could not write at once, first
+            with waiting_lock:
+                events = list(waiting.values())
+                waiting.clear()
             said = _from_page(ws)
             if said is None:
                 return
@@ -291,6 +309,11 @@ def events_socket(ws: Any) -> None:
                     tab.close(1008, "session ended")
                     return
                 checked = time.monotonic()
+            if time.monotonic() - pinged >= PING_SECONDS:
+                if not tab.ping():
+                    tab.drop()
+                    return
+                pinged = time.monotonic()
             for event in events:
                 try:
                     html = render_for_socket(
@@ -300,8 +323,12 @@ def events_socket(ws: Any) -> None:
                     db.session.remove()
                 if html:
                     tab.send(html)
+    except OSError:  # the connection broke (or was cut off): the page reconnects (no close frame)
+        log.debug("socket ended by an error", exc_info=True)
+        tab.drop()
     finally:
         unregister()
+        tab.finish()
         presence.leave(workspace_id, user_id, socket_id, viewing)
         if viewing is not None:
             publish(workspace_id, {"type": "presence.changed", "conversation_id": viewing})

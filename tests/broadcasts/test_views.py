@@ -24,6 +24,7 @@ from crm.media.models import MediaFile
 from tests import factories
 from tests.broadcasts.conftest import add_leads, drive
 from tests.conftest import csrf_from, login
+from tests.sockets import ServerSocket
 
 ROW = re.compile(r'<tr id="recipient-(\d+)" class="recipient-row">')
 MORE = re.compile(r'<tr id="recipient-more"[^>]*hx-get="([^"]+)"')
@@ -399,28 +400,12 @@ def test_the_list_shows_each_broadcast_newest_first_with_its_progress(
 # --- live updates -----------------------------------------------------------------------------
 
 
-class FakeSocket:
-    """What the fan-out thread uses of a websocket: ``sock`` (polled for writability) and ``send``."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.sock, self.peer = socket.socketpair()
-        self.sent: list[str] = []
-
-    def send(self, html: str) -> None:
-        self.sent.append(html)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.peer.close()
-
-
 def test_progress_reaches_only_the_tabs_showing_that_broadcast_read_once_per_event(
     noon: Any, app: Any, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from crm.broadcasts import progress as progress_module
     from crm.realtime import fanout
+    from crm.realtime.tab import Tab
 
     account = factories.sandbox_account(owner)
     add_leads(owner, 3, tags=("vip",))
@@ -434,31 +419,31 @@ def test_progress_reaches_only_the_tabs_showing_that_broadcast_read_once_per_eve
         return real(workspace_id, broadcast_id)
 
     monkeypatch.setattr(progress_module, "snapshot", counting)
-    sockets = [FakeSocket() for _ in range(5)]
+    sockets = [ServerSocket() for _ in range(5)]
     slow: list[dict[str, Any]] = []
-    tabs = [
-        fanout.Tab(owner.workspace_id, "en", sockets[0], slow=slow.append, inbox=False, broadcast_id=watched),
-        fanout.Tab(
-            owner.workspace_id, "pt_BR", sockets[1], slow=slow.append, inbox=False, broadcast_id=watched
-        ),
-        fanout.Tab(owner.workspace_id, "en", sockets[2], slow=slow.append, inbox=False, broadcast_id=watched),
-        fanout.Tab(owner.workspace_id, "en", sockets[3], slow=slow.append, inbox=False, broadcast_id=other),
-        fanout.Tab(owner.workspace_id, "en", sockets[4], slow=slow.append),  # the inbox
-    ]
+
+    def tab(n: int, locale: str = "en", shows: int | None = watched) -> Tab:
+        ws = sockets[n]
+        return Tab(owner.workspace_id, locale, ws, slow.append, inbox=False, broadcast_id=shows, plain=True)
+
+    inbox = Tab(owner.workspace_id, "en", sockets[4], slow=slow.append, plain=True)
+    tabs = [tab(0), tab(1, "pt_BR"), tab(2), tab(3, shows=other), inbox]
     stops = [fanout.register(app, tab) for tab in tabs]
     try:
         event = {"type": "broadcast.progress", "broadcast_id": watched, "eid": "p1"}
         assert fanout.deliver(app, owner.workspace_id, event) == 3
         assert reads == [watched]  # one reading for two languages and three tabs
-        english = sockets[0].sent[0]
+        texts = [ws.texts(wait=0.2) for ws in sockets]
+        english = texts[0][0]
         assert f'id="broadcast-progress-{watched}"' in english and 'hx-swap-oob="true"' in english
         assert f"broadcast-state-{watched}" not in english  # a tick leaves the buttons alone
-        assert sockets[2].sent == [english] and sockets[1].sent and sockets[1].sent[0] != english
-        assert sockets[3].sent == [] and sockets[4].sent == [] and slow == []
+        assert texts[2] == [english] and texts[1] and texts[1][0] != english
+        assert texts[3] == [] and texts[4] == [] and slow == []
         changed = {"type": "broadcast.changed", "broadcast_id": watched, "status": "paused", "eid": "c1"}
         assert fanout.deliver(app, owner.workspace_id, changed) == 3
-        assert f'id="broadcast-state-{watched}"' in sockets[0].sent[1]
-        assert "csrf" not in sockets[0].sent[1].lower()  # one rendering for everyone: no per-user token
+        state = sockets[0].texts(wait=0.2)[1]
+        assert f'id="broadcast-state-{watched}"' in state
+        assert "csrf" not in state.lower()  # one rendering for everyone: no per-user token
     finally:
         for stop in stops:
             stop()
@@ -470,10 +455,11 @@ def test_a_tick_is_queued_for_the_fan_out_only_when_a_tab_here_shows_that_broadc
     app: Any, owner: factories.Person
 ) -> None:
     from crm.realtime import fanout
+    from crm.realtime.tab import Tab
 
-    socket = FakeSocket()
+    socket = ServerSocket()
     slow: list[dict[str, Any]] = []
-    inbox_tab = fanout.Tab(owner.workspace_id, "en", socket, slow=slow.append)
+    inbox_tab = Tab(owner.workspace_id, "en", socket, slow=slow.append)
     stop = fanout.register(app, inbox_tab)
     try:
         with fanout._lock:

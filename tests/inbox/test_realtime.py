@@ -16,6 +16,7 @@ from flask import Flask
 from crm.realtime import broker
 from tests import factories
 from tests.services import require_service
+from tests.sockets import ServerSocket
 
 
 def test_relayed_reads_other_processes_events_and_skips_its_own() -> None:
@@ -127,78 +128,128 @@ def counted_renders(monkeypatch: pytest.MonkeyPatch, eids: set[str]) -> list[str
     return renders
 
 
-def test_a_shared_fragment_is_rendered_once_per_event_and_language(
+def test_a_webqr_panel_is_rendered_once_per_event_language_and_role(
     app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each manager's tab renders WebQR panels on its own thread: one rendering serves them all."""
     from crm.realtime import fragments
 
-    conversation_id = factories.conversation(owner)
-    calls = counted_renders(monkeypatch, {"e1", "e2"})
-    event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "e1"}
+    calls: list[tuple[object, bool]] = []
+
+    def render_event(workspace_id: int, event: dict[str, object], *, manager: bool, user_id: int) -> str:
+        calls.append((event["eid"], manager))
+        return f"<div>{event['eid']} {manager}</div>"
+
+    monkeypatch.setattr(fragments, "render_event", render_event)
+    event = {"type": "webqr.state", "account_id": 1, "eid": "e1"}
     with app.test_request_context("/ws"):
         first = fragments.render_for_socket(owner.workspace_id, event, manager=True, user_id=owner.user_id)
         for _ in range(50):  # 50 more open tabs
-            assert fragments.render_for_socket(owner.workspace_id, event, manager=False, user_id=1) == first
-        assert first and len(calls) == 1
+            assert fragments.render_for_socket(owner.workspace_id, event, manager=True, user_id=1) == first
+        assert first and calls == [("e1", True)]
+        fragments.render_for_socket(owner.workspace_id, event, manager=False, user_id=1)
         fragments.render_for_socket(owner.workspace_id, {**event, "eid": "e2"}, manager=True, user_id=1)
-        assert len(calls) == 2  # a later event, even about the same conversation, is rendered anew
-
-
-class FakeSocket:
-    """What the fan-out thread uses of a simple-websocket connection: ``sock`` and ``send``."""
-
-    def __init__(self, *, stalled: bool = False) -> None:
-        import socket
-
-        self.sock, self.peer = socket.socketpair()
-        self.sent: list[str] = []
-        if stalled:  # the client stopped reading: the send buffer is full
-            self.sock.setblocking(False)
-            try:
-                while True:
-                    self.sock.send(b"x" * 65536)
-            except BlockingIOError:
-                pass
-
-    def send(self, html: str) -> None:
-        self.sent.append(html)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.peer.close()
+        presence = {"type": "presence.changed", "conversation_id": 1, "eid": "e3"}  # per user: never shared
+        fragments.render_for_socket(owner.workspace_id, presence, manager=True, user_id=1)
+        fragments.render_for_socket(owner.workspace_id, presence, manager=True, user_id=2)
+        assert calls[1:] == [("e1", False), ("e2", True), ("e3", True), ("e3", True)]
 
 
 def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
     app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from crm.realtime import fanout
+    from crm.realtime.tab import Tab
 
     conversation_id = factories.conversation(owner)
     renders = counted_renders(monkeypatch, {"x1"})
-    sockets = [FakeSocket() for _ in range(4)] + [FakeSocket(stalled=True)]
-    slow: list[dict[str, object]] = []
+    sockets = [ServerSocket() for _ in range(5)]
+    sockets[4].stall()  # its client stopped reading
+    woken: list[int] = []
     locales = ["en", "pt_BR", "en", "pt_BR", "en"]
     tabs = [
-        fanout.Tab(owner.workspace_id, locale, ws, slow=slow.append)
-        for locale, ws in zip(locales, sockets, strict=True)
+        Tab(owner.workspace_id, locale, ws, slow=print, plain=True, wake=lambda n=n: woken.append(n))
+        for n, (locale, ws) in enumerate(zip(locales, sockets, strict=True))
     ]
-    other = FakeSocket()
-    elsewhere = fanout.Tab(owner.workspace_id + 1, "en", other, slow=slow.append)
+    other = ServerSocket()
+    elsewhere = Tab(owner.workspace_id + 1, "en", other, slow=print, plain=True)
     stops = [fanout.register(app, tab) for tab in [*tabs, elsewhere]]
     try:
         event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "x1"}
-        assert fanout.deliver(app, owner.workspace_id, event) == 4
+        assert fanout.deliver(app, owner.workspace_id, event) == 5
         assert sorted(renders) == ["en", "pt_BR"]  # once per language, not once per tab
-        english, portuguese = sockets[0].sent[0], sockets[1].sent[0]
-        assert sockets[2].sent == [english] and sockets[3].sent == [portuguese] and english != portuguese
-        assert f"conversation-{conversation_id}" in english
-        assert sockets[4].sent == [] and slow == [event]  # the stalled tab's own thread takes it
-        assert other.sent == []  # another workspace's tab hears nothing
+        english, portuguese = sockets[0].texts(), sockets[1].texts()
+        assert sockets[2].texts() == english and sockets[3].texts() == portuguese
+        assert len(english) == 1 and english != portuguese and f"conversation-{conversation_id}" in english[0]
+        # The stalled client's frame waits for its own thread, which was woken for it.
+        assert [html for html, _ in tabs[4].backlog] == english and woken == [4]
+        assert other.texts() == []  # another workspace's tab hears nothing
     finally:
         for stop in stops:
             stop()
         for ws in [*sockets, other]:
             ws.close()
+
+
+def test_a_sockets_own_thread_writes_what_the_fanout_left_it(
+    live_server: str, owner: factories.Person
+) -> None:
+    import simple_websocket
+
+    from crm.realtime import fanout
+    from crm.realtime.tab import frame
+
+    url = live_server.replace("http://", "ws://") + "/ws"
+    headers = {"Cookie": signed_in_cookie(live_server, owner), "Origin": live_server}
+    client = simple_websocket.Client(url, headers=headers)
+    try:
+        live(client)
+        with fanout._lock:
+            (tab,) = fanout._tabs[owner.workspace_id]
+        with tab.lock:  # the socket busy: the fan-out thread leaves the frame to its own thread
+            assert tab.offer("<p>left</p>", frame("<p>left</p>")) and tab.backlog
+        assert client.receive(timeout=5) == "<p>left</p>"
+    finally:
+        client.close()
+
+
+def test_a_client_that_answers_no_ping_is_cut_off(
+    live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    import simple_websocket
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from crm.realtime import ws
+
+    monkeypatch.setattr(ws, "PING_SECONDS", 1.0)
+    cookie = signed_in_cookie(live_server, owner)
+    answering = simple_websocket.Client(
+        live_server.replace("http://", "ws://") + "/ws", headers={"Cookie": cookie, "Origin": live_server}
+    )
+    address = urlsplit(live_server)
+    handshake = (
+        f"GET /ws HTTP/1.1\r\nHost: {address.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: {live_server}\r\nCookie: {cookie}\r\n\r\n"
+    )
+    try:
+        live(answering)
+        with socket.create_connection((address.hostname, address.port), timeout=5) as silent:
+            silent.sendall(handshake.encode())
+            received = b""
+            while chunk := silent.recv(65536):  # until the server ends the stream
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 101")
+        frames = FrameProtocol(client=True, extensions=[])
+        frames.receive_bytes(received.split(b"\r\n\r\n", 1)[1])
+        opcodes = [frame.opcode for frame in frames.received_frames()]
+        assert opcodes[0] is Opcode.TEXT and Opcode.PING in opcodes and Opcode.CLOSE not in opcodes
+        assert answering.receive(timeout=0.5) is None and answering.connected  # it answers: kept
+    finally:
+        answering.close()
 
 
 def test_the_socket_declines_compression_a_browser_offers(live_server: str) -> None:
@@ -267,25 +318,6 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
             watched.close()
 
 
-@pytest.mark.parametrize("size", [10, 200, 70_000])  # the three lengths a frame's header can give
-def test_a_frame_built_once_reads_back_as_the_text_on_any_plain_socket(size: int) -> None:
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, Request, TextMessage
-
-    from crm.realtime import fanout
-
-    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
-    server.receive_data(client.send(Request(host="example.com", target="/ws")))
-    request = next(server.events())
-    assert isinstance(request, Request)
-    client.receive_data(server.send(AcceptConnection()))
-    assert isinstance(next(client.events()), AcceptConnection)
-    html = ("<p>Olá, ação às 10h ✓</p>" * (size // 20 + 1))[:size]
-    client.receive_data(fanout.frame(html) + fanout.frame(html))  # the same bytes, written twice
-    texts = [event.data for event in client.events() if isinstance(event, TextMessage)]
-    assert texts == [html, html]
-
-
 def test_the_fanout_writes_its_built_frame_to_a_real_socket(
     app: Flask, live_server: str, owner: factories.Person
 ) -> None:
@@ -327,36 +359,6 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
         assert len(sent) == 1 and sent[0].endswith(html.encode()) and len(sent[0]) - len(html.encode()) <= 4
     finally:
         socket.close()
-
-
-def test_no_built_frame_goes_to_a_socket_that_is_closing() -> None:
-    """As the websocket library's own send: after a close frame, sent or received, nothing more."""
-    from types import SimpleNamespace
-
-    from simple_websocket import ConnectionClosed
-    from wsproto.connection import ConnectionState
-
-    from crm.realtime import fanout
-
-    written: list[bytes] = []
-    sock = SimpleNamespace(sendall=written.append)
-    for connected, state in [
-        (False, ConnectionState.OPEN),
-        (True, ConnectionState.LOCAL_CLOSING),
-        (True, ConnectionState.REMOTE_CLOSING),
-    ]:
-        ws = SimpleNamespace(
-            connected=connected,
-            ws=SimpleNamespace(state=state),
-            sock=sock,
-            close_reason=1000,
-            close_message="",
-        )
-        with pytest.raises(ConnectionClosed):
-            fanout.Tab(1, "en", ws, slow=print, plain=True).send("<p>x</p>", fanout.frame("<p>x</p>"))
-    ws = SimpleNamespace(connected=True, ws=SimpleNamespace(state=ConnectionState.OPEN), sock=sock)
-    fanout.Tab(1, "en", ws, slow=print, plain=True).send("<p>x</p>", fanout.frame("<p>x</p>"))
-    assert written == [fanout.frame("<p>x</p>")]
 
 
 def test_a_socket_gives_back_its_opening_turn_once_live_or_refused(

@@ -1,0 +1,128 @@
+"""A server-side websocket as ``crm.realtime.tab.Tab`` uses it, over a real TCP connection.
+
+``ServerSocket`` has what Tab touches of a ``simple_websocket.Server`` (``sock``, ``ws``,
+``connected``, ``send``, ``pong_received``); the test reads what reached the client from the
+other end (``texts``), as a browser would, frames decoded by wsproto. ``stall`` makes the client
+stop reading at a chosen byte, whatever the kernel's buffers would have taken.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from wsproto.connection import ConnectionState
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a loopback TCP connection (server's, client's)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+class StallingSocket:
+    """The server's end: as the real socket, except that once ``room`` is set the client takes
+    only that many more bytes until ``resume``. A write that does not wait (MSG_DONTWAIT) takes
+    what fits; one that waits (``sendall``) waits for ``resume``, or fails once shut down."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.room: int | None = None
+        self.resumed = threading.Event()
+        self.shut = False
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        if self.shut:
+            raise BrokenPipeError
+        if self.room is None:
+            return self.real.send(data, flags)
+        if not self.room:
+            raise BlockingIOError
+        taken = data[: self.room]
+        self.real.sendall(taken)
+        self.room -= len(taken)
+        return len(taken)
+
+    def sendall(self, data: bytes) -> None:
+        if self.room is not None:
+            data = data[self.send(data) if self.room else 0 :]
+            self.resumed.wait(10)
+            if self.shut or not self.resumed.is_set():
+                raise BrokenPipeError
+        self.real.sendall(data)
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+        self.resumed.set()  # a write waiting ends with an error
+        self.real.shutdown(how)
+
+    def gettimeout(self) -> float | None:
+        return self.real.gettimeout()
+
+
+class ServerSocket:
+    def __init__(self) -> None:
+        real, self.client = tcp_pair()
+        self.sock = StallingSocket(real)
+        self.connected = True
+        self.ws: Any = _Protocol()
+        self.pong_received = True
+        self.close_reason, self.close_message = 1000, ""
+        self.library_sent: list[str] = []  # what went through the library's own send
+        self._frames = FrameProtocol(client=True, extensions=[])
+        self._texts: list[str] = []
+        self.pings = 0  # pings the client has read
+
+    def send(self, html: str) -> None:
+        self.library_sent.append(html)
+
+    def stall(self, room: int = 0) -> None:
+        """The client reads ``room`` more bytes, then nothing until ``resume``."""
+        self.sock.room = room
+        self.sock.resumed.clear()
+
+    def resume(self) -> None:
+        self.sock.room = None
+        self.sock.resumed.set()
+
+    def texts(self, *, wait: float = 0.2) -> list[str]:
+        """Every text message the client has received so far, reading until nothing more comes
+        for ``wait`` seconds."""
+        self.client.settimeout(wait)
+        data = b""
+        try:
+            while chunk := self.client.recv(1 << 20):
+                data += chunk
+        except TimeoutError:
+            pass
+        self._frames.receive_bytes(data)
+        for frame in self._frames.received_frames():
+            if frame.opcode is Opcode.TEXT:
+                self._texts.append(str(frame.payload))
+            elif frame.opcode is Opcode.PING:
+                self.pings += 1
+        return list(self._texts)
+
+    def read_to_end(self) -> None:
+        """Read until the server's end shuts the stream (TimeoutError if it does not within 5 s)."""
+        self.client.settimeout(5)
+        try:
+            while self.client.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            pass
+
+    def close(self) -> None:
+        self.resume()
+        self.sock.real.close()
+        self.client.close()
+
+
+class _Protocol:
+    """The wsproto connection's part Tab reads: its state."""
+
+    state = ConnectionState.OPEN
