@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 from wsproto.connection import ConnectionState
@@ -89,23 +90,26 @@ class ServerSocket:
         self.sock.room = None
         self.sock.resumed.set()
 
-    def texts(self, *, wait: float = 0.2) -> list[str]:
+    def texts(self, *, wait: float = 0.2, count: int | None = None) -> list[str]:
         """Every text message the client has received so far, reading until nothing more comes
-        for ``wait`` seconds."""
-        self.client.settimeout(wait)
-        data = b""
-        try:
-            while chunk := self.client.recv(1 << 20):
-                data += chunk
-        except TimeoutError:
-            pass
-        self._frames.receive_bytes(data)
-        for frame in self._frames.received_frames():
-            if frame.opcode is Opcode.TEXT:
-                self._texts.append(str(frame.payload))
-            elif frame.opcode is Opcode.PING:
-                self.pings += 1
-        return list(self._texts)
+        for ``wait`` seconds, or (``count``) until there are that many, for at most 5 s."""
+        deadline = time.monotonic() + 5
+        while True:
+            self.client.settimeout(wait if count is None else 0.05)
+            data = b""
+            try:
+                while chunk := self.client.recv(1 << 20):
+                    data += chunk
+            except TimeoutError:
+                pass
+            self._frames.receive_bytes(data)
+            for frame in self._frames.received_frames():
+                if frame.opcode is Opcode.TEXT:
+                    self._texts.append(str(frame.payload))
+                elif frame.opcode is Opcode.PING:
+                    self.pings += 1
+            if count is None or len(self._texts) >= count or time.monotonic() > deadline:
+                return list(self._texts)
 
     def read_to_end(self) -> None:
         """Read until the server's end shuts the stream (TimeoutError if it does not within 5 s)."""

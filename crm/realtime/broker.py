@@ -5,7 +5,11 @@ also published on the workspace's channel, and each web process runs one relay t
 subscribes to every workspace channel and hands other processes' events to its own listeners:
 one Redis connection per process, however many sockets are open.
 
-Pub/sub is lossy by design; pages that reconnect fetch what they missed from the database.
+Pub/sub is lossy by design; pages that reconnect fetch what they missed from the database. When
+events may have been lost without any socket dropping (Redis went away from the relay, or from a
+process publishing), the pages that may have missed them are told to fetch what they show afresh:
+a ``RESYNC`` event, to every open page of this process once the relay is subscribed again, and to
+a workspace's pages in every process once a publish Redis missed is followed by one it took.
 Events are published only after the commit that made them true (see ``publish_after_commit``).
 """
 
@@ -42,6 +46,9 @@ def origin() -> str:
 
 CHANNEL_PREFIX = "zapdesk:workspace:"
 _relay: threading.Thread | None = None
+RESYNC = "resync"  # the pages may have missed events: they fetch what they show afresh
+EVERY_WORKSPACE = 0  # a resync's workspace for every open page of this process (ids start at 1)
+_unsent: set[int] = set()  # workspaces whose events Redis did not take from this process
 
 
 def channel(workspace_id: int) -> str:
@@ -79,23 +86,39 @@ def relayed(message: dict[str, Any]) -> tuple[int, Event] | None:
     return (int(workspace), event) if isinstance(event, dict) else None
 
 
+def resync_local(workspace_id: int = EVERY_WORKSPACE) -> None:
+    """This process's open pages (of one workspace, or all) fetch what they show afresh."""
+    deliver_local(workspace_id, with_id({"type": RESYNC}))
+
+
 def _relay_loop(redis_url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url, health_check_interval=30)
     pause = 1.0
+    # Each confirmation of the subscription is the relay subscribed, at first or again after a new
+    # connection (redis-py subscribes again by itself when it reconnects): after the first, or
+    # after a failure, events published meanwhile never reached this process.
+    subscribed = failed = False
     while True:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         try:
             pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
-            pause = 1.0
             while True:
                 message = pubsub.get_message(timeout=5.0)
-                if message:
-                    found = relayed(message)
-                    if found is not None:
-                        deliver_local(*found)
-        except Exception:  # Redis went away: pages catch up when it is back (they refetch)
+                if not message:
+                    continue
+                if message.get("type") == "psubscribe":
+                    pause = 1.0
+                    if subscribed or failed:  # what the pages missed is in the database
+                        resync_local()
+                    subscribed, failed = True, False
+                    continue
+                found = relayed(message)
+                if found is not None:
+                    deliver_local(*found)
+        except Exception:  # Redis went away: pages catch up once subscribed again (a resync)
+            failed = True
             log.warning("realtime relay lost Redis; retrying in %.0f s", pause, exc_info=True)
             time.sleep(pause)
             pause = min(pause * 2, 30.0)
@@ -130,6 +153,10 @@ def subscribe_local(listener: Listener) -> Callable[[], None]:
     return unsubscribe
 
 
+def _body(event: Event) -> str:
+    return json.dumps({"origin": origin(), "event": event}, default=str)
+
+
 def publish(workspace_id: int, event: Event) -> None:
     event = with_id(event)
     deliver_local(workspace_id, event)
@@ -138,9 +165,17 @@ def publish(workspace_id: int, event: Event) -> None:
         from crm.redis import get_redis
 
         try:
-            body = json.dumps({"origin": origin(), "event": event}, default=str)
-            get_redis().publish(channel(workspace_id), body)
-        except Exception:  # lossy by design: pages catch up from the database
+            client = get_redis()
+            with _lock:
+                missed = sorted(_unsent)
+            for other in missed:  # Redis is back: the other processes' pages of those workspaces refetch
+                client.publish(channel(other), _body(with_id({"type": RESYNC})))
+            with _lock:
+                _unsent.difference_update(missed)
+            client.publish(channel(workspace_id), _body(event))
+        except Exception:  # the next publish Redis takes tells the other processes' pages
+            with _lock:
+                _unsent.add(workspace_id)
             log.warning("realtime publish to Redis failed", exc_info=True)
 
 

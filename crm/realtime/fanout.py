@@ -27,13 +27,13 @@ from collections.abc import Callable
 
 from flask import Flask, g
 
-from crm.realtime.broker import Event, subscribe_local
+from crm.realtime.broker import EVERY_WORKSPACE, RESYNC, Event, subscribe_local, with_id
 from crm.realtime.tab import STUCK_SECONDS, Tab, frame
 
 log = logging.getLogger(__name__)
 
 SHARED_KINDS = frozenset(
-    {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created"}
+    {"message.created", "message.status", "message.deleted", "conversation.updated", "note.created", RESYNC}
 )
 BROADCAST_KINDS = frozenset({"broadcast.changed", "broadcast.progress"})
 PROGRESS_SECONDS = 1.0
@@ -49,6 +49,7 @@ _tabs: dict[int, set[Tab]] = defaultdict(set)
 _lock = threading.Lock()
 _events: queue.Queue[tuple[int, Event]] = queue.Queue(maxsize=10_000)
 _thread: threading.Thread | None = None
+_behind: set[int] = set()  # workspaces with an event the full queue could not take: they resync
 
 
 def register(app: Flask, tab: Tab) -> Callable[[], None]:
@@ -72,6 +73,7 @@ def forget_all() -> None:
     """Drop every registration (tests: workspace ids start again after each test)."""
     with _lock:
         _tabs.clear()
+        _behind.clear()
     with contextlib.suppress(queue.Empty):
         while True:
             _events.get_nowait()
@@ -79,7 +81,15 @@ def forget_all() -> None:
 
 def _listener(workspace_id: int, event: Event) -> None:
     """The process's one listener for every open tab: shared events go to the fan-out thread,
-    per-tab ones (presence, WebQR panels) to each tab's own thread."""
+    per-tab ones (presence, WebQR panels) to each tab's own thread. A resync for
+    ``EVERY_WORKSPACE`` goes to each workspace with a tab open here."""
+    if workspace_id == EVERY_WORKSPACE:
+        if event.get("type") == RESYNC:
+            with _lock:
+                workspaces = list(_tabs)
+            for each in workspaces:
+                _listener(each, event)
+        return
     with _lock:
         tabs = list(_tabs.get(workspace_id, ()))
     if not tabs:
@@ -91,8 +101,11 @@ def _listener(workspace_id: int, event: Event) -> None:
         if watched is None or not any(t.broadcast_id == watched for t in tabs):
             return
     if kind in SHARED_KINDS or kind in BROADCAST_KINDS:
-        with contextlib.suppress(queue.Full):  # lossy like pub/sub: pages catch up on reconnect
+        try:
             _events.put_nowait((workspace_id, event))
+        except queue.Full:  # lost here: the workspace's pages fetch what they show afresh
+            with _lock:
+                _behind.add(workspace_id)
         return
     for tab in tabs:
         if tab.manager if kind.startswith("webqr.") else tab.inbox:
@@ -181,6 +194,11 @@ def _run(app: Flask) -> None:
                 _deliver_logged(app, workspace_id, event)
         for workspace_id, event in progress.due(time.monotonic()):
             _deliver_logged(app, workspace_id, event)
+        with _lock:
+            behind = list(_behind)
+            _behind.clear()
+        for workspace_id in behind:
+            _deliver_logged(app, workspace_id, with_id({"type": RESYNC}))
         if time.monotonic() - polled >= POLL_SECONDS:
             polled = time.monotonic()
             _poll_webqr(app)
@@ -217,6 +235,8 @@ def _poll_webqr(app: Flask) -> None:
 
 
 def _shows(tab: Tab, event: Event) -> bool:
+    if event.get("type") == RESYNC:  # every page fetches what it shows
+        return True
     if event.get("type") in BROADCAST_KINDS:
         return tab.broadcast_id is not None and tab.broadcast_id == broadcast_of(event)
     return tab.inbox

@@ -196,7 +196,8 @@
   });
 })();
 
-// Pub/sub is lossy: when the websocket comes back after a drop, refetch what the page shows.
+// Pub/sub is lossy: when the websocket comes back after a drop, or the server says events may
+// have been lost while it stayed open (crm/realtime/broker.py, RESYNC), refetch what the page shows.
 // Meanwhile the page says it is reconnecting. The server's first frame on a socket says "on"
 // once the socket's tab is registered (what is published from then on arrives): that, not the
 // handshake, is when the page refetches. Before the server closes a socket for good (no session)
@@ -236,7 +237,8 @@
     if (!target || target.id !== "live-state") return;
     var state = document.getElementById("live-state");
     if (!state || state.getAttribute("data-state") !== "on") return;
-    if (dropped) {
+    // Back after a drop, or told that events may have been lost (data-resync, the socket open).
+    if (dropped || state.hasAttribute("data-resync")) {
       dropped = false;
       refetch();
     }

@@ -110,6 +110,38 @@ def test_a_page_that_reconnects_fetches_what_it_missed(
     page.context.close()
 
 
+def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
+    browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis went away and came back while the page's socket stayed open (crm/realtime/broker.py):
+    the events published meanwhile never came, and the page is told to fetch what it shows."""
+    from crm.realtime import broker
+
+    account_id = factories.sandbox_account(owner)
+    simulator.customer_writes(owner.workspace_id, account_id, "+55 11 95555-4444", "Bom dia", name="Ana")
+    page = open_inbox(browser, live_server, owner.email)
+    page.evaluate("window.__notReloaded = true")
+    page.get_by_text("Ana").click()
+    expect(page.locator(".thread .messages")).to_contain_text("Bom dia")
+    with monkeypatch.context() as patch:  # published, and lost on the way
+        patch.setattr(broker, "publish", lambda workspace_id, event: None)
+        simulator.customer_writes(
+            owner.workspace_id, account_id, "+55 11 95555-4444", "Ainda aí?", name="Ana"
+        )
+        simulator.customer_writes(
+            owner.workspace_id, account_id, "+55 11 96666-3333", "Olá, sou a Lia", name="Lia"
+        )
+    page.wait_for_timeout(500)
+    expect(page.locator("#conversations")).not_to_contain_text("Lia")
+    expect(page.locator(".thread .messages")).not_to_contain_text("Ainda aí?")
+    broker.resync_local()  # what the relay does once subscribed again
+    expect(page.locator("#conversations")).to_contain_text("Olá, sou a Lia")
+    expect(page.locator(".thread .messages")).to_contain_text("Ainda aí?")
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    assert page.evaluate("window.__notReloaded") is True
+    page.context.close()
+
+
 def test_a_page_whose_session_ended_says_live_updates_stopped(
     browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,74 +1,16 @@
-"""The realtime broker: one Redis relay per process carries other processes' events."""
+"""Live updates over the server's websockets: who may open one, what each tab is sent, and how."""
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import re
 import time
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 
-from crm.realtime import broker
 from tests import factories
-from tests.services import require_service
 from tests.sockets import ServerSocket
-
-
-def test_relayed_reads_other_processes_events_and_skips_its_own() -> None:
-    event = {"type": "message.created", "message_id": 5}
-    theirs = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "elsewhere", "event": event})}
-    assert broker.relayed(theirs) == (7, event)
-    mine = {
-        "channel": b"zapdesk:workspace:7",
-        "data": json.dumps({"origin": broker.origin(), "event": event}),
-    }
-    assert broker.relayed(mine) is None  # delivered locally already, when it was published
-    for junk in (
-        {"channel": b"zapdesk:workspace:x", "data": theirs["data"]},
-        {"channel": b"zapdesk:workspace:7", "data": b"not json"},
-        {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "o", "event": [1]})},
-        {"channel": None, "data": None},
-    ):
-        assert broker.relayed(junk) is None
-
-
-def test_the_relay_hands_other_processes_events_to_this_process(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = os.environ.get("TEST_REDIS_URL")
-    if not url:
-        require_service("TEST_REDIS_URL is not set: the Redis relay is not checked")
-    monkeypatch.setitem(app.config, "REDIS_URL", url)
-    received: queue.Queue[tuple[int, dict[str, object]]] = queue.Queue()
-    unsubscribe = broker.subscribe_local(lambda ws, event: received.put((ws, event)))
-    try:
-        broker.ensure_relay()
-        client = redis.Redis.from_url(url)
-        event = {"type": "conversation.updated", "conversation_id": 3}
-        deadline = time.monotonic() + 5
-        got = None
-        while got is None and time.monotonic() < deadline:  # the relay subscribes asynchronously
-            client.publish(broker.channel(42), json.dumps({"origin": "another-process", "event": event}))
-            try:
-                got = received.get(timeout=0.2)
-            except queue.Empty:
-                continue
-        assert got == (42, event)
-        broker.publish(42, {"type": "note.created", "note_id": 1})  # ours: delivered exactly once
-        workspace, ours = received.get(timeout=1)
-        assert workspace == 42 and ours["note_id"] == 1 and ours["eid"]
-        time.sleep(0.3)
-        leftovers = []
-        while not received.empty():
-            leftovers.append(received.get())
-        assert ours not in [e for _ws, e in leftovers]
-    finally:
-        unsubscribe()
 
 
 def signed_in_cookie(live_server: str, person: factories.Person) -> str:
@@ -188,6 +130,44 @@ def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
         for stop in stops:
             stop()
         for ws in [*sockets, other]:
+            ws.close()
+
+
+def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
+    app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the relay lost Redis (every workspace), or when the fan-out thread's queue was full
+    (that workspace): every page of the workspace, not only the inbox, is told."""
+    import queue
+
+    from crm.realtime import broker, fanout
+    from crm.realtime.fragments import RESYNC_FRAGMENT
+    from crm.realtime.tab import Tab
+
+    sockets = [ServerSocket() for _ in range(4)]
+    tabs = [
+        Tab(owner.workspace_id, "en", sockets[0], slow=print, plain=True),  # the inbox
+        Tab(owner.workspace_id, "pt_BR", sockets[1], slow=print, plain=True, inbox=False, broadcast_id=5),
+        Tab(owner.workspace_id, "en", sockets[2], slow=print, plain=True, inbox=False, manager=True),
+        Tab(owner.workspace_id + 1, "en", sockets[3], slow=print, plain=True),  # another workspace
+    ]
+    stops = [fanout.register(app, tab) for tab in tabs]
+    try:
+        broker.resync_local()  # every workspace of this process
+        assert all(ws.texts(count=1) == [RESYNC_FRAGMENT] for ws in sockets)
+
+        class Full(queue.Queue[tuple[int, dict[str, object]]]):
+            def put_nowait(self, item: tuple[int, dict[str, object]]) -> None:
+                raise queue.Full
+
+        monkeypatch.setattr(fanout, "_events", Full())
+        broker.deliver_local(owner.workspace_id, {"type": "conversation.updated", "conversation_id": 1})
+        assert all(ws.texts(count=2) == [RESYNC_FRAGMENT] * 2 for ws in sockets[:3])
+        assert sockets[3].texts() == [RESYNC_FRAGMENT]  # the other workspace missed nothing
+    finally:
+        for stop in stops:
+            stop()
+        for ws in sockets:
             ws.close()
 
 
