@@ -99,11 +99,12 @@ def _empty_all_tables(app: Flask) -> None:
     from crm.extensions import db
     from crm.inbox import assignment, team
     from crm.leads.consent import forget_keywords
-    from crm.realtime import fanout, presence
+    from crm.realtime import broker, fanout, presence
     from crm.whatsapp.pacing import forget_local_windows
 
     forget_local_windows()
     fanout.forget_all()
+    broker.forget_unsent()
     presence.reset_memory()
     assignment.forget()
     forget_keywords()

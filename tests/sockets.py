@@ -96,10 +96,11 @@ class ServerSocket:
         deadline = time.monotonic() + 5
         while True:
             self.client.settimeout(wait if count is None else 0.05)
-            data = b""
+            data, ended = b"", False
             try:
                 while chunk := self.client.recv(1 << 20):
                     data += chunk
+                ended = True  # the server's end shut the stream
             except TimeoutError:
                 pass
             self._frames.receive_bytes(data)
@@ -108,7 +109,7 @@ class ServerSocket:
                     self._texts.append(str(frame.payload))
                 elif frame.opcode is Opcode.PING:
                     self.pings += 1
-            if count is None or len(self._texts) >= count or time.monotonic() > deadline:
+            if count is None or ended or len(self._texts) >= count or time.monotonic() > deadline:
                 return list(self._texts)
 
     def read_to_end(self) -> None:

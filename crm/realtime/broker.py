@@ -6,10 +6,13 @@ subscribes to every workspace channel and hands other processes' events to its o
 one Redis connection per process, however many sockets are open.
 
 Pub/sub is lossy by design; pages that reconnect fetch what they missed from the database. When
-events may have been lost without any socket dropping (Redis went away from the relay, or from a
-process publishing), the pages that may have missed them are told to fetch what they show afresh:
-a ``RESYNC`` event, to every open page of this process once the relay is subscribed again, and to
-a workspace's pages in every process once a publish Redis missed is followed by one it took.
+events may have been lost without any socket dropping, the pages that may have missed them are
+told to fetch what they show afresh (a ``RESYNC`` event):
+
+- every open page of this process, each time the relay is subscribed: at first (the pages opened
+  before it missed other processes' events) and again after Redis went away from it;
+- a workspace's pages in every process, once Redis takes a publish again after missing one of
+  that workspace's events (at the next publish, or a retry every ``RESEND_SECONDS``).
 Events are published only after the commit that made them true (see ``publish_after_commit``).
 """
 
@@ -48,7 +51,10 @@ CHANNEL_PREFIX = "zapdesk:workspace:"
 _relay: threading.Thread | None = None
 RESYNC = "resync"  # the pages may have missed events: they fetch what they show afresh
 EVERY_WORKSPACE = 0  # a resync's workspace for every open page of this process (ids start at 1)
-_unsent: set[int] = set()  # workspaces whose events Redis did not take from this process
+RELAY_NAME = "zapdesk-relay"  # the relay's Redis connection, as CLIENT LIST shows it
+RESEND_SECONDS = 5.0
+_unsent: set[int] = set()  # workspaces with an event Redis did not take from this process
+_resender: threading.Thread | None = None
 
 
 def channel(workspace_id: int) -> str:
@@ -80,7 +86,12 @@ def relayed(message: dict[str, Any]) -> tuple[int, Event] | None:
         body = json.loads(message.get("data") or b"")
     except (TypeError, ValueError):
         return None
-    if not workspace.isdigit() or not isinstance(body, dict) or body.get("origin") == origin():
+    if (
+        not workspace.isdigit()
+        or int(workspace) < 1
+        or not isinstance(body, dict)
+        or body.get("origin") == origin()
+    ):
         return None
     event = body.get("event")
     return (int(workspace), event) if isinstance(event, dict) else None
@@ -94,12 +105,9 @@ def resync_local(workspace_id: int = EVERY_WORKSPACE) -> None:
 def _relay_loop(redis_url: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(redis_url, health_check_interval=30)
+    client = redis.Redis.from_url(redis_url, health_check_interval=30, client_name=RELAY_NAME)
     pause = 1.0
-    # Each confirmation of the subscription is the relay subscribed, at first or again after a new
-    # connection (redis-py subscribes again by itself when it reconnects): after the first, or
-    # after a failure, events published meanwhile never reached this process.
-    subscribed = failed = False
+    subscribed_at = 0.0
     while True:
         pubsub = client.pubsub()
         try:
@@ -109,16 +117,18 @@ def _relay_loop(redis_url: str) -> None:
                 if not message:
                     continue
                 if message.get("type") == "psubscribe":
-                    pause = 1.0
-                    if subscribed or failed:  # what the pages missed is in the database
-                        resync_local()
-                    subscribed, failed = True, False
+                    # Subscribed: at first, or again on a new connection (redis-py subscribes
+                    # again by itself when it reconnects). What the pages missed before is in the
+                    # database: they fetch it.
+                    subscribed_at = time.monotonic()
+                    resync_local()
                     continue
                 found = relayed(message)
                 if found is not None:
                     deliver_local(*found)
         except Exception:  # Redis went away: pages catch up once subscribed again (a resync)
-            failed = True
+            if time.monotonic() - subscribed_at > 60:
+                pause = 1.0  # it had stayed up: not a Redis that keeps dropping the relay
             log.warning("realtime relay lost Redis; retrying in %.0f s", pause, exc_info=True)
             time.sleep(pause)
             pause = min(pause * 2, 30.0)
@@ -166,17 +176,60 @@ def publish(workspace_id: int, event: Event) -> None:
 
         try:
             client = get_redis()
-            with _lock:
-                missed = sorted(_unsent)
-            for other in missed:  # Redis is back: the other processes' pages of those workspaces refetch
-                client.publish(channel(other), _body(with_id({"type": RESYNC})))
-            with _lock:
-                _unsent.difference_update(missed)
+            _publish_resyncs(client)
             client.publish(channel(workspace_id), _body(event))
-        except Exception:  # the next publish Redis takes tells the other processes' pages
-            with _lock:
-                _unsent.add(workspace_id)
+        except Exception:  # the other processes' pages of the workspace are told once Redis is back
+            _missed(workspace_id, redis_url)
             log.warning("realtime publish to Redis failed", exc_info=True)
+
+
+def _publish_resyncs(client: Any) -> None:
+    """A resync to the other processes' pages of each workspace with an event Redis missed."""
+    with _lock:
+        missed = set(_unsent)
+        _unsent.clear()
+    try:
+        for workspace_id in sorted(missed):
+            client.publish(channel(workspace_id), _body(with_id({"type": RESYNC})))
+    except Exception:
+        with _lock:
+            _unsent.update(missed)
+        raise
+
+
+def _missed(workspace_id: int, redis_url: str) -> None:
+    global _resender
+    with _lock:
+        _unsent.add(workspace_id)
+        if _resender is None:  # this process may publish nothing more for a while: retried
+            _resender = threading.Thread(
+                target=_resend_loop, args=(redis_url,), name="realtime-resend", daemon=True
+            )
+            _resender.start()
+
+
+def _resend_loop(redis_url: str) -> None:
+    """Every ``RESEND_SECONDS`` until Redis takes them, the resyncs ``publish`` could not send."""
+    global _resender
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    while True:
+        time.sleep(RESEND_SECONDS)
+        with _lock:
+            if not _unsent:
+                _resender = None
+                return
+        try:
+            _publish_resyncs(client)
+        except Exception:
+            log.debug("realtime resyncs not sent yet", exc_info=True)
+
+
+def forget_unsent() -> None:
+    """Tests: no workspace left owing a resync from an earlier test."""
+    with _lock:
+        _unsent.clear()
 
 
 def publish_after_commit(workspace_id: int, event: Event) -> None:

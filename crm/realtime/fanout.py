@@ -13,6 +13,10 @@ Per-tab events (presence, WebQR panels for managers) go through the socket's own
 A broadcast's events reach only the tabs showing that broadcast, and its progress (a dispatcher
 tick every second) is pushed at most once per ``PROGRESS_SECONDS`` per broadcast and process; the
 last tick of a burst is held, never dropped (``Coalescer``).
+
+An event the thread's queue cannot take (10,000 waiting) is lost here: once the queue has been
+worked through, the workspace's pages are told to fetch what they show afresh (a resync,
+crm/realtime/broker.py).
 """
 
 from __future__ import annotations
@@ -194,11 +198,12 @@ def _run(app: Flask) -> None:
                 _deliver_logged(app, workspace_id, event)
         for workspace_id, event in progress.due(time.monotonic()):
             _deliver_logged(app, workspace_id, event)
-        with _lock:
-            behind = list(_behind)
-            _behind.clear()
-        for workspace_id in behind:
-            _deliver_logged(app, workspace_id, with_id({"type": RESYNC}))
+        if _behind and _events.empty():  # caught up: the pages fetch what the full queue lost
+            with _lock:
+                behind = list(_behind)
+                _behind.clear()
+            for workspace_id in behind:
+                _deliver_logged(app, workspace_id, with_id({"type": RESYNC}))
         if time.monotonic() - polled >= POLL_SECONDS:
             polled = time.monotonic()
             _poll_webqr(app)

@@ -134,8 +134,9 @@ def _broadcast_fragments(workspace_id: int, event: Event) -> str | None:
     return html
 
 
-# The page may have missed events (crm/realtime/broker.py, RESYNC): as the socket's first frame
-# (crm/realtime/ws.py, LIVE), and the page fetches what it shows afresh (static/js/app.js).
+# The page may have missed events (crm/realtime/broker.py, RESYNC): the live state again, as the
+# socket's first frame says it (crm/realtime/ws.py, LIVE), marked so that the page fetches what it
+# shows afresh (static/js/app.js).
 RESYNC_FRAGMENT = '<span id="live-state" hx-swap-oob="true" data-state="on" data-resync hidden></span>'
 
 

@@ -274,7 +274,9 @@ def events_socket(ws: Any) -> None:
             g.membership = db.session.get(Membership, membership_id)
 
         idle = min(presence.REFRESH_SECONDS, RECHECK_SECONDS)
-        tab.send(LIVE)  # from here on nothing published for this tab is missed
+        # From here on nothing published in this process is missed (other processes' events: once
+        # the relay is subscribed, and it makes the page refetch then).
+        tab.send(LIVE)
         end_opening_turn()
         pinged = time.monotonic()
         while not tab.dropped:

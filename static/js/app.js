@@ -218,18 +218,76 @@
   });
   function refetch() {
     if (!window.htmx) return;
-    if (document.getElementById("conversations")) {
-      htmx.ajax("GET", window.location.pathname.indexOf("/conversations/") === 0 ? "/" + window.location.search : window.location.pathname + window.location.search,
-        { target: "#conversations", select: "#conversations", swap: "outerHTML" });
-    }
-    var thread = document.querySelector(".thread[data-conversation-id]");
-    if (thread) {
-      htmx.ajax("GET", "/conversations/" + thread.getAttribute("data-conversation-id"),
-        { target: "#thread", swap: "innerHTML" });
-    }
+    refetchList();
+    refetchThread();
     document.querySelectorAll(".webqr-panel[id^='webqr-']").forEach(function (panel) {
       htmx.ajax("GET", window.location.pathname, { target: "#" + panel.id, select: "#" + panel.id, swap: "outerHTML" });
     });
+  }
+  // The list, asked for again with the filters and search as they are now (the form's own request,
+  // so what is pushed while it is on its way is laid over it, below).
+  function refetchList() {
+    if (!document.getElementById("conversations")) return;
+    var form = document.querySelector("form.inbox-filters");
+    if (form) {
+      htmx.trigger(form, "change");
+    } else {
+      htmx.ajax("GET", window.location.pathname + window.location.search,
+        { target: "#conversations", select: "#conversations", swap: "outerHTML" });
+    }
+  }
+  // The open thread: its header, newest messages and notes laid over what it shows, so the reply
+  // being typed, the older pages scrolled to and the place read stay. When more was missed than
+  // its newest page holds, the messages are that page.
+  function refetchThread() {
+    var thread = document.querySelector(".thread[data-conversation-id]");
+    if (!thread || !window.fetch) return;
+    var id = thread.getAttribute("data-conversation-id");
+    fetch("/conversations/" + id, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.text() : ""; })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("thread-" + id);
+        if (!fresh || !document.getElementById("thread-" + id)) return;
+        var header = fresh.querySelector(".thread-header[id]");
+        var shownHeader = header && document.getElementById(header.id);
+        if (shownHeader) replaceWith(shownHeader, header);
+        lay(document.getElementById("messages-" + id), fresh.querySelector("#messages-" + id), ".bubble[id]");
+        lay(document.getElementById("notes-" + id), fresh.querySelector("#notes-" + id), ".note[id]");
+      })
+      .catch(function () {}); // offline again: the next reconnect refetches
+  }
+  function replaceWith(shown, node) {
+    var copy = document.importNode(node, true);
+    shown.replaceWith(copy);
+    htmx.process(copy);
+  }
+  function lay(box, fresh, selector) {
+    if (!box || !fresh) return;
+    var items = Array.prototype.filter.call(fresh.children, function (item) { return item.matches(selector); });
+    var shown = box.querySelector(selector);
+    if (items.length && shown && !document.getElementById(items[0].id) && fresh.querySelector(".older")) {
+      box.innerHTML = fresh.innerHTML; // a gap: more missed than the page holds
+      box.dataset.stuck = "yes";
+      box.scrollTop = box.scrollHeight; // at the newest, before the link to older ones is live
+      htmx.process(box);
+    } else {
+      items.forEach(function (item) {
+        var there = document.getElementById(item.id);
+        if (there) {
+          replaceWith(there, item); // a status or an edit it missed
+        } else {
+          var copy = document.importNode(item, true);
+          box.appendChild(copy); // newer than what it shows
+          htmx.process(copy);
+        }
+      });
+    }
+    if (box.dataset.stuck !== "no") box.scrollTop = box.scrollHeight;
+  }
+  var waiting = null; // a refetch about to go: it covers what is told meanwhile
+  function refetchSoon(delay) {
+    if (waiting !== null) return;
+    waiting = setTimeout(function () { waiting = null; refetch(); }, delay);
   }
   // The one place that tells the page's scripts the socket is live: "zapdesk:live" on document.
   document.addEventListener("htmx:oobAfterSwap", function (event) {
@@ -237,10 +295,13 @@
     if (!target || target.id !== "live-state") return;
     var state = document.getElementById("live-state");
     if (!state || state.getAttribute("data-state") !== "on") return;
-    // Back after a drop, or told that events may have been lost (data-resync, the socket open).
-    if (dropped || state.hasAttribute("data-resync")) {
+    if (dropped) { // back after a drop (the reconnect itself waited a while)
       dropped = false;
-      refetch();
+      refetchSoon(0);
+    } else if (state.hasAttribute("data-resync")) {
+      // Told that events may have been lost, the socket open: every open page of a process is
+      // told at once (Redis came back), so each waits up to 2 s, not all at the same moment.
+      refetchSoon(Math.random() * 2000);
     }
     document.dispatchEvent(new CustomEvent("zapdesk:live"));
   });

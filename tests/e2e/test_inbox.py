@@ -114,31 +114,75 @@ def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
     browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis went away and came back while the page's socket stayed open (crm/realtime/broker.py):
-    the events published meanwhile never came, and the page is told to fetch what it shows."""
+    the events published meanwhile never came, and the page is told to fetch what it shows,
+    keeping its search and the reply being typed."""
     from crm.realtime import broker
 
     account_id = factories.sandbox_account(owner)
-    simulator.customer_writes(owner.workspace_id, account_id, "+55 11 95555-4444", "Bom dia", name="Ana")
+    for phone, text, name in [("95555-4444", "Bom dia", "Ana Souza"), ("97777-1111", "Oi", "Beto")]:
+        simulator.customer_writes(owner.workspace_id, account_id, f"+55 11 {phone}", text, name=name)
     page = open_inbox(browser, live_server, owner.email)
     page.evaluate("window.__notReloaded = true")
-    page.get_by_text("Ana").click()
+    page.get_by_text("Ana Souza").click()
     expect(page.locator(".thread .messages")).to_contain_text("Bom dia")
+    page.locator("#inbox-q").fill("Souza")
+    expect(page.locator("#conversations")).not_to_contain_text("Beto")
+    page.locator("textarea[data-composer]").fill("Um rascunho")
     with monkeypatch.context() as patch:  # published, and lost on the way
         patch.setattr(broker, "publish", lambda workspace_id, event: None)
-        simulator.customer_writes(
-            owner.workspace_id, account_id, "+55 11 95555-4444", "Ainda aí?", name="Ana"
-        )
-        simulator.customer_writes(
-            owner.workspace_id, account_id, "+55 11 96666-3333", "Olá, sou a Lia", name="Lia"
-        )
+        for phone, text, name in [
+            ("95555-4444", "Ainda aí?", "Ana Souza"),
+            ("96666-3333", "Olá, sou a Lia Souza", "Lia Souza"),
+            ("97777-1111", "Alô?", "Beto"),
+        ]:
+            simulator.customer_writes(owner.workspace_id, account_id, f"+55 11 {phone}", text, name=name)
     page.wait_for_timeout(500)
     expect(page.locator("#conversations")).not_to_contain_text("Lia")
     expect(page.locator(".thread .messages")).not_to_contain_text("Ainda aí?")
     broker.resync_local()  # what the relay does once subscribed again
-    expect(page.locator("#conversations")).to_contain_text("Olá, sou a Lia")
+    expect(page.locator("#conversations")).to_contain_text("Olá, sou a Lia Souza")
     expect(page.locator(".thread .messages")).to_contain_text("Ainda aí?")
+    expect(page.locator(".thread .messages .bubble")).to_have_count(2)
+    expect(page.locator("#conversations")).not_to_contain_text("Beto")  # the search still applies
+    expect(page.locator("#inbox-q")).to_have_value("Souza")
+    expect(page.locator("textarea[data-composer]")).to_have_value("Um rascunho")
     expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
     assert page.evaluate("window.__notReloaded") is True
+    page.context.close()
+
+
+def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_than_a_page(
+    browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.realtime import broker
+
+    account_id = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
+    for n in range(1, 60):
+        factories.stored_message(conversation_id, f"m{n}")
+    page = open_inbox(browser, live_server, owner.email)
+    page.get_by_text("Caio").click()
+    bubbles = page.locator(".thread .messages .bubble")
+    expect(bubbles).to_have_count(50)
+    page.locator(".thread .messages").evaluate("box => { box.scrollTop = 0; }")  # the older page loads
+    expect(bubbles).to_have_count(60)
+
+    def lost(texts: list[str]) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(broker, "publish", lambda workspace_id, event: None)
+            for text in texts:
+                simulator.customer_writes(owner.workspace_id, account_id, "+5511944443333", text, name="Caio")
+
+    lost(["novo 1", "novo 2", "novo 3"])
+    broker.resync_local()
+    expect(bubbles).to_have_count(63)  # the older page read stays, the missed ones follow
+    expect(bubbles.first).to_contain_text("m0")
+    expect(bubbles.last).to_contain_text("novo 3")
+    lost([f"muitos {n}" for n in range(55)])
+    broker.resync_local()
+    expect(bubbles.last).to_contain_text("muitos 54")
+    expect(bubbles).to_have_count(50)  # a gap: the newest page, and older ones as it scrolls up
+    expect(page.locator(".thread .older")).to_have_count(1)
     page.context.close()
 
 

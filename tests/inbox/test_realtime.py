@@ -156,11 +156,10 @@ def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
         broker.resync_local()  # every workspace of this process
         assert all(ws.texts(count=1) == [RESYNC_FRAGMENT] for ws in sockets)
 
-        class Full(queue.Queue[tuple[int, dict[str, object]]]):
-            def put_nowait(self, item: tuple[int, dict[str, object]]) -> None:
-                raise queue.Full
+        def full(item: object) -> None:
+            raise queue.Full
 
-        monkeypatch.setattr(fanout, "_events", Full())
+        monkeypatch.setattr(fanout._events, "put_nowait", full)
         broker.deliver_local(owner.workspace_id, {"type": "conversation.updated", "conversation_id": 1})
         assert all(ws.texts(count=2) == [RESYNC_FRAGMENT] * 2 for ws in sockets[:3])
         assert sockets[3].texts() == [RESYNC_FRAGMENT]  # the other workspace missed nothing
