@@ -8,13 +8,20 @@ stop reading at a chosen byte, whatever the kernel's buffers would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameProtocol, Opcode
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from crm.realtime.tab import Tab
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -131,3 +138,18 @@ class _Protocol:
     """The wsproto connection's part Tab reads: its state."""
 
     state = ConnectionState.OPEN
+
+
+@contextlib.contextmanager
+def registered(app: Flask, *tabs: Tab) -> Iterator[None]:
+    """``tabs`` registered with this process's fan-out; unregistered, their sockets closed, after."""
+    from crm.realtime import fanout
+
+    stops = [fanout.register(app, tab) for tab in tabs]
+    try:
+        yield
+    finally:
+        for stop in stops:
+            stop()
+        for tab in tabs:
+            tab.ws.close()

@@ -47,7 +47,6 @@ def origin() -> str:
     return f"{_ORIGIN_BASE}-{os.getpid()}"
 
 
-CHANNEL_PREFIX = "zapdesk:workspace:"
 _relay: threading.Thread | None = None
 RESYNC = "resync"  # the pages may have missed events: they fetch what they show afresh
 EVERY_WORKSPACE = 0  # a resync's workspace for every open page of this process (ids start at 1)
@@ -57,8 +56,16 @@ _unsent: set[int] = set()  # workspaces with an event Redis did not take from th
 _resender: threading.Thread | None = None
 
 
-def channel(workspace_id: int) -> str:
-    return f"{CHANNEL_PREFIX}{workspace_id}"
+def channel_prefix(redis_url: str) -> str:
+    """Pub/sub channels belong to the whole Redis server, whatever the database: two deployments
+    sharing a server on two databases (staging and production) must not hear each other."""
+    from redis.connection import parse_url
+
+    return f"zapdesk:{int(parse_url(redis_url).get('db') or 0)}:workspace:"
+
+
+def channel(workspace_id: int, redis_url: str) -> str:
+    return f"{channel_prefix(redis_url)}{workspace_id}"
 
 
 def with_id(event: Event) -> Event:
@@ -77,11 +84,13 @@ def deliver_local(workspace_id: int, event: Event) -> None:
             log.exception("realtime listener failed")
 
 
-def relayed(message: dict[str, Any]) -> tuple[int, Event] | None:
+def relayed(message: dict[str, Any], prefix: str) -> tuple[int, Event] | None:
     """A pub/sub message from another process as (workspace id, event); None for anything else."""
     name = message.get("channel")
     name = name.decode() if isinstance(name, bytes) else str(name or "")
-    workspace = name.removeprefix(CHANNEL_PREFIX)
+    if not name.startswith(prefix):
+        return None
+    workspace = name.removeprefix(prefix)
     try:
         body = json.loads(message.get("data") or b"")
     except (TypeError, ValueError):
@@ -106,12 +115,13 @@ def _relay_loop(redis_url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url, health_check_interval=30, client_name=RELAY_NAME)
+    prefix = channel_prefix(redis_url)
     pause = 1.0
     subscribed_at = 0.0
     while True:
         pubsub = client.pubsub()
         try:
-            pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+            pubsub.psubscribe(f"{prefix}*")
             while True:
                 message = pubsub.get_message(timeout=5.0)
                 if not message:
@@ -123,7 +133,7 @@ def _relay_loop(redis_url: str) -> None:
                     subscribed_at = time.monotonic()
                     resync_local()
                     continue
-                found = relayed(message)
+                found = relayed(message, prefix)
                 if found is not None:
                     deliver_local(*found)
         except Exception:  # Redis went away: pages catch up once subscribed again (a resync)
@@ -176,21 +186,21 @@ def publish(workspace_id: int, event: Event) -> None:
 
         try:
             client = get_redis()
-            _publish_resyncs(client)
-            client.publish(channel(workspace_id), _body(event))
+            _publish_resyncs(client, redis_url)
+            client.publish(channel(workspace_id, redis_url), _body(event))
         except Exception:  # the other processes' pages of the workspace are told once Redis is back
             _missed(workspace_id, redis_url)
             log.warning("realtime publish to Redis failed", exc_info=True)
 
 
-def _publish_resyncs(client: Any) -> None:
+def _publish_resyncs(client: Any, redis_url: str) -> None:
     """A resync to the other processes' pages of each workspace with an event Redis missed."""
     with _lock:
         missed = set(_unsent)
         _unsent.clear()
     try:
         for workspace_id in sorted(missed):
-            client.publish(channel(workspace_id), _body(with_id({"type": RESYNC})))
+            client.publish(channel(workspace_id, redis_url), _body(with_id({"type": RESYNC})))
     except Exception:
         with _lock:
             _unsent.update(missed)
@@ -221,7 +231,7 @@ def _resend_loop(redis_url: str) -> None:
                 _resender = None
                 return
         try:
-            _publish_resyncs(client)
+            _publish_resyncs(client, redis_url)
         except Exception:
             log.debug("realtime resyncs not sent yet", exc_info=True)
 

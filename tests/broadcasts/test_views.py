@@ -24,7 +24,7 @@ from crm.media.models import MediaFile
 from tests import factories
 from tests.broadcasts.conftest import add_leads, drive
 from tests.conftest import csrf_from, login
-from tests.sockets import ServerSocket
+from tests.sockets import ServerSocket, registered
 
 ROW = re.compile(r'<tr id="recipient-(\d+)" class="recipient-row">')
 MORE = re.compile(r'<tr id="recipient-more"[^>]*hx-get="([^"]+)"')
@@ -428,8 +428,7 @@ def test_progress_reaches_only_the_tabs_showing_that_broadcast_read_once_per_eve
 
     inbox = Tab(owner.workspace_id, "en", sockets[4], slow=slow.append, plain=True)
     tabs = [tab(0), tab(1, "pt_BR"), tab(2), tab(3, shows=other), inbox]
-    stops = [fanout.register(app, tab) for tab in tabs]
-    try:
+    with registered(app, *tabs):
         event = {"type": "broadcast.progress", "broadcast_id": watched, "eid": "p1"}
         assert fanout.deliver(app, owner.workspace_id, event) == 3
         assert reads == [watched]  # one reading for two languages and three tabs
@@ -444,11 +443,6 @@ def test_progress_reaches_only_the_tabs_showing_that_broadcast_read_once_per_eve
         state = sockets[0].texts(wait=0.2)[1]
         assert f'id="broadcast-state-{watched}"' in state
         assert "csrf" not in state.lower()  # one rendering for everyone: no per-user token
-    finally:
-        for stop in stops:
-            stop()
-        for ws in sockets:
-            ws.close()
 
 
 def test_a_tick_is_queued_for_the_fan_out_only_when_a_tab_here_shows_that_broadcast(
@@ -460,15 +454,11 @@ def test_a_tick_is_queued_for_the_fan_out_only_when_a_tab_here_shows_that_broadc
     socket = ServerSocket()
     slow: list[dict[str, Any]] = []
     inbox_tab = Tab(owner.workspace_id, "en", socket, slow=slow.append)
-    stop = fanout.register(app, inbox_tab)
-    try:
+    with registered(app, inbox_tab):
         with fanout._lock:
             before = fanout._events.qsize()
         fanout._listener(owner.workspace_id, {"type": "broadcast.progress", "broadcast_id": 7})
         assert fanout._events.qsize() == before and slow == []  # nobody watches broadcast 7
-    finally:
-        stop()
-        socket.close()
 
 
 def test_progress_pushes_are_coalesced_to_one_a_second_per_broadcast_and_the_last_is_kept() -> None:

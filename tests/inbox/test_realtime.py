@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 
 from tests import factories
-from tests.sockets import ServerSocket
+from tests.sockets import ServerSocket, registered
 
 
 def signed_in_cookie(live_server: str, person: factories.Person) -> str:
@@ -115,8 +115,7 @@ def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
     ]
     other = ServerSocket()
     elsewhere = Tab(owner.workspace_id + 1, "en", other, slow=print, plain=True)
-    stops = [fanout.register(app, tab) for tab in [*tabs, elsewhere]]
-    try:
+    with registered(app, *tabs, elsewhere):
         event = {"type": "conversation.updated", "conversation_id": conversation_id, "eid": "x1"}
         assert fanout.deliver(app, owner.workspace_id, event) == 5
         assert sorted(renders) == ["en", "pt_BR"]  # once per language, not once per tab
@@ -126,11 +125,6 @@ def test_shared_events_are_rendered_once_per_language_and_written_by_one_thread(
         # The stalled client's frame waits for its own thread, which was woken for it.
         assert [html for html, _ in tabs[4].backlog] == english and woken == [4]
         assert other.texts() == []  # another workspace's tab hears nothing
-    finally:
-        for stop in stops:
-            stop()
-        for ws in [*sockets, other]:
-            ws.close()
 
 
 def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
@@ -151,8 +145,7 @@ def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
         Tab(owner.workspace_id, "en", sockets[2], slow=print, plain=True, inbox=False, manager=True),
         Tab(owner.workspace_id + 1, "en", sockets[3], slow=print, plain=True),  # another workspace
     ]
-    stops = [fanout.register(app, tab) for tab in tabs]
-    try:
+    with registered(app, *tabs):
         broker.resync_local()  # every workspace of this process
         assert all(ws.texts(count=1) == [RESYNC_FRAGMENT] for ws in sockets)
 
@@ -163,11 +156,6 @@ def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
         broker.deliver_local(owner.workspace_id, {"type": "conversation.updated", "conversation_id": 1})
         assert all(ws.texts(count=2) == [RESYNC_FRAGMENT] * 2 for ws in sockets[:3])
         assert sockets[3].texts() == [RESYNC_FRAGMENT]  # the other workspace missed nothing
-    finally:
-        for stop in stops:
-            stop()
-        for ws in sockets:
-            ws.close()
 
 
 def test_a_sockets_own_thread_writes_what_the_fanout_left_it(

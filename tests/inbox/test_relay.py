@@ -46,7 +46,7 @@ def relay_listening(url: str, received: Received) -> None:
     event = {"type": "conversation.updated", "conversation_id": 3}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        client.publish(broker.channel(42), json.dumps({"origin": "another-process", "event": event}))
+        client.publish(broker.channel(42, url), json.dumps({"origin": "another-process", "event": event}))
         try:
             if received.get(timeout=0.2) == (42, event):
                 break
@@ -68,21 +68,23 @@ def next_of_type(received: Received, kind: str, timeout: float = 10) -> tuple[in
 
 
 def test_relayed_reads_other_processes_events_and_skips_its_own() -> None:
+    prefix = broker.channel_prefix("redis://redis:6379/3")
+    assert prefix == "zapdesk:3:workspace:" and broker.channel(7, "redis://redis:6379/3") == f"{prefix}7"
+    assert broker.channel_prefix("redis://redis:6379") == "zapdesk:0:workspace:"
     event = {"type": "message.created", "message_id": 5}
-    theirs = {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "elsewhere", "event": event})}
-    assert broker.relayed(theirs) == (7, event)
-    mine = {
-        "channel": b"zapdesk:workspace:7",
-        "data": json.dumps({"origin": broker.origin(), "event": event}),
-    }
-    assert broker.relayed(mine) is None  # delivered locally already, when it was published
+    body = json.dumps({"origin": "elsewhere", "event": event})
+    assert broker.relayed({"channel": f"{prefix}7".encode(), "data": body}, prefix) == (7, event)
+    mine = {"channel": f"{prefix}7".encode(), "data": json.dumps({"origin": broker.origin(), "event": event})}
+    assert broker.relayed(mine, prefix) is None  # delivered locally already, when it was published
     for junk in (
-        {"channel": b"zapdesk:workspace:x", "data": theirs["data"]},
-        {"channel": b"zapdesk:workspace:7", "data": b"not json"},
-        {"channel": b"zapdesk:workspace:7", "data": json.dumps({"origin": "o", "event": [1]})},
+        {"channel": b"zapdesk:4:workspace:7", "data": body},  # another database's deployment
+        {"channel": f"{prefix}x".encode(), "data": body},
+        {"channel": f"{prefix}0".encode(), "data": body},  # no workspace 0: not "every workspace"
+        {"channel": f"{prefix}7".encode(), "data": b"not json"},
+        {"channel": f"{prefix}7".encode(), "data": json.dumps({"origin": "o", "event": [1]})},
         {"channel": None, "data": None},
     ):
-        assert broker.relayed(junk) is None
+        assert broker.relayed(junk, prefix) is None
 
 
 def test_the_relay_hands_other_processes_events_to_this_process(redis_url: str, received: Received) -> None:
@@ -121,13 +123,16 @@ def test_a_workspace_whose_event_redis_missed_is_resynced_in_the_other_processes
 
     monkeypatch.setattr(broker, "RESEND_SECONDS", 1.0)
     listener = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-    listener.psubscribe(f"{broker.CHANNEL_PREFIX}*")
+    listener.psubscribe(f"{broker.channel_prefix(redis_url)}*")
     listener.get_message(timeout=1)
+
+    ours = {broker.channel(n, redis_url) for n in (7, 8, 9)}
 
     def heard(wait: float = 0.3) -> list[tuple[str, dict[str, Any]]]:
         found = []
         while message := listener.get_message(timeout=wait):
-            found.append((message["channel"].decode(), json.loads(message["data"])["event"]))
+            if message["channel"].decode() in ours:  # not other tests' or programs' events
+                found.append((message["channel"].decode(), json.loads(message["data"])["event"]))
         return found
 
     real = redis_module.get_redis
@@ -142,12 +147,12 @@ def test_a_workspace_whose_event_redis_missed_is_resynced_in_the_other_processes
         monkeypatch.setattr(redis_module, "get_redis", real)
         broker.publish(8, {"type": "note.created", "note_id": 2})  # Redis takes this one
         (resync_channel, resync), (channel, event) = heard()
-        assert (resync_channel, resync["type"]) == (broker.channel(7), broker.RESYNC)
-        assert (channel, event["note_id"]) == (broker.channel(8), 2)
+        assert (resync_channel, resync["type"]) == (broker.channel(7, redis_url), broker.RESYNC)
+        assert (channel, event["note_id"]) == (broker.channel(8, redis_url), 2)
         monkeypatch.setattr(redis_module, "get_redis", down)
         broker.publish(9, {"type": "note.created", "note_id": 3})  # missed, and nothing follows
         monkeypatch.setattr(redis_module, "get_redis", real)
         retried = heard(wait=3.0)
-        assert [(c, e["type"]) for c, e in retried] == [(broker.channel(9), broker.RESYNC)]
+        assert [(c, e["type"]) for c, e in retried] == [(broker.channel(9, redis_url), broker.RESYNC)]
     finally:
         listener.close()

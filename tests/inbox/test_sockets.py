@@ -13,7 +13,7 @@ from flask import Flask
 
 from crm.realtime import tab as tab_module
 from crm.realtime.tab import Tab, frame
-from tests.sockets import ServerSocket, tcp_pair
+from tests.sockets import ServerSocket, registered, tcp_pair
 
 
 @pytest.fixture
@@ -127,17 +127,12 @@ def test_the_fanout_thread_cuts_off_a_tab_whose_own_thread_is_stuck(app: Flask, 
     from crm.realtime import fanout
 
     tab, waiting = plain_tab(ws), plain_tab(ServerSocket())
-    stops = [fanout.register(app, tab), fanout.register(app, waiting)]
-    try:
+    with registered(app, tab, waiting):
         now = time.monotonic()
         tab.waiting_since = now - tab_module.STUCK_SECONDS - 1
         waiting.waiting_since = now - 1  # a slow client, not a gone one
         fanout._cut_off_stuck(now)
         assert tab.dropped and ws.sock.shut and not waiting.dropped
-    finally:
-        for stop in stops:
-            stop()
-        waiting.ws.close()
 
 
 def test_pings_follow_what_is_owed_and_a_client_that_did_not_answer_is_gone(ws: ServerSocket) -> None:
