@@ -18,6 +18,7 @@ Events are published only after the commit that made them true (see ``publish_af
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,18 +51,23 @@ def origin() -> str:
 _relay: threading.Thread | None = None
 RESYNC = "resync"  # the pages may have missed events: they fetch what they show afresh
 EVERY_WORKSPACE = 0  # a resync's workspace for every open page of this process (ids start at 1)
-RELAY_NAME = "zapdesk-relay"  # the relay's Redis connection, as CLIENT LIST shows it
+RELAY_NAME = "zapdesk-relay-{db}"  # the relay's Redis connection, as CLIENT LIST shows it
 RESEND_SECONDS = 5.0
 _unsent: set[int] = set()  # workspaces with an event Redis did not take from this process
 _resender: threading.Thread | None = None
 
 
+@functools.cache
+def database(redis_url: str) -> int:
+    from redis.connection import parse_url
+
+    return int(parse_url(redis_url).get("db") or 0)
+
+
 def channel_prefix(redis_url: str) -> str:
     """Pub/sub channels belong to the whole Redis server, whatever the database: two deployments
     sharing a server on two databases (staging and production) must not hear each other."""
-    from redis.connection import parse_url
-
-    return f"zapdesk:{int(parse_url(redis_url).get('db') or 0)}:workspace:"
+    return f"zapdesk:{database(redis_url)}:workspace:"
 
 
 def channel(workspace_id: int, redis_url: str) -> str:
@@ -96,7 +102,7 @@ def relayed(message: dict[str, Any], prefix: str) -> tuple[int, Event] | None:
     except (TypeError, ValueError):
         return None
     if (
-        not workspace.isdigit()
+        not workspace.isdecimal()
         or int(workspace) < 1
         or not isinstance(body, dict)
         or body.get("origin") == origin()
@@ -114,11 +120,12 @@ def resync_local(workspace_id: int = EVERY_WORKSPACE) -> None:
 def _relay_loop(redis_url: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(redis_url, health_check_interval=30, client_name=RELAY_NAME)
+    name = RELAY_NAME.format(db=database(redis_url))
+    client = redis.Redis.from_url(redis_url, health_check_interval=30, client_name=name)
     prefix = channel_prefix(redis_url)
     pause = 1.0
-    subscribed_at = 0.0
     while True:
+        subscribed_at: float | None = None
         pubsub = client.pubsub()
         try:
             pubsub.psubscribe(f"{prefix}*")
@@ -137,7 +144,7 @@ def _relay_loop(redis_url: str) -> None:
                 if found is not None:
                     deliver_local(*found)
         except Exception:  # Redis went away: pages catch up once subscribed again (a resync)
-            if time.monotonic() - subscribed_at > 60:
+            if subscribed_at is not None and time.monotonic() - subscribed_at > 60:
                 pause = 1.0  # it had stayed up: not a Redis that keeps dropping the relay
             log.warning("realtime relay lost Redis; retrying in %.0f s", pause, exc_info=True)
             time.sleep(pause)
@@ -211,7 +218,7 @@ def _missed(workspace_id: int, redis_url: str) -> None:
     global _resender
     with _lock:
         _unsent.add(workspace_id)
-        if _resender is None:  # this process may publish nothing more for a while: retried
+        if _resender is None or not _resender.is_alive():  # this process may publish nothing more
             _resender = threading.Thread(
                 target=_resend_loop, args=(redis_url,), name="realtime-resend", daemon=True
             )
@@ -223,7 +230,11 @@ def _resend_loop(redis_url: str) -> None:
     global _resender
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    from crm.redis import SOCKET_TIMEOUT
+
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
     while True:
         time.sleep(RESEND_SECONDS)
         with _lock:

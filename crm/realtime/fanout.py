@@ -198,16 +198,26 @@ def _run(app: Flask) -> None:
                 _deliver_logged(app, workspace_id, event)
         for workspace_id, event in progress.due(time.monotonic()):
             _deliver_logged(app, workspace_id, event)
-        if _behind and _events.empty():  # caught up: the pages fetch what the full queue lost
-            with _lock:
-                behind = list(_behind)
-                _behind.clear()
-            for workspace_id in behind:
-                _deliver_logged(app, workspace_id, with_id({"type": RESYNC}))
+        if _behind:
+            _queue_resyncs()
         if time.monotonic() - polled >= POLL_SECONDS:
             polled = time.monotonic()
             _poll_webqr(app)
             _cut_off_stuck(polled)
+
+
+def _queue_resyncs() -> None:
+    """A resync for each workspace whose event the full queue lost, queued after what waits there
+    (as room is made): its pages fetch what they show once they have had the rest."""
+    with _lock:
+        behind = sorted(_behind)
+    for workspace_id in behind:
+        try:
+            _events.put_nowait((workspace_id, with_id({"type": RESYNC})))
+        except queue.Full:
+            return
+        with _lock:
+            _behind.discard(workspace_id)
 
 
 def _cut_off_stuck(now: float) -> None:
@@ -261,7 +271,7 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
         by_locale[tab.locale].append(tab)
     sent = 0
     for locale, group in by_locale.items():
-        html = render(app, workspace_id, event, locale)
+        html = resync_fragment() if event.get("type") == RESYNC else render(app, workspace_id, event, locale)
         if not html:
             continue
         built = frame(html)
@@ -271,6 +281,23 @@ def deliver(app: Flask, workspace_id: int, event: Event) -> int:
             except Exception:  # closed under us: its own thread sees it and cleans up
                 log.debug("fan-out to a closing socket failed", exc_info=True)
     return sent
+
+
+RESYNC_PAGES_A_SECOND = 25  # pages of a process asked to refetch at once are spread to about this
+
+
+def resync_fragment() -> str:
+    """The live state again, as a socket's first frame says it (crm/realtime/ws.py, LIVE), marked
+    so that the page fetches what it shows afresh (static/js/app.js) at a moment of its own within
+    the given seconds: every page of a process may be told at once (Redis came back), and each
+    refetch is a list and a thread."""
+    with _lock:
+        pages = sum(len(tabs) for tabs in _tabs.values())
+    within = min(60, max(2, pages // RESYNC_PAGES_A_SECOND))
+    return (
+        f'<span id="live-state" hx-swap-oob="true" data-state="on" data-resync data-resync-within="{within}"'
+        " hidden></span>"
+    )
 
 
 def render(app: Flask, workspace_id: int, event: Event, locale: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flask import render_template
 
 from crm.errors import DomainError
-from crm.realtime.broker import RESYNC, Event
+from crm.realtime.broker import Event
 from crm.realtime.fanout import BROADCAST_KINDS, broadcast_of
 
 if TYPE_CHECKING:
@@ -134,16 +134,8 @@ def _broadcast_fragments(workspace_id: int, event: Event) -> str | None:
     return html
 
 
-# The page may have missed events (crm/realtime/broker.py, RESYNC): the live state again, as the
-# socket's first frame says it (crm/realtime/ws.py, LIVE), marked so that the page fetches what it
-# shows afresh (static/js/app.js).
-RESYNC_FRAGMENT = '<span id="live-state" hx-swap-oob="true" data-state="on" data-resync hidden></span>'
-
-
 def render_event(workspace_id: int, event: Event, *, manager: bool, user_id: int) -> str | None:
     kind = str(event.get("type", ""))
-    if kind == RESYNC:
-        return RESYNC_FRAGMENT
     if kind in BROADCAST_KINDS:
         try:
             return _broadcast_fragments(workspace_id, event)

@@ -239,10 +239,21 @@
   // The open thread: its header, newest messages and notes laid over what it shows, so the reply
   // being typed, the older pages scrolled to and the place read stay. When more was missed than
   // its newest page holds, the messages are that page.
+  var pushed = {}; // id -> true: pushed live while a thread refetch is on its way (newer than it)
+  var fetching = 0;
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var target = event.detail.target;
+    if (!fetching || !target) return;
+    if (target.id) pushed[target.id] = true; // a bubble's new status, a note, the header
+    if (target.classList && target.classList.contains("messages") && target.lastElementChild) {
+      pushed[target.lastElementChild.id] = true; // a new message, at the end
+    }
+  });
   function refetchThread() {
     var thread = document.querySelector(".thread[data-conversation-id]");
     if (!thread || !window.fetch) return;
     var id = thread.getAttribute("data-conversation-id");
+    fetching += 1;
     fetch("/conversations/" + id, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.text() : ""; })
       .then(function (html) {
@@ -250,58 +261,87 @@
         if (!fresh || !document.getElementById("thread-" + id)) return;
         var header = fresh.querySelector(".thread-header[id]");
         var shownHeader = header && document.getElementById(header.id);
-        if (shownHeader) replaceWith(shownHeader, header);
+        if (shownHeader && !shownHeader.contains(document.activeElement)) update(shownHeader, header);
         lay(document.getElementById("messages-" + id), fresh.querySelector("#messages-" + id), ".bubble[id]");
         lay(document.getElementById("notes-" + id), fresh.querySelector("#notes-" + id), ".note[id]");
       })
-      .catch(function () {}); // offline again: the next reconnect refetches
+      .catch(function () {}) // offline again: the next reconnect refetches
+      .then(function () {
+        fetching -= 1;
+        if (!fetching) pushed = {};
+      });
   }
-  function replaceWith(shown, node) {
-    var copy = document.importNode(node, true);
+  function copyOf(node) {
+    return document.importNode(node, true);
+  }
+  // ``shown`` as ``node`` says it now, unless pushed live meanwhile (newer) or unchanged (an audio
+  // playing, an image loaded stay as they are).
+  function update(shown, node) {
+    if (pushed[shown.id] || shown.outerHTML === node.outerHTML) return;
+    var copy = copyOf(node);
     shown.replaceWith(copy);
     htmx.process(copy);
   }
   function lay(box, fresh, selector) {
     if (!box || !fresh) return;
     var items = Array.prototype.filter.call(fresh.children, function (item) { return item.matches(selector); });
-    var shown = box.querySelector(selector);
-    if (items.length && shown && !document.getElementById(items[0].id) && fresh.querySelector(".older")) {
+    if (!items.length) return;
+    var shownItems = Array.prototype.filter.call(box.children, function (item) { return item.matches(selector); });
+    if (shownItems.length && !document.getElementById(items[0].id) && fresh.querySelector(".older")) {
       box.innerHTML = fresh.innerHTML; // a gap: more missed than the page holds
       box.dataset.stuck = "yes";
       box.scrollTop = box.scrollHeight; // at the newest, before the link to older ones is live
       htmx.process(box);
-    } else {
-      items.forEach(function (item) {
-        var there = document.getElementById(item.id);
-        if (there) {
-          replaceWith(there, item); // a status or an edit it missed
-        } else {
-          var copy = document.importNode(item, true);
-          box.appendChild(copy); // newer than what it shows
-          htmx.process(copy);
-        }
-      });
+      return;
     }
+    // Gone meanwhile (deleted): shown after the fresh page's oldest, not in it, not pushed since.
+    var ids = {};
+    items.forEach(function (item) { ids[item.id] = true; });
+    var oldest = document.getElementById(items[0].id);
+    var after = !oldest && !fresh.querySelector(".older"); // the fresh page holds them all
+    shownItems.forEach(function (item) {
+      if (item === oldest) after = true;
+      if (after && !ids[item.id] && !pushed[item.id]) item.remove();
+    });
+    // Each one missed goes before the next one shown (a message pushed live while this was on
+    // its way may be there already), else at the end.
+    items.forEach(function (item, i) {
+      var there = document.getElementById(item.id);
+      if (there) { update(there, item); return; }
+      var next = null;
+      for (var j = i + 1; j < items.length && !next; j++) next = document.getElementById(items[j].id);
+      var copy = copyOf(item);
+      box.insertBefore(copy, next && next.parentNode === box ? next : null);
+      htmx.process(copy);
+    });
     if (box.dataset.stuck !== "no") box.scrollTop = box.scrollHeight;
   }
   var waiting = null; // a refetch about to go: it covers what is told meanwhile
   function refetchSoon(delay) {
     if (waiting !== null) return;
-    waiting = setTimeout(function () { waiting = null; refetch(); }, delay);
+    waiting = setTimeout(function () {
+      waiting = null;
+      refetch();
+      document.dispatchEvent(new CustomEvent("zapdesk:live"));
+    }, delay);
   }
-  // The one place that tells the page's scripts the socket is live: "zapdesk:live" on document.
+  // The one place that tells the page's scripts the socket is live, and that they should fetch
+  // what they show: "zapdesk:live" on document (after a resync, when the page's moment comes).
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     var target = event.detail.target;
     if (!target || target.id !== "live-state") return;
     var state = document.getElementById("live-state");
     if (!state || state.getAttribute("data-state") !== "on") return;
+    if (state.hasAttribute("data-resync")) {
+      // Told that events may have been lost, the socket open: every open page of a process is
+      // told at once (Redis came back), so each picks its moment within the seconds given.
+      var within = parseFloat(state.getAttribute("data-resync-within")) || 2;
+      refetchSoon(Math.random() * within * 1000);
+      return;
+    }
     if (dropped) { // back after a drop (the reconnect itself waited a while)
       dropped = false;
-      refetchSoon(0);
-    } else if (state.hasAttribute("data-resync")) {
-      // Told that events may have been lost, the socket open: every open page of a process is
-      // told at once (Redis came back), so each waits up to 2 s, not all at the same moment.
-      refetchSoon(Math.random() * 2000);
+      refetch();
     }
     document.dispatchEvent(new CustomEvent("zapdesk:live"));
   });

@@ -173,11 +173,27 @@ def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_th
             for text in texts:
                 simulator.customer_writes(owner.workspace_id, account_id, "+5511944443333", text, name="Caio")
 
+    from crm.inbox.models import Message
+    from crm.inbox.services import delete_message
+
+    deleted = db.session.scalar(select(Message.id).where(Message.text == "m58"))
+    assert deleted is not None
+    with monkeypatch.context() as patch:  # deleted by another agent, its event lost too
+        patch.setattr(broker, "publish", lambda workspace_id, event: None)
+        delete_message(owner.workspace_id, deleted)
     lost(["novo 1", "novo 2", "novo 3"])
     broker.resync_local()
-    expect(bubbles).to_have_count(63)  # the older page read stays, the missed ones follow
-    expect(bubbles.first).to_contain_text("m0")
     expect(bubbles.last).to_contain_text("novo 3")
+    expect(bubbles).to_have_count(62)  # the older page read stays, the missed ones follow
+    expect(bubbles.first).to_contain_text("m0")
+    expect(page.locator(f"#message-{deleted}")).to_have_count(0)
+    lost(["perdida"])  # missed, then one that arrives live before the page refetches
+    simulator.customer_writes(owner.workspace_id, account_id, "+5511944443333", "ao vivo", name="Caio")
+    expect(bubbles.last).to_contain_text("ao vivo")
+    broker.resync_local()
+    expect(bubbles).to_have_count(64)
+    expect(bubbles.nth(62)).to_contain_text("perdida")  # in its place, before the later one
+    expect(bubbles.last).to_contain_text("ao vivo")
     lost([f"muitos {n}" for n in range(55)])
     broker.resync_local()
     expect(bubbles.last).to_contain_text("muitos 54")

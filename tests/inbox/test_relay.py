@@ -105,7 +105,8 @@ def test_every_page_refetches_each_time_the_relay_is_subscribed(redis_url: str, 
     dropped: they are told to fetch what they show afresh."""
     relay_listening(redis_url, received)
     client = redis.Redis.from_url(redis_url)
-    relays = [c for c in client.client_list() if c.get("name") == broker.RELAY_NAME]
+    name = broker.RELAY_NAME.format(db=broker.database(redis_url))
+    relays = [c for c in client.client_list() if c.get("name") == name]
     assert relays
     for relay in relays:
         client.client_kill_filter(_id=relay["id"])
