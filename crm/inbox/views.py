@@ -13,7 +13,7 @@ from werkzeug.local import LocalProxy
 from crm.auth.decorators import manager_required
 from crm.errors import DomainError
 from crm.extensions import db
-from crm.htmx import render
+from crm.htmx import render, wants_fragment
 from crm.inbox import bp, listing, notes
 from crm.inbox import services as inbox
 from crm.inbox.team import team_facts
@@ -115,7 +115,7 @@ def conversation(conversation_id: int) -> str:
         context["templates"] = sendable_templates(g.workspace_id, current.account_id)
     unread = current.unread_count
     set_committed_value(current, "unread_count", 0)  # shown read; stored below, after rendering
-    if request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true":
+    if wants_fragment():  # not the Back button restoring a page htmx no longer has: the whole page
         page = render_template("inbox/_thread.html", **context)
     else:
         page = render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})

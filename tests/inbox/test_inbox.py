@@ -38,6 +38,18 @@ def test_opening_a_thread_marks_it_read_and_shows_messages(
     assert conversation is not None and conversation.unread_count == 0
 
 
+def test_going_back_to_a_thread_htmx_no_longer_has_gets_the_whole_page(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    """Conversations push their address; the Back button restores the page from htmx's cache,
+    or when it is not there asks for it again, saying so: then the whole page, not the thread."""
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
+    headers = {"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    html = logged_in.get(f"/conversations/{conversation_id}", headers=headers).get_data(as_text=True)
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert 'id="conversations"' in html and f'id="thread-{conversation_id}"' in html
+
+
 def test_opening_an_unread_thread_clears_its_badge_in_every_open_list(
     app: Flask, logged_in: FlaskClient, owner: factories.Person
 ) -> None:
