@@ -113,8 +113,11 @@ def conversation(conversation_id: int) -> str:
         from crm.whatsapp.templates import sendable_templates
 
         context["templates"] = sendable_templates(g.workspace_id, current.account_id)
-    unread = current.unread_count
-    set_committed_value(current, "unread_count", 0)  # shown read; stored below, after rendering
+    # A page fetching again what it shows (its socket was down, or events were lost: app.js) marks
+    # nothing read, as messages pushed to an open thread don't: the agent may not be looking.
+    unread = 0 if request.headers.get("X-Zapdesk-Refetch") else current.unread_count
+    if unread:
+        set_committed_value(current, "unread_count", 0)  # shown read; stored below, after rendering
     if wants_fragment():  # not the Back button restoring a page htmx no longer has: the whole page
         page = render_template("inbox/_thread.html", **context)
     else:

@@ -254,7 +254,8 @@
     if (!thread || !window.fetch) return;
     var id = thread.getAttribute("data-conversation-id");
     fetching += 1;
-    fetch("/conversations/" + id, { headers: { "HX-Request": "true" }, credentials: "same-origin" })
+    var headers = { "HX-Request": "true", "X-Zapdesk-Refetch": "1" }; // marks nothing read
+    fetch("/conversations/" + id, { headers: headers, credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.text() : ""; })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("thread-" + id);

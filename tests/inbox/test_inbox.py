@@ -38,6 +38,19 @@ def test_opening_a_thread_marks_it_read_and_shows_messages(
     assert conversation is not None and conversation.unread_count == 0
 
 
+def test_a_page_fetching_its_thread_again_marks_nothing_read(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    """After a reconnect or a resync the page fetches the open thread again (static/js/app.js):
+    like a message pushed to an open thread, that is not the agent opening it."""
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="Oi")
+    headers = {"HX-Request": "true", "X-Zapdesk-Refetch": "1"}
+    html = logged_in.get(f"/conversations/{conversation_id}", headers=headers).get_data(as_text=True)
+    assert f'id="thread-{conversation_id}"' in html and "Oi" in html
+    conversation = db.session.get(Conversation, conversation_id)
+    assert conversation is not None and conversation.unread_count == 1
+
+
 def test_going_back_to_a_thread_htmx_no_longer_has_gets_the_whole_page(
     logged_in: FlaskClient, owner: factories.Person
 ) -> None:
