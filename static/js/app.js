@@ -64,8 +64,37 @@
     var box = event.target;
     if (box.classList && box.classList.contains("messages")) {
       box.dataset.stuck = box.scrollHeight - box.scrollTop - box.clientHeight < 40 ? "yes" : "no";
+      loadOlder(box);
     }
   }, true);
+  // Older messages load as the reader nears the top of the thread, the thread's own scrolling
+  // (htmx's "revealed" watches only the window's). The messages read stay where they were.
+  function loadOlder(box) {
+    var older = box.querySelector(":scope > .older");
+    if (!older || older.hasAttribute("data-asked") || !window.htmx) return;
+    if (box.scrollTop < 300 || box.scrollHeight <= box.clientHeight) {
+      older.setAttribute("data-asked", "");
+      htmx.trigger(older, "older");
+    }
+  }
+  var kept = null; // the thread whose older messages are coming, and how far from its bottom it was
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var asking = event.detail.requestConfig && event.detail.requestConfig.elt;
+    var box = asking && asking.classList && asking.classList.contains("older") && asking.closest(".messages");
+    if (box) kept = { box: box, fromBottom: box.scrollHeight - box.scrollTop };
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    if (!kept) return;
+    kept.box.scrollTop = kept.box.scrollHeight - kept.fromBottom;
+    loadOlder(kept.box); // still too short to scroll: the next page
+    kept = null;
+  });
+  // A thread too short to scroll asks for its older messages at once.
+  document.addEventListener("htmx:afterSettle", function () {
+    document.querySelectorAll(".messages").forEach(function (box) {
+      if (box.scrollHeight <= box.clientHeight) loadOlder(box);
+    });
+  });
   // Saved replies: "/shortcut" in the composer lists matches; a click (or Enter on the first) inserts it.
   function useCanned(button) {
     var box = document.querySelector(button.getAttribute("data-target"));

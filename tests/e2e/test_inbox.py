@@ -151,6 +151,40 @@ def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
     page.context.close()
 
 
+def test_older_messages_load_as_the_reader_scrolls_up_the_thread_keeping_the_place_read(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    account_id = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
+    for n in range(1, 120):
+        factories.stored_message(conversation_id, f"m{n}")
+    page = open_inbox(browser, live_server, owner.email)
+    page.get_by_text("Caio").click()
+    bubbles = page.locator(".thread .messages .bubble")
+    expect(bubbles.last).to_contain_text("m119")
+    page.wait_for_timeout(500)
+    expect(bubbles).to_have_count(50)  # the newest page only, until the reader scrolls up
+    box = page.locator(".thread .messages")
+    box.hover()
+    while bubbles.count() == 50:
+        page.mouse.wheel(0, -600)  # the thread's own scrolling, as a reader's wheel does it
+        page.wait_for_timeout(100)
+    expect(bubbles).to_have_count(100)
+    # The page came in above what was read, which stays where it was: the newest page's first
+    # message (m70) is still near the top of the thread's view, not 50 messages further down.
+    offset = page.get_by_text("m70", exact=True).evaluate(
+        "e => e.getBoundingClientRect().top - e.closest('.messages').getBoundingClientRect().top"
+    )
+    assert -600 < offset < 600, offset
+    for _ in range(40):
+        page.mouse.wheel(0, -1500)
+        page.wait_for_timeout(50)
+    expect(bubbles).to_have_count(120)
+    expect(bubbles.first).to_contain_text("m0")  # oldest first, in order
+    expect(page.locator(".thread .older")).to_have_count(0)
+    page.context.close()
+
+
 def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_than_a_page(
     browser: Browser, live_server: str, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
 ) -> None:
