@@ -69,31 +69,42 @@
   }, true);
   // Older messages load as the reader nears the top of the thread, the thread's own scrolling
   // (htmx's "revealed" watches only the window's). The messages read stay where they were.
+  var asked = new WeakSet(); // older links whose request is on its way (not an attribute: htmx's history keeps those)
   function loadOlder(box) {
     var older = box.querySelector(":scope > .older");
-    if (!older || older.hasAttribute("data-asked") || !window.htmx) return;
+    if (!older || asked.has(older) || !window.htmx) return;
     if (box.scrollTop < 300 || box.scrollHeight <= box.clientHeight) {
-      older.setAttribute("data-asked", "");
+      asked.add(older);
       htmx.trigger(older, "older");
     }
   }
-  var kept = null; // the thread whose older messages are coming, and how far from its bottom it was
+  function olderLink(event) {
+    var elt = event.detail.requestConfig ? event.detail.requestConfig.elt : event.detail.elt;
+    return elt && elt.classList && elt.classList.contains("older") ? elt : null;
+  }
+  var kept = null; // the thread whose older messages are coming in, and how far from its bottom it was
   document.addEventListener("htmx:beforeSwap", function (event) {
-    var asking = event.detail.requestConfig && event.detail.requestConfig.elt;
-    var box = asking && asking.classList && asking.classList.contains("older") && asking.closest(".messages");
+    var link = olderLink(event);
+    var box = link && event.detail.shouldSwap && link.closest(".messages");
     if (box) kept = { box: box, fromBottom: box.scrollHeight - box.scrollTop };
   });
   document.addEventListener("htmx:afterSwap", function () {
     if (!kept) return;
     kept.box.scrollTop = kept.box.scrollHeight - kept.fromBottom;
-    loadOlder(kept.box); // still too short to scroll: the next page
     kept = null;
   });
-  // A thread too short to scroll asks for its older messages at once.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var link = olderLink(event);
+    if (!link) return;
+    kept = null; // swapped and restored by now, or nothing came
+    if (!event.detail.successful) { // asked again at the next scroll, a moment later
+      setTimeout(function () { asked.delete(link); }, 2000);
+    }
+  });
+  // Once settled (a thread opened, an older page in, which htmx makes live only now): a thread too
+  // short to scroll, or still near its top, asks for the next older page.
   document.addEventListener("htmx:afterSettle", function () {
-    document.querySelectorAll(".messages").forEach(function (box) {
-      if (box.scrollHeight <= box.clientHeight) loadOlder(box);
-    });
+    document.querySelectorAll(".messages").forEach(loadOlder);
   });
   // Saved replies: "/shortcut" in the composer lists matches; a click (or Enter on the first) inserts it.
   function useCanned(button) {

@@ -164,24 +164,55 @@ def test_older_messages_load_as_the_reader_scrolls_up_the_thread_keeping_the_pla
     expect(bubbles.last).to_contain_text("m119")
     page.wait_for_timeout(500)
     expect(bubbles).to_have_count(50)  # the newest page only, until the reader scrolls up
-    box = page.locator(".thread .messages")
-    box.hover()
-    while bubbles.count() == 50:
-        page.mouse.wheel(0, -600)  # the thread's own scrolling, as a reader's wheel does it
-        page.wait_for_timeout(100)
+    read = page.get_by_text("m72", exact=True)
+    where = "e => e.getBoundingClientRect().top - e.closest('.messages').getBoundingClientRect().top"
+    page.locator(".thread .messages").evaluate("box => { box.scrollTop = 100; }")  # near the top
+    before = read.evaluate(where)
     expect(bubbles).to_have_count(100)
-    # The page came in above what was read, which stays where it was: the newest page's first
-    # message (m70) is still near the top of the thread's view, not 50 messages further down.
-    offset = page.get_by_text("m70", exact=True).evaluate(
-        "e => e.getBoundingClientRect().top - e.closest('.messages').getBoundingClientRect().top"
-    )
-    assert -600 < offset < 600, offset
-    for _ in range(40):
+    assert abs(read.evaluate(where) - before) < 40  # the page came in above what was being read
+    page.locator(".thread .messages").hover()
+    for _ in range(60):  # the thread's own scrolling, as a reader's wheel does it
+        if bubbles.count() == 120:
+            break
         page.mouse.wheel(0, -1500)
-        page.wait_for_timeout(50)
+        page.wait_for_timeout(100)
     expect(bubbles).to_have_count(120)
     expect(bubbles.first).to_contain_text("m0")  # oldest first, in order
     expect(page.locator(".thread .older")).to_have_count(0)
+    page.context.close()
+
+
+def test_older_messages_that_failed_to_load_are_asked_for_again(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    account_id = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
+    for n in range(1, 60):
+        factories.stored_message(conversation_id, f"m{n}")
+    page = open_inbox(browser, live_server, owner.email)
+    failed: list[str] = []
+
+    def once_down(route: Route) -> None:
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.fulfill(status=503, body="")
+
+    page.route("**/older?*", once_down)
+    page.get_by_text("Caio").click()
+    bubbles = page.locator(".thread .messages .bubble")
+    expect(bubbles).to_have_count(50)
+    box = page.locator(".thread .messages")
+    box.evaluate("box => { box.scrollTop = 100; }")
+    page.wait_for_timeout(500)
+    assert failed and bubbles.count() == 50
+    for _ in range(30):  # the reader scrolls on: asked again a moment later
+        if bubbles.count() == 60:
+            break
+        box.evaluate("box => { box.scrollTop = box.scrollTop === 0 ? 1 : 0; }")
+        page.wait_for_timeout(200)
+    expect(bubbles).to_have_count(60)
     page.context.close()
 
 
