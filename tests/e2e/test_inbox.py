@@ -151,13 +151,19 @@ def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
     page.context.close()
 
 
+def caios_conversation(owner: factories.Person, messages: int) -> tuple[int, int]:
+    """A conversation of ``messages`` messages, "m0" the oldest; (number, conversation)."""
+    account_id = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
+    for n in range(1, messages):
+        factories.stored_message(conversation_id, f"m{n}")
+    return account_id, conversation_id
+
+
 def test_older_messages_load_as_the_reader_scrolls_up_the_thread_keeping_the_place_read(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
-    account_id = factories.sandbox_account(owner)
-    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
-    for n in range(1, 120):
-        factories.stored_message(conversation_id, f"m{n}")
+    caios_conversation(owner, 120)
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Caio").click()
     bubbles = page.locator(".thread .messages .bubble")
@@ -185,10 +191,7 @@ def test_older_messages_load_as_the_reader_scrolls_up_the_thread_keeping_the_pla
 def test_older_messages_that_failed_to_load_are_asked_for_again(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
-    account_id = factories.sandbox_account(owner)
-    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
-    for n in range(1, 60):
-        factories.stored_message(conversation_id, f"m{n}")
+    caios_conversation(owner, 60)
     page = open_inbox(browser, live_server, owner.email)
     failed: list[str] = []
 
@@ -221,10 +224,7 @@ def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_th
 ) -> None:
     from crm.realtime import broker
 
-    account_id = factories.sandbox_account(owner)
-    conversation_id = factories.inbound(account_id, "+5511944443333", "m0", "Caio")
-    for n in range(1, 60):
-        factories.stored_message(conversation_id, f"m{n}")
+    account_id, _conversation = caios_conversation(owner, 60)
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Caio").click()
     bubbles = page.locator(".thread .messages .bubble")
