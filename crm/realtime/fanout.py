@@ -294,10 +294,9 @@ def resync_fragment() -> str:
     with _lock:
         pages = sum(len(tabs) for tabs in _tabs.values())
     within = min(60, max(2, pages // RESYNC_PAGES_A_SECOND))
-    return (
-        f'<span id="live-state" hx-swap-oob="true" data-state="on" data-resync data-resync-within="{within}"'
-        " hidden></span>"
-    )
+    from crm.realtime.ws import LIVE
+
+    return LIVE.replace(" hidden>", f' data-resync data-resync-within="{within}" hidden>')
 
 
 def render(app: Flask, workspace_id: int, event: Event, locale: str) -> str | None:

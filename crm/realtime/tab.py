@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +75,8 @@ class Tab:
             return False
         if not self.backlog and self.plain and self.lock.acquire(blocking=False):
             try:
-                if self.dropped or not self.ws.connected or self.ws.ws.state is not ConnectionState.OPEN:
-                    return False  # closing: nothing after a close frame, sent or received
+                if self.dropped or not self._open():
+                    return False
                 if not self.pending:
                     try:
                         written = self.ws.sock.send(built, socket.MSG_DONTWAIT)
@@ -165,28 +165,34 @@ class Tab:
             html, built = self.backlog.popleft()
             self._write(html, built)
 
+    def _open(self) -> bool:
+        """As the library's own send: nothing after a close frame, sent or received."""
+        return bool(self.ws.connected) and self.ws.ws.state is ConnectionState.OPEN
+
     def _check_open(self) -> None:
-        if not self.ws.connected or self.ws.ws.state is not ConnectionState.OPEN:
-            # As the library's own send: nothing after a close frame, sent or received.
+        if not self._open():
             raise ConnectionClosed(self.ws.close_reason, self.ws.close_message)
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """A write that waits for the client as long as it takes (``stuck`` watches it)."""
+        self.waiting_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waiting_since = None
 
     def _write(self, html: str, built: bytes | None) -> None:
         if built is None or not self.plain:
-            self.waiting_since = time.monotonic()
-            try:
+            with self._waiting():
                 self.ws.send(html)
-            finally:
-                self.waiting_since = None
         else:
             self._check_open()
             self._sendall(built)
 
     def _sendall(self, data: bytes) -> None:
-        self.waiting_since = time.monotonic()
-        try:
+        with self._waiting():
             self.ws.sock.sendall(data)
-        finally:
-            self.waiting_since = None
 
 
 def direct(sock: Any) -> bool:

@@ -267,14 +267,8 @@
   // The list, asked for again with the filters and search as they are now (the form's own request,
   // so what is pushed while it is on its way is laid over it, below).
   function refetchList() {
-    if (!document.getElementById("conversations")) return;
-    var form = document.querySelector("form.inbox-filters");
-    if (form) {
-      htmx.trigger(form, "change");
-    } else {
-      htmx.ajax("GET", window.location.pathname + window.location.search,
-        { target: "#conversations", select: "#conversations", swap: "outerHTML" });
-    }
+    var form = document.querySelector("form.inbox-filters"); // the inbox's list comes with it
+    if (form && document.getElementById("conversations")) htmx.trigger(form, "change");
   }
   // The open thread: its header, newest messages and notes laid over what it shows, so the reply
   // being typed, the older pages scrolled to and the place read stay. When more was missed than
