@@ -17,17 +17,29 @@ the web processes open bursts of connections. So each web process, once forked (
 ``post_worker_init``: gunicorn.conf.py, crm/server.py), opens its first connections before it
 serves, and every new connection of a web process plans a scan of every table of the app's schema
 once, before it is used (~11 ms).
+
+The connections opened at start also plan the inbox's hot statements before they serve. Planning
+a statement over the monthly partitions of messages takes longer than running it (crm/pg.py), and
+PostgreSQL plans a prepared statement afresh on its first five runs before it keeps its generic
+plan; psycopg prepares one only on its sixth. So a server's 16 connections each planned each
+statement of the list and the thread up to ten times as the first agents worked, and on a busy
+machine such a plan took over 5 ms now and then (bench/inbox.py, BENCHMARKS.md). The web process
+reads what an agent's first requests read once (the list's first page with its previews, and a
+thread), notes the statements it ran with their values, and runs each of them on every connection
+it opens at start, prepared at once, until PostgreSQL has made its plans.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import Select, event
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,15 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispa
 LOCK_WAIT = "100ms"
 CATALOG_SECONDS = 2.0  # at most, per connection: the rest is left to the statements
 OPENING_SECONDS = 10.0  # at most, opening connections at start (gunicorn's worker timeout is 30 s)
+
+# Runs of each hot statement on a connection opened at start, prepared on the first: PostgreSQL
+# plans it for its values on the first five, then makes its generic plan and keeps it if it costs
+# no more than those (a statement it goes on planning for its values, it plans on every run).
+PLAN_RUNS = 6
+PLANNING_SECONDS = 1.0  # at most, per connection
+STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
+
+Statements = list[tuple[str, Any]]  # each statement's text as the driver gets it, and its values
 
 
 def warm_up(app: Flask) -> dict[str, float | int]:
@@ -93,43 +114,136 @@ def load_languages(app: Flask) -> None:
                 format_decimal(1234.5)
 
 
-def load_catalog(dbapi_connection: Any, _connection_record: Any) -> None:
-    """The pool's ``connect`` event: this new connection's catalog loaded (``APP_TABLES``). A
-    failure only leaves the connection as it came (its statements load what they need)."""
-    from psycopg import sql
-
-    began = time.monotonic()
+def _outside_transactions(dbapi_connection: Any, failing: str, work: Callable[[Any], None]) -> None:
+    """``work`` given a cursor of a new connection in autocommit mode (each statement a transaction
+    of its own, so the locks it takes go at once), waiting ``LOCK_WAIT`` at most for a lock.
+    Whatever fails is logged as ``failing`` and leaves the connection as it came: its requests do
+    what this could not."""
     autocommit = dbapi_connection.autocommit
     try:
         dbapi_connection.autocommit = True
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = '{LOCK_WAIT}'")
             try:
-                for schema, table in cursor.execute(APP_TABLES).fetchall():
-                    if time.monotonic() - began > CATALOG_SECONDS:
-                        break
-                    try:
-                        scan = sql.SQL("EXPLAIN SELECT * FROM {}").format(sql.Identifier(schema, table))
-                        cursor.execute(scan)
-                    except Exception:  # locked, or gone since: the others still load
-                        log.debug("catalog of %s not loaded", table, exc_info=True)
+                work(cursor)
             finally:
                 cursor.execute("RESET lock_timeout")
     except Exception:
-        log.warning("loading the catalog into a new database connection failed", exc_info=True)
+        log.warning("%s failed", failing, exc_info=True)
     try:
         dbapi_connection.autocommit = autocommit
     except Exception:  # a broken connection: the pool finds out on its first use
-        log.debug("restoring autocommit after loading the catalog failed", exc_info=True)
+        log.debug("restoring autocommit on a new connection failed", exc_info=True)
 
 
-def open_connections(app: Flask) -> int:
+def load_catalog(dbapi_connection: Any, _connection_record: Any) -> None:
+    """The pool's ``connect`` event: this new connection's catalog loaded (``APP_TABLES``). A
+    failure only leaves the connection as it came (its statements load what they need)."""
+    from psycopg import sql
+
+    began = time.monotonic()
+
+    def load(cursor: Any) -> None:
+        for schema, table in cursor.execute(APP_TABLES).fetchall():
+            if time.monotonic() - began > CATALOG_SECONDS:
+                break
+            try:
+                cursor.execute(sql.SQL("EXPLAIN SELECT * FROM {}").format(sql.Identifier(schema, table)))
+            except Exception:  # locked, or gone since: the others still load
+                log.debug("catalog of %s not loaded", table, exc_info=True)
+
+    _outside_transactions(dbapi_connection, "loading the catalog into a new database connection", load)
+
+
+def plan_statements(statements: Statements, dbapi_connection: Any, _connection_record: Any) -> None:
+    """A ``connect`` event while a web process opens its connections at start: each statement run
+    ``PLAN_RUNS`` times on the new connection, prepared (psycopg keeps it prepared for the app's
+    own runs of the same text and value types), within ``PLANNING_SECONDS``. One that fails or
+    takes over ``STATEMENT_WAIT`` is left to the requests."""
+    began = time.monotonic()
+
+    def plan(cursor: Any) -> None:
+        cursor.execute(f"SET statement_timeout = '{STATEMENT_WAIT}'")
+        try:
+            for statement, parameters in statements:
+                try:
+                    for _ in range(PLAN_RUNS):
+                        if time.monotonic() - began > PLANNING_SECONDS:
+                            return
+                        cursor.execute(statement, parameters, prepare=True)
+                except Exception:  # timed out, locked: the others are still planned
+                    log.debug("statement not planned: %s", statement, exc_info=True)
+        finally:
+            cursor.execute("RESET statement_timeout")
+
+    _outside_transactions(dbapi_connection, "planning statements on a new database connection", plan)
+
+
+def hot_statements(app: Flask, reads: Callable[[], Callable[[], object] | None]) -> Statements:
+    """The SELECTs that what ``reads`` gives runs, in order, each once with the values it ran with
+    (``reads`` itself chooses what to read, its own statements not noted). Nothing if it fails:
+    the connections then open without them."""
+    from crm.extensions import db
+
+    ran: dict[str, Any] = {}
+
+    def note(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if not many and isinstance(getattr(context.compiled, "statement", None), Select):
+            ran.setdefault(statement, parameters)
+
+    with app.app_context():
+        try:
+            chosen = reads()
+            if chosen is not None:
+                event.listen(db.engine, "before_cursor_execute", note)
+                try:
+                    chosen()
+                finally:
+                    event.remove(db.engine, "before_cursor_execute", note)
+        except Exception:
+            log.warning("reading the inbox as an agent would, to plan its statements, failed", exc_info=True)
+            ran.clear()
+        finally:
+            db.session.remove()
+    return list(ran.items())
+
+
+def inbox_reads() -> Callable[[], None] | None:
+    """What an agent's first requests read, as the inbox's views read it: the inbox's first page
+    with each row's preview, and a thread (its row, its newest messages and their files), of the
+    newest conversation and its workspace; None without conversations."""
+    from sqlalchemy import select
+
+    from crm.extensions import db
+    from crm.inbox import listing, services
+    from crm.inbox.models import Conversation
+    from crm.params import DEFAULT_LIMIT
+
+    newest = db.session.execute(
+        select(Conversation.workspace_id, Conversation.id).order_by(Conversation.id.desc()).limit(1)
+    ).first()
+    if newest is None:
+        return None
+    workspace_id, conversation_id = newest
+
+    def read() -> None:
+        page = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT)
+        listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
+        services.open_thread(workspace_id, conversation_id)
+        services.thread_page(workspace_id, conversation_id, None)
+
+    return read
+
+
+def open_connections(app: Flask, reads: Callable[[], Callable[[], object] | None] = inbox_reads) -> int:
     """On PostgreSQL, in a web process once forked: ``CONNECTIONS_AT_START`` connections (at most
-    the pool's size) opened with their catalog loaded, and every later new connection's loaded as it
-    opens; returns how many were opened. Never raises, and gives up after ``OPENING_SECONDS``: a
-    database that is slow or cannot be reached does not keep the server from starting (its health
-    check reports it)."""
+    the pool's size) opened with their catalog loaded and the statements of ``reads`` planned, and
+    every later new connection's catalog loaded as it opens; returns how many were opened. Never
+    raises, and gives up after ``OPENING_SECONDS``: a database that is slow or cannot be reached
+    does not keep the server from starting (its health check reports it)."""
     opened: list[Any] = []
+    engine: Any = None
+    planning: Callable[..., None] | None = None
     try:
         from sqlalchemy.pool import QueuePool
 
@@ -143,6 +257,9 @@ def open_connections(app: Flask) -> int:
             if not event.contains(engine, "connect", load_catalog):
                 event.listen(engine, "connect", load_catalog)
             engine.dispose()  # a connection the caller opened before the listener has no catalog loaded
+            planning = functools.partial(plan_statements, hot_statements(app, reads))
+            engine.dispose()  # nor the statements planned (the one that read them)
+            event.listen(engine, "connect", planning)
             pool = engine.pool
             wanted = min(CONNECTIONS_AT_START, pool.size()) if isinstance(pool, QueuePool) else 0
             while len(opened) < wanted and time.monotonic() - began < OPENING_SECONDS:
@@ -152,4 +269,6 @@ def open_connections(app: Flask) -> int:
     finally:
         for connection in opened:
             connection.close()
+        if planning is not None and event.contains(engine, "connect", planning):
+            event.remove(engine, "connect", planning)  # later connections plan as requests run
     return len(opened)

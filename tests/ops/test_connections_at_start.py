@@ -4,6 +4,7 @@ forked worker never uses its parent's connections."""
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import signal
 import threading
@@ -20,6 +21,7 @@ from sqlalchemy import Connection, select
 
 from crm import warmup
 from crm.extensions import db
+from tests import factories
 from tests.conftest import BACKEND
 from tests.processes import free_port
 
@@ -228,3 +230,128 @@ def session_of(connection: Connection) -> int | None:
         connection.exec_driver_sql("SELECT 1")
         return None
     return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+PREPARED = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+
+
+def plans_made(connection: Connection) -> dict[str, tuple[int, int]]:
+    """Each statement prepared on this connection (as PostgreSQL shows it), with its runs on its
+    generic plan and the plans made for its values."""
+    return {
+        statement: (generic, custom)
+        for statement, generic, custom in connection.exec_driver_sql(PREPARED).all()
+    }
+
+
+def selects_run(connection: Connection, action: Callable[[], object]) -> list[str]:
+    """The SELECTs ``action`` runs on this connection, as PostgreSQL shows them prepared."""
+    from sqlalchemy import event
+
+    texts: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            texts.append(statement)
+
+    event.listen(connection, "before_cursor_execute", note)
+    try:
+        action()
+    finally:
+        event.remove(connection, "before_cursor_execute", note)
+    return [_numbered(text) for text in texts]
+
+
+def _numbered(statement: str) -> str:
+    """A statement's parameters numbered as PostgreSQL shows them ($1, $2, ...)."""
+    numbers = iter(range(1, 1000))
+    return re.sub(r"%\(\w+\)s", lambda _: f"${next(numbers)}", statement)
+
+
+@pytest.fixture
+def long_thread(owner: factories.Person) -> int:
+    """A conversation of 60 messages (more than a page)."""
+    conversation_id = factories.conversation(owner)
+    for n in range(60):
+        factories.stored_message(conversation_id, f"message {n}")
+    return conversation_id
+
+
+@postgresql_only
+def test_connections_opened_at_start_have_the_inbox_statements_planned(
+    web_app: Flask, owner: factories.Person, long_thread: int
+) -> None:
+    from crm.inbox import listing, services
+
+    assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
+    with web_app.app_context():
+        connection = db.session.connection()  # one of those opened at start
+        planned = plans_made(connection)
+
+        def as_the_views_read() -> None:  # crm/inbox/views.py: the list, then a thread
+            page = listing.filtered_conversations(owner.workspace_id, user_id=owner.user_id, limit=50)
+            listing.last_messages(owner.workspace_id, [c.id for c in page.items])
+            services.open_thread(owner.workspace_id, long_thread)
+            services.thread_page(owner.workspace_id, long_thread, None)
+
+        ran = selects_run(connection, as_the_views_read)
+        after = plans_made(connection)
+    # The list, its previews, the customers' tags, the thread's row and its messages: each was
+    # prepared at start and run until PostgreSQL chose: 5 plans for its values, then its generic
+    # plan (kept when it costs no more than those) ...
+    assert len(ran) == 5, ran
+    assert all(sum(planned.get(statement, (0, 0))) == 6 for statement in ran), (ran, planned)
+    kept = [statement for statement in ran if planned[statement][0]]
+    assert any("FROM messages \nWHERE" in statement for statement in kept), planned
+    # ... and where it kept the generic one, the views' own runs make no plan.
+    assert all(after[statement] == (2, 5) for statement in kept), (kept, after)
+
+
+@postgresql_only
+def test_only_the_connections_opened_at_start_plan_statements(web_app: Flask, long_thread: int) -> None:
+    warmup.open_connections(web_app)
+    with web_app.app_context():
+        db.engine.dispose()  # a connection opened later plans its statements as its requests run
+        with db.engine.connect() as connection:
+            assert plans_made(connection) == {}
+
+
+@postgresql_only
+def test_reads_that_fail_leave_the_connections_to_open_all_the_same(
+    web_app: Flask, long_thread: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> Callable[[], None]:
+        def read() -> None:
+            raise RuntimeError("a read that fails")
+
+        return read
+
+    assert warmup.open_connections(web_app, reads=broken) == warmup.CONNECTIONS_AT_START
+    assert "to plan its statements, failed" in caplog.text
+    with web_app.app_context(), db.engine.connect() as connection:
+        assert plans_made(connection) == {}
+    assert left_as_it_came(web_app)
+
+
+@postgresql_only
+def test_a_statement_that_fails_leaves_the_others_planned(
+    web_app: Flask, long_thread: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = warmup.hot_statements
+
+    def with_a_bad_one(app: Flask, reads: Any) -> warmup.Statements:
+        return [("SELECT * FROM no_such_table WHERE id = %(id)s", {"id": 1}), *real(app, reads)]
+
+    monkeypatch.setattr(warmup, "hot_statements", with_a_bad_one)
+    warmup.open_connections(web_app)
+    with web_app.app_context(), db.engine.connect() as connection:
+        planned = plans_made(connection)
+    assert len(planned) == 5 and all(sum(plans) == 6 for plans in planned.values()), planned
+    assert left_as_it_came(web_app)
+
+
+@postgresql_only
+def test_an_empty_inbox_plans_nothing_and_opens_the_connections(web_app: Flask) -> None:
+    assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
+    with web_app.app_context(), db.engine.connect() as connection:
+        assert plans_made(connection) == {}
