@@ -134,3 +134,20 @@ def test_one_prepared_statement_serves_ids_of_every_size(owner: factories.Person
         conn.rollback()
     # Not one for ids that fit a smallint and one for the others.
     assert prepared == [(_as_prepared(select(Lead.name).where(Lead.id == 7)), "{integer}")]
+
+
+@postgresql_only
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_checks_leave_the_statements_prepared(
+    owner: factories.Person, fresh_pool: None, client: Any, path: str
+) -> None:
+    """compose.yaml checks every 10 s: a check that ended its transaction with a rollback made
+    psycopg drop every statement prepared on the connection it took."""
+    wanted = _as_prepared(_lead_names(owner.workspace_id))
+    with db.engine.connect() as conn:
+        for _ in range(6):
+            conn.execute(_lead_names(owner.workspace_id)).all()
+            conn.rollback()
+    assert client.get(path).status_code in (200, 503)  # the pool's one connection, taken by the check
+    with db.engine.connect() as conn:
+        assert [statement for statement, _types in _prepared(conn)] == [wanted]
