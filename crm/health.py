@@ -15,7 +15,7 @@ from typing import Any, cast
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.blueprints import BlueprintSetupState
 from flask_babel import gettext as _
-from sqlalchemy import literal_column, select
+from sqlalchemy import Integer, Select, literal_column, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm.db import utcnow
@@ -40,7 +40,7 @@ bp.record_once(_setup_ops)
 # The database's check: a SELECT built by SQLAlchemy, so that the request's transaction counts as
 # one that only read and keeps the connection's prepared statements (crm/pg.py); a text statement
 # ended it with a rollback, which made psycopg drop them all, every 10 s in compose.yaml.
-ALIVE = select(literal_column("1"))
+ALIVE: Select[tuple[int]] = select(literal_column("1", Integer))
 
 
 @bp.get("/healthz")

@@ -20,13 +20,14 @@ once, before it is used (~11 ms).
 
 The connections opened at start also plan the inbox's hot statements before they serve. Planning
 a statement over the monthly partitions of messages takes longer than running it (crm/pg.py), and
-PostgreSQL plans a prepared statement afresh on its first five runs before it keeps its generic
-plan; psycopg prepares one only on its sixth. So a server's 16 connections each planned each
-statement of the list and the thread up to ten times as the first agents worked, and on a busy
-machine such a plan took over 5 ms now and then (bench/inbox.py, BENCHMARKS.md). The web process
-reads what an agent's first requests read once (the list's first page with its previews, and a
-thread), notes the statements it ran with their values, and runs each of them on every connection
-it opens at start, prepared at once, until PostgreSQL has made its plans.
+PostgreSQL plans a prepared statement for its values on its first five runs before it chooses
+its generic plan (where it costs no more); psycopg prepares one only on its sixth run. So a
+server's 16 connections each planned each statement of the list and the thread up to ten times
+as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
+(bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
+(the list's first page with its previews, and a thread), notes the statements it ran with their
+values, and runs each of them on every connection it opens at start, prepared at once, until
+PostgreSQL has made its plans.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ PLANNING_SECONDS = 1.0  # at most, per connection
 STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
 
 Statements = list[tuple[str, Any]]  # each statement's text as the driver gets it, and its values
+# What to read to note the hot statements: chooses it (its own statements not noted) and gives
+# the reads to note, or None when there is nothing to read.
+Reads = Callable[[], Callable[[], object] | None]
 
 
 def warm_up(app: Flask) -> dict[str, float | int]:
@@ -158,8 +162,9 @@ def load_catalog(dbapi_connection: Any, _connection_record: Any) -> None:
 def plan_statements(statements: Statements, dbapi_connection: Any, _connection_record: Any) -> None:
     """A ``connect`` event while a web process opens its connections at start: each statement run
     ``PLAN_RUNS`` times on the new connection, prepared (psycopg keeps it prepared for the app's
-    own runs of the same text and value types), within ``PLANNING_SECONDS``. One that fails or
-    takes over ``STATEMENT_WAIT`` is left to the requests."""
+    own runs of the same text and value types: its ints dumped as crm/pg.py's ``connect`` event,
+    registered before this one, makes them). No run starts after ``PLANNING_SECONDS``; one that
+    fails or takes over ``STATEMENT_WAIT`` leaves its statement to the requests."""
     began = time.monotonic()
 
     def plan(cursor: Any) -> None:
@@ -179,10 +184,10 @@ def plan_statements(statements: Statements, dbapi_connection: Any, _connection_r
     _outside_transactions(dbapi_connection, "planning statements on a new database connection", plan)
 
 
-def hot_statements(app: Flask, reads: Callable[[], Callable[[], object] | None]) -> Statements:
-    """The SELECTs that what ``reads`` gives runs, in order, each once with the values it ran with
-    (``reads`` itself chooses what to read, its own statements not noted). Nothing if it fails:
-    the connections then open without them."""
+def hot_statements(app: Flask, reads: Reads) -> Statements:
+    """The SELECTs run by the reads ``reads`` gives, in order, each once with the values it ran
+    with. Nothing if they fail, or wait over ``LOCK_WAIT`` for a lock (a migration holding a table)
+    or ``STATEMENT_WAIT`` for a result: the connections then open without them."""
     from crm.extensions import db
 
     ran: dict[str, Any] = {}
@@ -193,13 +198,16 @@ def hot_statements(app: Flask, reads: Callable[[], Callable[[], object] | None])
 
     with app.app_context():
         try:
+            connection = db.session.connection()  # the session's, for the whole transaction
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{STATEMENT_WAIT}'")
             chosen = reads()
             if chosen is not None:
-                event.listen(db.engine, "before_cursor_execute", note)
+                event.listen(connection, "before_cursor_execute", note)
                 try:
                     chosen()
                 finally:
-                    event.remove(db.engine, "before_cursor_execute", note)
+                    event.remove(connection, "before_cursor_execute", note)
         except Exception:
             log.warning("reading the inbox as an agent would, to plan its statements, failed", exc_info=True)
             ran.clear()
@@ -209,9 +217,10 @@ def hot_statements(app: Flask, reads: Callable[[], Callable[[], object] | None])
 
 
 def inbox_reads() -> Callable[[], None] | None:
-    """What an agent's first requests read, as the inbox's views read it: the inbox's first page
-    with each row's preview, and a thread (its row, its newest messages and their files), of the
-    newest conversation and its workspace; None without conversations."""
+    """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
+    run the same statements): the inbox's first page with each row's preview, and a thread (its
+    row and its newest messages, and their files where they have any), of the newest conversation
+    and its workspace; None without conversations."""
     from sqlalchemy import select
 
     from crm.extensions import db
@@ -235,7 +244,7 @@ def inbox_reads() -> Callable[[], None] | None:
     return read
 
 
-def open_connections(app: Flask, reads: Callable[[], Callable[[], object] | None] = inbox_reads) -> int:
+def open_connections(app: Flask, reads: Reads = inbox_reads) -> int:
     """On PostgreSQL, in a web process once forked: ``CONNECTIONS_AT_START`` connections (at most
     the pool's size) opened with their catalog loaded and the statements of ``reads`` planned, and
     every later new connection's catalog loaded as it opens; returns how many were opened. Never
@@ -267,8 +276,11 @@ def open_connections(app: Flask, reads: Callable[[], Callable[[], object] | None
     except Exception:
         log.warning("opening database connections at start failed", exc_info=True)
     finally:
-        for connection in opened:
-            connection.close()
         if planning is not None and event.contains(engine, "connect", planning):
             event.remove(engine, "connect", planning)  # later connections plan as requests run
+        try:
+            for connection in opened:
+                connection.close()  # back to the pool, open and idle
+        except Exception:
+            log.warning("returning the connections opened at start failed", exc_info=True)
     return len(opened)

@@ -3,34 +3,26 @@ read, and one prepared statement whatever the size of its ids."""
 
 from __future__ import annotations
 
-import itertools
-import re
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Integer, Select, cast, func, literal, select, text, update
+from sqlalchemy import Integer, Select, cast, func, literal, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from crm.extensions import db
 from crm.leads.models import Lead
 from tests import factories
 from tests.conftest import BACKEND
+from tests.prepared import as_prepared, prepared_statements
 
 # --- read-only transactions keep psycopg's prepared statements -------------------------------
 
 postgresql_only = pytest.mark.skipif(BACKEND != "postgresql", reason="psycopg prepares on PostgreSQL only")
 
 
-def _prepared(conn: Connection) -> list[tuple[str, str]]:
-    """The statements prepared on this connection, with their parameters' types."""
-    rows = conn.execute(text("SELECT statement, parameter_types::text FROM pg_prepared_statements"))
-    return [(row.statement, row.parameter_types) for row in rows]
-
-
 def _as_prepared(stmt: Select[Any]) -> str:
     """The text PostgreSQL shows of ``stmt`` prepared: its parameters numbered $1, $2…"""
-    numbers = itertools.count(1)
-    return re.sub(r"%\(\w+\)s", lambda _m: f"${next(numbers)}", str(stmt.compile(db.engine)))
+    return as_prepared(str(stmt.compile(db.engine)))
 
 
 @pytest.fixture
@@ -54,7 +46,7 @@ def test_a_statement_stays_prepared_across_transactions_that_only_read(
         for _ in range(7):  # psycopg prepares a statement at its sixth run on a connection
             conn.execute(_lead_names(owner.workspace_id)).all()
             conn.rollback()  # how a request's transaction ends
-        assert [statement for statement, _types in _prepared(conn)] == [wanted]
+        assert [statement for statement, _types in prepared_statements(conn)] == [wanted]
 
 
 @postgresql_only
@@ -130,7 +122,7 @@ def test_one_prepared_statement_serves_ids_of_every_size(owner: factories.Person
         for lead_id in (7, 40_000) * 6:  # psycopg prepares a statement at its sixth run
             conn.execute(select(Lead.name).where(Lead.id == lead_id)).all()
             conn.rollback()
-        prepared = _prepared(conn)
+        prepared = prepared_statements(conn)
         conn.rollback()
     # Not one for ids that fit a smallint and one for the others.
     assert prepared == [(_as_prepared(select(Lead.name).where(Lead.id == 7)), "{integer}")]
@@ -150,4 +142,4 @@ def test_health_checks_leave_the_statements_prepared(
             conn.rollback()
     assert client.get(path).status_code in (200, 503)  # the pool's one connection, taken by the check
     with db.engine.connect() as conn:
-        assert [statement for statement, _types in _prepared(conn)] == [wanted]
+        assert [statement for statement, _types in prepared_statements(conn)] == [wanted]

@@ -4,7 +4,6 @@ forked worker never uses its parent's connections."""
 from __future__ import annotations
 
 import os
-import re
 import runpy
 import signal
 import threading
@@ -17,12 +16,14 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, create_engine, event, select
+from sqlalchemy.pool import NullPool
 
 from crm import warmup
 from crm.extensions import db
 from tests import factories
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, login
+from tests.prepared import as_prepared, plans_made
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,42 +233,6 @@ def session_of(connection: Connection) -> int | None:
     return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
 
 
-PREPARED = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-
-
-def plans_made(connection: Connection) -> dict[str, tuple[int, int]]:
-    """Each statement prepared on this connection (as PostgreSQL shows it), with its runs on its
-    generic plan and the plans made for its values."""
-    return {
-        statement: (generic, custom)
-        for statement, generic, custom in connection.exec_driver_sql(PREPARED).all()
-    }
-
-
-def selects_run(connection: Connection, action: Callable[[], object]) -> list[str]:
-    """The SELECTs ``action`` runs on this connection, as PostgreSQL shows them prepared."""
-    from sqlalchemy import event
-
-    texts: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT"):
-            texts.append(statement)
-
-    event.listen(connection, "before_cursor_execute", note)
-    try:
-        action()
-    finally:
-        event.remove(connection, "before_cursor_execute", note)
-    return [_numbered(text) for text in texts]
-
-
-def _numbered(statement: str) -> str:
-    """A statement's parameters numbered as PostgreSQL shows them ($1, $2, ...)."""
-    numbers = iter(range(1, 1000))
-    return re.sub(r"%\(\w+\)s", lambda _: f"${next(numbers)}", statement)
-
-
 @pytest.fixture
 def long_thread(owner: factories.Person) -> int:
     """A conversation of 60 messages (more than a page)."""
@@ -277,34 +242,54 @@ def long_thread(owner: factories.Person) -> int:
     return conversation_id
 
 
+@pytest.fixture
+def one_connection_app(other_app: Callable[..., Flask], database_url: str) -> Flask:
+    """A web process whose pool holds one connection: every request takes the one opened at start."""
+    options = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}
+    return other_app(database_url, SQLALCHEMY_ENGINE_OPTIONS=options)
+
+
 @postgresql_only
-def test_connections_opened_at_start_have_the_inbox_statements_planned(
-    web_app: Flask, owner: factories.Person, long_thread: int
+def test_the_inbox_runs_on_statements_planned_at_start(
+    one_connection_app: Flask, owner: factories.Person, long_thread: int
 ) -> None:
-    from crm.inbox import listing, services
-
-    assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
-    with web_app.app_context():
-        connection = db.session.connection()  # one of those opened at start
+    app = one_connection_app
+    assert warmup.open_connections(app) == 1
+    with app.app_context(), db.engine.connect() as connection:
+        # Left as a request expects it: the waits set for planning put back.
+        settings = connection.exec_driver_sql(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        )
+        assert settings.one() == ("0", "0")
         planned = plans_made(connection)
+    client = app.test_client()
+    login(client, owner.email)
+    ran: list[str] = []
 
-        def as_the_views_read() -> None:  # crm/inbox/views.py: the list, then a thread
-            page = listing.filtered_conversations(owner.workspace_id, user_id=owner.user_id, limit=50)
-            listing.last_messages(owner.workspace_id, [c.id for c in page.items])
-            services.open_thread(owner.workspace_id, long_thread)
-            services.thread_page(owner.workspace_id, long_thread, None)
+    def note(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        ran.append(as_prepared(statement))
 
-        ran = selects_run(connection, as_the_views_read)
-        after = plans_made(connection)
-    # The list, its previews, the customers' tags, the thread's row and its messages: each was
-    # prepared at start and run until PostgreSQL chose: 5 plans for its values, then its generic
-    # plan (kept when it costs no more than those) ...
-    assert len(ran) == 5, ran
-    assert all(sum(planned.get(statement, (0, 0))) == 6 for statement in ran), (ran, planned)
-    kept = [statement for statement in ran if planned[statement][0]]
-    assert any("FROM messages \nWHERE" in statement for statement in kept), planned
-    # ... and where it kept the generic one, the views' own runs make no plan.
-    assert all(after[statement] == (2, 5) for statement in kept), (kept, after)
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        for path in ("/", f"/conversations/{long_thread}"):  # the list, then a thread, as htmx asks
+            assert client.get(path, headers={"HX-Request": "true"}).status_code == 200
+    finally:
+        with app.app_context():
+            event.remove(db.engine, "before_cursor_execute", note)
+        with app.app_context(), db.engine.connect() as connection:
+            after = plans_made(connection)
+    # The list, its previews, the customers' tags, the thread's row and its messages were prepared
+    # at start and run until PostgreSQL chose: 5 plans for their values, then the generic plan ...
+    assert len(planned) == 5 and all(generic + custom == 6 for generic, custom in planned.values()), planned
+    assert any("FROM messages \nWHERE" in statement for statement in planned), planned
+    # ... they are what the views run, and the views' runs plan nothing more than PostgreSQL's choice
+    # asks: nothing where it kept the generic plan, one plan a run where it plans for the values.
+    assert set(planned) <= set(ran), (set(planned) - set(ran), ran)
+    for statement, (generic, custom) in planned.items():
+        runs = ran.count(statement)
+        assert after[statement] == ((generic + runs, custom) if generic else (0, custom + runs)), statement
+    assert any(generic for generic, _custom in planned.values())  # not every plan for the values
 
 
 @postgresql_only
@@ -334,12 +319,36 @@ def test_reads_that_fail_leave_the_connections_to_open_all_the_same(
 
 
 @postgresql_only
+def test_a_table_locked_at_start_leaves_the_statements_to_the_requests(
+    web_app: Flask, database_url: str, long_thread: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A migration holding the conversations locked as a web process starts: its reads give up
+    after ``LOCK_WAIT``, and the connections open all the same."""
+    opened: list[int] = []
+    starting = threading.Thread(target=lambda: opened.append(warmup.open_connections(web_app)))
+    migration = create_engine(database_url, poolclass=NullPool)  # not the pool open_connections renews
+    with migration.connect() as locker:
+        locker.exec_driver_sql("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+        try:
+            starting.start()
+            starting.join(timeout=warmup.OPENING_SECONDS)
+        finally:
+            locker.rollback()  # the lock goes, so a stuck start would end too
+    migration.dispose()
+    starting.join(timeout=10)
+    assert opened == [warmup.CONNECTIONS_AT_START]  # in time, with the lock still held
+    assert "to plan its statements, failed" in caplog.text
+    with web_app.app_context(), db.engine.connect() as connection:
+        assert plans_made(connection) == {}
+
+
+@postgresql_only
 def test_a_statement_that_fails_leaves_the_others_planned(
     web_app: Flask, long_thread: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = warmup.hot_statements
 
-    def with_a_bad_one(app: Flask, reads: Any) -> warmup.Statements:
+    def with_a_bad_one(app: Flask, reads: warmup.Reads) -> warmup.Statements:
         return [("SELECT * FROM no_such_table WHERE id = %(id)s", {"id": 1}), *real(app, reads)]
 
     monkeypatch.setattr(warmup, "hot_statements", with_a_bad_one)
