@@ -218,14 +218,17 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
-    run the same statements): the inbox's first page with each row's preview, and a thread (its
-    row and its newest messages, and their files where they have any), of the newest conversation
-    and its workspace; None without conversations."""
+    run the same statements): the session's lookup, the inbox's first page with each row's preview,
+    and a thread (its row and its newest messages, and their files where they have any; the team's
+    members and AI switch), of the newest conversation and its workspace; None without
+    conversations."""
     from sqlalchemy import select
 
+    from crm.auth.services import load_session
     from crm.extensions import db
     from crm.inbox import listing, services
     from crm.inbox.models import Conversation
+    from crm.inbox.team import team_facts
     from crm.params import DEFAULT_LIMIT
 
     newest = db.session.execute(
@@ -236,10 +239,12 @@ def inbox_reads() -> Callable[[], None] | None:
     workspace_id, conversation_id = newest
 
     def read() -> None:
+        load_session("no such session")  # every request's first statement (crm/security.py)
         page = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT)
         listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
         services.open_thread(workspace_id, conversation_id)
         services.thread_page(workspace_id, conversation_id, None)
+        team_facts(workspace_id)  # read again every few seconds, on whichever connection
 
     return read
 
