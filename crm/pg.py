@@ -44,10 +44,16 @@ def _reading_only(conn: Connection) -> None:
     conn.info[_ONLY_READ] = True
 
 
+def built_select(context: Any) -> bool:
+    """Whether the statement a ``before_cursor_execute`` event is about is a SELECT built by
+    SQLAlchemy (not text, not a write)."""
+    return isinstance(getattr(context.compiled, "statement", None), Select)
+
+
 def _note_what_runs(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
-    if not isinstance(getattr(context.compiled, "statement", None), Select):
+    if not built_select(context):
         conn.info[_ONLY_READ] = False
 
 

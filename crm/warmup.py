@@ -22,12 +22,14 @@ The connections opened at start also plan the inbox's hot statements before they
 a statement over the monthly partitions of messages takes longer than running it (crm/pg.py), and
 PostgreSQL plans a prepared statement for its values on its first five runs before it chooses
 its generic plan (where it costs no more); psycopg prepares one only on its sixth run. So a
-server's 16 connections each planned each statement of the list and the thread up to ten times
+web process's 16 connections each planned each statement of the list and the thread up to ten times
 as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
 (bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
-(the list's first page with its previews, and a thread), notes the statements it ran with their
-values, and runs each of them on every connection it opens at start, prepared at once, until
-PostgreSQL has made its plans.
+(the session's lookup, the list's first page with its previews, a thread, the team's members and
+AI switch), notes the statements it ran with their values, and runs each of them on every
+connection it opens at start, prepared at once, until PostgreSQL has made its plans. Connections
+opened later (more requests at once than connections, the pool's 30-minute recycle) plan their
+statements as their requests run them.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Select, event
+from sqlalchemy import event
+
+from crm.pg import built_select
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,8 @@ PLANNING_SECONDS = 1.0  # at most, per connection
 STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
 
 Statements = list[tuple[str, Any]]  # each statement's text as the driver gets it, and its values
-# What to read to note the hot statements: chooses it (its own statements not noted) and gives
-# the reads to note, or None when there is nothing to read.
+# Reads in two steps: the outer call finds what to read (its statements are not noted) and returns
+# the inner one, whose statements are noted; or None when there is nothing to read.
 Reads = Callable[[], Callable[[], object] | None]
 
 
@@ -193,7 +197,7 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
     ran: dict[str, Any] = {}
 
     def note(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if not many and isinstance(getattr(context.compiled, "statement", None), Select):
+        if not many and built_select(context):
             ran.setdefault(statement, parameters)
 
     with app.app_context():
@@ -231,6 +235,7 @@ def inbox_reads() -> Callable[[], None] | None:
     from crm.inbox.team import team_facts
     from crm.params import DEFAULT_LIMIT
 
+    # Any workspace's: the one with the newest conversation reads as a busy workspace would.
     newest = db.session.execute(
         select(Conversation.workspace_id, Conversation.id).order_by(Conversation.id.desc()).limit(1)
     ).first()
