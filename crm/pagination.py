@@ -102,8 +102,17 @@ def keyset_page(
         first = keys[0] >= values[0] if ascending else keys[0] <= values[0]
         stmt = stmt.where(first, or_(*clauses))
     stmt = stmt.order_by(*[k.asc() if ascending else k.desc() for k in keys]).limit(written(limit + 1))
-    rows = list(db.session.scalars(stmt))
-    more = len(rows) > limit
+    return page_of(list(db.session.scalars(stmt)), keys, limit)
+
+
+def cursor_values(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+    """The sort key a cursor holds (DomainError ``invalid_cursor`` for one that isn't valid)."""
+    return _decode(cursor, [_kind(k) for k in keys])
+
+
+def page_of(rows: list[T], keys: Sequence[InstrumentedAttribute[Any]], limit: int) -> Page[T]:
+    """A page of up to ``limit`` of ``rows``, read with one more to know whether more follow."""
     items = rows[:limit]
+    more = len(rows) > limit
     next_cursor = _encode([getattr(items[-1], k.key) for k in keys]) if more and items else None
     return Page(items, next_cursor)

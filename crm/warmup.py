@@ -25,8 +25,8 @@ its generic plan (where it costs no more); psycopg prepares one only on its sixt
 web process's 16 connections each planned each statement of the list and the thread up to ten times
 as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
 (bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
-(the session's lookup, the list's first page with its previews, a thread, the team's members and
-AI switch), notes the statements it ran with their values, and runs each of them on every
+(the session's lookup, the list's first page with its previews, a thread and its older page, the
+team's members and AI switch), notes the statements it ran with their values, and runs each of them on every
 connection it opens at start, prepared at once, until PostgreSQL has made its plans. Connections
 opened later (more requests at once than connections, the pool's 30-minute recycle) plan their
 statements as their requests run them.
@@ -223,9 +223,9 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    and a thread (its row and its newest messages, and their files where they have any; the team's
-    members and AI switch), of the newest conversation and its workspace; None without
-    conversations."""
+    and a thread (its row, its newest messages and the page before them, and their files where
+    they have any; the team's members and AI switch), of the newest conversation and its
+    workspace; None without conversations."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
@@ -248,7 +248,9 @@ def inbox_reads() -> Callable[[], None] | None:
         page = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT)
         listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
         services.open_thread(workspace_id, conversation_id)
-        services.thread_page(workspace_id, conversation_id, None)
+        thread = services.thread_page(workspace_id, conversation_id, None)
+        if thread.next_cursor:  # older messages as the agent scrolls up
+            services.thread_page(workspace_id, conversation_id, thread.next_cursor)
         team_facts(workspace_id)  # read again every few seconds, on whichever connection
 
     return read

@@ -4,17 +4,23 @@ list is crm.inbox.listing; team notes are crm.inbox.notes)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask_babel import gettext as _
 from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    Select,
     Table,
+    bindparam,
     func,
     select,
     update,
 )
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import aliased, joinedload
 
 from crm.auth.models import Membership
 from crm.db import insert_ignoring_conflicts, utcnow, written
@@ -25,7 +31,7 @@ from crm.inbox.models import Conversation, ConversationNote, Message
 from crm.inbox.team import team_facts
 from crm.leads.models import Lead
 from crm.leads.services import iso
-from crm.pagination import Page, keyset_page
+from crm.pagination import Page, cursor_values, keyset_page, page_of
 from crm.tenancy import get_scoped, scoped
 
 if TYPE_CHECKING:
@@ -81,12 +87,48 @@ def get_conversation(workspace_id: int, conversation_id: int) -> Conversation:
     return get_scoped(Conversation, workspace_id, conversation_id)
 
 
+THREAD_KEYS = (Message.created_at, Message.id)
+
+
 def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: str | None) -> Page[Message]:
     get_conversation(workspace_id, conversation_id)
-    stmt = scoped(select(Message), Message, workspace_id).where(Message.conversation_id == conversation_id)
-    page = keyset_page(stmt, [Message.created_at, Message.id], limit, cursor)
+    if cursor and db.session.get_bind().dialect.name == "postgresql":
+        page = _messages_before(workspace_id, conversation_id, limit, cursor)
+    else:
+        stmt = scoped(select(Message), Message, workspace_id).where(
+            Message.conversation_id == conversation_id
+        )
+        page = keyset_page(stmt, THREAD_KEYS, limit, cursor)
     load_media(page.items)
     return page
+
+
+def _messages_before(workspace_id: int, conversation_id: int, limit: int, cursor: str) -> Page[Message]:
+    """PostgreSQL: a thread's older page through ``messages_before`` (migration 0025), whose plan
+    is made once per connection, not on every scroll; the same rows as ``keyset_page``'s."""
+    created_at, message_id = cursor_values(cursor, THREAD_KEYS)
+    values = {
+        "workspace_id": workspace_id,
+        "conversation_id": conversation_id,
+        "created_at": created_at,
+        "id": message_id,
+        "limit": limit + 1,
+    }
+    return page_of(list(db.session.scalars(_before_statement(), values)), THREAD_KEYS, limit)
+
+
+@functools.cache
+def _before_statement() -> Select[tuple[Message]]:
+    """``messages_before``'s rows as messages, built once."""
+    found = func.messages_before(
+        bindparam("workspace_id", type_=Integer),
+        bindparam("conversation_id", type_=Integer),
+        bindparam("created_at", type_=DateTime(timezone=True)),
+        bindparam("id", type_=BigInteger),  # a cursor's id of any size is refused by the database
+        bindparam("limit", type_=Integer),
+    ).table_valued(*(column.name for column in Message.__table__.columns))
+    older = aliased(Message, found, adapt_on_names=True)
+    return select(older).order_by(older.created_at.desc(), older.id.desc())
 
 
 def set_ai_enabled(workspace_id: int, conversation_id: int, enabled: bool) -> Conversation:
