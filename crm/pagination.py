@@ -89,10 +89,10 @@ def keyset_page(
 ) -> Page[Any]:
     """One page of ``stmt`` ordered by ``keys``, descending unless ``ascending`` (the last key must
     be unique, e.g. id; the keys must not be NULL)."""
-    kinds = [_kind(k) for k in keys]
     if cursor:
-        values = _decode(cursor, kinds)
-        # (k1, k2) < (v1, v2) spelled out, so SQLite and PostgreSQL plan it the same way.
+        values = cursor_values(cursor, keys)
+        # (k1, k2) < (v1, v2) spelled out, so SQLite and PostgreSQL plan it the same way (a
+        # thread's older pages on PostgreSQL: the same in SQL, migration 0025).
         clauses = []
         for i, key in enumerate(keys):
             equal_before = [keys[j] == values[j] for j in range(i)]

@@ -223,9 +223,9 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    and a thread (its row, its newest messages and the page before them, and their files where
-    they have any; the team's members and AI switch), of the newest conversation and its
-    workspace; None without conversations."""
+    and a thread (its row, its newest messages and, when it has more, the page before them, and
+    their files where they have any; the team's members and AI switch), of the newest
+    conversation and its workspace; None without conversations."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session

@@ -46,6 +46,8 @@ class Message(Model):
     Nothing references a message by foreign key (a key would need created_at too): the outbox
     and broadcast recipients hold plain ids, and whoever deletes messages deletes their rows
     (``crm.inbox.keys.forget_messages``). SQLite keeps a plain table with the same columns.
+    The function ``messages_before`` (migration 0025) returns the table's rows: a migration that
+    replaces the table must drop it first and create it again after.
     """
 
     __tablename__ = "messages"

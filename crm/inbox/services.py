@@ -16,6 +16,7 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
+    column,
     func,
     select,
     update,
@@ -105,7 +106,8 @@ def list_messages(workspace_id: int, conversation_id: int, limit: int, cursor: s
 
 def _messages_before(workspace_id: int, conversation_id: int, limit: int, cursor: str) -> Page[Message]:
     """PostgreSQL: a thread's older page through ``messages_before`` (migration 0025), whose plan
-    is made once per connection, not on every scroll; the same rows as ``keyset_page``'s."""
+    is made once per connection, not on every scroll; the same rows as ``keyset_page``'s (its
+    conditions are written again there, in SQL)."""
     created_at, message_id = cursor_values(cursor, THREAD_KEYS)
     values = {
         "workspace_id": workspace_id,
@@ -124,9 +126,9 @@ def _before_statement() -> Select[tuple[Message]]:
         bindparam("workspace_id", type_=Integer),
         bindparam("conversation_id", type_=Integer),
         bindparam("created_at", type_=DateTime(timezone=True)),
-        bindparam("id", type_=BigInteger),  # a cursor's id of any size is refused by the database
+        bindparam("id", type_=BigInteger),  # any id a cursor may hold (below 2**63)
         bindparam("limit", type_=Integer),
-    ).table_valued(*(column.name for column in Message.__table__.columns))
+    ).table_valued(*(column(c.name, c.type) for c in Message.__table__.columns))  # typed: UTC times
     older = aliased(Message, found, adapt_on_names=True)
     return select(older).order_by(older.created_at.desc(), older.id.desc())
 

@@ -11,8 +11,14 @@ cost two more statements a page, which made pages slower (BENCHMARKS.md, 2026-12
 ``messages_before`` runs that statement with the planner set for it alone: the generic plan,
 made once per connection (PL/pgSQL keeps it), with sorting ruled out, so it reads each
 partition's (conversation_id, created_at DESC, id DESC) index in order and leaves out the newer
-partitions as it starts. The settings hold only while the function runs. SQLite has no function
-and keeps the plain statement.
+partitions as it starts. The settings hold only while the function runs. Like every generic plan
+over ``messages`` (the thread's first page's too), it locks each partition as it starts, those
+it leaves out included. ``ROWS 101``: a page and one more at most. SQLite has no function and
+keeps the plain statement; the conditions are those of crm.pagination.keyset_page.
+
+The function returns the row type of ``messages``: columns added to the table come with it, but
+a migration that replaces the table (as 0017 did) must drop the function first and create it
+again after.
 
 Revision ID: 0025
 Revises: 0024
@@ -32,7 +38,7 @@ CREATE FUNCTION messages_before(
     p_workspace_id integer, p_conversation_id integer, p_created_at timestamptz, p_id bigint,
     p_limit integer
 ) RETURNS SETOF messages
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE ROWS 101
 SET plan_cache_mode = force_generic_plan
 SET enable_sort = off
 AS $$
