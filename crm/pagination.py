@@ -114,5 +114,9 @@ def page_of(rows: list[T], keys: Sequence[InstrumentedAttribute[Any]], limit: in
     """A page of up to ``limit`` of ``rows``, read with one more to know whether more follow."""
     items = rows[:limit]
     more = len(rows) > limit
-    next_cursor = _encode([getattr(items[-1], k.key) for k in keys]) if more and items else None
-    return Page(items, next_cursor)
+    return Page(items, cursor_after(items[-1], keys) if more and items else None)
+
+
+def cursor_after(item: Any, keys: Sequence[InstrumentedAttribute[Any]]) -> str:
+    """The cursor of the page that follows ``item``."""
+    return _encode([getattr(item, k.key) for k in keys])

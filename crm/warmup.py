@@ -223,9 +223,9 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    and a thread (its row, its newest messages and, when it has more, the page before them, and
-    their files where they have any; the team's members and AI switch), of the newest
-    conversation and its workspace; None without conversations."""
+    and a thread (its row, its newest messages and the page before them, and their files where
+    they have any; the team's members and AI switch), of the newest conversation and its
+    workspace; None without conversations."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
@@ -233,6 +233,7 @@ def inbox_reads() -> Callable[[], None] | None:
     from crm.inbox import listing, services
     from crm.inbox.models import Conversation
     from crm.inbox.team import team_facts
+    from crm.pagination import cursor_after
     from crm.params import DEFAULT_LIMIT
 
     # Any workspace's: the one with the newest conversation reads as a busy workspace would.
@@ -249,8 +250,9 @@ def inbox_reads() -> Callable[[], None] | None:
         listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
         services.open_thread(workspace_id, conversation_id)
         thread = services.thread_page(workspace_id, conversation_id, None)
-        if thread.next_cursor:  # older messages as the agent scrolls up
-            services.thread_page(workspace_id, conversation_id, thread.next_cursor)
+        if thread.items:  # older messages as the agent scrolls up (none, if the thread is short)
+            older = thread.next_cursor or cursor_after(thread.items[-1], services.THREAD_KEYS)
+            services.thread_page(workspace_id, conversation_id, older)
         team_facts(workspace_id)  # read again every few seconds, on whichever connection
 
     return read

@@ -381,3 +381,14 @@ def test_an_empty_inbox_plans_nothing_and_opens_the_connections(web_app: Flask) 
     assert warmup.open_connections(web_app) == warmup.CONNECTIONS_AT_START
     with web_app.app_context(), db.engine.connect() as connection:
         assert plans_made(connection) == {}
+
+
+@postgresql_only
+def test_a_short_thread_still_has_older_pages_planned(web_app: Flask, owner: factories.Person) -> None:
+    """The newest conversation has one message: an older page is read all the same (empty), so the
+    first scroll up on each connection doesn't make the function's plan (migration 0025)."""
+    factories.conversation(owner)
+    warmup.open_connections(web_app)
+    with web_app.app_context(), db.engine.connect() as connection:
+        planned = plans_made(connection)
+    assert any("messages_before(" in statement for statement in planned), planned
