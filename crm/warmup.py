@@ -224,21 +224,22 @@ def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
     and a thread (its row, its newest messages and the page before them, and their files where
-    they have any; the team's members and AI switch), of the newest conversation and its
-    workspace; None without conversations."""
+    they have any; the team's members and AI switch), of the newest message's conversation and its
+    workspace; None without messages."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
     from crm.extensions import db
     from crm.inbox import listing, services
-    from crm.inbox.models import Conversation
+    from crm.inbox.models import Message
     from crm.inbox.team import team_facts
     from crm.pagination import cursor_after
     from crm.params import DEFAULT_LIMIT
 
-    # Any workspace's: the one with the newest conversation reads as a busy workspace would.
+    # Any workspace's: the conversation of the newest message, as a busy workspace's (a conversation
+    # may have no message left, and an empty thread reads no page before its newest).
     newest = db.session.execute(
-        select(Conversation.workspace_id, Conversation.id).order_by(Conversation.id.desc()).limit(1)
+        select(Message.workspace_id, Message.conversation_id).order_by(Message.id.desc()).limit(1)
     ).first()
     if newest is None:
         return None

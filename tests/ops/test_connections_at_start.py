@@ -385,9 +385,15 @@ def test_an_empty_inbox_plans_nothing_and_opens_the_connections(web_app: Flask) 
 
 @postgresql_only
 def test_a_short_thread_still_has_older_pages_planned(web_app: Flask, owner: factories.Person) -> None:
-    """The newest conversation has one message: an older page is read all the same (empty), so the
-    first scroll up on each connection doesn't make the function's plan (migration 0025)."""
+    """The newest message's conversation has that one message, and a newer conversation none: the
+    short thread is read, and an older page all the same (empty), so that the first scroll up on
+    each connection doesn't make the function's plan (migration 0025)."""
+    from crm.inbox import services
+
     factories.conversation(owner)
+    lead_id = factories.lead(owner, phone="+5511977776666")
+    services.open_conversation(owner.workspace_id, factories.sandbox_account(owner), lead_id)
+    db.session.commit()
     warmup.open_connections(web_app)
     with web_app.app_context(), db.engine.connect() as connection:
         planned = plans_made(connection)
