@@ -253,6 +253,7 @@ def inbox_reads() -> Callable[[], None] | None:
         thread = services.thread_page(workspace_id, conversation_id, None)
         if thread.items:  # older messages as the agent scrolls up (none, if the thread is short)
             older = thread.next_cursor or cursor_after(thread.items[-1], services.THREAD_KEYS)
+            db.session.expunge_all()  # a request of its own: the conversation is read again first
             services.thread_page(workspace_id, conversation_id, older)
         team_facts(workspace_id)  # read again every few seconds, on whichever connection
 

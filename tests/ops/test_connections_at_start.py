@@ -4,6 +4,7 @@ forked worker never uses its parent's connections."""
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import signal
 import threading
@@ -282,8 +283,12 @@ def test_the_inbox_runs_on_statements_planned_at_start(
     with app.app_context():
         event.listen(db.engine, "before_cursor_execute", note)
     try:
-        for path in ("/", f"/conversations/{long_thread}"):  # the list, then a thread, as htmx asks
-            assert client.get(path, headers={"HX-Request": "true"}).status_code == 200
+        # The list, a thread and its older page, as htmx asks for them.
+        assert client.get("/", headers={"HX-Request": "true"}).status_code == 200
+        thread = client.get(f"/conversations/{long_thread}", headers={"HX-Request": "true"})
+        older = re.search(r'/conversations/\d+/older\?cursor=[^"&]+', thread.get_data(as_text=True))
+        assert thread.status_code == 200 and older is not None
+        assert client.get(older.group(0), headers={"HX-Request": "true"}).status_code == 200
     finally:
         with app.app_context():
             event.remove(db.engine, "before_cursor_execute", note)
@@ -291,7 +296,8 @@ def test_the_inbox_runs_on_statements_planned_at_start(
             after = plans_made(connection)
     # Every SELECT the views ran was prepared at start and run until PostgreSQL chose: 5 plans for
     # its values, then its generic plan: the session's lookup, the list, its previews, the
-    # customers' tags, the thread's row and its messages, the team's members and AI switch ...
+    # customers' tags, the thread's row and its messages, the team's members and AI switch, the
+    # conversation read again and its older page ...
     selects = {statement for statement in ran if statement.startswith("SELECT")}
     assert len(selects) >= 6 and selects <= set(planned), (selects - set(planned), planned)
     assert all(sum(planned[statement]) == 6 for statement in selects), planned
