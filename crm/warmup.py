@@ -21,15 +21,15 @@ once, before it is used (~11 ms).
 The connections opened at start also plan the inbox's hot statements before they serve. Planning
 a statement over the monthly partitions of messages takes longer than running it (crm/pg.py), and
 PostgreSQL plans a prepared statement for its values on its first five runs before it chooses
-its generic plan (where it costs no more); psycopg prepares one only on its sixth run. So a
-web process's 16 connections each planned each statement of the list and the thread up to ten times
+its generic plan (where it costs no more); psycopg prepares one only on its sixth run. So a web
+process's 16 connections each planned each statement of the list and the thread up to ten times
 as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
 (bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
 (the session's lookup, the list's first page with its previews, a thread and its older page, the
-team's members and AI switch), notes the statements it ran with their values, and runs each of them on every
-connection it opens at start, prepared at once, until PostgreSQL has made its plans. Connections
-opened later (more requests at once than connections, the pool's 30-minute recycle) plan their
-statements as their requests run them.
+team's members and AI switch), notes the statements it ran with their values, and runs each of
+them on every connection it opens at start, prepared at once, until PostgreSQL has made its
+plans. Connections opened later (more requests at once than connections, the pool's 30-minute
+recycle) plan their statements as their requests run them.
 """
 
 from __future__ import annotations
@@ -223,9 +223,10 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    and a thread (its row, its newest messages and the page before them, and their files where
-    they have any; the team's members and AI switch), of the newest message's conversation and its
-    workspace; None without messages."""
+    a thread (its row, its newest messages and their files where they have any, the team's
+    members and AI switch) and the page before them (the conversation's row read again, as a
+    request of its own reads it), of the newest message's conversation and its workspace; None
+    without messages."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
