@@ -18,12 +18,13 @@ from crm.inbox import bp, listing, notes
 from crm.inbox import services as inbox
 from crm.inbox.team import team_facts
 from crm.leads.phones import for_humans
-from crm.params import page_limit, parse_id
+from crm.params import DEFAULT_LIMIT, page_limit, parse_id
 from crm.realtime.fragments import other_viewers
 from crm.whatsapp.models import WhatsAppAccount
 
 if TYPE_CHECKING:
     from crm.ai.models import AISuggestion
+    from crm.inbox.models import Conversation
 
 VIEWS = ("all", "mine", "unassigned", "unread")
 
@@ -93,12 +94,14 @@ def index() -> str:
 @bp.get("/conversations/<int:conversation_id>")
 @login_required
 def conversation(conversation_id: int) -> str:
+    limit = page_limit()  # before anything is read: a bad one is a 400
     current, number, has_notes = inbox.open_thread(g.workspace_id, conversation_id)
-    thread = inbox.thread_page(g.workspace_id, conversation_id, None)
+    thread = inbox.thread_page(g.workspace_id, conversation_id, None, limit)
     context = {
         "conversation": current,
         "messages": list(reversed(thread.items)),
         "older_cursor": thread.next_cursor,
+        "older_limit": _asked_limit(limit),
         "send_key": uuid.uuid4().hex,
         "upload_limits": upload_limits(current.account_id, number),
         "for_humans": for_humans,
@@ -135,13 +138,21 @@ def older_messages(conversation_id: int) -> str:
     cursor = request.args.get("cursor")
     if not cursor:
         abort(400)
-    page = inbox.thread_page(g.workspace_id, conversation_id, cursor)
+    limit = page_limit()
+    page = inbox.thread_page(g.workspace_id, conversation_id, cursor, limit)
     return render_template(
         "inbox/_older.html",
         conversation_id=conversation_id,
         messages=list(reversed(page.items)),
         older_cursor=page.next_cursor,
+        older_limit=_asked_limit(limit),
     )
+
+
+def _asked_limit(limit: int) -> int | None:
+    """The page size the next older page asks for: only one the address asked for (``?limit=``,
+    up to 100), so the usual link stays as it was."""
+    return None if limit == DEFAULT_LIMIT else limit
 
 
 @bp.post("/conversations/<int:conversation_id>/messages")
@@ -152,6 +163,8 @@ def send(conversation_id: int) -> Any:
     from crm.inbox.sending import reply, reply_with_file  # not at import: the pipeline imports crm.inbox
 
     conversation = inbox.get_conversation(g.workspace_id, conversation_id)
+    if inbox.window_closed(conversation):  # a tab opened while the window was open: nothing sent
+        return _window_closed(conversation)
     upload = request.files.get("file")
     try:
         if upload is not None and upload.filename:
@@ -180,6 +193,25 @@ def send(conversation_id: int) -> Any:
     # The message itself reaches every open tab, this one included, over the websocket; the
     # answer is a fresh composer (with a new key, so the next message is a new send).
     return _composer(conversation.account_id, conversation_id, sent_id=queued.message.id)
+
+
+def _window_closed(conversation: Conversation) -> tuple[str, int]:
+    """A text or a file outside the Cloud API's 24-hour window, which WhatsApp would refuse
+    (131047): the page gets the templates in place of its composer, saying why."""
+    from crm.leads.outreach import WindowClosed
+    from crm.whatsapp.templates import sendable_templates
+
+    refused = WindowClosed()
+    if request.headers.get("HX-Request") != "true":
+        raise refused
+    page = render_template(
+        "inbox/_window_closed.html",
+        conversation=conversation,
+        templates=sendable_templates(g.workspace_id, conversation.account_id),
+        send_key=uuid.uuid4().hex,
+        error=refused.message,
+    )
+    return page, refused.status
 
 
 def _composer(account_id: int, conversation_id: int, **context: Any) -> str:

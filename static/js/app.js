@@ -214,14 +214,15 @@
     if (input) input.value = "";
     show(button.form, null, "");
   });
-  // A form that answers a mistake with itself (status 413/422/409) is swapped like a success; an
-  // error page instead (an upload refused before the form was read) only lends its message.
+  // A form that answers a mistake with itself (status 413/422/409), or the composer answered with
+  // what replaces it (the 24-hour window closed while the tab was open), is swapped like a
+  // success; an error page instead (an upload refused before the form was read) only lends its message.
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
     var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("[data-swap-errors]");
     if (!form || [409, 413, 422].indexOf(status) < 0) return;
     var doc = new DOMParser().parseFromString(event.detail.xhr.responseText || "", "text/html");
-    if (doc.querySelector("form[data-swap-errors]")) {
+    if (doc.querySelector("form[data-swap-errors], [data-replaces-composer]")) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
       return;

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from datetime import timedelta
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from crm.db import utcnow
 from crm.extensions import db
@@ -16,7 +17,7 @@ from crm.inbox import services as inbox
 from crm.inbox.models import Conversation, Message
 from crm.realtime.fragments import render_event
 from tests import factories
-from tests.conftest import hx
+from tests.conftest import csrf_from, hx, login
 
 
 def test_inbox_lists_conversations_newest_first(logged_in: FlaskClient, owner: factories.Person) -> None:
@@ -118,12 +119,82 @@ def test_older_messages_page_by_keyset_even_with_equal_timestamps(
     assert sorted(seen) == sorted(f"m{i}" for i in range(120))  # each message exactly once
 
 
+def test_thread_pages_take_a_limit_of_up_to_100(logged_in: FlaskClient, owner: factories.Person) -> None:
+    conversation_id = factories.inbound(factories.sandbox_account(owner), text="m0")
+    for i in range(1, 130):
+        factories.stored_message(conversation_id, f"m{i}", provider_message_id=f"n-{i}")
+    path = f"/conversations/{conversation_id}"
+    fragment = {"HX-Request": "true"}
+
+    def texts(html: str) -> list[str]:
+        return re.findall(r"<p>(m\d+)</p>", html)
+
+    def older_link(html: str) -> str:
+        found = re.search(r'hx-get="(/conversations/\d+/older\?[^"]+)"', html)
+        assert found, "no link to older messages"
+        return found.group(1).replace("&amp;", "&")
+
+    usual = logged_in.get(path, headers=fragment).get_data(as_text=True)
+    assert texts(usual) == [f"m{i}" for i in range(80, 130)] and "limit=" not in older_link(usual)
+    first = logged_in.get(path, query_string={"limit": "100"}, headers=fragment).get_data(as_text=True)
+    assert texts(first) == [f"m{i}" for i in range(30, 130)]  # the newest 100, the oldest at the top
+    assert "limit=100" in older_link(first)  # the next page is as long
+    rest = logged_in.get(older_link(first), headers=fragment).get_data(as_text=True)
+    assert texts(rest) == [f"m{i}" for i in range(30)] and "/older?" not in rest
+    cursor = older_link(usual).split("cursor=")[1]
+    for bad in ("101", "0", "-1", "abc", "1e2"):
+        assert logged_in.get(path, query_string={"limit": bad}, headers=fragment).status_code == 400, bad
+        older = logged_in.get(f"{path}/older", query_string={"cursor": cursor, "limit": bad})
+        assert older.status_code == 400, bad
+    assert "limit must be a whole number from 1 to 100" in older.get_data(as_text=True)
+
+
 def test_reply_from_the_inbox_sends_once_per_form(logged_in: FlaskClient, owner: factories.Person) -> None:
     conversation_id = factories.inbound(factories.sandbox_account(owner))
     for _ in range(2):  # a double click posts the same form twice
         hx(logged_in, "POST", f"/conversations/{conversation_id}/messages", text="Olá!", send_key="form-1")
     sent = db.session.scalars(select(Message).where(Message.direction == "out")).all()
     assert len(sent) == 1 and sent[0].author == "agent" and sent[0].status == "delivered"
+
+
+def test_one_form_posted_twice_at_the_same_moment_sends_once(
+    app: Flask, logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    """Two tabs' (or a double click's) requests of one form racing: neither sees the other's row
+    before it writes its own, and the key's unique index has the last word."""
+    from crm.whatsapp.models import Outbox
+
+    conversation_id = factories.inbound(factories.sandbox_account(owner))
+    other_tab = app.test_client()
+    assert login(other_tab, owner.email).status_code == 302
+    clients = [logged_in, other_tab]
+    headers = [{"HX-Request": "true", "X-CSRFToken": csrf_from(c, "/")} for c in clients]
+    barrier = threading.Barrier(2)
+    answers: list[tuple[int, str]] = []
+
+    def post(k: int) -> None:
+        with app.app_context():  # the client commits the caller's session first: this thread's own
+            barrier.wait(timeout=10)
+            response = clients[k].post(
+                f"/conversations/{conversation_id}/messages",
+                data={"text": "Olá!", "send_key": "form-1"},
+                headers=headers[k],
+            )
+            answers.append((response.status_code, response.get_data(as_text=True)))
+            db.session.remove()
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    db.session.expire_all()
+    sent = db.session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert len(sent) == 1 and sent[0].text == "Olá!"
+    assert db.session.scalar(select(func.count()).select_from(Outbox)) == 1
+    assert [code for code, _ in answers] == [200, 200]  # both tabs get a fresh composer
+    for _, html in answers:
+        assert f'id="composer-{conversation_id}"' in html and 'value="form-1"' not in html  # a new key
 
 
 def test_two_agents_taking_the_same_conversation(app: Flask, owner: factories.Person) -> None:
@@ -167,6 +238,13 @@ def test_assign_and_close(logged_in: FlaskClient, owner: factories.Person) -> No
     )
     assert f'id="conversation-{conversation_id}"' in logged_in.get("/?status=closed").get_data(as_text=True)
     assert f'id="conversation-{conversation_id}"' not in logged_in.get("/").get_data(as_text=True)
+    header = logged_in.get(path).get_data(as_text=True)
+    assert '{"status": "open"}' in header and ">\n      Reopen</button>" in header
+    assert hx(logged_in, "POST", f"{path}/status", status="archived") == 422
+    assert hx(logged_in, "POST", f"{path}/status", status="open") == 200  # reopened by hand
+    db.session.refresh(conversation)
+    assert conversation.status == "open" and conversation.assignee_id == agent.user_id
+    assert f'id="conversation-{conversation_id}"' in logged_in.get("/").get_data(as_text=True)
 
 
 def test_live_events_never_render_another_workspaces_data(app: Flask, owner: factories.Person) -> None:
@@ -208,7 +286,8 @@ def test_cloud_composer_follows_the_24_hour_window(logged_in: FlaskClient, owner
         cloud=CloudSettings(phone_number_id="1", access_token="t", app_secret="s", verify_token="v"),
     )
     conversation_id = factories.inbound(account.id, text="recent")
-    open_thread = logged_in.get(f"/conversations/{conversation_id}", headers={"HX-Request": "true"})
+    fragment = {"HX-Request": "true"}
+    open_thread = logged_in.get(f"/conversations/{conversation_id}", headers=fragment)
     assert "data-composer" in open_thread.get_data(as_text=True)
     message = db.session.scalar(select(Message).where(Message.conversation_id == conversation_id))
     assert message is not None
@@ -218,6 +297,29 @@ def test_cloud_composer_follows_the_24_hour_window(logged_in: FlaskClient, owner
         as_text=True
     )
     assert "24-hour window is closed" in closed and "data-composer" not in closed
+    # A tab opened before the window closed still shows the composer: what it sends is refused
+    # (WhatsApp would answer 131047) and the templates take the composer's place.
+    send = f"/conversations/{conversation_id}/messages"
+    headers = {"HX-Request": "true", "X-CSRFToken": csrf_from(logged_in, "/")}
+    refused = logged_in.post(send, data={"text": "Oi de novo", "send_key": "k-1"}, headers=headers)
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 409 and "data-replaces-composer" in html
+    assert "only accepts an approved template" in html and f'id="template-composer-{conversation_id}"' in html
+    token = {"X-CSRFToken": headers["X-CSRFToken"]}
+    as_page = logged_in.post(send, data={"text": "Oi de novo"}, headers=token)
+    assert as_page.status_code == 409
+    with_file = logged_in.post(
+        send,
+        data={"text": "", "file": (io.BytesIO(b"%PDF-1.4 x"), "pedido.pdf", "application/pdf")},
+        headers=headers,
+    )
+    assert with_file.status_code == 409
+    assert db.session.scalar(select(func.count()).where(Message.direction == "out")) == 0
+    message.created_at = utcnow() - timedelta(hours=23, minutes=59)  # just inside
+    db.session.commit()
+    assert "data-composer" in logged_in.get(f"/conversations/{conversation_id}", headers=fragment).get_data(
+        as_text=True
+    )
     sandbox_thread = factories.inbound(factories.sandbox_account(owner), phone="+5511911112222")
     assert "data-composer" in logged_in.get(
         f"/conversations/{sandbox_thread}", headers={"HX-Request": "true"}
