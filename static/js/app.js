@@ -45,6 +45,32 @@
   });
 })();
 
+// The conversation the list shows selected, and only it: the one last asked for (a click, j or k)
+// until its thread is open, then the open one. Shared by the keyboard and the live list below.
+var zapdeskSelection = (function () {
+  "use strict";
+  var wanted = null;
+  function current() {
+    var open = document.querySelector(".thread[data-conversation-id]");
+    var id = open && open.getAttribute("data-conversation-id");
+    if (wanted && id === wanted) wanted = null;
+    return wanted || id;
+  }
+  function mark() {
+    var showing = current();
+    var item = showing && document.getElementById("conversation-" + showing);
+    document.querySelectorAll("#conversations .selected").forEach(function (li) {
+      if (li !== item) li.classList.remove("selected");
+    });
+    if (item) item.classList.add("selected");
+  }
+  return {
+    want: function (id) { wanted = id; mark(); },
+    mark: mark,
+    current: current, // its id: the class may be missing a moment while a live update settles
+  };
+})();
+
 // The inbox: newest messages at the bottom, Enter sends, j/k move between conversations.
 (function () {
   "use strict";
@@ -153,22 +179,24 @@
     if (event.key !== "j" && event.key !== "k") return;
     var items = Array.prototype.slice.call(document.querySelectorAll("#conversations [data-nav-item]"));
     if (!items.length) return;
-    var current = document.querySelector("#conversations .selected [data-nav-item]");
+    var selected = zapdeskSelection.current();
+    var current = selected && document.querySelector("#conversation-" + selected + " [data-nav-item]");
     var index = items.indexOf(current);
     var next = items[Math.min(items.length - 1, Math.max(0, index + (event.key === "j" ? 1 : -1)))];
-    if (next && next !== current) {
-      document.querySelectorAll("#conversations .selected").forEach(function (li) { li.classList.remove("selected"); });
-      next.parentElement.classList.add("selected");
-      next.click();
-    }
+    if (next && next !== current) next.click();
   });
   document.addEventListener("click", function (event) {
     var link = event.target.closest && event.target.closest("#conversations [data-nav-item]");
     if (!link) return;
-    document.querySelectorAll("#conversations .selected").forEach(function (li) { li.classList.remove("selected"); });
-    link.parentElement.classList.add("selected");
+    zapdeskSelection.want(link.parentElement.id.replace("conversation-", ""));
     var inbox = document.querySelector(".inbox");
     if (inbox) inbox.classList.add("has-thread");
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!event.detail.successful && elt && elt.matches && elt.matches("#conversations [data-nav-item]")) {
+      zapdeskSelection.want(null); // its thread did not come: the open one is the selected one again
+    }
   });
 })();
 
@@ -437,14 +465,9 @@
       order = [];
     }
   });
-  // A list item pushed anew, or a new list, shows the open conversation highlighted. A new list
-  // once it has settled: htmx sets its items' own attributes (the class) only then.
-  function markOpen() {
-    var open = document.querySelector(".thread[data-conversation-id]");
-    var item = open && document.getElementById("conversation-" + open.getAttribute("data-conversation-id"));
-    if (item) item.classList.add("selected");
-  }
-  document.addEventListener("htmx:afterSettle", markOpen);
+  // A list item pushed anew, or a new list, shows the open conversation highlighted, and only it. A
+  // new list once it has settled: htmx sets its items' own attributes (the class) only then.
+  document.addEventListener("htmx:afterSettle", zapdeskSelection.mark);
   document.addEventListener("htmx:afterSwap", function () {
     var list = document.getElementById("conversations");
     if (!pushed || !list || list === shownList) return;
@@ -497,7 +520,7 @@
         }
       }
     }
-    markOpen();
+    zapdeskSelection.mark();
     if (!list || !form) return;
     if (target === list && value(form, "q") !== "") {
       // During a search the page can't tell whether the conversation that just wrote is found (by
