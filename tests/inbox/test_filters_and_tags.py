@@ -75,3 +75,25 @@ def test_tags_are_added_and_removed_from_the_thread(logged_in: FlaskClient, owne
     assert lead.tag_names == ["Atacado"]
     html = logged_in.get(f"/conversations/{conversation_id}").get_data(as_text=True)
     assert '<li class="tag">Atacado' in html
+
+
+def test_views_mine_unassigned_and_unread(logged_in: FlaskClient, owner: factories.Person) -> None:
+    from crm.inbox import services as inbox
+
+    colleague = factories.person("Acme", "colega@acme.example")
+    account_id = factories.sandbox_account(owner)
+    ana = factories.inbound(account_id, phone="+5511900000001", name="Ana")
+    bia = factories.inbound(account_id, phone="+5511900000002", name="Bia")
+    factories.inbound(account_id, phone="+5511900000003", name="Caio")
+    inbox.take(owner.workspace_id, ana, owner.user_id)
+    inbox.assign(owner.workspace_id, bia, colleague.user_id)
+    assert logged_in.get(f"/conversations/{ana}").status_code == 200  # read: its badge goes
+    assert _names(logged_in, view="all") == ["Ana", "Bia", "Caio"]
+    assert _names(logged_in, view="mine") == ["Ana"]
+    assert _names(logged_in, view="unassigned") == ["Caio"]
+    assert _names(logged_in, view="unread") == ["Bia", "Caio"]
+    assert _names(logged_in, view="mine", status="closed") == []
+    inbox.set_status(owner.workspace_id, ana, "closed")
+    assert _names(logged_in, view="mine", status="closed") == ["Ana"]
+    assert _names(logged_in, view="mine") == []
+    assert _names(logged_in, view="somebody-else") == ["Bia", "Caio"]  # odd input: every open one

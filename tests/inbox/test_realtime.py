@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from typing import Any
@@ -58,6 +59,28 @@ def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
     foreign = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
     with pytest.raises(simple_websocket.ConnectionClosed):
         heard(foreign, 3)
+
+
+@pytest.mark.parametrize("cookie", [None, "session=forged.value"], ids=["no-cookie", "forged"])
+def test_a_socket_without_a_signed_in_session_is_told_so_and_closed(
+    live_server: str, owner: factories.Person, cookie: str | None
+) -> None:
+    import simple_websocket
+
+    from crm.realtime.ws import CLOSED
+
+    headers = {"Origin": live_server, **({"Cookie": cookie} if cookie else {})}
+    anonymous = simple_websocket.Client(live_server.replace("http://", "ws://") + "/ws", headers=headers)
+    frames = []
+    try:
+        with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+            for _ in range(3):
+                frames.append(heard(anonymous, 5))
+    finally:
+        with contextlib.suppress(simple_websocket.ConnectionClosed):  # closed by the server already
+            anonymous.close()
+    assert closed.value.reason == 1008 and closed.value.message == "sign in first"
+    assert all(frame == CLOSED for frame in frames)  # never live: at most told its session ended
 
 
 def counted_renders(monkeypatch: pytest.MonkeyPatch, eids: set[str]) -> list[str]:

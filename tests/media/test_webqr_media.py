@@ -95,6 +95,9 @@ def test_a_customers_voice_note_is_downloaded_by_the_gateway(
     assert media.source_encrypted is None  # the keys are dropped once the file is ours
     message = db.session.scalar(select(Message))
     assert message is not None and message.payload and "wire" not in message.payload["media"]
+    thread = logged_in.get(f"/conversations/{message.conversation_id}").get_data(as_text=True)
+    player = f'<audio controls preload="none" src="/media/{media.id}">'  # played in the thread
+    assert player in thread and "Voice message" in thread
 
 
 def test_a_failed_download_is_tried_again_on_request(
