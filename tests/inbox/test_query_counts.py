@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import Select, event
+from sqlalchemy.sql.visitors import iterate
 
 from crm.extensions import db
 from crm.inbox import listing, notes
@@ -86,3 +88,44 @@ def test_the_list_previews_show_only_the_workspaces_messages(owner: factories.Pe
     previews = listing.last_messages(owner.workspace_id, [mine, theirs])
     assert {n: row.text for n, row in previews.items()} == {mine: "meu"}
     assert list(listing.last_messages(other.workspace_id, [mine, theirs])) == [theirs]
+
+
+def test_lists_threads_and_older_pages_never_use_offset(
+    logged_in: FlaskClient, owner: factories.Person
+) -> None:
+    """Every page is found by its keyset cursor: a page deep in a long history costs what the first does."""
+    account_id = factories.sandbox_account(owner)
+    conversation_id = factories.inbound(account_id)
+    for n in range(120):
+        factories.stored_message(conversation_id, f"m{n}")
+    for n in range(60):
+        factories.inbound(account_id, phone=f"+55119100000{n:02d}", name=f"Cliente {n}")
+    hx = {"HX-Request": "true"}
+    selects: list[str] = []
+    offsets: list[str] = []
+
+    def record(
+        _conn: object, _cursor: object, statement: str, _params: object, context: object, *_: object
+    ) -> None:
+        compiled = getattr(context, "compiled", None)
+        if not statement.lstrip().upper().startswith("SELECT") or compiled is None:
+            return
+        selects.append(statement)
+        # SQLite's dialect writes "OFFSET 0" after every LIMIT: what counts is whether any SELECT
+        # in the statement, subqueries included, was given an offset.
+        if any(isinstance(e, Select) and e._offset_clause is not None for e in iterate(compiled.statement)):
+            offsets.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        listing = logged_in.get("/", headers=hx).get_data(as_text=True)
+        cursor = re.search(r"[?&]cursor=([^\"&]+)", listing)
+        assert cursor, "no next page of the list"
+        assert logged_in.get(f"/?cursor={cursor.group(1)}", headers=hx).status_code == 200
+        thread = logged_in.get(f"/conversations/{conversation_id}", headers=hx).get_data(as_text=True)
+        older = re.search(r'hx-get="(/conversations/\d+/older\?[^"]+)"', thread)
+        assert older, "no older page"
+        assert logged_in.get(older.group(1).replace("&amp;", "&"), headers=hx).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert len(selects) >= 6 and offsets == []
