@@ -72,6 +72,14 @@ def sandbox_account(p: Person, name: str = "Sandbox") -> int:
     return create_account(p.workspace_id, provider="sandbox", name=name).id
 
 
+def cloud_account(p: Person, name: str = "Cloud") -> int:
+    """A Cloud API number with placeholder credentials (nothing here reaches the Graph API)."""
+    from crm.whatsapp.accounts import CloudSettings, create_account
+
+    settings = CloudSettings(phone_number_id="1", access_token="t", app_secret="s", verify_token="v")
+    return create_account(p.workspace_id, provider="cloud", name=name, cloud=settings).id
+
+
 def inbound(account_id: int, phone: str = "+5511999990000", text: str = "Olá", name: str = "Cliente") -> int:
     """A customer's message arriving on a number, through the real ingest path; the conversation id."""
     import uuid

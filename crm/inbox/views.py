@@ -51,7 +51,8 @@ def _ai_on() -> bool:
     return team_facts(g.workspace_id).ai_on
 
 
-def _list_context(selected: int | None = None) -> dict[str, Any]:
+def _list_context(selected: int | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The list's context; ``limit`` overrides ``?limit=`` (a thread's page size, on its page)."""
     from crm.settings.ai import ai_problem
     from crm.whatsapp.accounts import list_accounts
 
@@ -65,7 +66,7 @@ def _list_context(selected: int | None = None) -> dict[str, Any]:
         q=filters["q"],
         account_id=int(filters["account"]) if filters["account"] else None,
         tag=filters["tag"],
-        limit=page_limit(),
+        limit=limit or page_limit(),
         cursor=request.args.get("cursor"),
     )
     return {
@@ -124,7 +125,8 @@ def conversation(conversation_id: int) -> str:
     if wants_fragment():  # not the Back button restoring a page htmx no longer has: the whole page
         page = render_template("inbox/_thread.html", **context)
     else:
-        page = render_template("inbox/index.html", **{**_list_context(selected=conversation_id), **context})
+        listed = _list_context(selected=conversation_id, limit=DEFAULT_LIMIT)
+        page = render_template("inbox/index.html", **{**listed, **context})
     if unread:
         set_committed_value(current, "unread_count", unread)
         inbox.mark_read(current)
@@ -163,8 +165,9 @@ def send(conversation_id: int) -> Any:
     from crm.inbox.sending import reply, reply_with_file  # not at import: the pipeline imports crm.inbox
 
     conversation = inbox.get_conversation(g.workspace_id, conversation_id)
-    if inbox.window_closed(conversation):  # a tab opened while the window was open: nothing sent
-        return _window_closed(conversation)
+    key = request.form.get("send_key") or None
+    if inbox.window_closed(conversation) and not _sent_already(key):
+        return _window_closed(conversation)  # a tab opened while the window was open: nothing sent
     upload = request.files.get("file")
     try:
         if upload is not None and upload.filename:
@@ -174,7 +177,7 @@ def send(conversation_id: int) -> Any:
                 upload,
                 request.form.get("text", ""),
                 user_id=current_user.id,
-                idempotency_key=request.form.get("send_key") or None,
+                idempotency_key=key,
             )
         else:
             queued = reply(
@@ -182,7 +185,7 @@ def send(conversation_id: int) -> Any:
                 conversation_id,
                 request.form.get("text", ""),
                 user_id=current_user.id,
-                idempotency_key=request.form.get("send_key") or None,
+                idempotency_key=key,
             )
     except DomainError as error:
         if request.headers.get("HX-Request") != "true":
@@ -193,6 +196,14 @@ def send(conversation_id: int) -> Any:
     # The message itself reaches every open tab, this one included, over the websocket; the
     # answer is a fresh composer (with a new key, so the next message is a new send).
     return _composer(conversation.account_id, conversation_id, sent_id=queued.message.id)
+
+
+def _sent_already(key: str | None) -> bool:
+    """Whether this form's key already sent its message: a retry of a send queued just before the
+    window closed is answered as that send, not refused."""
+    from crm.whatsapp.outbox import find_by_idempotency_key
+
+    return bool(key) and find_by_idempotency_key(g.workspace_id, str(key), None) is not None
 
 
 def _window_closed(conversation: Conversation) -> tuple[str, int]:

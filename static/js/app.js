@@ -66,6 +66,8 @@ var zapdeskSelection = (function () {
   }
   return {
     want: function (id) { wanted = id; mark(); },
+    // Its thread did not come (the request failed, or Back restored another page meanwhile).
+    forget: function (id) { if (!id || wanted === id) { wanted = null; mark(); } },
     mark: mark,
     current: current, // its id: the class may be missing a moment while a live update settles
   };
@@ -193,11 +195,11 @@ var zapdeskSelection = (function () {
     if (inbox) inbox.classList.add("has-thread");
   });
   document.addEventListener("htmx:afterRequest", function (event) {
-    var elt = event.detail.elt;
-    if (!event.detail.successful && elt && elt.matches && elt.matches("#conversations [data-nav-item]")) {
-      zapdeskSelection.want(null); // its thread did not come: the open one is the selected one again
-    }
+    var elt = event.detail.elt; // its item may have been replaced by a live update meanwhile
+    var item = elt && elt.matches && elt.matches("[data-nav-item]") && elt.parentElement;
+    if (!event.detail.successful && item) zapdeskSelection.forget(item.id.replace("conversation-", ""));
   });
+  document.addEventListener("htmx:historyRestore", function () { zapdeskSelection.forget(null); });
 })();
 
 // Attachments: the number's limit for that kind of file is checked before anything is uploaded

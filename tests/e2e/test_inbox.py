@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import APIResponse, Browser, Page, Route, expect
@@ -20,6 +21,15 @@ from tests import factories
 from tests.e2e.conftest import DESKTOP, PHONE, sign_in
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def close_contexts(browser: Browser) -> Iterator[None]:
+    """The tabs a test opened are closed after it even when it fails: an open page keeps its
+    socket and its polling going while the next tests run."""
+    yield
+    for context in browser.contexts:
+        context.close()
 
 
 def open_inbox(browser: Browser, live_server: str, email: str) -> Page:
@@ -46,9 +56,10 @@ def test_two_agents_see_messages_and_replies_live(
     phone.get_by_label("Customer name").fill("Marina")
     phone.get_by_label("Message").fill("Oi! Vocês entregam hoje?")
 
-    phone.get_by_role("button", name="Send as customer").click()
-    sent_at = time.monotonic()
-    for page in (first, second):  # both within 1 s of the customer's send, without a reload
+    with phone.expect_response(lambda r: r.request.method == "POST"):
+        phone.get_by_role("button", name="Send as customer").click()
+    sent_at = time.monotonic()  # stored and published by the time the phone's page has its answer
+    for page in (first, second):  # both within 1 s of it, without a reload
         left_ms = max(1.0, 1_000 - (time.monotonic() - sent_at) * 1000)
         expect(page.locator("#conversations")).to_contain_text("Vocês entregam hoje?", timeout=left_ms)
     for page in (first, second):
@@ -105,7 +116,8 @@ def test_keyboard_moves_between_conversations(
     )
     page.keyboard.press("j")
     expect(header).to_contain_text("Ana")
-    expect(page.locator("#conversations .selected")).to_contain_text("Ana")  # and only it
+    expect(page.locator("#conversations .selected")).to_have_count(1)  # and only it
+    expect(page.locator("#conversations .selected")).to_contain_text("Ana")
     page.keyboard.press("j")  # the last one stays
     expect(header).to_contain_text("Ana")
     page.keyboard.press("k")
@@ -519,15 +531,8 @@ def test_a_reply_typed_after_the_window_closed_turns_into_the_templates(
 
     from crm.db import utcnow
     from crm.inbox.models import Message
-    from crm.whatsapp.accounts import CloudSettings, create_account
 
-    account = create_account(
-        owner.workspace_id,
-        provider="cloud",
-        name="Cloud",
-        cloud=CloudSettings(phone_number_id="1", access_token="t", app_secret="s", verify_token="v"),
-    )
-    conversation_id = factories.inbound(account.id, name="Ana", text="Oi")
+    conversation_id = factories.inbound(factories.cloud_account(owner), name="Ana", text="Oi")
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Ana", exact=True).click()
     composer = page.locator("textarea[data-composer]")
