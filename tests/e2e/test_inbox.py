@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import APIResponse, Browser, Page, Route, expect
+from playwright.sync_api import APIResponse, Browser, Page, Route, ViewportSize, expect
 from sqlalchemy import select
 
 from crm.extensions import db
@@ -32,8 +32,8 @@ def close_contexts(browser: Browser) -> Iterator[None]:
         context.close()
 
 
-def open_inbox(browser: Browser, live_server: str, email: str) -> Page:
-    context = browser.new_context(locale="en-US", viewport=DESKTOP)
+def open_inbox(browser: Browser, live_server: str, email: str, viewport: ViewportSize = DESKTOP) -> Page:
+    context = browser.new_context(locale="en-US", viewport=viewport)
     page = context.new_page()
     sign_in(page, live_server, email)
     expect(page).to_have_title(re.compile("Inbox"))
@@ -555,9 +555,7 @@ def test_the_inbox_on_a_phone_sized_screen(
 ) -> None:
     account_id = factories.sandbox_account(owner)
     simulator.customer_writes(owner.workspace_id, account_id, "+5511933334444", "Bom dia!", name="Davi")
-    page = browser.new_context(locale="en-US", viewport=PHONE).new_page()
-    sign_in(page, live_server, owner.email)
-    expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
+    page = open_inbox(browser, live_server, owner.email, viewport=PHONE)
     listing = page.locator(".conversation-list")
     thread = page.locator("#thread")
     expect(listing).to_be_visible()
