@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask_babel import gettext as _
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from crm.media.sniff import MediaRejected
 
@@ -75,6 +75,18 @@ def _decoded(path: Path | io.BytesIO, side: int) -> Image.Image:
         image.close()
         raise MediaRejected(_("The image is damaged or incomplete (truncated): it can't be sent.")) from None
     return image
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """Width and height as the image is shown: turned by its EXIF orientation (phones often store
+    a photo sideways and say so). Reads the header only."""
+    image = open_checked(path)
+    try:
+        width, height = image.size
+        turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+    finally:
+        image.close()
+    return (height, width) if turned else (width, height)
 
 
 def check_image(path: Path) -> tuple[int, int]:

@@ -4,6 +4,7 @@ kept as it came, and shown in the thread. A failed download can be tried again f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from sqlalchemy import or_, select, update
 from crm.db import utcnow
 from crm.errors import Conflict, NotFound
 from crm.extensions import db
+from crm.media import images
 from crm.media.limits import LARGEST_UPLOAD
 from crm.media.models import MediaFile, MediaStatus
 from crm.media.services import (
@@ -130,6 +132,9 @@ def keep_inbound_file(job: Job, path: Path, claimed_mime: str) -> dict[str, Any]
     values = store_file(job.workspace_id, path, mime, ext)
     if job.kind in ("image", "sticker") and mime.startswith("image/"):
         values["thumbnail_key"] = store_thumbnail(job.workspace_id, path)
+        if values["thumbnail_key"]:  # its size, so the thread keeps its place before it loads
+            with contextlib.suppress(Exception):  # optional, like the thumbnail
+                values["width"], values["height"] = images.upright_size(path)
     return values
 
 

@@ -34,6 +34,17 @@ def test_orientation_applied_and_exif_with_gps_stripped(app: Flask, tmp_path: Pa
     assert isinstance(red, tuple) and red[0] > 200 and red[1] < 60
 
 
+@pytest.mark.parametrize("orientation", [None, 1, 3, 5, 6, 7, 8])
+def test_the_size_a_photo_is_shown_at_follows_its_orientation(
+    tmp_path: Path, orientation: int | None
+) -> None:
+    path = _write(tmp_path, files.jpeg(800, 600, orientation=orientation))
+    turned = orientation in (5, 6, 7, 8)  # a quarter turn: the stored width is the shown height
+    assert images.upright_size(path) == ((600, 800) if turned else (800, 600))
+    with Image.open(io.BytesIO(images.thumbnail(path).data)) as thumbnail:  # as the thumbnail has it
+        assert thumbnail.size == ((240, 320) if turned else (320, 240))
+
+
 def test_large_photos_are_resized_and_fitted_to_the_limit(app: Flask, tmp_path: Path) -> None:
     path = _write(tmp_path, files.jpeg(3000, 2000, noise=True, quality=97))
     limit = 250 * 1024

@@ -68,7 +68,9 @@ def test_a_customers_photo_is_downloaded_stored_and_shown(
     downloads = [r for r in graph_api.requests if r.path.startswith("/media-download/")]
     assert len(downloads) == 1 and downloads[0].header("Authorization") == "Bearer test-token"
     html = logged_in.get(f"/conversations/{message.conversation_id}", headers={"HX-Request": "true"})
-    assert f'src="/media/{media.id}/thumbnail"' in html.get_data(as_text=True)
+    shown = html.get_data(as_text=True)
+    assert f'src="/media/{media.id}/thumbnail"' in shown
+    assert 'width="320" height="240"' in shown  # its place kept before it loads: the thread doesn't jump
 
 
 def test_a_repeated_webhook_downloads_once(
