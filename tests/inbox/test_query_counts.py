@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flask.testing import FlaskClient
 from sqlalchemy import Select, event
@@ -12,22 +13,26 @@ from sqlalchemy.sql.visitors import iterate
 
 from crm.extensions import db
 from crm.inbox import listing, notes
+from crm.pg import built_select
 from tests import factories
+
+
+@contextmanager
+def listening(record: Callable[..., None]) -> Iterator[None]:
+    """``record`` called with each statement run meanwhile, as SQLAlchemy's
+    ``before_cursor_execute`` event gives it (connection, cursor, text, parameters, context, many)."""
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
 
 
 @contextmanager
 def counted() -> Iterator[list[str]]:
     statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with listening(lambda _conn, _cursor, statement, *_args: statements.append(statement)):
         yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def _statements(client: FlaskClient, path: str) -> int:
@@ -105,27 +110,26 @@ def test_lists_threads_and_older_pages_never_use_offset(
     offsets: list[str] = []
 
     def record(
-        _conn: object, _cursor: object, statement: str, _params: object, context: object, *_: object
+        _conn: object, _cursor: object, statement: str, _params: object, context: Any, *_: object
     ) -> None:
-        compiled = getattr(context, "compiled", None)
-        if not statement.lstrip().upper().startswith("SELECT") or compiled is None:
+        if not built_select(context):
             return
         selects.append(statement)
         # SQLite's dialect writes "OFFSET 0" after every LIMIT: what counts is whether any SELECT
         # in the statement, subqueries included, was given an offset.
-        if any(isinstance(e, Select) and e._offset_clause is not None for e in iterate(compiled.statement)):
+        if any(
+            isinstance(e, Select) and e._offset_clause is not None
+            for e in iterate(context.compiled.statement)
+        ):
             offsets.append(statement)
 
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        listing = logged_in.get("/", headers=hx).get_data(as_text=True)
-        cursor = re.search(r"[?&]cursor=([^\"&]+)", listing)
+    with listening(record):
+        first_page = logged_in.get("/", headers=hx).get_data(as_text=True)
+        cursor = re.search(r"[?&]cursor=([^\"&]+)", first_page)
         assert cursor, "no next page of the list"
         assert logged_in.get(f"/?cursor={cursor.group(1)}", headers=hx).status_code == 200
         thread = logged_in.get(f"/conversations/{conversation_id}", headers=hx).get_data(as_text=True)
         older = re.search(r'hx-get="(/conversations/\d+/older\?[^"]+)"', thread)
         assert older, "no older page"
         assert logged_in.get(older.group(1).replace("&amp;", "&"), headers=hx).status_code == 200
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
     assert len(selects) >= 6 and offsets == []
