@@ -30,6 +30,15 @@ team's members and AI switch), notes the statements it ran with their values, an
 them on every connection it opens at start, prepared at once, until PostgreSQL has made its
 plans. Connections opened later (more requests at once than connections, the pool's 30-minute
 recycle) plan their statements as their requests run them.
+
+PostgreSQL chooses between its plans by their costs: it keeps the generic plan only if it costs
+less than the plans for the values did on average. So the threads read at start are the first
+page's conversations, several of them, each statement's runs taking their values in turn, and the
+choice is made on conversations agents open. Made on one conversation alone, it could go the
+wrong way for them all: on the inbox's database (bench/inbox.py) the newest message's conversation
+was the one of 100,000 messages, for which the generic plan of the thread's messages looked
+dearer; each connection then planned that statement for its values on every run, until enough
+other conversations had been opened on it (30 to 47 plans in the first measured run).
 """
 
 from __future__ import annotations
@@ -69,12 +78,15 @@ OPENING_SECONDS = 10.0  # at most, opening connections at start (gunicorn's work
 
 # Runs of each hot statement on a connection opened at start, prepared on the first: PostgreSQL
 # plans it for its values on the first five, then makes its generic plan and keeps it if it costs
-# no more than those (a statement it goes on planning for its values, it plans on every run).
+# no more than those (a statement it goes on planning for its values, it plans on every run). As
+# many conversations are read at start, each statement's runs taking the values noted in turn.
 PLAN_RUNS = 6
 PLANNING_SECONDS = 1.0  # at most, per connection
 STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
 
-Statements = list[tuple[str, Any]]  # each statement's text as the driver gets it, and its values
+# Each statement's text as the driver gets it, and the values it ran with (at most PLAN_RUNS, in
+# the order first seen).
+Statements = list[tuple[str, list[Any]]]
 # Reads in two steps: the outer call finds what to read (its statements are not noted) and returns
 # the inner one, whose statements are noted; or None when there is nothing to read.
 Reads = Callable[[], Callable[[], object] | None]
@@ -167,19 +179,20 @@ def plan_statements(statements: Statements, dbapi_connection: Any, _connection_r
     """A ``connect`` event while a web process opens its connections at start: each statement run
     ``PLAN_RUNS`` times on the new connection, prepared (psycopg keeps it prepared for the app's
     own runs of the same text and value types: its ints dumped as crm/pg.py's ``connect`` event,
-    registered before this one, makes them). No run starts after ``PLANNING_SECONDS``; one that
-    fails or takes over ``STATEMENT_WAIT`` leaves its statement to the requests."""
+    registered before this one, makes them), its runs taking the values noted in turn. No run
+    starts after ``PLANNING_SECONDS``; one that fails or takes over ``STATEMENT_WAIT`` leaves its
+    statement to the requests."""
     began = time.monotonic()
 
     def plan(cursor: Any) -> None:
         cursor.execute(f"SET statement_timeout = '{STATEMENT_WAIT}'")
         try:
-            for statement, parameters in statements:
+            for statement, values in statements:
                 try:
-                    for _ in range(PLAN_RUNS):
+                    for run in range(PLAN_RUNS):
                         if time.monotonic() - began > PLANNING_SECONDS:
                             return
-                        cursor.execute(statement, parameters, prepare=True)
+                        cursor.execute(statement, values[run % len(values)], prepare=True)
                 except Exception:  # timed out, locked: the others are still planned
                     log.debug("statement not planned: %s", statement, exc_info=True)
         finally:
@@ -189,16 +202,19 @@ def plan_statements(statements: Statements, dbapi_connection: Any, _connection_r
 
 
 def hot_statements(app: Flask, reads: Reads) -> Statements:
-    """The SELECTs run by the reads ``reads`` gives, in order, each once with the values it ran
-    with. Nothing if they fail, or wait over ``LOCK_WAIT`` for a lock (a migration holding a table)
-    or ``STATEMENT_WAIT`` for a result: the connections then open without them."""
+    """The SELECTs run by the reads ``reads`` gives, in order, each with the different values it
+    ran with (``PLAN_RUNS`` at most). Nothing if they fail, or wait over ``LOCK_WAIT`` for a lock (a
+    migration holding a table) or ``STATEMENT_WAIT`` for a result: the connections then open
+    without them."""
     from crm.extensions import db
 
-    ran: dict[str, Any] = {}
+    ran: dict[str, list[Any]] = {}
 
     def note(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         if not many and built_select(context):
-            ran.setdefault(statement, parameters)
+            values = ran.setdefault(statement, [])
+            if len(values) < PLAN_RUNS and parameters not in values:
+                values.append(parameters)
 
     with app.app_context():
         try:
@@ -223,10 +239,10 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
 def inbox_reads() -> Callable[[], None] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
     run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    a thread (its row, its newest messages and their files where they have any, the team's
-    members and AI switch) and the page before them (the conversation's row read again, as a
-    request of its own reads it), of the newest message's conversation and its workspace; None
-    without messages."""
+    threads (their row, their newest messages and their files where they have any, the team's
+    members and AI switch) and the page before each (the conversation's row read again, as a
+    request of its own reads it): of the newest message's conversation, then of the first page's
+    next ones, ``PLAN_RUNS`` in all, in the newest message's workspace; None without messages."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
@@ -249,13 +265,17 @@ def inbox_reads() -> Callable[[], None] | None:
     def read() -> None:
         load_session("no such session")  # every request's first statement (crm/security.py)
         page = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT)
-        listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
-        services.open_thread(workspace_id, conversation_id)
-        thread = services.thread_page(workspace_id, conversation_id, None)
-        if thread.items:  # older messages as the agent scrolls up (none, if the thread is short)
-            older = thread.next_cursor or cursor_after(thread.items[-1], services.THREAD_KEYS)
-            db.session.expunge_all()  # a request of its own: the conversation is read again first
-            services.thread_page(workspace_id, conversation_id, older)
+        listed = [conversation.id for conversation in page.items]
+        listing.last_messages(workspace_id, listed)
+        opened = [conversation_id, *(c for c in listed if c != conversation_id)][:PLAN_RUNS]
+        for each in opened:
+            db.session.expunge_all()  # each a request of its own
+            services.open_thread(workspace_id, each)
+            thread = services.thread_page(workspace_id, each, None)
+            if thread.items:  # older messages as the agent scrolls up (none, if the thread is short)
+                older = thread.next_cursor or cursor_after(thread.items[-1], services.THREAD_KEYS)
+                db.session.expunge_all()  # the conversation is read again first
+                services.thread_page(workspace_id, each, older)
         team_facts(workspace_id)  # read again every few seconds, on whichever connection
 
     return read

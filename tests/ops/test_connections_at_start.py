@@ -371,7 +371,7 @@ def test_a_statement_that_fails_leaves_the_others_planned(
 
     def with_a_bad_one(app: Flask, reads: warmup.Reads) -> warmup.Statements:
         noted.extend(real(app, reads))
-        return [("SELECT * FROM no_such_table WHERE id = %(id)s", {"id": 1}), *noted]
+        return [("SELECT * FROM no_such_table WHERE id = %(id)s", [{"id": 1}]), *noted]
 
     monkeypatch.setattr(warmup, "hot_statements", with_a_bad_one)
     warmup.open_connections(web_app)
@@ -404,3 +404,62 @@ def test_a_short_thread_still_has_older_pages_planned(web_app: Flask, owner: fac
     with web_app.app_context(), db.engine.connect() as connection:
         planned = plans_made(connection)
     assert any("messages_before(" in statement for statement in planned), planned
+
+
+@postgresql_only
+def test_threads_are_planned_with_several_of_the_first_pages_conversations(
+    web_app: Flask, owner: factories.Person
+) -> None:
+    """PostgreSQL keeps a statement's generic plan only if it costs less than the plans for the
+    values did on average. Made on one conversation (the newest message's, which can be the
+    biggest), the choice could go the wrong way for every other one: the runs at start take the
+    values of the list's first conversations in turn, the newest message's first."""
+    account = factories.sandbox_account(owner)
+    listed = [factories.inbound(account, phone=f"+55119888800{n:02d}") for n in range(8)]
+    newest = listed[2]
+    factories.stored_message(newest, "the newest message")  # its conversation stays sixth on the list
+    db.session.commit()
+    statements = warmup.hot_statements(web_app, warmup.inbox_reads)
+    messages = [values for statement, values in statements if statement.startswith("SELECT messages.")]
+    threads = [values for values in messages if len(values) > 1]
+    assert len(threads) == 1, messages  # the thread's newest messages: the others are read once
+    conversations = [values["conversation_id_1"] for values in threads[0]]
+    assert conversations == [newest, *[c for c in reversed(listed) if c != newest][: warmup.PLAN_RUNS - 1]]
+    rows = [values for statement, values in statements if statement.startswith("SELECT conversations.id,")]
+    assert any(len(values) == warmup.PLAN_RUNS for values in rows), rows  # each thread's row too
+
+
+class Recording:
+    """A DB-API connection that notes what its cursors run (``plan_statements`` drives it)."""
+
+    def __init__(self) -> None:
+        self.autocommit = False
+        self.ran: list[tuple[str, Any]] = []
+
+    def cursor(self) -> Any:
+        connection = self
+
+        class Cursor:
+            def __enter__(self) -> Cursor:
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                return None
+
+            def execute(self, statement: str, values: Any = None, prepare: bool | None = None) -> None:
+                if not statement.startswith(("SET ", "RESET ")):
+                    connection.ran.append((statement, values))
+
+        return Cursor()
+
+
+def test_each_statements_runs_take_its_values_in_turn() -> None:
+    connection = Recording()
+    warmup.plan_statements(
+        [("A", [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]), ("B", [{"id": 9}])], connection, None
+    )
+    assert connection.ran == [
+        *[("A", {"id": n}) for n in (1, 2, 3, 4, 1, 2)],
+        *[("B", {"id": 9})] * warmup.PLAN_RUNS,
+    ]
+    assert connection.autocommit is False  # left as it came
