@@ -21,7 +21,7 @@ once, before it is used (~11 ms).
 The connections opened at start also plan the inbox's hot statements before they serve. Planning
 a statement over the monthly partitions of messages takes longer than running it (crm/pg.py), and
 PostgreSQL plans a prepared statement for its values on its first five runs before it chooses
-its generic plan (where it costs no more); psycopg prepares one only on its sixth run. So a web
+its generic plan (where it costs less); psycopg prepares one only on its sixth run. So a web
 process's 16 connections each planned each statement of the list and the thread up to ten times
 as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
 (bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
@@ -32,13 +32,15 @@ plans. Connections opened later (more requests at once than connections, the poo
 recycle) plan their statements as their requests run them.
 
 PostgreSQL chooses between its plans by their costs: it keeps the generic plan only if it costs
-less than the plans for the values did on average. So the threads read at start are the first
-page's conversations, several of them, each statement's runs taking their values in turn, and the
-choice is made on conversations agents open. Made on one conversation alone, it could go the
-wrong way for them all: on the inbox's database (bench/inbox.py) the newest message's conversation
-was the one of 100,000 messages, for which the generic plan of the thread's messages looked
-dearer; each connection then planned that statement for its values on every run, until enough
-other conversations had been opened on it (30 to 47 plans in the first measured run).
+less than the plans for the values did on average. So the threads read at start are five: the
+newest message's conversation and the next ones on the list, each statement's runs taking their
+values in turn, and the choice is made on conversations agents open. Made on one conversation
+alone, it could go the wrong way for them all: on the inbox's database (bench/inbox.py) the
+newest message's conversation was the one of 100,000 messages, for which the generic plan of the
+thread's messages looked dearer; each connection then planned that statement for its values on
+every run, until enough other conversations had been opened on it (30 to 47 plans in the first
+measured run). A thread read at start is left out if it fails (a conversation merged away as the
+process starts) and none is begun after ``READING_SECONDS``: the first read alone is needed.
 """
 
 from __future__ import annotations
@@ -78,18 +80,23 @@ OPENING_SECONDS = 10.0  # at most, opening connections at start (gunicorn's work
 
 # Runs of each hot statement on a connection opened at start, prepared on the first: PostgreSQL
 # plans it for its values on the first five, then makes its generic plan and keeps it if it costs
-# no more than those (a statement it goes on planning for its values, it plans on every run). As
-# many conversations are read at start, each statement's runs taking the values noted in turn.
-PLAN_RUNS = 6
+# less than those did on average (a statement it goes on planning for its values, it plans on
+# every run). As many conversations as those five are read at start, each statement's runs taking
+# the values noted in turn.
+CUSTOM_PLANS = 5
+PLAN_RUNS = CUSTOM_PLANS + 1
+READING_SECONDS = 1.0  # no thread after the first is read at start past this
 PLANNING_SECONDS = 1.0  # at most, per connection
 STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
 
-# Each statement's text as the driver gets it, and the values it ran with (at most PLAN_RUNS, in
-# the order first seen).
+# Each statement's text as the driver gets it, and the values it ran with (at most CUSTOM_PLANS,
+# in the order first seen).
 Statements = list[tuple[str, list[Any]]]
 # Reads in two steps: the outer call finds what to read (its statements are not noted) and returns
-# the inner one, whose statements are noted; or None when there is nothing to read.
-Reads = Callable[[], Callable[[], object] | None]
+# the reads whose statements are noted, or None when there is nothing to read. The first read is
+# needed: if it fails, nothing is planned. A later one that fails is left out (with the values it
+# ran), and none starts after READING_SECONDS.
+Reads = Callable[[], list[Callable[[], object]] | None]
 
 
 def warm_up(app: Flask) -> dict[str, float | int]:
@@ -203,31 +210,45 @@ def plan_statements(statements: Statements, dbapi_connection: Any, _connection_r
 
 def hot_statements(app: Flask, reads: Reads) -> Statements:
     """The SELECTs run by the reads ``reads`` gives, in order, each with the different values it
-    ran with (``PLAN_RUNS`` at most). Nothing if they fail, or wait over ``LOCK_WAIT`` for a lock (a
-    migration holding a table) or ``STATEMENT_WAIT`` for a result: the connections then open
-    without them."""
+    ran with (``CUSTOM_PLANS`` at most). Each read runs in a savepoint of its own; a statement that
+    waits over ``LOCK_WAIT`` for a lock (a migration holding a table) or ``STATEMENT_WAIT`` for a
+    result fails its read. Nothing if the first read fails: the connections then open without
+    them."""
     from crm.extensions import db
 
     ran: dict[str, list[Any]] = {}
+    noted: list[tuple[str, Any]] = []  # by the read running
 
     def note(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         if not many and built_select(context):
-            values = ran.setdefault(statement, [])
-            if len(values) < PLAN_RUNS and parameters not in values:
-                values.append(parameters)
+            noted.append((statement, parameters))
 
     with app.app_context():
+        began = time.monotonic()
         try:
             connection = db.session.connection()  # the session's, for the whole transaction
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{STATEMENT_WAIT}'")
-            chosen = reads()
-            if chosen is not None:
-                event.listen(connection, "before_cursor_execute", note)
-                try:
-                    chosen()
-                finally:
-                    event.remove(connection, "before_cursor_execute", note)
+            event.listen(connection, "before_cursor_execute", note)
+            try:
+                for number, read in enumerate(reads() or []):
+                    if number and time.monotonic() - began > READING_SECONDS:
+                        break
+                    noted.clear()
+                    try:
+                        with db.session.begin_nested():
+                            read()
+                    except Exception:
+                        if not number:
+                            raise
+                        log.warning("a thread read at start, to plan its statements, failed", exc_info=True)
+                        continue
+                    for statement, parameters in noted:
+                        values = ran.setdefault(statement, [])
+                        if len(values) < CUSTOM_PLANS and parameters not in values:
+                            values.append(parameters)
+            finally:
+                event.remove(connection, "before_cursor_execute", note)
         except Exception:
             log.warning("reading the inbox as an agent would, to plan its statements, failed", exc_info=True)
             ran.clear()
@@ -236,13 +257,14 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
     return list(ran.items())
 
 
-def inbox_reads() -> Callable[[], None] | None:
+def inbox_reads() -> list[Callable[[], object]] | None:
     """What an agent's first requests read, as the inbox's views read it (tests/ops checks that they
-    run the same statements): the session's lookup, the inbox's first page with each row's preview,
-    threads (their row, their newest messages and their files where they have any, the team's
-    members and AI switch) and the page before each (the conversation's row read again, as a
-    request of its own reads it): of the newest message's conversation, then of the first page's
-    next ones, ``PLAN_RUNS`` in all, in the newest message's workspace; None without messages."""
+    run the same statements), in the newest message's workspace; None without messages. First the
+    session's lookup, the inbox's first page with each row's preview, the team's members and AI
+    switch and the thread of the newest message's conversation; then, each a read of its own, the
+    threads of the next conversations on the list, ``CUSTOM_PLANS`` threads in all. A thread is its
+    row, its newest messages and their files where they have any, and the page before them (the
+    conversation's row read again, as a request of its own reads it)."""
     from sqlalchemy import select
 
     from crm.auth.services import load_session
@@ -261,24 +283,27 @@ def inbox_reads() -> Callable[[], None] | None:
     if newest is None:
         return None
     workspace_id, conversation_id = newest
+    listed = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT).items
+    later = [conversation.id for conversation in listed if conversation.id != conversation_id]
 
-    def read() -> None:
+    def thread(each: int) -> None:
+        db.session.expunge_all()  # a request of its own
+        services.open_thread(workspace_id, each)
+        page = services.thread_page(workspace_id, each, None)
+        if page.items:  # older messages as the agent scrolls up (none, if the thread is short)
+            older = page.next_cursor or cursor_after(page.items[-1], services.THREAD_KEYS)
+            db.session.expunge_all()  # the conversation is read again first
+            services.thread_page(workspace_id, each, older)
+
+    def first() -> None:
+        db.session.expunge_all()  # the list read again, as its request reads it
         load_session("no such session")  # every request's first statement (crm/security.py)
         page = listing.filtered_conversations(workspace_id, user_id=0, limit=DEFAULT_LIMIT)
-        listed = [conversation.id for conversation in page.items]
-        listing.last_messages(workspace_id, listed)
-        opened = [conversation_id, *(c for c in listed if c != conversation_id)][:PLAN_RUNS]
-        for each in opened:
-            db.session.expunge_all()  # each a request of its own
-            services.open_thread(workspace_id, each)
-            thread = services.thread_page(workspace_id, each, None)
-            if thread.items:  # older messages as the agent scrolls up (none, if the thread is short)
-                older = thread.next_cursor or cursor_after(thread.items[-1], services.THREAD_KEYS)
-                db.session.expunge_all()  # the conversation is read again first
-                services.thread_page(workspace_id, each, older)
+        listing.last_messages(workspace_id, [conversation.id for conversation in page.items])
         team_facts(workspace_id)  # read again every few seconds, on whichever connection
+        thread(conversation_id)
 
-    return read
+    return [first, *(functools.partial(thread, each) for each in later[: CUSTOM_PLANS - 1])]
 
 
 def open_connections(app: Flask, reads: Reads = inbox_reads) -> int:

@@ -324,11 +324,11 @@ def test_only_the_connections_opened_at_start_plan_statements(web_app: Flask, lo
 def test_reads_that_fail_leave_the_connections_to_open_all_the_same(
     web_app: Flask, long_thread: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> Callable[[], None]:
+    def broken() -> list[Callable[[], None]]:
         def read() -> None:
             raise RuntimeError("a read that fails")
 
-        return read
+        return [read]
 
     assert warmup.open_connections(web_app, reads=broken) == warmup.CONNECTIONS_AT_START
     assert "to plan its statements, failed" in caplog.text
@@ -407,26 +407,64 @@ def test_a_short_thread_still_has_older_pages_planned(web_app: Flask, owner: fac
 
 
 @postgresql_only
-def test_threads_are_planned_with_several_of_the_first_pages_conversations(
+def test_threads_are_read_from_several_of_the_first_pages_conversations(
     web_app: Flask, owner: factories.Person
 ) -> None:
     """PostgreSQL keeps a statement's generic plan only if it costs less than the plans for the
     values did on average. Made on one conversation (the newest message's, which can be the
     biggest), the choice could go the wrong way for every other one: the runs at start take the
-    values of the list's first conversations in turn, the newest message's first."""
+    values of the newest message's conversation, then of the next ones on the list, in turn."""
     account = factories.sandbox_account(owner)
     listed = [factories.inbound(account, phone=f"+55119888800{n:02d}") for n in range(8)]
-    newest = listed[2]
-    factories.stored_message(newest, "the newest message")  # its conversation stays sixth on the list
+    newest = listed[6]  # second on the list (by its last message), and the newest message's
+    factories.stored_message(newest, "the newest message")
     db.session.commit()
     statements = warmup.hot_statements(web_app, warmup.inbox_reads)
-    messages = [values for statement, values in statements if statement.startswith("SELECT messages.")]
-    threads = [values for values in messages if len(values) > 1]
-    assert len(threads) == 1, messages  # the thread's newest messages: the others are read once
-    conversations = [values["conversation_id_1"] for values in threads[0]]
-    assert conversations == [newest, *[c for c in reversed(listed) if c != newest][: warmup.PLAN_RUNS - 1]]
-    rows = [values for statement, values in statements if statement.startswith("SELECT conversations.id,")]
-    assert any(len(values) == warmup.PLAN_RUNS for values in rows), rows  # each thread's row too
+    read = [conversation for conversation in reversed(listed) if conversation != newest]
+    opened = [newest, *read[: warmup.CUSTOM_PLANS - 1]]
+    by_text = dict(statements)
+    thread = [
+        values for text, values in statements if text.startswith("SELECT messages.id, messages.workspace_id")
+    ]
+    assert [values["conversation_id_1"] for values in thread[0]] == opened, thread
+    row = [values for text, values in statements if text.startswith("SELECT conversations.id AS")]
+    assert [values["pk_1"] for values in row[0]] == opened, row  # each read again for its older page
+    assert all(len(values) == 1 for text, values in by_text.items() if "FROM users" in text)
+
+
+@postgresql_only
+def test_a_thread_that_fails_at_start_is_left_out(web_app: Flask, owner: factories.Person) -> None:
+    from crm.inbox.models import Conversation
+    from crm.leads.models import Lead
+
+    def read(conversation_id: int) -> Callable[[], object]:
+        return lambda: db.session.execute(
+            select(Conversation.id).where(Conversation.id == conversation_id)
+        ).all()
+
+    def failing() -> None:
+        db.session.execute(select(Lead.id).where(Lead.id == 1)).all()
+        db.session.execute(select(Conversation.id).where(Conversation.id == 3)).all()
+        raise RuntimeError("merged away as the process starts")
+
+    statements = warmup.hot_statements(web_app, lambda: [read(1), failing, read(2)])
+    assert [[next(iter(v.values())) for v in values] for _text, values in statements] == [[1, 2]]
+
+
+@postgresql_only
+def test_no_thread_after_the_first_is_read_past_the_reading_time(
+    web_app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm.inbox.models import Conversation
+
+    def read(conversation_id: int) -> Callable[[], object]:
+        return lambda: db.session.execute(
+            select(Conversation.id).where(Conversation.id == conversation_id)
+        ).all()
+
+    monkeypatch.setattr(warmup, "READING_SECONDS", 0.0)
+    statements = warmup.hot_statements(web_app, lambda: [read(1), read(2)])
+    assert [[next(iter(v.values())) for v in values] for _text, values in statements] == [[1]]
 
 
 class Recording:
@@ -434,7 +472,7 @@ class Recording:
 
     def __init__(self) -> None:
         self.autocommit = False
-        self.ran: list[tuple[str, Any]] = []
+        self.ran: list[tuple[str, Any, bool | None]] = []
 
     def cursor(self) -> Any:
         connection = self
@@ -447,19 +485,24 @@ class Recording:
                 return None
 
             def execute(self, statement: str, values: Any = None, prepare: bool | None = None) -> None:
-                if not statement.startswith(("SET ", "RESET ")):
-                    connection.ran.append((statement, values))
+                connection.ran.append((statement, values, prepare))
 
         return Cursor()
 
 
 def test_each_statements_runs_take_its_values_in_turn() -> None:
     connection = Recording()
-    warmup.plan_statements(
-        [("A", [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]), ("B", [{"id": 9}])], connection, None
-    )
-    assert connection.ran == [
+    statements = [("A", [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]), ("B", [{"id": 9}])]
+    warmup.plan_statements(statements, connection, None)
+    ran = [(text, values) for text, values, _prepare in connection.ran]
+    assert ran[:2] == [
+        (f"SET lock_timeout = '{warmup.LOCK_WAIT}'", None),
+        (f"SET statement_timeout = '{warmup.STATEMENT_WAIT}'", None),
+    ]
+    assert ran[2:-2] == [
         *[("A", {"id": n}) for n in (1, 2, 3, 4, 1, 2)],
         *[("B", {"id": 9})] * warmup.PLAN_RUNS,
     ]
+    assert ran[-2:] == [("RESET statement_timeout", None), ("RESET lock_timeout", None)]
+    assert all(prepare for _text, _values, prepare in connection.ran[2:-2])  # prepared at once
     assert connection.autocommit is False  # left as it came
