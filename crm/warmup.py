@@ -229,9 +229,10 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
             connection = db.session.connection()  # the session's, for the whole transaction
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{STATEMENT_WAIT}'")
+            chosen = reads() or []  # what to read: its own statements are not noted
             event.listen(connection, "before_cursor_execute", note)
             try:
-                for number, read in enumerate(reads() or []):
+                for number, read in enumerate(chosen):
                     if number and time.monotonic() - began > READING_SECONDS:
                         break
                     noted.clear()
@@ -241,7 +242,7 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
                     except Exception:
                         if not number:
                             raise
-                        log.warning("a thread read at start, to plan its statements, failed", exc_info=True)
+                        log.warning("a read at start, to plan its statements, failed", exc_info=True)
                         continue
                     for statement, parameters in noted:
                         values = ran.setdefault(statement, [])
