@@ -25,8 +25,8 @@ its generic plan (where it costs less); psycopg prepares one only on its sixth r
 process's 16 connections each planned each statement of the list and the thread up to ten times
 as the first agents worked, and on a busy machine such a plan took over 5 ms now and then
 (bench/inbox.py, BENCHMARKS.md). The web process reads what an agent's first requests read once
-(the session's lookup, the list's first page with its previews, a thread and its older page, the
-team's members and AI switch), notes the statements it ran with their values, and runs each of
+(the session's lookup, the list's first page with its previews, the team's members and AI switch,
+threads and their older pages), notes the statements it ran with their values, and runs each of
 them on every connection it opens at start, prepared at once, until PostgreSQL has made its
 plans. Connections opened later (more requests at once than connections, the pool's 30-minute
 recycle) plan their statements as their requests run them.
@@ -85,7 +85,7 @@ OPENING_SECONDS = 10.0  # at most, opening connections at start (gunicorn's work
 # the values noted in turn.
 CUSTOM_PLANS = 5
 PLAN_RUNS = CUSTOM_PLANS + 1
-READING_SECONDS = 1.0  # no thread after the first is read at start past this
+READING_SECONDS = 1.0  # no read after the first begins past this, from when what to read is known
 PLANNING_SECONDS = 1.0  # at most, per connection
 STATEMENT_WAIT = "500ms"  # at most, per run: a statement that slow is left to the requests
 
@@ -95,7 +95,7 @@ Statements = list[tuple[str, list[Any]]]
 # Reads in two steps: the outer call finds what to read (its statements are not noted) and returns
 # the reads whose statements are noted, or None when there is nothing to read. The first read is
 # needed: if it fails, nothing is planned. A later one that fails is left out (with the values it
-# ran), and none starts after READING_SECONDS.
+# ran), and none starts READING_SECONDS after the outer call returned.
 Reads = Callable[[], list[Callable[[], object]] | None]
 
 
@@ -212,8 +212,8 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
     """The SELECTs run by the reads ``reads`` gives, in order, each with the different values it
     ran with (``CUSTOM_PLANS`` at most). Each read runs in a savepoint of its own; a statement that
     waits over ``LOCK_WAIT`` for a lock (a migration holding a table) or ``STATEMENT_WAIT`` for a
-    result fails its read. Nothing if the first read fails: the connections then open without
-    them."""
+    result fails its read. Nothing if the first read fails, or what to read can't be found, or
+    the transaction fails: the connections then open without them."""
     from crm.extensions import db
 
     ran: dict[str, list[Any]] = {}
@@ -224,16 +224,17 @@ def hot_statements(app: Flask, reads: Reads) -> Statements:
             noted.append((statement, parameters))
 
     with app.app_context():
-        began = time.monotonic()
         try:
             connection = db.session.connection()  # the session's, for the whole transaction
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
             connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{STATEMENT_WAIT}'")
             chosen = reads() or []  # what to read: its own statements are not noted
+            began = time.monotonic()
             event.listen(connection, "before_cursor_execute", note)
             try:
                 for number, read in enumerate(chosen):
                     if number and time.monotonic() - began > READING_SECONDS:
+                        log.info("planning at start: %d of %d reads done in time", number, len(chosen))
                         break
                     noted.clear()
                     try:
@@ -263,7 +264,7 @@ def inbox_reads() -> list[Callable[[], object]] | None:
     run the same statements), in the newest message's workspace; None without messages. First the
     session's lookup, the inbox's first page with each row's preview, the team's members and AI
     switch and the thread of the newest message's conversation; then, each a read of its own, the
-    threads of the next conversations on the list, ``CUSTOM_PLANS`` threads in all. A thread is its
+    threads of the next conversations on the list, ``CUSTOM_PLANS`` threads at most. A thread is its
     row, its newest messages and their files where they have any, and the page before them (the
     conversation's row read again, as a request of its own reads it)."""
     from sqlalchemy import select

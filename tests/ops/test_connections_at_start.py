@@ -237,7 +237,8 @@ def session_of(connection: Connection) -> int | None:
 
 @pytest.fixture(autouse=True)
 def _unhurried_planning(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests count every plan: a busy machine must not cut the planning short."""
+    """Tests count every plan: a busy machine must not cut the reads or the planning short."""
+    monkeypatch.setattr(warmup, "READING_SECONDS", 60.0)
     monkeypatch.setattr(warmup, "PLANNING_SECONDS", 60.0)
 
 
@@ -429,31 +430,40 @@ def test_threads_are_read_from_several_of_the_first_pages_conversations(
     assert [values["conversation_id_1"] for values in thread[0]] == opened, thread
     row = [values for text, values in statements if text.startswith("SELECT conversations.id AS")]
     assert [values["pk_1"] for values in row[0]] == opened, row  # each read again for its older page
-    assert all(len(values) == 1 for text, values in by_text.items() if "FROM users" in text)
+    users = [values for text, values in by_text.items() if "FROM users" in text]
+    assert users and all(len(values) == 1 for values in users)  # the session's lookup, the team's
 
 
 @postgresql_only
 def test_a_thread_that_fails_at_start_is_left_out(web_app: Flask, owner: factories.Person) -> None:
+    """A later read that fails in the database (a statement timed out, or a conversation gone) is
+    rolled back to its savepoint: the reads after it still run, with the waits set for them."""
+    from sqlalchemy import text
+
     from crm.inbox.models import Conversation
     from crm.leads.models import Lead
 
+    waits: list[str] = []
+
     def read(conversation_id: int) -> Callable[[], object]:
-        return lambda: db.session.execute(
-            select(Conversation.id).where(Conversation.id == conversation_id)
-        ).all()
+        def run() -> None:
+            db.session.execute(select(Conversation.id).where(Conversation.id == conversation_id)).all()
+            waits.append(db.session.execute(text("SELECT current_setting('statement_timeout')")).scalar_one())
+
+        return run
 
     def failing() -> None:
         db.session.execute(select(Lead.id).where(Lead.id == 1)).all()
-        db.session.execute(select(Conversation.id).where(Conversation.id == 3)).all()
-        raise RuntimeError("merged away as the process starts")
+        db.session.execute(text("SELECT 1 / 0"))
 
     statements = warmup.hot_statements(web_app, lambda: [read(1), failing, read(2)])
     assert [[next(iter(v.values())) for v in values] for _text, values in statements] == [[1, 2]]
+    assert waits == [warmup.STATEMENT_WAIT, warmup.STATEMENT_WAIT]
 
 
 @postgresql_only
-def test_no_thread_after_the_first_is_read_past_the_reading_time(
-    web_app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch
+def test_no_read_after_the_first_begins_past_the_reading_time(
+    web_app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from crm.inbox.models import Conversation
 
@@ -462,9 +472,11 @@ def test_no_thread_after_the_first_is_read_past_the_reading_time(
             select(Conversation.id).where(Conversation.id == conversation_id)
         ).all()
 
-    monkeypatch.setattr(warmup, "READING_SECONDS", 0.0)
-    statements = warmup.hot_statements(web_app, lambda: [read(1), read(2)])
+    monkeypatch.setattr(warmup, "READING_SECONDS", -1.0)
+    with caplog.at_level("INFO", logger="crm.warmup"):
+        statements = warmup.hot_statements(web_app, lambda: [read(1), read(2)])
     assert [[next(iter(v.values())) for v in values] for _text, values in statements] == [[1]]
+    assert "1 of 2 reads done in time" in caplog.text
 
 
 class Recording:
