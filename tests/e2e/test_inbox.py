@@ -95,8 +95,6 @@ def test_two_agents_see_messages_and_replies_live(
     expect(on_phone.first).to_contain_text("Entregamos sim,")
     expect(on_phone.first).to_contain_text("Delivered")
     expect(on_phone.last).to_contain_text("Qual o endereço?")
-    for page in (first, second):
-        page.context.close()
 
 
 def test_keyboard_moves_between_conversations(
@@ -126,7 +124,6 @@ def test_keyboard_moves_between_conversations(
     page.keyboard.press("j")  # typed in the composer, not a move
     expect(page.locator("textarea[data-composer]")).to_have_value("j")
     expect(header).to_contain_text("Bia")
-    page.context.close()
 
 
 def test_a_failed_send_shows_why_live(browser: Browser, live_server: str, owner: factories.Person) -> None:
@@ -150,7 +147,6 @@ def test_a_failed_send_shows_why_live(browser: Browser, live_server: str, owner:
     db.session.commit()
     expect(tick).to_have_attribute("title", re.compile("^Failed.*Message undeliverable"), timeout=2_000)
     expect(tick).to_have_text("!")
-    page.context.close()
 
 
 def drop_sockets(workspace_id: int) -> None:
@@ -192,7 +188,6 @@ def test_a_page_that_reconnects_fetches_what_it_missed(
     expect(banner).to_be_hidden()
     expect(state).to_have_attribute("data-state", "on")
     assert page.evaluate("window.__notReloaded") is True
-    page.context.close()
 
 
 def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
@@ -233,7 +228,6 @@ def test_a_page_told_that_events_were_lost_fetches_them_without_reloading(
     expect(page.locator("textarea[data-composer]")).to_have_value("Um rascunho")
     expect(page.locator("#live-state")).to_have_attribute("data-state", "on")
     assert page.evaluate("window.__notReloaded") is True
-    page.context.close()
 
 
 def caios_conversation(owner: factories.Person, messages: int) -> tuple[int, int]:
@@ -270,7 +264,6 @@ def test_older_messages_load_as_the_reader_scrolls_up_the_thread_keeping_the_pla
     expect(bubbles).to_have_count(120)
     expect(bubbles.first).to_contain_text("m0")  # oldest first, in order
     expect(page.locator(".thread .older")).to_have_count(0)
-    page.context.close()
 
 
 def test_older_messages_that_failed_to_load_are_asked_for_again(
@@ -301,7 +294,6 @@ def test_older_messages_that_failed_to_load_are_asked_for_again(
         box.evaluate("box => { box.scrollTop = box.scrollTop === 0 ? 1 : 0; }")
         page.wait_for_timeout(200)
     expect(bubbles).to_have_count(60)
-    page.context.close()
 
 
 def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_than_a_page(
@@ -349,7 +341,6 @@ def test_a_refetched_thread_keeps_the_older_pages_read_unless_more_was_missed_th
     expect(bubbles.last).to_contain_text("muitos 54")
     expect(bubbles).to_have_count(50)  # a gap: the newest page, and older ones as it scrolls up
     expect(page.locator(".thread .older")).to_have_count(1)
-    page.context.close()
 
 
 def test_a_page_whose_session_ended_says_live_updates_stopped(
@@ -375,7 +366,6 @@ def test_a_page_whose_session_ended_says_live_updates_stopped(
     page.locator("form.inbox-filters select[name=status]").select_option("closed")
     expect(page).to_have_url(re.compile(r"/login\?next="))
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-    page.context.close()
 
 
 def test_agents_see_who_else_has_the_conversation_open(
@@ -399,7 +389,6 @@ def test_agents_see_who_else_has_the_conversation_open(
     first.screenshot(path="test-artifacts/inbox-presence.png")
     second.context.close()  # the other agent goes away: their socket closes
     expect(viewers).to_be_empty(timeout=3_000)
-    first.context.close()
 
 
 def test_a_saved_reply_is_inserted_by_its_shortcut(
@@ -430,7 +419,6 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
         "Abrimos das 9h às 18h.🙏"
     )
     page.screenshot(path="test-artifacts/inbox-saved-reply.png")
-    page.context.close()
 
 
 def test_live_conversations_respect_the_lists_filters(
@@ -451,7 +439,6 @@ def test_live_conversations_respect_the_lists_filters(
     other_number = page.locator("#conversations li.conversation-item", has_text="Davi")
     expect(other_number).to_have_count(1)  # it arrived over the websocket…
     expect(other_number).to_be_hidden()  # …and the filter keeps it out of sight
-    page.context.close()
 
 
 def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_finds_it(
@@ -484,7 +471,6 @@ def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_fin
     expect(page.locator("#conversations li.conversation-item.selected")).to_have_text(re.compile("Bia"))
     page.fill("#inbox-q", "")
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Caio"), re.compile("Bia")])
-    page.context.close()
 
 
 def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
@@ -521,7 +507,6 @@ def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     expect(page.locator("#conversations[data-me]")).to_have_count(1)
     # Fábio's new message on top; Ana renamed where the list has her, not moved up.
     expect(items).to_have_text([re.compile("Fábio"), re.compile("Bia"), re.compile("Ana Paula")])
-    page.context.close()
 
 
 def test_a_reply_typed_after_the_window_closed_turns_into_the_templates(
@@ -547,7 +532,6 @@ def test_a_reply_typed_after_the_window_closed_turns_into_the_templates(
     expect(page.locator(f"#template-composer-{conversation_id}")).to_be_visible()
     expect(composer).to_have_count(0)
     assert db.session.scalar(select(Message).where(Message.direction == "out")) is None
-    page.context.close()
 
 
 def test_the_inbox_on_a_phone_sized_screen(
@@ -573,4 +557,3 @@ def test_the_inbox_on_a_phone_sized_screen(
     page.get_by_role("link", name="Back to the list").click()
     expect(listing).to_be_visible()
     expect(listing).to_contain_text("Em que posso ajudar?")
-    page.context.close()
