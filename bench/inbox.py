@@ -49,8 +49,6 @@ from ingest import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     CLK_TCK,
-    HOST,
-    PG_PORT,
     TEXTS,
     Bench,
     BenchError,
@@ -97,21 +95,11 @@ class InboxBench(Bench):
         self.account_id = self.add_number("--provider", "sandbox", "--name", "Loja")
         self.seed()
 
-    def pg_bench(self) -> Any:
+    def pg_bench(self, **options: Any) -> Any:
         """A connection to the bench database whose own statements PostgreSQL does not log: the
         report's statements over 5 ms are the product's (this script reads its plan counts and
         conversations while the agents work)."""
-        import psycopg
-
-        return psycopg.connect(
-            host=HOST,
-            port=PG_PORT,
-            user="postgres",
-            dbname=self.db_name,
-            connect_timeout=5,
-            autocommit=True,
-            options="-c log_min_duration_statement=-1",
-        )
+        return super().pg_bench(options="-c log_min_duration_statement=-1", **options)
 
     def _seeded(self) -> bool:
         with self.pg_admin() as conn:
@@ -593,8 +581,8 @@ def report(runs: list[Run], buffers_mb: int) -> int:
         for title, statements in (("busiest", run.busiest), ("planned", run.planned_most)):
             if statements:
                 log(f"{run.label}, statements {title} (runs, mean and slowest ms, plans):")
-            for calls, mean, top, plans, statement in statements:
-                log(f"  {calls:>6} {mean:6.3f} {top:7.3f} {plans:>4}  {statement[:120]}")
+            for calls, mean, top, made, statement in statements:
+                log(f"  {calls:>6} {mean:6.3f} {top:7.3f} {made:>4}  {statement[:120]}")
     med = {kind: statistics.median(pct(r.ms(kind), 95) for r in runs) for kind in ("list", "thread", "older")}
     slow = [s for r in runs for s in r.slow]
     log("")

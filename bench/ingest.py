@@ -591,11 +591,18 @@ class Bench:
                 "Start it and retry."
             ) from exc
 
-    def pg_bench(self) -> Any:
+    def pg_bench(self, **options: Any) -> Any:
+        """A connection to the bench database; ``options`` go to psycopg.connect."""
         import psycopg
 
         return psycopg.connect(
-            host=HOST, port=PG_PORT, user="postgres", dbname=self.db_name, connect_timeout=5, autocommit=True
+            host=HOST,
+            port=PG_PORT,
+            user="postgres",
+            dbname=self.db_name,
+            connect_timeout=5,
+            autocommit=True,
+            **options,
         )
 
     def preflight(self) -> None:
