@@ -267,6 +267,42 @@ var zapdeskSelection = (function () {
   });
 })();
 
+// What is typed while a send is on its way stays: the composer that answers the send (a fresh
+// one, or the same with a mistake) takes the text typed since it went, with the caret and the focus.
+(function () {
+  "use strict";
+  var sent = new WeakMap(); // a composer's form -> the text it sent
+  var kept = null; // what its textarea holds as the answer is swapped in, when typed since
+  function textOf(elt) {
+    return elt && elt.matches && elt.matches("form") ? elt.querySelector("textarea[data-composer]") : null;
+  }
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var box = textOf(event.detail.elt);
+    if (box) sent.set(event.detail.elt, box.value);
+  });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var form = event.detail.elt;
+    var box = textOf(form);
+    kept = null;
+    if (!box || !sent.has(form) || box.value === sent.get(form)) return;
+    kept = {
+      id: box.id, value: box.value, start: box.selectionStart, end: box.selectionEnd,
+      focused: document.activeElement === box,
+    };
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var swapped = event.target; // what came in place of the form
+    var box = kept && swapped.querySelector && swapped.querySelector("#" + kept.id);
+    if (!box) return;
+    var was = kept;
+    kept = null;
+    if (box.value === was.value) return;
+    box.value = was.value;
+    if (was.focused) box.focus();
+    box.setSelectionRange(was.start, was.end);
+  });
+})();
+
 // Pub/sub is lossy: when the websocket comes back after a drop, or the server says events may
 // have been lost while it stayed open (crm/realtime/broker.py, RESYNC), refetch what the page shows.
 // Meanwhile the page says it is reconnecting. The server's first frame on a socket says "on"

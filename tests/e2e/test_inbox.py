@@ -473,6 +473,26 @@ def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_fin
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Caio"), re.compile("Bia")])
 
 
+def hold_answers(page: Page, url: re.Pattern[str] | str) -> list[tuple[Route, APIResponse]]:
+    """The page's requests to ``url`` reach the server at once; their answers reach the page when
+    the test fulfils each held route with its answer."""
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold(route: Route) -> None:
+        held.append((route, route.fetch()))
+
+    page.route(url, hold)
+    return held
+
+
+def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> None:
+    for _ in range(50):  # the route's handler runs while the page waits
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 1
+
+
 def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
@@ -481,18 +501,9 @@ def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     ana = simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-1111", "Oi", name="Ana")
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-2222", "Olá", name="Bia")
     page = open_inbox(browser, live_server, owner.email)
-    held: list[tuple[Route, APIResponse]] = []
-
-    def hold(route: Route) -> None:  # the server answers now; the browser gets it later
-        held.append((route, route.fetch()))
-
-    page.route(re.compile(rf".*[?&]account={shop}(&|$)"), hold)
+    held = hold_answers(page, re.compile(rf".*[?&]account={shop}(&|$)"))
     page.select_option("#inbox-account", str(shop))
-    for _ in range(50):  # the route's handler runs while the page waits
-        if held:
-            break
-        page.wait_for_timeout(100)
-    assert len(held) == 1
+    wait_for_held(page, held)
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-3333", "Ainda abertos?", name="Fábio")
     ana_id = db.session.scalar(
         select(Lead.id).where(Lead.workspace_id == owner.workspace_id, Lead.phone == ana)
@@ -507,6 +518,40 @@ def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     expect(page.locator("#conversations[data-me]")).to_have_count(1)
     # Fábio's new message on top; Ana renamed where the list has her, not moved up.
     expect(items).to_have_text([re.compile("Fábio"), re.compile("Bia"), re.compile("Ana Paula")])
+
+
+def test_what_is_typed_while_a_send_is_on_its_way_stays_in_the_composer(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    from crm.inbox.models import Message
+
+    account_id = factories.sandbox_account(owner)
+    simulator.customer_writes(owner.workspace_id, account_id, "+5511933334444", "Oi", name="Dora")
+    page = open_inbox(browser, live_server, owner.email)
+    page.get_by_text("Dora").click()
+    composer = page.locator("textarea[data-composer]")
+    held = hold_answers(page, "**/conversations/*/messages")
+    composer.fill("Bom dia!")
+    first_key = page.locator("input[name=send_key]").input_value()
+    composer.press("Enter")
+    wait_for_held(page, held)
+    composer.fill("Em que posso ajudar?")  # the next one, typed before the send is answered
+    composer.press("End")
+    route, answer = held[0]
+    assert "Bom dia!" in (route.request.post_data or "")
+    route.fulfill(response=answer)  # a fresh composer, with a new key
+    expect(page.locator("input[name=send_key]")).not_to_have_value(first_key)
+    expect(composer).to_have_value("Em que posso ajudar?")
+    expect(composer).to_be_focused()
+    page.unroute("**/conversations/*/messages")
+    page.keyboard.type(" 😊")  # the caret where it was, at the end
+    composer.press("Enter")
+    bubbles = page.locator(".thread .messages .bubble.from-business")
+    expect(bubbles).to_have_count(2)
+    expect(bubbles.last).to_contain_text("Em que posso ajudar? 😊")
+    expect(composer).to_have_value("")
+    sent = db.session.scalars(select(Message.text).where(Message.direction == "out").order_by(Message.id))
+    assert list(sent) == ["Bom dia!", "Em que posso ajudar? 😊"]
 
 
 def test_a_reply_typed_after_the_window_closed_turns_into_the_templates(
