@@ -6,6 +6,9 @@
     if (el.matches && el.matches("select[data-autosubmit]") && el.form) {
       el.form.requestSubmit();
     }
+    // The inbox's filters: a choice asks for the list at once. The search boxes ask as they are
+    // typed in, and not again when left (their own "change").
+    if (el.matches && el.matches("form.inbox-filters select") && window.htmx) htmx.trigger(el.form, "refresh");
   });
   // Settings → Numbers: show the Cloud API fields only for Cloud API numbers.
   function syncProviderFields() {
@@ -335,7 +338,7 @@ var zapdeskSelection = (function () {
   // so what is pushed while it is on its way is laid over it, below).
   function refetchList() {
     var form = document.querySelector("form.inbox-filters"); // the inbox's list comes with it
-    if (form && document.getElementById("conversations")) htmx.trigger(form, "change");
+    if (form && document.getElementById("conversations")) htmx.trigger(form, "refresh");
   }
   // The open thread: its header, newest messages and notes laid over what it shows, so the reply
   // being typed, the older pages scrolled to and the place read stay. When more was missed than
@@ -579,7 +582,7 @@ var zapdeskSelection = (function () {
     clearTimeout(again);
     again = setTimeout(function () {
       again = null;
-      if (window.htmx && document.body.contains(form)) htmx.trigger(form, "change");
+      if (window.htmx && document.body.contains(form)) htmx.trigger(form, "refresh");
     }, 200);
   }
 })();

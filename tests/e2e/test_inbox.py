@@ -441,6 +441,33 @@ def test_live_conversations_respect_the_lists_filters(
     expect(other_number).to_be_hidden()  # …and the filter keeps it out of sight
 
 
+def test_the_list_is_asked_for_once_per_change_of_its_filters(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    """Leaving the search box after typing asks for nothing more: its typing already did."""
+    shop = factories.sandbox_account(owner)
+    for phone, name in (("+55 11 95555-0001", "Ana"), ("+55 11 95555-0002", "Bia")):
+        simulator.customer_writes(owner.workspace_id, shop, phone, "Oi", name=name)
+    page = open_inbox(browser, live_server, owner.email)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url) if "view=" in request.url else None)
+    shown = page.locator("#conversations li.conversation-item:visible")
+    page.fill("#inbox-q", "Ana")
+    expect(shown).to_have_text([re.compile("Ana")])
+    page.get_by_text("Ana").click()  # the search box loses the focus
+    expect(page.locator(".thread .messages")).to_contain_text("Oi")
+    page.fill("#inbox-tag", "vip")
+    expect(page.locator("#conversations-empty")).to_be_visible()
+    page.locator("textarea[data-composer]").focus()
+    page.select_option("#inbox-status", "closed")
+    page.wait_for_timeout(500)  # time for a request too many to go
+    assert [re.findall(r"(q|tag|status)=(\w*)", url) for url in asked] == [
+        [("q", "Ana"), ("status", "open"), ("tag", "")],
+        [("q", "Ana"), ("status", "open"), ("tag", "vip")],
+        [("q", "Ana"), ("status", "closed"), ("tag", "vip")],
+    ]
+
+
 def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_finds_it(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
