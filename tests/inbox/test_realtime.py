@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from tests import factories
-from tests.sockets import ServerSocket, registered
+from tests.sockets import Client, ServerSocket, registered
 
 
 def signed_in_cookie(live_server: str, person: factories.Person) -> str:
@@ -50,13 +50,13 @@ def test_another_sites_page_cannot_open_the_socket_with_our_cookies(
 
     cookie = signed_in_cookie(live_server, owner)
     url = live_server.replace("http://", "ws://") + "/ws"
-    same = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": live_server})
+    same = Client(url, headers={"Cookie": cookie, "Origin": live_server})
     try:
         live(same)
         assert heard(same, 1.5) is None  # open and quiet: nothing happened yet
     finally:
         same.close()
-    foreign = simple_websocket.Client(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
+    foreign = Client(url, headers={"Cookie": cookie, "Origin": "https://evil.example"})
     with pytest.raises(simple_websocket.ConnectionClosed):
         heard(foreign, 3)
 
@@ -70,7 +70,7 @@ def test_a_socket_without_a_signed_in_session_is_told_so_and_closed(
     from crm.realtime.ws import CLOSED
 
     headers = {"Origin": live_server, **({"Cookie": cookie} if cookie else {})}
-    anonymous = simple_websocket.Client(live_server.replace("http://", "ws://") + "/ws", headers=headers)
+    anonymous = Client(live_server.replace("http://", "ws://") + "/ws", headers=headers)
     frames = []
     try:
         with pytest.raises(simple_websocket.ConnectionClosed) as closed:
@@ -201,14 +201,13 @@ def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
 def test_a_sockets_own_thread_writes_what_the_fanout_left_it(
     live_server: str, owner: factories.Person
 ) -> None:
-    import simple_websocket
 
     from crm.realtime import fanout
     from crm.realtime.tab import frame
 
     url = live_server.replace("http://", "ws://") + "/ws"
     headers = {"Cookie": signed_in_cookie(live_server, owner), "Origin": live_server}
-    client = simple_websocket.Client(url, headers=headers)
+    client = Client(url, headers=headers)
     try:
         live(client)
         with fanout._lock:
@@ -226,14 +225,13 @@ def test_a_client_that_answers_no_ping_is_cut_off(
     import socket
     from urllib.parse import urlsplit
 
-    import simple_websocket
     from wsproto.frame_protocol import FrameProtocol, Opcode
 
     from crm.realtime import ws
 
     monkeypatch.setattr(ws, "PING_SECONDS", 1.0)
     cookie = signed_in_cookie(live_server, owner)
-    answering = simple_websocket.Client(
+    answering = Client(
         live_server.replace("http://", "ws://") + "/ws", headers={"Cookie": cookie, "Origin": live_server}
     )
     address = urlsplit(live_server)
@@ -297,7 +295,7 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
     cookie = signed_in_cookie(live_server, owner)
     url = live_server.replace("http://", "ws://") + "/ws"
     headers = {"Cookie": cookie, "Origin": live_server}
-    idle = simple_websocket.Client(url, headers=headers)
+    idle = Client(url, headers=headers)
     try:
         live(idle)
         assert heard(idle, 1.0) is None  # open, and nothing to say
@@ -311,7 +309,7 @@ def test_an_idle_socket_holds_no_database_connection_and_closes_when_its_session
         idle.close()
 
     monkeypatch.setattr(ws, "RECHECK_SECONDS", 0.3)  # instead of every 30 s
-    watched = simple_websocket.Client(url, headers=headers)
+    watched = Client(url, headers=headers)
     try:
         live(watched)
         assert heard(watched, 1.0) is None
@@ -330,7 +328,6 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
 ) -> None:
     """A browser offers compression; declined, its socket is plain, so the fan-out thread writes
     the frame it built once; the page reads the fragment whole, accents included."""
-    import simple_websocket
 
     from crm.realtime import fanout
 
@@ -339,7 +336,7 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
     url = live_server.replace("http://", "ws://") + "/ws"
     offer = "permessage-deflate; client_max_window_bits"  # as browsers offer it
     headers = {"Cookie": cookie, "Origin": live_server, "Sec-WebSocket-Extensions": offer}
-    socket = simple_websocket.Client(url, headers=headers)
+    socket = Client(url, headers=headers)
     try:
         live(socket)
         with fanout._lock:
@@ -383,9 +380,9 @@ def test_a_socket_gives_back_its_opening_turn_once_live_or_refused(
     monkeypatch.setattr(ws, "_opening", turns)
     monkeypatch.setattr(ws, "OPENING_WAIT_SECONDS", 15.0)  # a turn kept would hold the next socket
 
-    def opened(headers: dict[str, str]) -> simple_websocket.Client:
+    def opened(headers: dict[str, str]) -> Client:
         started = time.monotonic()
-        client = simple_websocket.Client(url, headers=headers)  # returns once the server answered
+        client = Client(url, headers=headers)  # returns once the server answered
         assert time.monotonic() - started < 5, "the socket waited for a turn kept by another"
         return client
 
