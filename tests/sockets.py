@@ -32,10 +32,10 @@ class Client(simple_websocket.Client):
     to the handshake. The library's own leaves them unread until more comes: on a busy machine the
     server's first frame (or its close) arrives in the same read as the answer."""
 
-    def handshake(self) -> None:
-        super().handshake()
-        self._handle_events()  # a close among them is seen when the socket ends
-        self.connected = True
+    def _thread(self) -> None:
+        if not self._handle_events():  # a close among them: the reader reads no further
+            self.connected = False
+        super()._thread()
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -272,6 +272,7 @@ var zapdeskSelection = (function () {
 
 // What is typed while a send is on its way stays: the composer that answers the send (a fresh
 // one, or the same with a mistake) takes the text typed since it went, with the caret and the focus.
+// Sent, the text it sent goes: only what was typed after it stays (sending it again is a new message).
 (function () {
   "use strict";
   var sent = new WeakMap(); // a composer's form -> the text it sent
@@ -288,10 +289,15 @@ var zapdeskSelection = (function () {
     var box = textOf(form);
     kept = null;
     if (!box || !sent.has(form) || box.value === sent.get(form)) return;
-    kept = {
-      id: box.id, value: box.value, start: box.selectionStart, end: box.selectionEnd,
-      focused: document.activeElement === box,
-    };
+    var value = box.value, start = box.selectionStart, end = box.selectionEnd;
+    var went = sent.get(form);
+    var ok = event.detail.xhr.status < 300;
+    if (ok && went && value.indexOf(went) === 0) { // typed on after it: the rest only
+      value = value.slice(went.length);
+      start = Math.max(0, start - went.length);
+      end = Math.max(0, end - went.length);
+    }
+    kept = { id: box.id, value: value, start: start, end: end, focused: document.activeElement === box };
   });
   document.addEventListener("htmx:afterSwap", function (event) {
     var swapped = event.target; // what came in place of the form
@@ -300,9 +306,14 @@ var zapdeskSelection = (function () {
     var was = kept;
     kept = null;
     if (box.value === was.value) return;
+    // Ready at once: htmx readies what it swapped in only as it settles (20 ms on), and an Enter
+    // before that would send the form without it (the page would turn into the answer).
+    if (window.htmx) htmx.process(box.form);
     box.value = was.value;
     if (was.focused) box.focus();
     box.setSelectionRange(was.start, was.end);
+    // A "/shortcut" typed meanwhile lists its saved replies in this composer, as typed in it.
+    if (/^\//.test(was.value)) box.dispatchEvent(new Event("input", { bubbles: true }));
   });
 })();
 

@@ -201,7 +201,6 @@ def test_every_open_page_is_told_to_refetch_when_events_may_have_been_lost(
 def test_a_sockets_own_thread_writes_what_the_fanout_left_it(
     live_server: str, owner: factories.Person
 ) -> None:
-
     from crm.realtime import fanout
     from crm.realtime.tab import frame
 
@@ -328,7 +327,6 @@ def test_the_fanout_writes_its_built_frame_to_a_real_socket(
 ) -> None:
     """A browser offers compression; declined, its socket is plain, so the fan-out thread writes
     the frame it built once; the page reads the fragment whole, accents included."""
-
     from crm.realtime import fanout
 
     conversation_id = factories.inbound(factories.sandbox_account(owner), name="João Conceição")
