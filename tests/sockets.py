@@ -33,8 +33,12 @@ class Client(simple_websocket.Client):
     server's first frame (or its close) arrives in the same read as the answer."""
 
     def _thread(self) -> None:
-        if not self._handle_events():  # a close among them: the reader reads no further
+        try:
+            if not self._handle_events():  # a close among them: the reader reads no further
+                self.connected = False
+        except OSError:  # answering them failed: the connection is gone
             self.connected = False
+            self.event.set()
         super()._thread()
 
 

@@ -174,6 +174,7 @@ var zapdeskSelection = (function () {
     }
     if (target.matches && target.matches("textarea[data-composer]") && event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
+      if (event.repeat) return; // an Enter held down sends once
       var first = target.form && target.form.querySelector(".canned-suggestions [data-canned-text]");
       if (first && /^\/\S*$/.test(target.value)) { useCanned(first); return; }
       var file = target.form && target.form.querySelector("[data-attachment-input]");
@@ -271,12 +272,13 @@ var zapdeskSelection = (function () {
 })();
 
 // What is typed while a send is on its way stays: the composer that answers the send (a fresh
-// one, or the same with a mistake) takes the text typed since it went, with the caret and the focus.
-// Sent, the text it sent goes: only what was typed after it stays (sending it again is a new message).
+// one, or the same with a mistake) takes the text the box holds then, with the caret, the focus
+// and the saved replies listed. When the send went, the text it sent goes from it: what was typed
+// on after it stays (without the blank between), and what is left of it, partly erased, goes too.
 (function () {
   "use strict";
   var sent = new WeakMap(); // a composer's form -> the text it sent
-  var kept = null; // what its textarea holds as the answer is swapped in, when typed since
+  var kept = null; // what the answer's composer is to hold, when the box changed since the send
   function textOf(elt) {
     return elt && elt.matches && elt.matches("form") ? elt.querySelector("textarea[data-composer]") : null;
   }
@@ -291,13 +293,19 @@ var zapdeskSelection = (function () {
     if (!box || !sent.has(form) || box.value === sent.get(form)) return;
     var value = box.value, start = box.selectionStart, end = box.selectionEnd;
     var went = sent.get(form);
-    var ok = event.detail.xhr.status < 300;
-    if (ok && went && value.indexOf(went) === 0) { // typed on after it: the rest only
-      value = value.slice(went.length);
-      start = Math.max(0, start - went.length);
-      end = Math.max(0, end - went.length);
+    if (event.detail.xhr.status < 300 && went) {
+      var cut = 0;
+      if (value.indexOf(went) === 0) cut = went.length + (/^\s*/.exec(value.slice(went.length))[0].length);
+      else if (went.indexOf(value) === 0) cut = value.length; // erased back to a part of it
+      value = value.slice(cut);
+      start = Math.max(0, start - cut);
+      end = Math.max(0, end - cut);
     }
-    kept = { id: box.id, value: value, start: start, end: end, focused: document.activeElement === box };
+    var listed = form.querySelector(".canned-suggestions");
+    kept = {
+      id: box.id, value: value, start: start, end: end, focused: document.activeElement === box,
+      listed: listed ? listed.innerHTML : "",
+    };
   });
   document.addEventListener("htmx:afterSwap", function (event) {
     var swapped = event.target; // what came in place of the form
@@ -306,14 +314,16 @@ var zapdeskSelection = (function () {
     var was = kept;
     kept = null;
     if (box.value === was.value) return;
-    // Ready at once: htmx readies what it swapped in only as it settles (20 ms on), and an Enter
-    // before that would send the form without it (the page would turn into the answer).
+    // Readied by htmx before the text goes in: its "changed" check then starts from the empty box.
     if (window.htmx) htmx.process(box.form);
     box.value = was.value;
     if (was.focused) box.focus();
     box.setSelectionRange(was.start, was.end);
-    // A "/shortcut" typed meanwhile lists its saved replies in this composer, as typed in it.
-    if (/^\//.test(was.value)) box.dispatchEvent(new Event("input", { bubbles: true }));
+    if (/^\//.test(was.value)) { // a "/shortcut": its saved replies, listed as they were, then asked again
+      var listed = box.form.querySelector(".canned-suggestions");
+      if (listed) listed.innerHTML = was.listed;
+      box.dispatchEvent(new Event("input", { bubbles: true }));
+    }
   });
 })();
 

@@ -581,6 +581,23 @@ def test_what_is_typed_while_a_send_is_on_its_way_stays_in_the_composer(
     expect(composer).to_have_value("")
     sent = db.session.scalars(select(Message.text).where(Message.direction == "out").order_by(Message.id))
     assert list(sent) == ["Bom dia!", "Em que posso te ajudar?"]
+    # A saved reply's "/shortcut" typed meanwhile keeps its list, and Enter picks it.
+    factories.canned_reply(owner, "hours", "Oi {{name}}! Abrimos das 9h às 18h.")
+    held = hold_answers(page, "**/conversations/*/messages")
+    composer.fill("Até já")
+    composer.press("Enter")
+    wait_for_held(page, held)
+    composer.fill("/ho")
+    choice = page.locator(".canned-suggestions [data-canned-text]")
+    expect(choice).to_contain_text("/hours")
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    expect(page.locator("input[name=send_key]")).to_have_count(1)
+    expect(composer).to_have_value("/ho")
+    expect(choice).to_contain_text("/hours")
+    composer.press("Enter")
+    expect(composer).to_have_value("Oi Dora! Abrimos das 9h às 18h.")
+    expect(page).to_have_title(re.compile("Inbox"))  # every send through htmx: the page stayed
 
 
 def test_a_reply_typed_after_the_window_closed_turns_into_the_templates(
