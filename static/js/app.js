@@ -307,15 +307,15 @@ var zapdeskSelection = (function () {
       listed: listed ? listed.innerHTML : "",
     };
   });
-  document.addEventListener("htmx:afterSwap", function (event) {
+  // Once settled (at once: _composer.html), so htmx has readied the form and its "changed" check
+  // starts from the empty box.
+  document.addEventListener("htmx:afterSettle", function (event) {
     var swapped = event.target; // what came in place of the form
     var box = kept && swapped.querySelector && swapped.querySelector("#" + kept.id);
     if (!box) return;
     var was = kept;
     kept = null;
     if (box.value === was.value) return;
-    // Readied by htmx before the text goes in: its "changed" check then starts from the empty box.
-    if (window.htmx) htmx.process(box.form);
     box.value = was.value;
     if (was.focused) box.focus();
     box.setSelectionRange(was.start, was.end);

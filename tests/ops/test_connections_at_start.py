@@ -434,20 +434,26 @@ def test_threads_are_read_from_several_of_the_first_pages_conversations(
     assert users and all(len(values) == 1 for values in users)  # the session's lookup, the team's
 
 
+def conversation_read(conversation_id: int) -> Callable[[], object]:
+    """A read at start of one statement, with the conversation's id as its one value."""
+    from crm.inbox.models import Conversation
+
+    return lambda: db.session.execute(select(Conversation.id).where(Conversation.id == conversation_id)).all()
+
+
 @postgresql_only
 def test_a_thread_that_fails_at_start_is_left_out(web_app: Flask, owner: factories.Person) -> None:
     """A later read that fails in the database (a statement timed out, or a conversation gone) is
     rolled back to its savepoint: the reads after it still run, with the waits set for them."""
     from sqlalchemy import text
 
-    from crm.inbox.models import Conversation
     from crm.leads.models import Lead
 
     waits: list[str] = []
 
     def read(conversation_id: int) -> Callable[[], object]:
         def run() -> None:
-            db.session.execute(select(Conversation.id).where(Conversation.id == conversation_id)).all()
+            conversation_read(conversation_id)()
             waits.append(db.session.execute(text("SELECT current_setting('statement_timeout')")).scalar_one())
 
         return run
@@ -465,16 +471,9 @@ def test_a_thread_that_fails_at_start_is_left_out(web_app: Flask, owner: factori
 def test_no_read_after_the_first_begins_past_the_reading_time(
     web_app: Flask, owner: factories.Person, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from crm.inbox.models import Conversation
-
-    def read(conversation_id: int) -> Callable[[], object]:
-        return lambda: db.session.execute(
-            select(Conversation.id).where(Conversation.id == conversation_id)
-        ).all()
-
     monkeypatch.setattr(warmup, "READING_SECONDS", -1.0)
     with caplog.at_level("INFO", logger="crm.warmup"):
-        statements = warmup.hot_statements(web_app, lambda: [read(1), read(2)])
+        statements = warmup.hot_statements(web_app, lambda: [conversation_read(1), conversation_read(2)])
     assert [[next(iter(v.values())) for v in values] for _text, values in statements] == [[1]]
     assert "1 of 2 reads done in time" in caplog.text
 
