@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from huey import Huey
+from huey.storage import BaseStorage
 from jinja2 import StrictUndefined
 from sqlalchemy import create_engine, text
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -226,6 +229,21 @@ def live_server(_live_server: LiveServer, app: Flask) -> str:
     return _live_server.url
 
 
+@contextmanager
+def real_storage(queue: Huey, storage_class: type[BaseStorage], **kwargs: Any) -> Iterator[Huey]:
+    """``queue`` keeps its tasks in a real storage instead of running them inline, until the block
+    ends: then it is emptied (unless the block failed) and put back as it was."""
+    saved = (queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage)
+    queue.storage_class, queue.storage_kwargs = storage_class, kwargs
+    queue.immediate = False
+    queue.storage = queue.create_storage()
+    try:
+        yield queue
+        queue.flush()
+    finally:
+        queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage = saved
+
+
 @pytest.fixture
 def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Point the shared Huey at a real storage for one test, then put it back (param: sqlite|redis)."""
@@ -233,24 +251,31 @@ def real_queue(app: Flask, request: pytest.FixtureRequest, tmp_path: Path) -> It
 
     from crm.worker import huey
 
-    saved = (huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage)
     if request.param == "redis":
         url = os.environ.get("TEST_REDIS_URL")
         if not url:
             require_service("TEST_REDIS_URL is not set: the Redis queue is not checked")
-        huey.storage_class, huey.storage_kwargs = PriorityRedisStorage, {"url": url}  # as in production
+        # A priority queue, as in production.
+        storage: tuple[type[BaseStorage], dict[str, Any]] = (PriorityRedisStorage, {"url": url})
     else:
-        huey.storage_class, huey.storage_kwargs = SqliteStorage, {"filename": str(tmp_path / "queue.sqlite3")}
-    huey.immediate = False
-    huey.storage = huey.create_storage()
-    try:
-        huey.flush()
-    except Exception as exc:
-        huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
-        require_service(f"{request.param} queue unreachable: {exc.__class__.__name__}")
-    yield request.param
-    huey.flush()
-    huey.immediate, huey.storage_class, huey.storage_kwargs, huey.storage = saved
+        storage = (SqliteStorage, {"filename": str(tmp_path / "queue.sqlite3")})
+    with real_storage(huey, storage[0], **storage[1]):
+        try:
+            huey.flush()
+        except Exception as exc:
+            require_service(f"{request.param} queue unreachable: {exc.__class__.__name__}")
+        yield request.param
+
+
+@pytest.fixture
+def queued_ai(app: Flask, tmp_path: Path) -> Iterator[Huey]:
+    """The AI queue keeps its tasks (SQLite) for the test to run when it chooses: nothing consumes them."""
+    from huey.storage import SqliteStorage
+
+    from crm.worker import ai_huey
+
+    with real_storage(ai_huey, SqliteStorage, filename=str(tmp_path / "queue-ai.sqlite3")) as queue:
+        yield queue
 
 
 if TYPE_CHECKING:

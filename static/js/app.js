@@ -275,37 +275,48 @@ var zapdeskSelection = (function () {
 // one, or the same with a mistake) takes the text the box holds then, with the caret, the focus
 // and the saved replies listed. When the send went, the text it sent goes from it: what was typed
 // on after it stays (without the blank between), and what is left of it, partly erased, goes too.
+// A file chosen meanwhile (not the one that went) stays chosen, and a "Suggest reply" draft being
+// written goes on being asked for.
 (function () {
   "use strict";
-  var sent = new WeakMap(); // a composer's form -> the text it sent
-  var kept = null; // what the answer's composer is to hold, when the box changed since the send
+  var sent = new WeakMap(); // a composer's form -> {text, file} it sent
+  var kept = null; // what the answer's composer is to take from the one it replaces
   function textOf(elt) {
     return elt && elt.matches && elt.matches("form") ? elt.querySelector("textarea[data-composer]") : null;
   }
+  function fileOf(form) {
+    var input = form.querySelector("[data-attachment-input]");
+    return input && input.files && input.files.length ? input.files : null;
+  }
   document.addEventListener("htmx:beforeRequest", function (event) {
-    var box = textOf(event.detail.elt);
-    if (box) sent.set(event.detail.elt, box.value);
+    var form = event.detail.elt, box = textOf(form), files = box && fileOf(form);
+    if (box) sent.set(form, { text: box.value, file: files ? files[0] : null });
   });
   document.addEventListener("htmx:beforeSwap", function (event) {
     var form = event.detail.elt;
     var box = textOf(form);
     kept = null;
-    if (!box || !sent.has(form) || box.value === sent.get(form)) return;
-    var value = box.value, start = box.selectionStart, end = box.selectionEnd;
+    if (!box || !sent.has(form)) return;
     var went = sent.get(form);
-    if (event.detail.xhr.status < 300 && went) {
-      var cut = 0;
-      if (value.indexOf(went) === 0) cut = went.length + (/^\s*/.exec(value.slice(went.length))[0].length);
-      else if (went.indexOf(value) === 0) cut = value.length; // erased back to a part of it
-      value = value.slice(cut);
-      start = Math.max(0, start - cut);
-      end = Math.max(0, end - cut);
+    var text = null;
+    if (box.value !== went.text) {
+      var value = box.value, start = box.selectionStart, end = box.selectionEnd;
+      if (event.detail.xhr.status < 300 && went.text) {
+        var cut = 0;
+        if (value.indexOf(went.text) === 0) cut = went.text.length + (/^\s*/.exec(value.slice(went.text.length))[0].length);
+        else if (went.text.indexOf(value) === 0) cut = value.length; // erased back to a part of it
+        value = value.slice(cut);
+        start = Math.max(0, start - cut);
+        end = Math.max(0, end - cut);
+      }
+      var listed = form.querySelector(".canned-suggestions");
+      text = { value: value, start: start, end: end, focused: document.activeElement === box,
+        listed: listed ? listed.innerHTML : "" };
     }
-    var listed = form.querySelector(".canned-suggestions");
-    kept = {
-      id: box.id, value: value, start: start, end: end, focused: document.activeElement === box,
-      listed: listed ? listed.innerHTML : "",
-    };
+    var files = fileOf(form);
+    if (files && files[0] === went.file) files = null; // the one that went, or was refused with the send
+    var draft = form.querySelector(".ai-suggestion .ai-suggestion-state.pending");
+    if (text || files || draft) kept = { id: box.id, text: text, files: files, draft: draft ? draft.outerHTML : "" };
   });
   // Once settled (at once: _composer.html), so htmx has readied the form and its "changed" check
   // starts from the empty box.
@@ -313,15 +324,28 @@ var zapdeskSelection = (function () {
     var swapped = event.target; // what came in place of the form
     var box = kept && swapped.querySelector && swapped.querySelector("#" + kept.id);
     if (!box) return;
-    var was = kept;
+    var was = kept, form = box.form;
     kept = null;
-    if (box.value === was.value) return;
-    box.value = was.value;
-    if (was.focused) box.focus();
-    box.setSelectionRange(was.start, was.end);
-    if (/^\//.test(was.value)) { // a "/shortcut": its saved replies, listed as they were, then asked again
-      var listed = box.form.querySelector(".canned-suggestions");
-      if (listed) listed.innerHTML = was.listed;
+    if (was.files) {
+      var input = form.querySelector("[data-attachment-input]");
+      if (input) {
+        input.files = was.files;
+        input.dispatchEvent(new Event("change", { bubbles: true })); // shown, and its size checked
+      }
+    }
+    var spot = was.draft && form.querySelector(".ai-suggestion");
+    if (spot && !spot.children.length) {
+      spot.innerHTML = was.draft; // it asks again, and the draft goes into this box
+      htmx.process(spot);
+    }
+    var text = was.text;
+    if (!text || box.value === text.value) return;
+    box.value = text.value;
+    if (text.focused) box.focus();
+    box.setSelectionRange(text.start, text.end);
+    if (/^\//.test(text.value)) { // a "/shortcut": its saved replies, listed as they were, then asked again
+      var listed = form.querySelector(".canned-suggestions");
+      if (listed) listed.innerHTML = text.listed;
       box.dispatchEvent(new Event("input", { bubbles: true }));
     }
   });

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from huey import Huey
 from huey.storage import SqliteStorage
 
 from crm.ai.tasks import answer_task, suggest_task
@@ -18,25 +17,13 @@ from crm.inbox.models import Message
 from crm.inbox.sending import reply as agent_reply
 from crm.worker import ai_huey, huey, start_in_process_consumer
 from tests.ai.conftest import Bot
+from tests.conftest import real_storage
 from tests.fakes.gemini import GeminiStub
 
 
 def test_ai_tasks_live_on_their_own_queue() -> None:
     assert answer_task.huey is ai_huey and suggest_task.huey is ai_huey
     assert ai_huey.name != huey.name
-
-
-def _real(queue: Huey, path: Path) -> tuple[object, ...]:
-    saved = (queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage)
-    queue.storage_class, queue.storage_kwargs = SqliteStorage, {"filename": str(path)}
-    queue.immediate = False
-    queue.storage = queue.create_storage()
-    return saved
-
-
-def _restore(queue: Huey, saved: tuple[object, ...]) -> None:
-    queue.flush()
-    queue.immediate, queue.storage_class, queue.storage_kwargs, queue.storage = saved  # type: ignore[assignment]
 
 
 @pytest.fixture
@@ -47,10 +34,11 @@ def real_queues(app: Flask, tmp_path: Path) -> Iterator[None]:
     # app another test module created since.
     saved_app = worker._app.get("app")
     worker._app["app"] = app
-    saved = _real(huey, tmp_path / "queue.sqlite3"), _real(ai_huey, tmp_path / "queue-ai.sqlite3")
-    yield
-    _restore(huey, saved[0])
-    _restore(ai_huey, saved[1])
+    with (
+        real_storage(huey, SqliteStorage, filename=str(tmp_path / "queue.sqlite3")),
+        real_storage(ai_huey, SqliteStorage, filename=str(tmp_path / "queue-ai.sqlite3")),
+    ):
+        yield
     if saved_app is not None:
         worker._app["app"] = saved_app
 

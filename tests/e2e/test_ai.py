@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
+from huey import Huey
 from playwright.sync_api import Page, expect
 
 from crm.ai.models import AISettings
@@ -187,4 +188,40 @@ def test_ai_settings_and_a_thread_with_ai_messages(
     expect(page.locator(f"#thread-{conversation_id}")).to_be_visible()
     _no_sideways_scroll(page)
     page.screenshot(path="test-artifacts/inbox-ai-phone.png", caret="initial")
+    assert browser_problems.all() == []
+
+
+def test_a_draft_asked_for_before_a_send_still_lands_in_the_composer(
+    app: Flask,
+    page: Page,
+    live_server: str,
+    owner: factories.Person,
+    gemini: GeminiStub,
+    queued_ai: Huey,
+    browser_problems: BrowserProblems,
+) -> None:
+    app.config["GEMINI_API_KEY"] = "AIza-e2e-key"  # put back by the gemini fixture
+    shop = factories.sandbox_account(owner)
+    factories.inbound(shop, "+5511988881111", "Vocês abrem no sábado?", name="Marina")
+    update_settings(owner.workspace_id, enabled=True, mode="unassigned")
+    gemini.set_default(Outcome.answer("Abrimos sim, Marina: aos sábados, das 9h às 13h."))
+    sign_in(page, live_server, owner.email)
+    page.get_by_text("Marina", exact=True).click()
+    composer = page.locator("textarea[data-composer]")
+    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
+    page.get_by_role("button", name="Suggest reply").click()
+    draft = page.locator(".ai-suggestion")
+    expect(draft).to_contain_text("Writing a draft")  # queued: no worker runs in this test
+    composer.fill("Um momento, vou confirmar")
+    composer.press("Enter")  # answered with a fresh composer while the draft is being written
+    sent = page.locator(".thread .bubble.from-business")
+    expect(sent).to_have_count(1)
+    expect(composer).to_have_value("")
+    expect(draft).to_contain_text("Writing a draft")  # still asked for from the fresh composer
+    task = queued_ai.dequeue()  # the worker's turn
+    assert task is not None
+    queued_ai.execute(task)
+    expect(composer).to_have_value("Abrimos sim, Marina: aos sábados, das 9h às 13h.", timeout=5_000)
+    expect(draft).to_contain_text("Draft ready in the reply box")
+    expect(sent).to_have_count(1)  # the draft is never sent by itself
     assert browser_problems.all() == []

@@ -8,9 +8,12 @@ import re
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
 
+from crm.extensions import db
+from crm.inbox.models import Message
 from tests import factories
-from tests.e2e.test_inbox import open_inbox
+from tests.e2e.test_inbox import hold_answers, open_inbox, wait_for_held
 from tests.media import files
 
 pytestmark = pytest.mark.e2e
@@ -116,4 +119,39 @@ def test_mistakes_are_explained_in_the_composer(
         app.config["MAX_CONTENT_LENGTH"] = saved
     expect(page.locator("form.composer")).to_have_count(1)
     expect(page.locator(".thread .bubble.from-business")).to_have_count(0)
+    page.context.close()
+
+
+def test_a_file_chosen_while_a_send_is_on_its_way_stays_chosen(
+    browser: Browser, live_server: str, owner: factories.Person
+) -> None:
+    factories.inbound(factories.sandbox_account(owner), phone="+5511977773333", text="Oi", name="Lia")
+    page = open_inbox(browser, live_server, owner.email)
+    page.locator("#conversations [data-nav-item]").first.click()
+    composer = page.locator("form.composer")
+    text = page.locator("textarea[data-composer]")
+    held = hold_answers(page, "**/conversations/*/messages")
+    text.fill("Segue o boleto")
+    first_key = page.locator("input[name=send_key]").input_value()
+    text.press("Enter")
+    wait_for_held(page, held)
+    composer.locator("input[type=file]").set_input_files(
+        files=[{"name": "Boleto.pdf", "mimeType": "application/pdf", "buffer": files.pdf()}]
+    )
+    route, answer = held[0]
+    assert b"Boleto.pdf" not in (route.request.post_data_buffer or b"")  # chosen after the send left
+    route.fulfill(response=answer)  # a fresh composer
+    page.unroute("**/conversations/*/messages")
+    expect(page.locator("input[name=send_key]")).not_to_have_value(first_key)
+    expect(composer.locator("[data-attachment]")).to_be_visible()
+    expect(composer.locator("[data-attachment-name]")).to_contain_text("Boleto.pdf")
+    composer.locator("button[type=submit]").click()  # the file alone: no text needed
+    bubbles = page.locator(".thread .bubble.from-business")
+    expect(bubbles).to_have_count(2)
+    expect(bubbles.last.locator("a.document")).to_contain_text("Boleto.pdf")
+    expect(composer.locator("[data-attachment]")).to_be_hidden()  # the file that went is not kept
+    sent = db.session.execute(
+        select(Message.type, Message.text).where(Message.direction == "out").order_by(Message.id)
+    )
+    assert [tuple(row) for row in sent] == [("text", "Segue o boleto"), ("document", "")]
     page.context.close()
