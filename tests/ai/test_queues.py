@@ -34,13 +34,15 @@ def real_queues(app: Flask, tmp_path: Path) -> Iterator[None]:
     # app another test module created since.
     saved_app = worker._app.get("app")
     worker._app["app"] = app
-    with (
-        real_storage(huey, SqliteStorage, filename=str(tmp_path / "queue.sqlite3")),
-        real_storage(ai_huey, SqliteStorage, filename=str(tmp_path / "queue-ai.sqlite3")),
-    ):
-        yield
-    if saved_app is not None:
-        worker._app["app"] = saved_app
+    try:
+        with (
+            real_storage(huey, SqliteStorage, filename=str(tmp_path / "queue.sqlite3")),
+            real_storage(ai_huey, SqliteStorage, filename=str(tmp_path / "queue-ai.sqlite3")),
+        ):
+            yield
+    finally:
+        if saved_app is not None:
+            worker._app["app"] = saved_app
 
 
 def test_sends_keep_flowing_during_an_ai_backlog(real_queues: None, bot: Bot, gemini: GeminiStub) -> None:

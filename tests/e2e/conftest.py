@@ -19,7 +19,16 @@ from tests import factories
 from tests.services import require_service
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Error, Page, ViewportSize
+    from playwright.sync_api import (
+        APIResponse,
+        Browser,
+        ConsoleMessage,
+        Error,
+        Locator,
+        Page,
+        Route,
+        ViewportSize,
+    )
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -112,6 +121,33 @@ def browser_problems(page: Page, request: pytest.FixtureRequest) -> BrowserProbl
     """What went wrong inside the page so far: console errors and uncaught exceptions."""
     node: pytest.Item = request.node
     return node.stash[_problems]
+
+
+def composer_ready(page: Page) -> Locator:
+    """The open thread's reply box once htmx has wired it, as a person starts typing once it shows
+    (until htmx has, an Enter sends the form without htmx)."""
+    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
+    return page.locator("textarea[data-composer]")
+
+
+def hold_answers(page: Page, url: re.Pattern[str] | str) -> list[tuple[Route, APIResponse]]:
+    """The page's requests to ``url`` reach the server at once; their answers reach the page when
+    the test fulfils each held route with its answer."""
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold(route: Route) -> None:
+        held.append((route, route.fetch()))
+
+    page.route(url, hold)
+    return held
+
+
+def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> None:
+    for _ in range(100):  # the route's handler runs while the page waits (the server answers first)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 1
 
 
 def sign_in(page: Page, base_url: str, email: str, password: str = factories.PASSWORD) -> None:

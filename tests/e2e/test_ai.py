@@ -21,7 +21,15 @@ from crm.extensions import db
 from crm.inbox.models import ConversationNote
 from crm.realtime import broker
 from tests import factories
-from tests.e2e.conftest import DESKTOP, PHONE, BrowserProblems, sign_in
+from tests.e2e.conftest import (
+    DESKTOP,
+    PHONE,
+    BrowserProblems,
+    composer_ready,
+    hold_answers,
+    sign_in,
+    wait_for_held,
+)
 from tests.fakes.gemini import GeminiStub, Outcome
 
 pytestmark = pytest.mark.e2e
@@ -164,8 +172,7 @@ def test_ai_settings_and_a_thread_with_ai_messages(
 
     # "Suggest reply": the draft lands in the composer, to edit; nothing is sent.
     gemini.set_default(Outcome.answer("Olá, Marina! O corte com barba custa R$ 75. Quer agendar?"))
-    composer = page.locator("textarea[data-composer]")
-    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
+    composer = composer_ready(page)
     page.get_by_role("button", name="Suggest reply").click()
     expect(composer).to_have_value("Olá, Marina! O corte com barba custa R$ 75. Quer agendar?")
     expect(page.locator(".ai-suggestion")).to_contain_text("Draft ready in the reply box")
@@ -207,8 +214,7 @@ def test_a_draft_asked_for_before_a_send_still_lands_in_the_composer(
     gemini.set_default(Outcome.answer("Abrimos sim, Marina: aos sábados, das 9h às 13h."))
     sign_in(page, live_server, owner.email)
     page.get_by_text("Marina", exact=True).click()
-    composer = page.locator("textarea[data-composer]")
-    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
+    composer = composer_ready(page)
     page.get_by_role("button", name="Suggest reply").click()
     draft = page.locator(".ai-suggestion")
     expect(draft).to_contain_text("Writing a draft")  # queued: no worker runs in this test
@@ -224,4 +230,22 @@ def test_a_draft_asked_for_before_a_send_still_lands_in_the_composer(
     expect(composer).to_have_value("Abrimos sim, Marina: aos sábados, das 9h às 13h.", timeout=5_000)
     expect(draft).to_contain_text("Draft ready in the reply box")
     expect(sent).to_have_count(1)  # the draft is never sent by itself
+    # Asked for again, its answer still on its way when the send is answered: it lands all the same.
+    held = hold_answers(page, "**/suggestions")
+    page.get_by_role("button", name="Suggest reply").click()
+    wait_for_held(page, held)
+    composer.fill("Já confirmo")
+    composer.press("Enter")
+    expect(sent).to_have_count(2)
+    expect(composer).to_have_value("")
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    page.unroute("**/suggestions")
+    expect(draft).to_contain_text("Writing a draft")
+    gemini.set_default(Outcome.answer("Confirmado: no sábado abrimos às 9h."))
+    task = queued_ai.dequeue()
+    assert task is not None
+    queued_ai.execute(task)
+    expect(composer).to_have_value("Confirmado: no sábado abrimos às 9h.", timeout=5_000)
+    expect(sent).to_have_count(2)
     assert browser_problems.all() == []

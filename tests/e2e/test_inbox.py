@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import APIResponse, Browser, Page, Route, ViewportSize, expect
+from playwright.sync_api import Browser, Page, Route, ViewportSize, expect
 from sqlalchemy import select
 
 from crm.extensions import db
@@ -18,7 +18,7 @@ from crm.leads.models import ConsentSource, Lead
 from crm.leads.services import LeadChanges, update_lead
 from crm.whatsapp import simulator
 from tests import factories
-from tests.e2e.conftest import DESKTOP, PHONE, sign_in
+from tests.e2e.conftest import DESKTOP, PHONE, composer_ready, hold_answers, sign_in, wait_for_held
 
 pytestmark = pytest.mark.e2e
 
@@ -401,9 +401,7 @@ def test_a_saved_reply_is_inserted_by_its_shortcut(
     )
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Caio Lima").click()
-    composer = page.locator("textarea[data-composer]")
-    # Type only once htmx has wired the new thread's composer (as a person would, after it shows).
-    page.wait_for_function("() => document.querySelector('textarea[data-composer]')?.['htmx-internal-data']")
+    composer = composer_ready(page)
     composer.press_sequentially("/ho")
     choice = page.locator(".canned-suggestions [data-canned-text]")
     expect(choice).to_contain_text("/hours")
@@ -500,26 +498,6 @@ def test_a_conversation_that_writes_during_a_search_shows_only_if_the_search_fin
     expect(shown).to_have_text([re.compile("Duda"), re.compile("Caio"), re.compile("Bia")])
 
 
-def hold_answers(page: Page, url: re.Pattern[str] | str) -> list[tuple[Route, APIResponse]]:
-    """The page's requests to ``url`` reach the server at once; their answers reach the page when
-    the test fulfils each held route with its answer."""
-    held: list[tuple[Route, APIResponse]] = []
-
-    def hold(route: Route) -> None:
-        held.append((route, route.fetch()))
-
-    page.route(url, hold)
-    return held
-
-
-def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> None:
-    for _ in range(100):  # the route's handler runs while the page waits (the server answers first)
-        if held:
-            break
-        page.wait_for_timeout(100)
-    assert len(held) == 1
-
-
 def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     browser: Browser, live_server: str, owner: factories.Person
 ) -> None:
@@ -556,7 +534,7 @@ def test_what_is_typed_while_a_send_is_on_its_way_stays_in_the_composer(
     simulator.customer_writes(owner.workspace_id, account_id, "+5511933334444", "Oi", name="Dora")
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Dora").click()
-    composer = page.locator("textarea[data-composer]")
+    composer = composer_ready(page)
     held = hold_answers(page, "**/conversations/*/messages")
     composer.fill("Bom dia!")
     first_key = page.locator("input[name=send_key]").input_value()

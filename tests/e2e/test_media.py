@@ -13,7 +13,8 @@ from sqlalchemy import select
 from crm.extensions import db
 from crm.inbox.models import Message
 from tests import factories
-from tests.e2e.test_inbox import hold_answers, open_inbox, wait_for_held
+from tests.e2e.conftest import composer_ready, hold_answers, wait_for_held
+from tests.e2e.test_inbox import open_inbox
 from tests.media import files
 
 pytestmark = pytest.mark.e2e
@@ -129,7 +130,7 @@ def test_a_file_chosen_while_a_send_is_on_its_way_stays_chosen(
     page = open_inbox(browser, live_server, owner.email)
     page.locator("#conversations [data-nav-item]").first.click()
     composer = page.locator("form.composer")
-    text = page.locator("textarea[data-composer]")
+    text = composer_ready(page)
     held = hold_answers(page, "**/conversations/*/messages")
     text.fill("Segue o boleto")
     first_key = page.locator("input[name=send_key]").input_value()
