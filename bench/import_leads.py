@@ -281,16 +281,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from crm.extensions import db
     from crm.leads import import_run
+    from crm.leads.import_merge import Batch, Job
     from crm.leads.import_run import run_import
     from crm.leads.imports import ImportOptions, create_import
 
     merging = [0.0]
     merge_batch = import_run.merge_batch
 
-    def timed_merge(*args: Any) -> bool:  # how long the database part of each batch takes
+    def timed_merge(job: Job, batch: Batch) -> bool:  # how long the database part of each batch takes
         started = time.perf_counter()
         try:
-            return merge_batch(*args)
+            return merge_batch(job, batch)
         finally:
             merging[0] += time.perf_counter() - started
 
@@ -378,8 +379,8 @@ def check(result: dict[str, Any], facts: dict[str, Any], opt_in: bool) -> list[s
         errors_of = "SELECT line FROM lead_import_errors WHERE import_id = %s"
         lines = {line for (line,) in conn.execute(errors_of, (result["import_id"],))}
         leads_of = "SELECT count(*) FROM leads WHERE workspace_id = %s"
-        leads = conn.execute(leads_of, (result["workspace_id"],)).fetchone()[0]
-        consents = conn.execute("SELECT count(*) FROM consent_events").fetchone()[0]
+        (leads,) = conn.execute(leads_of, (result["workspace_id"],)).fetchone() or (0,)
+        (consents,) = conn.execute("SELECT count(*) FROM consent_events").fetchone() or (0,)
     expected_bad = set(facts["bad_lines"])
     if status != "done":
         problems.append(f"status {status}")

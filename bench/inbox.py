@@ -594,15 +594,15 @@ def report(runs: list[Run], buffers_mb: int) -> int:
     )
     for ms, statement in sorted(slow, reverse=True)[:15]:
         log(f"  {ms:8.1f} ms  {statement}")
-    plans = [p for r in runs for p in r.plans]
-    if plans:
-        from_disk = [p for p in plans if p.read]
+    explained = [p for r in runs for p in r.plans]
+    if explained:
+        from_disk = [p for p in explained if p.read]
         log(
-            f"their plans (--explain-slow): {len(from_disk)} of {len(plans)} read pages from disk "
+            f"their plans (--explain-slow): {len(from_disk)} of {len(explained)} read pages from disk "
             f"({sum(p.read for p in from_disk)} pages, {sum(p.read_ms for p in from_disk):.1f} ms reading); "
-            f"the other {len(plans) - len(from_disk)} found every page in the buffers"
+            f"the other {len(explained) - len(from_disk)} found every page in the buffers"
         )
-        for plan in sorted(plans, key=lambda p: p.ms, reverse=True)[:15]:
+        for plan in sorted(explained, key=lambda p: p.ms, reverse=True)[:15]:
             log(f"  {plan.ms:8.1f} ms  read {plan.read:>4} pages in {plan.read_ms:6.1f} ms  {plan.query}")
     # Judged on the runs' medians, as the p95s are: on a 2-core machine that also runs the agents,
     # a statement of a fraction of a millisecond now and then waits for a core past 5 ms. How

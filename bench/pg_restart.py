@@ -290,7 +290,7 @@ def run(bench: Bench, a: argparse.Namespace, version: str) -> int:
         f"{stored_unacked} of {len(all_wamids - acked)} non-acked stored anyway"
     )
     # Meta retries: re-post every non-200 body.
-    retry_codes = Counter()
+    retry_codes: Counter[int] = Counter()
     for i in non200:
         retry_codes[post(netloc, path, bodies[i][0], bodies[i][1], a.request_timeout)] += 1
     counts = stored()
