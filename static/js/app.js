@@ -1,5 +1,5 @@
 // Kept tiny: behaviour that HTML and htmx can't express. No inline scripts (CSP: script-src 'self').
-// The inbox's own is in inbox.js and composer.js, loaded after this file on every page.
+// Most of the inbox's own is in inbox.js and composer.js, loaded after this file on every page.
 (function () {
   "use strict";
   document.addEventListener("change", function (event) {
@@ -78,7 +78,7 @@
     });
   }
   // The list, asked for again with the filters and search as they are now (the form's own request,
-  // so what is pushed while it is on its way is laid over it, below).
+  // so what is pushed while it is on its way is laid over it: inbox.js).
   function refetchList() {
     var form = document.querySelector("form.inbox-filters"); // the inbox's list comes with it
     if (form && document.getElementById("conversations")) htmx.trigger(form, "refresh");

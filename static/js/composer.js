@@ -46,6 +46,7 @@
   // A form that answers a mistake with itself (status 413/422/409), or the composer answered with
   // what replaces it (the 24-hour window closed while the tab was open), is swapped like a
   // success; an error page instead (an upload refused before the form was read) only lends its message.
+  // Registered before the carry below, which reads the shouldSwap decided here.
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
     var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("[data-swap-errors]");
@@ -120,7 +121,7 @@
         if (answer.detail.target !== old) return;
         old.removeEventListener("htmx:beforeSwap", retarget);
         var spot = document.getElementById(old.id);
-        if (spot) answer.detail.target = spot;
+        if (spot && !spot.children.length) answer.detail.target = spot; // not over one asked for since
       });
     }
   });

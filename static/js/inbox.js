@@ -1,5 +1,6 @@
-// The inbox: the conversation selected, the thread, the keyboard, the live list (static/js/app.js
-// holds the socket's life, composer.js the reply box's files and sends).
+// The inbox: the conversation selected, the thread, the keyboard (Enter, j/k, saved replies,
+// emoji), the live list (static/js/app.js holds the socket's life, composer.js the reply box's
+// files and what a send's answer keeps).
 
 // The conversation the list shows selected, and only it: the one last asked for (a click, j or k)
 // until its thread is open, then the open one. Shared by the keyboard and the live list below.

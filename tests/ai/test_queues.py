@@ -41,7 +41,9 @@ def real_queues(app: Flask, tmp_path: Path) -> Iterator[None]:
         ):
             yield
     finally:
-        if saved_app is not None:
+        if saved_app is None:
+            worker._app.pop("app", None)
+        else:
             worker._app["app"] = saved_app
 
 
