@@ -1,5 +1,14 @@
 // Kept tiny: behaviour that HTML and htmx can't express. No inline scripts (CSP: script-src 'self').
 // Most of the inbox's own is in inbox.js and composer.js, loaded after this file on every page.
+
+// Text put where the caret is in a text box (over what is selected), the caret after it.
+function zapdeskInsertAtCaret(box, text) {
+  var start = box.selectionStart || 0, end = box.selectionEnd || 0;
+  box.value = box.value.slice(0, start) + text + box.value.slice(end);
+  box.focus();
+  box.setSelectionRange(start + text.length, start + text.length);
+}
+
 (function () {
   "use strict";
   document.addEventListener("change", function (event) {
@@ -300,11 +309,7 @@
       var target = lastTarget && document.body.contains(lastTarget) ? lastTarget
         : scope && scope.querySelector("[data-variables-target]");
       if (!target) return;
-      var text = chip.getAttribute("data-insert-variable");
-      var start = target.selectionStart || 0, end = target.selectionEnd || 0;
-      target.value = target.value.slice(0, start) + text + target.value.slice(end);
-      target.focus();
-      target.setSelectionRange(start + text.length, start + text.length);
+      zapdeskInsertAtCaret(target, chip.getAttribute("data-insert-variable"));
       target.dispatchEvent(new Event("input", { bubbles: true }));
     }
   });

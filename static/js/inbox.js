@@ -111,11 +111,7 @@ var zapdeskSelection = (function () {
     if (!button) return;
     var box = document.querySelector(button.getAttribute("data-target"));
     if (!box) return;
-    var emoji = button.getAttribute("data-emoji");
-    var start = box.selectionStart || 0, end = box.selectionEnd || 0;
-    box.value = box.value.slice(0, start) + emoji + box.value.slice(end);
-    box.focus();
-    box.setSelectionRange(start + emoji.length, start + emoji.length);
+    zapdeskInsertAtCaret(box, button.getAttribute("data-emoji"));
     var picker = button.closest("details");
     if (picker) picker.open = false;
   });

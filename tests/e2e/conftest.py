@@ -150,6 +150,21 @@ def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> None:
     assert len(held) == 1
 
 
+SENDS = "**/conversations/*/messages"  # the reply box's sends
+
+
+def send_held(page: Page, box: Locator, text: str) -> tuple[Route, APIResponse, str]:
+    """``text`` sent from the reply box, its answer held: the route to fulfil with the answer (the
+    page goes on routing sends until ``page.unroute(SENDS)``), and the send's key."""
+    held = hold_answers(page, SENDS)
+    box.fill(text)
+    key = page.locator("input[name=send_key]").input_value()
+    box.press("Enter")
+    wait_for_held(page, held)
+    route, answer = held[0]
+    return route, answer, key
+
+
 def sign_in(page: Page, base_url: str, email: str, password: str = factories.PASSWORD) -> None:
     """Open the app, follow the redirect to the login page and sign in through the form."""
     page.goto(f"{base_url}/")

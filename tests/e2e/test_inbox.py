@@ -18,7 +18,16 @@ from crm.leads.models import ConsentSource, Lead
 from crm.leads.services import LeadChanges, update_lead
 from crm.whatsapp import simulator
 from tests import factories
-from tests.e2e.conftest import DESKTOP, PHONE, composer_ready, hold_answers, sign_in, wait_for_held
+from tests.e2e.conftest import (
+    DESKTOP,
+    PHONE,
+    SENDS,
+    composer_ready,
+    hold_answers,
+    send_held,
+    sign_in,
+    wait_for_held,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -535,22 +544,17 @@ def test_what_is_typed_while_a_send_is_on_its_way_stays_in_the_composer(
     page = open_inbox(browser, live_server, owner.email)
     page.get_by_text("Dora").click()
     composer = composer_ready(page)
-    held = hold_answers(page, "**/conversations/*/messages")
-    composer.fill("Bom dia!")
-    first_key = page.locator("input[name=send_key]").input_value()
-    composer.press("Enter")
-    wait_for_held(page, held)
+    route, answer, first_key = send_held(page, composer, "Bom dia!")
     composer.press_sequentially("Em que posso ajudar?")  # typed on, before the send is answered
     for _ in "ajudar?":
         composer.press("ArrowLeft")  # the caret before "ajudar?"
-    route, answer = held[0]
     assert "Bom dia!" in (route.request.post_data or "")
     assert "Em que" not in (route.request.post_data or "")
     route.fulfill(response=answer)  # a fresh composer, with a new key
     expect(page.locator("input[name=send_key]")).not_to_have_value(first_key)
     expect(composer).to_have_value("Em que posso ajudar?")  # not what went
     expect(composer).to_be_focused()
-    page.unroute("**/conversations/*/messages")
+    page.unroute(SENDS)
     page.keyboard.type("te ")  # where the caret was
     composer.press("Enter")
     bubbles = page.locator(".thread .messages .bubble.from-business")
@@ -561,14 +565,10 @@ def test_what_is_typed_while_a_send_is_on_its_way_stays_in_the_composer(
     assert list(sent) == ["Bom dia!", "Em que posso te ajudar?"]
     # A saved reply's "/shortcut" typed meanwhile keeps its list, and Enter picks it.
     factories.canned_reply(owner, "hours", "Oi {{name}}! Abrimos das 9h às 18h.")
-    held = hold_answers(page, "**/conversations/*/messages")
-    composer.fill("Até já")
-    composer.press("Enter")
-    wait_for_held(page, held)
+    route, answer, _ = send_held(page, composer, "Até já")
     composer.fill("/ho")
     choice = page.locator(".canned-suggestions [data-canned-text]")
     expect(choice).to_contain_text("/hours")
-    route, answer = held[0]
     route.fulfill(response=answer)
     expect(page.locator("input[name=send_key]")).to_have_count(1)
     expect(composer).to_have_value("/ho")

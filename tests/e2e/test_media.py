@@ -13,7 +13,7 @@ from sqlalchemy import select
 from crm.extensions import db
 from crm.inbox.models import Message
 from tests import factories
-from tests.e2e.conftest import composer_ready, hold_answers, wait_for_held
+from tests.e2e.conftest import SENDS, composer_ready, send_held
 from tests.e2e.test_inbox import open_inbox
 from tests.media import files
 
@@ -131,18 +131,13 @@ def test_a_file_chosen_while_a_send_is_on_its_way_stays_chosen(
     page.locator("#conversations [data-nav-item]").first.click()
     composer = page.locator("form.composer")
     text = composer_ready(page)
-    held = hold_answers(page, "**/conversations/*/messages")
-    text.fill("Segue o boleto")
-    first_key = page.locator("input[name=send_key]").input_value()
-    text.press("Enter")
-    wait_for_held(page, held)
+    route, answer, first_key = send_held(page, text, "Segue o boleto")
     composer.locator("input[type=file]").set_input_files(
         files=[{"name": "Boleto.pdf", "mimeType": "application/pdf", "buffer": files.pdf()}]
     )
-    route, answer = held[0]
     assert b"Boleto.pdf" not in (route.request.post_data_buffer or b"")  # chosen after the send left
     route.fulfill(response=answer)  # a fresh composer
-    page.unroute("**/conversations/*/messages")
+    page.unroute(SENDS)
     expect(page.locator("input[name=send_key]")).not_to_have_value(first_key)
     expect(composer.locator("[data-attachment]")).to_be_visible()
     expect(composer.locator("[data-attachment-name]")).to_contain_text("Boleto.pdf")
