@@ -142,12 +142,14 @@ def hold_answers(page: Page, url: re.Pattern[str] | str) -> list[tuple[Route, AP
     return held
 
 
-def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> None:
+def wait_for_held(page: Page, held: list[tuple[Route, APIResponse]]) -> tuple[Route, APIResponse]:
+    """The one request held so far: its route, and the answer to fulfil it with."""
     for _ in range(100):  # the route's handler runs while the page waits (the server answers first)
         if held:
             break
         page.wait_for_timeout(100)
     assert len(held) == 1
+    return held[0]
 
 
 SENDS = "**/conversations/*/messages"  # the reply box's sends
@@ -160,8 +162,7 @@ def send_held(page: Page, box: Locator, text: str) -> tuple[Route, APIResponse, 
     box.fill(text)
     key = page.locator("input[name=send_key]").input_value()
     box.press("Enter")
-    wait_for_held(page, held)
-    route, answer = held[0]
+    route, answer = wait_for_held(page, held)
     return route, answer, key
 
 

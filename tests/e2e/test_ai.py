@@ -233,12 +233,11 @@ def test_a_draft_asked_for_before_a_send_still_lands_in_the_composer(
     # Asked for again, its answer still on its way when the send is answered: it lands all the same.
     held = hold_answers(page, "**/suggestions")
     page.get_by_role("button", name="Suggest reply").click()
-    wait_for_held(page, held)
+    route, answer = wait_for_held(page, held)
     composer.fill("Já confirmo")
     composer.press("Enter")
     expect(sent).to_have_count(2)
     expect(composer).to_have_value("")
-    route, answer = held[0]
     route.fulfill(response=answer)
     page.unroute("**/suggestions")
     expect(draft).to_contain_text("Writing a draft")

@@ -517,7 +517,7 @@ def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     page = open_inbox(browser, live_server, owner.email)
     held = hold_answers(page, re.compile(rf".*[?&]account={shop}(&|$)"))
     page.select_option("#inbox-account", str(shop))
-    wait_for_held(page, held)
+    route, answer = wait_for_held(page, held)
     simulator.customer_writes(owner.workspace_id, shop, "+55 11 94444-3333", "Ainda abertos?", name="Fábio")
     ana_id = db.session.scalar(
         select(Lead.id).where(Lead.workspace_id == owner.workspace_id, Lead.phone == ana)
@@ -527,7 +527,6 @@ def test_conversations_pushed_while_the_filtered_list_loads_stay_in_it(
     expect(items).to_have_count(3)
     expect(items.first).to_contain_text("Fábio")  # live, in the list still showing
     expect(page.locator("#conversations")).to_contain_text("Ana Paula")
-    route, answer = held[0]
     route.fulfill(response=answer)  # the filtered list, from before Fábio wrote and Ana was renamed
     expect(page.locator("#conversations[data-me]")).to_have_count(1)
     # Fábio's new message on top; Ana renamed where the list has her, not moved up.
